@@ -1,0 +1,837 @@
+//! The event envelope and every event type of the eligibility ledger.
+//!
+//! An [`Event`] is encoded canonically with rkyv (schema version 1); its [`EventId`] is
+//! `blake3(schema_version_le16 ‖ canonical bytes)` and its author signs
+//! `"shikaku/event/v1" ‖ id` with ed25519. A [`SignedEvent`] can only be built by signing or
+//! by [`SignedEvent::decode`], which validates the rkyv archive, every member key, the id and
+//! the signature — so holding one means it verified. Byte layout: `protocol/EVENTS.md`.
+
+use std::fmt;
+
+use crate::date::Date;
+use crate::hlc::{self, Hlc, HlcError};
+use crate::member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};
+
+/// The schema version this build writes and the only one it reads.
+pub const SCHEMA_VERSION: u16 = 1;
+/// Largest canonical event encoding accepted, in bytes.
+pub const EVENT_BYTES_MAX: usize = 16 * 1024;
+/// Longest free text (names, addresses, reasons) accepted, in characters.
+pub const TEXT_CHARS_MAX: usize = 200;
+/// Domain separation prefix for event signatures.
+pub const SIGNATURE_CONTEXT: &[u8] = b"shikaku/event/v1";
+
+macro_rules! byte_id {
+    ($(#[$doc:meta])* $name:ident, $len:expr, $prefix:expr) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+            rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+        )]
+        pub struct $name(pub [u8; $len]);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&crate::hex::encode(&self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({}…)", $prefix, &crate::hex::encode(&self.0[..6]))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<$name, String> {
+                crate::hex::decode_array::<$len>(text).map($name).ok_or_else(|| {
+                    format!("{} must be {} hexadecimal characters", stringify!($name), $len * 2)
+                })
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+byte_id!(
+    /// Content address of an event: blake3 of its schema version and canonical bytes.
+    EventId, 32, "EventId"
+);
+byte_id!(
+    /// A node (clinic or hub) identity: its ed25519 public key.
+    NodeId, 32, "NodeId"
+);
+byte_id!(
+    /// The ed25519 public key that signed an event (an insurer key or a clinic key).
+    AuthorKey, 32, "AuthorKey"
+);
+byte_id!(
+    /// An ed25519 signature.
+    Signature, 64, "Signature"
+);
+byte_id!(
+    /// blake3 of an answer's canonical encoding, recorded with each check.
+    AnswerHash, 32, "AnswerHash"
+);
+
+/// The replication unit: one per insurer (membership) and one per clinic (its checks).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Namespace {
+    /// Membership events of one insurer, written only by the hub holding its key.
+    Insurer(InsurerNumber),
+    /// Check records, declarations and consents of one clinic.
+    Clinic(NodeId),
+}
+
+/// Sex as recorded by the insurer.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Sex {
+    /// 男.
+    Male,
+    /// 女.
+    Female,
+}
+
+/// Whether a member is the insured person or a dependant of one.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Relationship {
+    /// 被保険者.
+    Insured,
+    /// 被扶養者: coverage ends when the insured person's does.
+    Dependant {
+        /// The insured person's member key.
+        insured: MemberKey,
+    },
+}
+
+/// Why coverage ended (資格喪失事由).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Left the employer; a new insurer is expected.
+    JobChange,
+    /// Retired.
+    Retirement,
+    /// Moved out of the municipality (national health insurance).
+    MoveOutOfMunicipality,
+    /// Reached 75 and moved to the late-stage elderly system.
+    Age75,
+    /// Died; the loss date is the day after death.
+    Death,
+    /// Any other reason (e.g. became a dependant elsewhere).
+    Other,
+}
+
+/// Online (the node was in sync) or offline (answered from the local replica while cut off).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckMode {
+    /// Connected to the hub when answering.
+    Online,
+    /// Answered from the local replica without a hub connection.
+    Offline,
+}
+
+/// What a check asks about: a card token or a member key.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckQuery {
+    /// Look the person up by card token.
+    Card(CardToken),
+    /// Look the member up by member key (the old paper card's numbers).
+    Member(MemberKey),
+}
+
+/// The validity codes of an answer.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerCode {
+    /// 有効: covered on the service date.
+    Valid,
+    /// 無効: not covered on the service date.
+    Invalid,
+    /// 無効 (新しい資格あり): this key is not covered, but a newer coverage of the same person is.
+    InvalidNewerExists,
+    /// 該当資格なし: nothing known under this card or key.
+    NoMatch,
+    /// 複数該当: more than one coverage claims the person on that date.
+    MultipleMatches,
+    /// Not covered here yet, but the patient self-declared a new insurer that has not registered.
+    PendingSuccessor,
+    /// The member's insurer is not replicated on this node: the ledger cannot say.
+    Unknown,
+}
+
+/// Outcome of a self-declaration once the facts are known.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclarationOutcome {
+    /// The new insurer registered the member as declared.
+    Confirmed,
+    /// The declaration turned out wrong.
+    Rejected,
+}
+
+/// Demographic facts about a person, as registered by the insurer. Never a My Number.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+pub struct Person {
+    /// Full name, any Unicode, stored exactly as given.
+    pub name: String,
+    /// Name in kana.
+    pub kana: String,
+    /// Sex.
+    pub sex: Sex,
+    /// Birth date.
+    pub birth_date: Date,
+    /// Address.
+    pub address: String,
+    /// Municipality code (全国地方公共団体コード, 6 digits with check digit).
+    pub municipality: u32,
+}
+
+/// Every kind of eligibility event. Corrections never overwrite: they void or supersede.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EventBody {
+    /// An insurer registers a member (被保険者 or 被扶養者).
+    MemberRegistered {
+        /// The new member key.
+        member: MemberKey,
+        /// Demographics.
+        person: Person,
+        /// Insured person or dependant.
+        relationship: Relationship,
+    },
+    /// Coverage starts on `start` (資格取得日, the date of the fact even when reported late).
+    CoverageStarted {
+        /// Member.
+        member: MemberKey,
+        /// First covered day.
+        start: Date,
+        /// Copay ratio in tenths (1, 2 or 3).
+        copay_tenths: u8,
+        /// Whether an elderly recipient certificate (高齢受給者証) applies.
+        elderly_certificate: bool,
+    },
+    /// Coverage ends: `loss_date` (資格喪失日) is the first day without coverage.
+    CoverageEnded {
+        /// Member.
+        member: MemberKey,
+        /// First day not covered.
+        loss_date: Date,
+        /// Why.
+        reason: EndReason,
+    },
+    /// The copay ratio changes from `effective` on.
+    CopayRatioSet {
+        /// Member.
+        member: MemberKey,
+        /// First day of the new ratio.
+        effective: Date,
+        /// Copay ratio in tenths (1, 2 or 3).
+        copay_tenths: u8,
+    },
+    /// The high-cost limit category (限度額適用区分) changes from `effective` on.
+    LimitCategorySet {
+        /// Member.
+        member: MemberKey,
+        /// First day of the category.
+        effective: Date,
+        /// Category code, A01–A06 or B01–B10 style: one letter and two digits.
+        category: String,
+    },
+    /// Address or name changes; a move between municipalities is also reported as a coverage
+    /// end at the old national health insurance and a registration at the new one.
+    DemographicsChanged {
+        /// Member.
+        member: MemberKey,
+        /// Date of the change.
+        effective: Date,
+        /// New demographics.
+        person: Person,
+    },
+    /// A card is linked to a member (the card holder registered it for insurance use).
+    CardLinked {
+        /// Card.
+        card: CardToken,
+        /// Member.
+        member: MemberKey,
+    },
+    /// A card is unlinked from a member (e.g. card reissued).
+    CardUnlinked {
+        /// Card.
+        card: CardToken,
+        /// Member.
+        member: MemberKey,
+    },
+    /// A linkage made to the wrong person is revoked: the card stops resolving to the member.
+    WrongPersonLinkageRevoked {
+        /// Card.
+        card: CardToken,
+        /// The wrongly linked member.
+        member: MemberKey,
+        /// Why (free text, no personal data).
+        reason: String,
+    },
+    /// An earlier event is void. A void of a void restores the original.
+    EventVoided {
+        /// Whom the voided event is about (routes the void without a global index).
+        subject: CheckQuery,
+        /// The voided event.
+        target: EventId,
+        /// Why (free text, no personal data).
+        reason: String,
+    },
+    /// An earlier event is replaced by another (published alongside): the target becomes void
+    /// and the replacement takes effect. Two supersessions of one event are a conflict.
+    EventSuperseded {
+        /// Whom both events are about.
+        subject: CheckQuery,
+        /// The replaced event.
+        target: EventId,
+        /// The replacing event.
+        replacement: EventId,
+    },
+    /// A clinic answered a check (access audit; the answer can be re-derived and compared).
+    CheckPerformed {
+        /// What was asked.
+        query: CheckQuery,
+        /// The service date asked about.
+        service_date: Date,
+        /// Online or offline.
+        mode: CheckMode,
+        /// The knowledge cut-off the answer was computed from.
+        knowledge: Hlc,
+        /// The hub log position the node had synced to (0 when never synced).
+        hub_position: u64,
+        /// The answer code given.
+        code: AnswerCode,
+        /// blake3 of the canonical answer.
+        answer_hash: AnswerHash,
+        /// The events that decided the answer.
+        decided_by: Vec<EventId>,
+    },
+    /// Reception accepted a patient's statement that they just changed insurer.
+    SelfDeclarationRecorded {
+        /// The card or key the patient presented.
+        query: CheckQuery,
+        /// The insurer the patient says they joined, if known.
+        declared_insurer: Option<InsurerNumber>,
+        /// The date the patient says the new coverage started.
+        declared_start: Date,
+    },
+    /// A self-declaration is settled.
+    SelfDeclarationResolved {
+        /// The card or key of the declaration.
+        query: CheckQuery,
+        /// The declaration event.
+        declaration: EventId,
+        /// How it was settled.
+        outcome: DeclarationOutcome,
+    },
+    /// The patient consents to the limit category being shown.
+    ConsentGiven {
+        /// Member.
+        member: MemberKey,
+    },
+    /// The patient withdraws that consent.
+    ConsentWithdrawn {
+        /// Member.
+        member: MemberKey,
+    },
+}
+
+impl EventBody {
+    /// The snake_case name of the event type, as in the JSON Lines format.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventBody::MemberRegistered { .. } => "member_registered",
+            EventBody::CoverageStarted { .. } => "coverage_started",
+            EventBody::CoverageEnded { .. } => "coverage_ended",
+            EventBody::CopayRatioSet { .. } => "copay_ratio_set",
+            EventBody::LimitCategorySet { .. } => "limit_category_set",
+            EventBody::DemographicsChanged { .. } => "demographics_changed",
+            EventBody::CardLinked { .. } => "card_linked",
+            EventBody::CardUnlinked { .. } => "card_unlinked",
+            EventBody::WrongPersonLinkageRevoked { .. } => "wrong_person_linkage_revoked",
+            EventBody::EventVoided { .. } => "event_voided",
+            EventBody::EventSuperseded { .. } => "event_superseded",
+            EventBody::CheckPerformed { .. } => "check_performed",
+            EventBody::SelfDeclarationRecorded { .. } => "self_declaration_recorded",
+            EventBody::SelfDeclarationResolved { .. } => "self_declaration_resolved",
+            EventBody::ConsentGiven { .. } => "consent_given",
+            EventBody::ConsentWithdrawn { .. } => "consent_withdrawn",
+        }
+    }
+
+    /// Whether this event may appear in the given namespace: membership facts only in insurer
+    /// namespaces of the member's insurer, clinic records only in clinic namespaces.
+    pub fn allowed_in(&self, namespace: &Namespace) -> bool {
+        let insurer_of = |member: &MemberKey| *namespace == Namespace::Insurer(member.insurer);
+        match self {
+            EventBody::MemberRegistered { member, .. }
+            | EventBody::CoverageStarted { member, .. }
+            | EventBody::CoverageEnded { member, .. }
+            | EventBody::CopayRatioSet { member, .. }
+            | EventBody::LimitCategorySet { member, .. }
+            | EventBody::DemographicsChanged { member, .. }
+            | EventBody::CardLinked { member, .. }
+            | EventBody::CardUnlinked { member, .. }
+            | EventBody::WrongPersonLinkageRevoked { member, .. } => insurer_of(member),
+            EventBody::EventVoided { subject, .. } | EventBody::EventSuperseded { subject, .. } => {
+                match (subject, namespace) {
+                    (CheckQuery::Member(member), Namespace::Insurer(_)) => insurer_of(member),
+                    (CheckQuery::Card(_), _) | (CheckQuery::Member(_), Namespace::Clinic(_)) => {
+                        true
+                    }
+                }
+            }
+            EventBody::CheckPerformed { .. }
+            | EventBody::SelfDeclarationRecorded { .. }
+            | EventBody::SelfDeclarationResolved { .. }
+            | EventBody::ConsentGiven { .. }
+            | EventBody::ConsentWithdrawn { .. } => matches!(namespace, Namespace::Clinic(_)),
+        }
+    }
+}
+
+/// The canonical content of an event (schema version 1): what is hashed and signed.
+#[derive(
+    Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    serde::Serialize, serde::Deserialize,
+)]
+pub struct Event {
+    /// The namespace the event belongs to.
+    pub namespace: Namespace,
+    /// The node that created it.
+    pub origin: NodeId,
+    /// Its sequence number among the origin's events in this namespace, from 1.
+    pub origin_seq: u64,
+    /// Hybrid logical clock timestamp: record time.
+    pub hlc: Hlc,
+    /// The key that signs it.
+    pub author: AuthorKey,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The schema version is not one this build reads.
+    #[error("unknown schema version {found}; this build reads version {supported}")]
+    UnknownSchemaVersion {
+        /// The version in the input.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// The canonical bytes are larger than [`EVENT_BYTES_MAX`].
+    #[error("event is {0} bytes; at most {EVENT_BYTES_MAX} are accepted")]
+    TooLarge(usize),
+    /// The bytes are not a valid rkyv archive of an event.
+    #[error("event bytes are not a valid schema-1 archive: {0}")]
+    Malformed(String),
+    /// Re-encoding the decoded event does not give the same bytes.
+    #[error("event bytes are not in canonical form")]
+    NotCanonical,
+    /// The id given does not match the content.
+    #[error("event id {claimed} does not match its content (computed {computed})")]
+    IdMismatch {
+        /// The id that came with the event.
+        claimed: EventId,
+        /// The id of the bytes.
+        computed: EventId,
+    },
+    /// The signature does not verify under the author key.
+    #[error("signature of event {0} does not verify under its author key")]
+    BadSignature(EventId),
+    /// The author key is not a valid ed25519 point.
+    #[error("author key of event {0} is not a valid ed25519 public key")]
+    BadAuthorKey(EventId),
+    /// A member key inside the event is invalid.
+    #[error("event holds an invalid member key: {0}")]
+    MemberKey(#[from] MemberKeyError),
+    /// A field is out of range (copay ratio, text length, sequence 0, …).
+    #[error("event field {field} is invalid: {reason}")]
+    Field {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The event type does not belong in its namespace.
+    #[error("a {event_type} event may not appear in namespace {namespace:?}")]
+    WrongNamespace {
+        /// Event type name.
+        event_type: &'static str,
+        /// The namespace it claimed.
+        namespace: Namespace,
+    },
+    /// The timestamp is too far in the future.
+    #[error("event timestamp refused: {0}")]
+    Clock(#[from] HlcError),
+}
+
+fn field_error(field: &'static str, reason: impl Into<String>) -> EventError {
+    EventError::Field { field, reason: reason.into() }
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), EventError> {
+    if text.chars().count() > TEXT_CHARS_MAX {
+        return Err(field_error(field, format!("longer than {TEXT_CHARS_MAX} characters")));
+    }
+    if text.chars().any(|c| c.is_control()) {
+        return Err(field_error(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_copay(copay_tenths: u8) -> Result<(), EventError> {
+    if !(1..=3).contains(&copay_tenths) {
+        return Err(field_error("copay_tenths", format!("{copay_tenths} is not 1, 2 or 3")));
+    }
+    Ok(())
+}
+
+fn check_person(person: &Person) -> Result<(), EventError> {
+    check_text("person.name", &person.name)?;
+    check_text("person.kana", &person.kana)?;
+    check_text("person.address", &person.address)?;
+    if person.name.is_empty() {
+        return Err(field_error("person.name", "empty"));
+    }
+    if person.municipality > 999_999 {
+        return Err(field_error("person.municipality", "more than 6 digits"));
+    }
+    Ok(())
+}
+
+fn check_query(query: &CheckQuery) -> Result<(), EventError> {
+    match query {
+        CheckQuery::Card(_) => Ok(()),
+        CheckQuery::Member(member) => Ok(member.validate()?),
+    }
+}
+
+impl Event {
+    /// Validates every field that the type system cannot: member keys, ratios, text limits,
+    /// category codes, sequence numbers and the namespace rule.
+    pub fn validate(&self) -> Result<(), EventError> {
+        if self.origin_seq == 0 {
+            return Err(field_error("origin_seq", "sequence numbers start at 1"));
+        }
+        if let Namespace::Insurer(insurer) = self.namespace {
+            InsurerNumber::new(insurer.value())?;
+        }
+        match &self.body {
+            EventBody::MemberRegistered { member, person, relationship } => {
+                member.validate()?;
+                check_person(person)?;
+                if let Relationship::Dependant { insured } = relationship {
+                    insured.validate()?;
+                    if insured == member {
+                        return Err(field_error("relationship", "a member cannot depend on itself"));
+                    }
+                    if insured.insurer != member.insurer {
+                        return Err(field_error(
+                            "relationship",
+                            "a dependant belongs to the insured person's insurer",
+                        ));
+                    }
+                }
+            }
+            EventBody::CoverageStarted { member, copay_tenths, .. }
+            | EventBody::CopayRatioSet { member, copay_tenths, .. } => {
+                member.validate()?;
+                check_copay(*copay_tenths)?;
+            }
+            EventBody::LimitCategorySet { member, category, .. } => {
+                member.validate()?;
+                let bytes = category.as_bytes();
+                let well_formed = bytes.len() == 3
+                    && bytes[0].is_ascii_uppercase()
+                    && bytes[1..].iter().all(u8::is_ascii_digit);
+                if !well_formed {
+                    return Err(field_error("category", format!("{category:?} is not like A01")));
+                }
+            }
+            EventBody::DemographicsChanged { member, person, .. } => {
+                member.validate()?;
+                check_person(person)?;
+            }
+            EventBody::CoverageEnded { member, .. }
+            | EventBody::CardLinked { member, .. }
+            | EventBody::CardUnlinked { member, .. }
+            | EventBody::ConsentGiven { member }
+            | EventBody::ConsentWithdrawn { member } => member.validate()?,
+            EventBody::WrongPersonLinkageRevoked { member, reason, .. } => {
+                member.validate()?;
+                check_text("reason", reason)?;
+            }
+            EventBody::EventVoided { subject, reason, .. } => {
+                check_query(subject)?;
+                check_text("reason", reason)?;
+            }
+            EventBody::EventSuperseded { subject, target, replacement } => {
+                check_query(subject)?;
+                if target == replacement {
+                    return Err(field_error("replacement", "an event cannot supersede itself"));
+                }
+            }
+            EventBody::CheckPerformed { query, decided_by, .. } => {
+                check_query(query)?;
+                if decided_by.len() > 64 {
+                    return Err(field_error("decided_by", "more than 64 event ids"));
+                }
+            }
+            EventBody::SelfDeclarationRecorded { query, declared_insurer, .. } => {
+                check_query(query)?;
+                if let Some(insurer) = declared_insurer {
+                    InsurerNumber::new(insurer.value())?;
+                }
+            }
+            EventBody::SelfDeclarationResolved { query, .. } => check_query(query)?,
+        }
+        if !self.body.allowed_in(&self.namespace) {
+            return Err(EventError::WrongNamespace {
+                event_type: self.body.type_name(),
+                namespace: self.namespace,
+            });
+        }
+        Ok(())
+    }
+
+    /// The canonical rkyv encoding (schema version 1).
+    pub fn canonical_bytes(&self) -> Result<rkyv::util::AlignedVec, EventError> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self).map_err(|e| EventError::Malformed(e.to_string()))
+    }
+}
+
+/// The id of canonical bytes under a schema version.
+pub fn event_id(schema_version: u16, canonical: &[u8]) -> EventId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&schema_version.to_le_bytes());
+    hasher.update(canonical);
+    EventId(*hasher.finalize().as_bytes())
+}
+
+fn signed_message(id: &EventId) -> [u8; 48] {
+    let mut message = [0u8; 48];
+    message[..16].copy_from_slice(SIGNATURE_CONTEXT);
+    message[16..].copy_from_slice(&id.0);
+    message
+}
+
+/// An event whose canonical bytes, id and signature have been checked (or just produced).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedEvent {
+    event: Event,
+    canonical: Vec<u8>,
+    id: EventId,
+    signature: Signature,
+}
+
+impl fmt::Debug for SignedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Member data stays out of debug output: only type, id and clock.
+        f.debug_struct("SignedEvent")
+            .field("type", &self.event.body.type_name())
+            .field("id", &self.id)
+            .field("hlc", &self.event.hlc)
+            .finish()
+    }
+}
+
+/// An ed25519 signing identity (an insurer key or a clinic node key).
+pub struct Signer {
+    key: ed25519_dalek::SigningKey,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signer({:?})", self.public())
+    }
+}
+
+impl Signer {
+    /// A signer from 32 secret bytes (derived from a seed in tests and the generator; read from
+    /// the node's key file in production).
+    pub fn from_secret(secret: [u8; 32]) -> Signer {
+        Signer { key: ed25519_dalek::SigningKey::from_bytes(&secret) }
+    }
+
+    /// A signer whose secret is blake3(`context` ‖ `seed`), for reproducible test identities.
+    pub fn derived(context: &str, seed: &[u8]) -> Signer {
+        Signer::from_secret(blake3::derive_key(context, seed))
+    }
+
+    /// The public key.
+    pub fn public(&self) -> AuthorKey {
+        AuthorKey(self.key.verifying_key().to_bytes())
+    }
+
+    /// The public key as a node id (a node signs its own namespace with its node key).
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.public().0)
+    }
+
+    /// Validates, encodes and signs an event. The event's `author` must be this signer.
+    pub fn sign(&self, event: Event) -> Result<SignedEvent, EventError> {
+        use ed25519_dalek::Signer as _;
+        event.validate()?;
+        if event.author != self.public() {
+            return Err(field_error("author", "the event names another author key"));
+        }
+        let canonical = event.canonical_bytes()?.to_vec();
+        if canonical.len() > EVENT_BYTES_MAX {
+            return Err(EventError::TooLarge(canonical.len()));
+        }
+        let id = event_id(SCHEMA_VERSION, &canonical);
+        let signature = Signature(self.key.sign(&signed_message(&id)).to_bytes());
+        Ok(SignedEvent { event, canonical, id, signature })
+    }
+}
+
+impl SignedEvent {
+    /// Decodes and verifies an event from its wire parts: schema version, canonical bytes and
+    /// signature, and optionally the id the sender claimed. `now_ms`, when given, refuses
+    /// timestamps too far in the future. Never panics on any input.
+    pub fn decode(
+        schema_version: u16,
+        canonical: &[u8],
+        signature: Signature,
+        claimed_id: Option<EventId>,
+        now_ms: Option<u64>,
+    ) -> Result<SignedEvent, EventError> {
+        if schema_version != SCHEMA_VERSION {
+            return Err(EventError::UnknownSchemaVersion {
+                found: schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if canonical.len() > EVENT_BYTES_MAX {
+            return Err(EventError::TooLarge(canonical.len()));
+        }
+        let id = event_id(schema_version, canonical);
+        if let Some(claimed) = claimed_id {
+            if claimed != id {
+                return Err(EventError::IdMismatch { claimed, computed: id });
+            }
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(canonical.len());
+        aligned.extend_from_slice(canonical);
+        let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| EventError::Malformed(e.to_string()))?;
+        // Bytes that validate but are not what we would write (padding, alternative layouts)
+        // would give one event two ids: refuse them.
+        if event.canonical_bytes()?.as_slice() != canonical {
+            return Err(EventError::NotCanonical);
+        }
+        event.validate()?;
+        if let Some(now_ms) = now_ms {
+            hlc::check_not_future(event.hlc, now_ms)?;
+        }
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&event.author.0)
+            .map_err(|_| EventError::BadAuthorKey(id))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(&signed_message(&id), &sig).map_err(|_| EventError::BadSignature(id))?;
+        Ok(SignedEvent { event, canonical: canonical.to_vec(), id, signature })
+    }
+
+    /// Verifies many events' signatures in one batch (much faster than one at a time). Each
+    /// event's bytes and id must already have been checked; returns `Ok` only if all verify.
+    pub fn verify_batch(events: &[SignedEvent]) -> Result<(), EventError> {
+        let messages: Vec<[u8; 48]> = events.iter().map(|e| signed_message(&e.id)).collect();
+        let message_refs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
+        let signatures: Vec<ed25519_dalek::Signature> =
+            events.iter().map(|e| ed25519_dalek::Signature::from_bytes(&e.signature.0)).collect();
+        let mut keys = Vec::with_capacity(events.len());
+        for event in events {
+            keys.push(
+                ed25519_dalek::VerifyingKey::from_bytes(&event.event.author.0)
+                    .map_err(|_| EventError::BadAuthorKey(event.id))?,
+            );
+        }
+        ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).map_err(|_| {
+            EventError::BadSignature(events.first().map(|e| e.id).unwrap_or(EventId([0; 32])))
+        })
+    }
+
+    /// The decoded event.
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The canonical bytes.
+    pub fn canonical_bytes(&self) -> &[u8] {
+        &self.canonical
+    }
+
+    /// The content id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The author's signature.
+    pub fn signature(&self) -> Signature {
+        self.signature
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> u16 {
+        SCHEMA_VERSION
+    }
+
+    /// The ordering key used everywhere: (hlc, id).
+    pub fn order_key(&self) -> (Hlc, EventId) {
+        (self.event.hlc, self.id)
+    }
+}

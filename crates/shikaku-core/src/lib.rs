@@ -1,0 +1,28 @@
+//! shikaku-core: the domain of the eligibility ledger, with no IO, no clock reads and no
+//! threads. Time arrives as an argument; bytes arrive as slices; answers leave as values.
+//!
+//! - [`date`]: calendar days and half-open intervals;
+//! - [`member`]: insurer numbers (with check digit), member keys and card tokens;
+//! - [`hlc`]: the hybrid logical clock;
+//! - [`event`]: the event envelope, every event type, canonical rkyv encoding and signatures;
+//! - [`projection`]: the deterministic fold that answers eligibility checks;
+//! - [`answer`]: queries, answers and conflicts.
+
+pub mod answer;
+pub mod date;
+pub mod event;
+pub mod hex;
+pub mod hlc;
+pub mod member;
+pub mod projection;
+
+pub use answer::{Answer, Conflict, Freshness, Knowledge};
+pub use date::{Date, DateError, DateRange};
+pub use event::{
+    AnswerCode, AuthorKey, CheckMode, CheckQuery, EndReason, Event, EventBody, EventError,
+    EventId, Namespace, NodeId, Person, Relationship, Sex, Signature, SignedEvent, Signer,
+    SCHEMA_VERSION,
+};
+pub use hlc::{Hlc, HlcClock, HlcError};
+pub use member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};
+pub use projection::{Projection, Replication};
