@@ -21,6 +21,7 @@ pub use date::{Date, DateError, DateRange};
 pub use event::{
     AnswerCode, AuthorKey, CheckMode, CheckQuery, EndReason, Event, EventBody, EventError,
     EventId, Namespace, NodeId, Person, Relationship, Sex, Signature, SignedEvent, Signer,
+    UnverifiedEvent, verify_all, DeclarationOutcome, AnswerHash,
     SCHEMA_VERSION,
 };
 pub use hlc::{Hlc, HlcClock, HlcError};

@@ -178,6 +178,8 @@ struct Period {
     start_event: u32,
     end_event: Option<u32>,
     end_reason: Option<EndReason>,
+    /// The end is implied by the 75th birthday, not reported by the insurer.
+    implied_end: bool,
 }
 
 impl Period {
@@ -540,6 +542,7 @@ impl Projection {
                         start_event: fact.event,
                         end_event: None,
                         end_reason: None,
+                        implied_end: false,
                     });
                 }
                 FactKind::Ended { loss, reason } => ends.push((loss, reason, fact.event)),
@@ -596,6 +599,7 @@ impl Projection {
                         period.end = Some(capped);
                         period.end_event = Some(registered);
                         period.end_reason = Some(EndReason::Age75);
+                        period.implied_end = true;
                     }
                 }
             }
@@ -807,7 +811,11 @@ impl Projection {
         answer.member = self.key_of(member);
         answer.insurer = self.insurer_of(member);
         answer.dependant = Some(eval.dependant);
-        answer.coverage = eval.covered.or(eval.reference).map(|p| p.range());
+        // An end implied by a future 75th birthday is not shown as the coverage's end date.
+        answer.coverage = eval.covered.or(eval.reference).map(|p| DateRange {
+            start: p.start,
+            end: p.end.filter(|end| !(p.implied_end && *end > answer.service_date)),
+        });
         answer.end_reason = if eval.covered.is_some() { None } else { eval.end_reason };
         answer.copay_tenths = eval.copay;
         answer.limit_category =

@@ -1,0 +1,175 @@
+//! `shikaku bench …`: performance measured against a baseline in the same run.
+//!
+//! `bench projection` generates a synthetic insurer stream (not timed), then measures the fold
+//! (events/s on one core), check latency (p50/p99 over random card and member-key checks) and
+//! heap bytes per member (from the counting allocator), side by side with a naive baseline: a
+//! map from member key to that member's events, re-folded on every check.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use anyhow::Result;
+use clap::Subcommand;
+use shikaku_core::{
+    CheckQuery, Date, EventBody, Freshness, Hlc, MemberKey, Projection, Replication, SignedEvent,
+};
+
+use crate::alloc_counter::live_bytes;
+use crate::clock::Stopwatch;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Projection fold throughput, check latency and memory per member.
+    Projection {
+        /// Members on the generated roster.
+        #[arg(long, default_value_t = 1_000_000)]
+        members: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Checks to time.
+        #[arg(long, default_value_t = 200_000)]
+        checks: usize,
+    },
+}
+
+/// Runs a benchmark.
+pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
+    match command {
+        BenchCommand::Projection { members, seed, checks } => projection(*members, *seed, *checks, out),
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The naive baseline: events grouped by member, re-folded at every check.
+struct Naive {
+    by_member: HashMap<MemberKey, Vec<SignedEvent>>,
+    by_card: HashMap<shikaku_core::CardToken, Vec<MemberKey>>,
+}
+
+impl Naive {
+    fn fold(events: &[SignedEvent]) -> Naive {
+        let mut naive = Naive { by_member: HashMap::new(), by_card: HashMap::new() };
+        for event in events {
+            let member = match &event.event().body {
+                EventBody::MemberRegistered { member, .. }
+                | EventBody::CoverageStarted { member, .. }
+                | EventBody::CoverageEnded { member, .. }
+                | EventBody::CopayRatioSet { member, .. }
+                | EventBody::LimitCategorySet { member, .. }
+                | EventBody::DemographicsChanged { member, .. } => member,
+                EventBody::CardLinked { card, member } => {
+                    naive.by_card.entry(*card).or_default().push(member.clone());
+                    member
+                }
+                _ => continue,
+            };
+            naive.by_member.entry(member.clone()).or_default().push(event.clone());
+        }
+        naive
+    }
+
+    fn covered(&self, member: &MemberKey, date: Date) -> bool {
+        let Some(events) = self.by_member.get(member) else { return false };
+        let mut sorted: Vec<&SignedEvent> = events.iter().collect();
+        sorted.sort_by_key(|e| e.order_key());
+        let mut covered = false;
+        for event in sorted {
+            match &event.event().body {
+                EventBody::CoverageStarted { start, .. } if *start <= date => covered = true,
+                EventBody::CoverageEnded { loss_date, .. } if *loss_date <= date => covered = false,
+                _ => {}
+            }
+        }
+        covered
+    }
+
+    fn check(&self, query: &CheckQuery, date: Date) -> bool {
+        match query {
+            CheckQuery::Member(member) => self.covered(member, date),
+            CheckQuery::Card(card) => self
+                .by_card
+                .get(card)
+                .is_some_and(|members| members.iter().any(|m| self.covered(m, date))),
+        }
+    }
+}
+
+fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "bench projection: {members} members, seed {seed}, {checks} checks")?;
+    let watch = Stopwatch::start();
+    let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, seed))?;
+    let events = generated.events;
+    writeln!(out, "generated and signed {} events in {:.1} s (not part of any measurement)", events.len(), watch.seconds())?;
+
+    let mut queries: Vec<CheckQuery> = Vec::new();
+    for event in &events {
+        match &event.event().body {
+            EventBody::CardLinked { card, .. } => queries.push(CheckQuery::Card(*card)),
+            EventBody::MemberRegistered { member, .. } => queries.push(CheckQuery::Member(member.clone())),
+            _ => {}
+        }
+    }
+    let mut rng = shikaku_gen::Rng::new(seed ^ 0xbe4c);
+    let picks: Vec<(usize, Date)> = (0..checks)
+        .map(|_| {
+            let query = rng.below(queries.len() as u64) as usize;
+            let date = Date::from_ymd(2025, 4, 1).unwrap_or(Date(0)).add_days(rng.below(570) as i32);
+            (query, date)
+        })
+        .collect();
+
+    // Fold: shikaku's projection.
+    let before = live_bytes();
+    let watch = Stopwatch::start();
+    let mut projection = Projection::new(Replication::All);
+    for event in &events {
+        projection.apply(event);
+    }
+    let fold_s = watch.seconds();
+    let projection_bytes = live_bytes().saturating_sub(before);
+
+    // Fold: naive baseline.
+    let before = live_bytes();
+    let watch = Stopwatch::start();
+    let naive = Naive::fold(&events);
+    let naive_fold_s = watch.seconds();
+    let naive_bytes = live_bytes().saturating_sub(before);
+
+    let fresh = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None };
+    let mut latencies = Vec::with_capacity(checks);
+    let mut valid = 0u64;
+    for (query, date) in &picks {
+        let watch = Stopwatch::start();
+        let answer = projection.check(&queries[*query], *date, Hlc(u64::MAX), fresh);
+        latencies.push(watch.nanos());
+        valid += u64::from(answer.code == shikaku_core::AnswerCode::Valid);
+    }
+    latencies.sort_unstable();
+    let mut naive_latencies = Vec::with_capacity(checks);
+    let mut naive_valid = 0u64;
+    for (query, date) in &picks {
+        let watch = Stopwatch::start();
+        naive_valid += u64::from(naive.check(&queries[*query], *date));
+        naive_latencies.push(watch.nanos());
+    }
+    naive_latencies.sort_unstable();
+
+    let n = events.len() as f64;
+    let people = projection.members_len().max(1) as f64;
+    writeln!(out, "\n{:<34} {:>16} {:>16}", "measure", "shikaku", "naive baseline")?;
+    writeln!(out, "{:<34} {:>16.0} {:>16.0}", "fold events/s (one core)", n / fold_s, n / naive_fold_s)?;
+    writeln!(out, "{:<34} {:>16.2} {:>16.2}", "check p50 µs", percentile(&latencies, 0.5) as f64 / 1e3, percentile(&naive_latencies, 0.5) as f64 / 1e3)?;
+    writeln!(out, "{:<34} {:>16.2} {:>16.2}", "check p99 µs", percentile(&latencies, 0.99) as f64 / 1e3, percentile(&naive_latencies, 0.99) as f64 / 1e3)?;
+    writeln!(out, "{:<34} {:>16.0} {:>16.0}", "heap bytes per member key", projection_bytes as f64 / people, naive_bytes as f64 / people)?;
+    writeln!(out, "{:<34} {:>16} {:>16}", "valid answers (sanity)", valid, naive_valid)?;
+    writeln!(out, "\n{} member keys, {} events ({:.2} per key); targets: fold ≥ 1,000,000 events/s, check p99 ≤ 5 µs, ≤ 200 bytes per member", projection.members_len(), events.len(), n / people)?;
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The `shikaku` command line: generate synthetic insurer streams, import and export the
+//! ledger, answer checks, run the demo and the benchmarks.
+//!
+//! Everything is reachable through [`run`], which takes the arguments and the output streams,
+//! so the integration tests drive the real command in-process.
+
+pub mod alloc_counter;
+pub mod bench;
+pub mod clock;
+pub mod demo;
+pub mod jsonl;
+pub mod render;
+pub mod store;
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use shikaku_core::{
+    verify_all, CardToken, CheckQuery, Date, Freshness, Hlc, MemberKey, Replication, SignedEvent,
+};
+
+use crate::store::Store;
+
+/// shikaku — an offline-first health-insurance eligibility ledger.
+///
+/// Clinics keep a verified local replica of the eligibility ledger so that card checks keep
+/// working during outages, and every answer says how fresh it is.
+#[derive(Debug, Parser)]
+#[command(name = "shikaku", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding this node's ledger.
+    #[arg(long, global = true, env = "SHIKAKU_DATA_DIR", default_value = "shikaku-data")]
+    pub data_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole story on embedded defaults: generate an insurer, import it, check cards on
+    /// several service dates, publish a retroactive change and show how the answer changes.
+    Demo(demo::DemoArgs),
+    /// Generate a seeded, realistic synthetic insurer event stream as JSON Lines.
+    Gen(GenArgs),
+    /// Work with this node's ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Check eligibility by card token or member key on a service date.
+    Check(CheckArgs),
+    /// Measure performance against baselines in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Arguments of `shikaku gen`.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Persons on the initial roster (dependants included).
+    #[arg(long, default_value_t = 20_000)]
+    pub members: usize,
+    /// Seed: the same seed gives the same stream, byte for byte.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Fraction (0..1) of lines replaced by malformed records, for import testing.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed: f64,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+/// `shikaku ledger …`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Import JSON Lines events (from FILE, or `-` for standard input). Bad lines are reported
+    /// with their line number and reason; every good line is kept. Exit status 1 when any line
+    /// was rejected.
+    Import {
+        /// File to read, or `-` for standard input.
+        file: String,
+    },
+    /// Export every event as JSON Lines, in (hlc, id) order.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Arguments of `shikaku check`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["card", "member"]))]
+pub struct CheckArgs {
+    /// Card token: 64 hexadecimal characters (never a My Number).
+    #[arg(long)]
+    pub card: Option<String>,
+    /// Member key: INSURER:SYMBOL:NUMBER:BRANCH, e.g. 06130015:1234:0000012:00.
+    #[arg(long)]
+    pub member: Option<String>,
+    /// Service date (YYYY-MM-DD); default today in Japan.
+    #[arg(long)]
+    pub date: Option<String>,
+    /// Answer as known at this record time: YYYY-MM-DD (end of that day, JST) or Unix ms.
+    /// Default: everything the ledger holds.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command line with `args` (including the program name), writing to `out` and
+/// `err`. Returns the process exit status.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli, out, err) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            2
+        }
+    }
+}
+
+fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
+    match cli.command {
+        Command::Demo(args) => demo::run(&args, out),
+        Command::Gen(args) => gen(&args, out).map(|()| 0),
+        Command::Ledger(LedgerCommand::Import { file }) => {
+            let summary = import(&cli.data_dir, &file, err)?;
+            writeln!(out, "{summary}")?;
+            Ok(if summary.rejected > 0 { 1 } else { 0 })
+        }
+        Command::Ledger(LedgerCommand::Export { out: path }) => {
+            export(&cli.data_dir, path.as_deref(), out).map(|()| 0)
+        }
+        Command::Check(args) => check(&cli.data_dir, &args, out).map(|()| 0),
+        Command::Bench(command) => bench::run(&command, out).map(|()| 0),
+    }
+}
+
+/// Writes the generated stream as JSON Lines, replacing a fraction of lines by malformed ones.
+pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
+    if !(0.0..1.0).contains(&args.malformed) {
+        bail!("--malformed must be a fraction in [0, 1), got {}", args.malformed);
+    }
+    let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(args.members, args.seed))?;
+    let mut file;
+    let mut stdout_lock;
+    let sink: &mut dyn Write = match &args.out {
+        Some(path) => {
+            file = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            );
+            &mut file
+        }
+        None => {
+            stdout_lock = std::io::BufWriter::new(out);
+            &mut stdout_lock
+        }
+    };
+    let mut rng = shikaku_gen::Rng::new(args.seed ^ 0x6d61_6c66_6f72_6d65);
+    for event in &generated.events {
+        let line = jsonl::encode(event);
+        if args.malformed > 0.0 && rng.chance(args.malformed) {
+            writeln!(sink, "{}", malform(&line, &mut rng))?;
+        } else {
+            writeln!(sink, "{line}")?;
+        }
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+/// Damages a good line in one of the ways real imports go wrong.
+fn malform(line: &str, rng: &mut shikaku_gen::Rng) -> String {
+    match rng.below(6) {
+        // Truncated in transfer.
+        0 => line[..line.len() / 2].to_owned(),
+        // A record from a newer schema.
+        1 => line.replacen("{\"v\":1,", "{\"v\":9,", 1),
+        // A signature that does not verify.
+        2 => {
+            let at = line.find("\"sig\":\"").map(|i| i + 7).unwrap_or(0);
+            let mut bytes = line.as_bytes().to_vec();
+            if let Some(byte) = bytes.get_mut(at) {
+                *byte = if *byte == b'0' { b'1' } else { b'0' };
+            }
+            String::from_utf8(bytes).unwrap_or_default()
+        }
+        // Content edited after signing (the id no longer matches).
+        3 => line.replacen("\"copay_tenths\":3", "\"copay_tenths\":2", 1).replacen(
+            "\"origin_seq\":",
+            "\"origin_seq\":1",
+            1,
+        ),
+        // A member key with a wrong check digit: change the insurer number's last digit.
+        4 => match line.find("\"member\":\"") {
+            Some(at) => {
+                let digit_at = at + 10 + line[at + 10..].find(':').unwrap_or(1) - 1;
+                let mut bytes = line.as_bytes().to_vec();
+                if let Some(byte) = bytes.get_mut(digit_at) {
+                    *byte = if *byte == b'9' { b'0' } else { *byte + 1 };
+                }
+                String::from_utf8(bytes).unwrap_or_default()
+            }
+            None => "{not json".to_owned(),
+        },
+        // Not JSON at all.
+        _ => "this is not an event".to_owned(),
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportSummary {
+    /// Lines read (non-empty).
+    pub lines: u64,
+    /// Events newly stored.
+    pub imported: u64,
+    /// Good events already in the ledger (or repeated in the input).
+    pub duplicates: u64,
+    /// Lines refused.
+    pub rejected: u64,
+}
+
+impl std::fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "imported {} new events from {} lines ({} already present, {} rejected)",
+            self.imported, self.lines, self.duplicates, self.rejected
+        )
+    }
+}
+
+/// Events read per verification batch during import.
+const IMPORT_CHUNK_LINES: usize = 8_192;
+
+/// Imports a JSON Lines file (or `-` for standard input) into the ledger in `data_dir`.
+/// Rejected lines are reported on `err` as `line N: reason`.
+pub fn import(data_dir: &Path, file: &str, err: &mut dyn Write) -> Result<ImportSummary> {
+    Store::ensure_dir_usable(data_dir)?;
+    let reader: Box<dyn Read> = if file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file).with_context(|| format!("opening {file}"))?)
+    };
+    import_from(data_dir, BufReader::new(reader), err)
+}
+
+/// Imports from any reader (see [`import`]).
+pub fn import_from(
+    data_dir: &Path,
+    reader: impl BufRead,
+    err: &mut dyn Write,
+) -> Result<ImportSummary> {
+    let mut store = Store::open(data_dir)?;
+    let now_ms = clock::now_ms();
+    let mut summary = ImportSummary::default();
+    let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
+    let flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
+                     store: &mut Store,
+                     summary: &mut ImportSummary,
+                     err: &mut dyn Write|
+     -> Result<()> {
+        let numbers: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
+        let events = pending.drain(..).map(|(_, e)| e).collect();
+        let mut good: Vec<SignedEvent> = Vec::new();
+        for (number, result) in numbers.into_iter().zip(verify_all(events)) {
+            match result {
+                Ok(event) => good.push(event),
+                Err(e) => {
+                    summary.rejected += 1;
+                    writeln!(err, "line {number}: {e}")?;
+                }
+            }
+        }
+        let offered = good.len() as u64;
+        let new = store.append(good)? as u64;
+        summary.imported += new;
+        summary.duplicates += offered - new;
+        Ok(())
+    };
+    for (index, line) in reader.lines().enumerate() {
+        let number = index as u64 + 1;
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                summary.lines += 1;
+                summary.rejected += 1;
+                writeln!(err, "line {number}: unreadable: {e}")?;
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        match jsonl::decode_unverified(&line, Some(now_ms)) {
+            Ok(event) => pending.push((number, event)),
+            Err(e) => {
+                summary.rejected += 1;
+                writeln!(err, "line {number}: {e}")?;
+            }
+        }
+        if pending.len() >= IMPORT_CHUNK_LINES {
+            flush(&mut pending, &mut store, &mut summary, err)?;
+        }
+    }
+    flush(&mut pending, &mut store, &mut summary, err)?;
+    Ok(summary)
+}
+
+/// Exports the ledger as JSON Lines in (hlc, id) order.
+pub fn export(data_dir: &Path, path: Option<&Path>, out: &mut dyn Write) -> Result<()> {
+    let store = Store::open(data_dir)?;
+    let mut events: Vec<&SignedEvent> = store.events().iter().collect();
+    events.sort_by_key(|e| e.order_key());
+    let mut file;
+    let mut stdout_lock;
+    let sink: &mut dyn Write = match path {
+        Some(path) => {
+            file = std::io::BufWriter::new(
+                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+            );
+            &mut file
+        }
+        None => {
+            stdout_lock = std::io::BufWriter::new(out);
+            &mut stdout_lock
+        }
+    };
+    for event in events {
+        writeln!(sink, "{}", jsonl::encode(event))?;
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+/// Parses `--as-of`: a date (end of that day in Japan) or Unix milliseconds.
+pub fn parse_as_of(text: &str) -> Result<Hlc> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(Hlc::end_of_ms(ms));
+    }
+    let date: Date = text.parse().context("--as-of must be YYYY-MM-DD or Unix milliseconds")?;
+    Ok(Hlc::end_of_ms(date.add_days(1).start_unix_ms_jst().saturating_sub(1)))
+}
+
+/// Parses the query of `shikaku check`.
+pub fn parse_query(card: Option<&str>, member: Option<&str>) -> Result<CheckQuery> {
+    match (card, member) {
+        (Some(card), None) => Ok(CheckQuery::Card(card.parse::<CardToken>()?)),
+        (None, Some(member)) => Ok(CheckQuery::Member(member.parse::<MemberKey>()?)),
+        _ => bail!("give exactly one of --card or --member"),
+    }
+}
+
+fn check(data_dir: &Path, args: &CheckArgs, out: &mut dyn Write) -> Result<()> {
+    let query = parse_query(args.card.as_deref(), args.member.as_deref())?;
+    let now_ms = clock::now_ms();
+    let date = match &args.date {
+        Some(text) => text.parse::<Date>()?,
+        None => Date::from_unix_ms_jst(now_ms),
+    };
+    let as_of = match &args.as_of {
+        Some(text) => parse_as_of(text)?,
+        None => Hlc(u64::MAX),
+    };
+    let store = Store::open(data_dir)?;
+    if store.is_empty() {
+        bail!(
+            "the ledger in {} is empty: import events first (shikaku ledger import FILE)",
+            data_dir.display()
+        );
+    }
+    let projection = store.projection(Replication::All);
+    let freshness = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
+    let answer = projection.check(&query, date, as_of, freshness);
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+    } else {
+        write!(out, "{}", render::answer(&answer))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Human-readable rendering of answers for the terminal (reception staff read these).
+
+use std::fmt::Write as _;
+
+use shikaku_core::{Answer, AnswerCode, CheckQuery, Conflict, Date, EndReason, Hlc};
+
+/// The headline word for an answer code.
+pub fn code_text(code: AnswerCode) -> &'static str {
+    match code {
+        AnswerCode::Valid => "VALID",
+        AnswerCode::Invalid => "INVALID",
+        AnswerCode::InvalidNewerExists => "INVALID — A NEWER COVERAGE EXISTS",
+        AnswerCode::NoMatch => "NO MATCH",
+        AnswerCode::MultipleMatches => "MULTIPLE MATCHES",
+        AnswerCode::PendingSuccessor => "PENDING SUCCESSOR (self-declared, new insurer not yet registered)",
+        AnswerCode::Unknown => "UNKNOWN — this member's insurer is not replicated here",
+    }
+}
+
+/// Japanese civil time of a Unix millisecond, "YYYY-MM-DD HH:MM JST".
+pub fn jst(ms: u64) -> String {
+    let date = Date::from_unix_ms_jst(ms);
+    let minutes = ((ms + 9 * 3_600_000) % 86_400_000) / 60_000;
+    format!("{date} {:02}:{:02} JST", minutes / 60, minutes % 60)
+}
+
+fn reason_text(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::JobChange => "job change",
+        EndReason::Retirement => "retirement",
+        EndReason::MoveOutOfMunicipality => "moved out of the municipality",
+        EndReason::Age75 => "75th birthday (late-stage elderly system)",
+        EndReason::Death => "death",
+        EndReason::Other => "other",
+    }
+}
+
+fn short(id: &shikaku_core::EventId) -> String {
+    id.to_string()[..12].to_owned()
+}
+
+/// Renders an answer as a short block of text.
+pub fn answer(answer: &Answer) -> String {
+    let mut s = String::new();
+    let asked = match &answer.query {
+        CheckQuery::Card(card) => format!("card {}…", &card.to_string()[..12]),
+        CheckQuery::Member(member) => format!("member {member}"),
+    };
+    let _ = writeln!(s, "{} — {asked} on {}", code_text(answer.code), answer.service_date);
+    if let Some(member) = &answer.member {
+        let role = match answer.dependant {
+            Some(true) => " (dependant)",
+            Some(false) => " (insured person)",
+            None => "",
+        };
+        let _ = writeln!(s, "  member      {member}{role}");
+    }
+    if let Some(insurer) = answer.insurer {
+        let _ = writeln!(s, "  insurer     {insurer}");
+    }
+    if let Some(coverage) = answer.coverage {
+        let end = coverage.end.map(|d| d.to_string()).unwrap_or_else(|| "open".into());
+        let _ = writeln!(s, "  coverage    {} → {end}", coverage.start);
+    }
+    if let Some(reason) = answer.end_reason {
+        let _ = writeln!(s, "  ended by    {}", reason_text(reason));
+    }
+    if let Some(copay) = answer.copay_tenths {
+        let _ = writeln!(s, "  copay       {copay} tenths ({}%)", copay * 10);
+    }
+    match (&answer.limit_category, answer.limit_category_withheld) {
+        (Some(category), _) => {
+            let _ = writeln!(s, "  limit       {category} (shown with the patient's consent)");
+        }
+        (None, true) => {
+            let _ = writeln!(s, "  limit       withheld: no consent recorded");
+        }
+        _ => {}
+    }
+    if let Some(successor) = &answer.successor {
+        let _ = writeln!(s, "  newer key   {successor}");
+    }
+    if let Some(declaration) = &answer.declaration {
+        let _ = writeln!(s, "  declared    self-declaration {}", short(declaration));
+    }
+    let ids: Vec<String> = answer.decided_by.iter().map(short).collect();
+    let _ = writeln!(s, "  decided by  {} event(s): {}", ids.len(), ids.join(", "));
+    for conflict in &answer.conflicts {
+        let _ = writeln!(s, "  CONFLICT    {}", conflict_text(conflict));
+    }
+    let k = &answer.knowledge;
+    let as_of = if k.as_of == Hlc(u64::MAX) {
+        "everything held".to_owned()
+    } else {
+        format!("as known at {}", jst(k.as_of.physical_ms()))
+    };
+    let sync = match (k.last_hub_sync_ms, k.staleness_s) {
+        (Some(at), Some(stale)) => format!("last hub sync {} ({stale} s ago)", jst(at)),
+        _ => "never synced with a hub (local import)".to_owned(),
+    };
+    let _ = writeln!(s, "  knowledge   {as_of} · {} events held · {sync}", k.events_held);
+    s
+}
+
+/// One line describing a conflict.
+pub fn conflict_text(conflict: &Conflict) -> String {
+    let ids = |events: &[shikaku_core::EventId]| {
+        events.iter().map(short).collect::<Vec<_>>().join(", ")
+    };
+    match conflict {
+        Conflict::OverlappingCoverage { member, events } => {
+            format!("overlapping coverage for {member}: {}", ids(events))
+        }
+        Conflict::CompetingEnds { member, events } => {
+            format!("competing coverage ends for {member} (earliest applied): {}", ids(events))
+        }
+        Conflict::CompetingValues { member, field, events } => {
+            format!("competing {field} for {member} on one day: {}", ids(events))
+        }
+        Conflict::CompetingCorrections { target, events } => {
+            format!("event {} corrected twice: {}", short(target), ids(events))
+        }
+        Conflict::MultipleMembers { card, members } => format!(
+            "card {}… resolves to {} covered members: {}",
+            &card.to_string()[..12],
+            members.len(),
+            members.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
