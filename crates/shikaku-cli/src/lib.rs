@@ -275,7 +275,9 @@ pub fn import_from(
     let now_ms = clock::now_ms();
     let mut summary = ImportSummary::default();
     let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
+    let mut errors: Vec<(u64, String)> = Vec::new();
     let flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
+                     errors: &mut Vec<(u64, String)>,
                      store: &mut Store,
                      summary: &mut ImportSummary,
                      err: &mut dyn Write|
@@ -286,11 +288,14 @@ pub fn import_from(
         for (number, result) in numbers.into_iter().zip(verify_all(events)) {
             match result {
                 Ok(event) => good.push(event),
-                Err(e) => {
-                    summary.rejected += 1;
-                    writeln!(err, "line {number}: {e}")?;
-                }
+                Err(e) => errors.push((number, e.to_string())),
             }
+        }
+        // Report this chunk's refusals in line order, whichever check caught them.
+        errors.sort_by_key(|(number, _)| *number);
+        for (number, reason) in errors.drain(..) {
+            summary.rejected += 1;
+            writeln!(err, "line {number}: {reason}")?;
         }
         let offered = good.len() as u64;
         let new = store.append(good)? as u64;
@@ -304,8 +309,7 @@ pub fn import_from(
             Ok(line) => line,
             Err(e) => {
                 summary.lines += 1;
-                summary.rejected += 1;
-                writeln!(err, "line {number}: unreadable: {e}")?;
+                errors.push((number, format!("unreadable: {e}")));
                 continue;
             }
         };
@@ -315,16 +319,13 @@ pub fn import_from(
         summary.lines += 1;
         match jsonl::decode_unverified(&line, Some(now_ms)) {
             Ok(event) => pending.push((number, event)),
-            Err(e) => {
-                summary.rejected += 1;
-                writeln!(err, "line {number}: {e}")?;
-            }
+            Err(e) => errors.push((number, e.to_string())),
         }
-        if pending.len() >= IMPORT_CHUNK_LINES {
-            flush(&mut pending, &mut store, &mut summary, err)?;
+        if pending.len() + errors.len() >= IMPORT_CHUNK_LINES {
+            flush(&mut pending, &mut errors, &mut store, &mut summary, err)?;
         }
     }
-    flush(&mut pending, &mut store, &mut summary, err)?;
+    flush(&mut pending, &mut errors, &mut store, &mut summary, err)?;
     Ok(summary)
 }
 

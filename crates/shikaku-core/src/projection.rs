@@ -642,6 +642,13 @@ impl Projection {
                                 if let Some(period) = insured_eval.reference {
                                     eval.end_reason = period.end_reason;
                                     eval.decided.extend(period.end_event);
+                                    // Show the dependant's coverage as ending with the insured's.
+                                    if let (Some(own), Some(end)) = (eval.reference.as_mut(), period.end) {
+                                        if own.end.is_none_or(|own_end| own_end > end) {
+                                            own.end = Some(end.max(own.start));
+                                            own.implied_end = false;
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -703,9 +710,14 @@ impl Projection {
             None => {
                 if let Some(period) = reference {
                     if eval.end_reason.is_none() {
-                        eval.end_reason = period.end_reason;
-                        match period.end_event {
-                            Some(event) => eval.decided.push(event),
+                        let ended_by = period.end.filter(|end| *end <= date).and(period.end_event);
+                        match ended_by {
+                            // The coverage ended on or before the service date.
+                            Some(event) => {
+                                eval.end_reason = period.end_reason;
+                                eval.decided.push(event);
+                            }
+                            // The coverage starts after the service date.
                             None => eval.decided.push(period.start_event),
                         }
                     }

@@ -1,0 +1,14 @@
+//! shikaku's integration tests, in one binary (each `tests/*.rs` file would link separately).
+//!
+//! - `story`: a small builder for signed event histories used by the other modules;
+//! - `scenarios`: insta snapshots of the eligibility rules, one story each;
+//! - `laws`: property tests (order independence, duplicates, encoding round trips);
+//! - `bad_input`: every kind of bad input gets a typed error that names the problem;
+//! - `cli`: the `shikaku` command end to end, including the 100k-member recomputation.
+
+mod bad_input;
+mod cli;
+mod laws;
+mod reference;
+mod scenarios;
+mod story;

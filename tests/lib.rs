@@ -1,0 +1,2 @@
+//! Empty library target: this package exists for its one integration-test binary, `it`
+//! (see `it/main.rs`).
