@@ -56,8 +56,8 @@ fn wrong_check_digit_names_the_expected_digit() {
 #[test]
 fn unknown_schema_version_is_refused() {
     let event = one_event(Hlc::new(1_000, 0));
-    let error = SignedEvent::decode(2, event.canonical_bytes(), event.signature(), None, None)
-        .unwrap_err();
+    let error =
+        SignedEvent::decode(2, event.canonical_bytes(), event.signature(), None, None).unwrap_err();
     assert_eq!(error, EventError::UnknownSchemaVersion { found: 2, supported: 1 });
 }
 
@@ -78,7 +78,13 @@ fn timestamp_too_far_in_the_future_is_refused() {
     let error =
         SignedEvent::decode(1, event.canonical_bytes(), event.signature(), None, Some(now_ms))
             .unwrap_err();
-    assert!(matches!(error, EventError::Clock(shikaku_core::HlcError::TooFarInFuture { ahead_ms: 3_600_000, .. })), "{error}");
+    assert!(
+        matches!(
+            error,
+            EventError::Clock(shikaku_core::HlcError::TooFarInFuture { ahead_ms: 3_600_000, .. })
+        ),
+        "{error}"
+    );
     assert!(error.to_string().contains("3600000 ms ahead"), "{error}");
 }
 
@@ -114,7 +120,10 @@ fn events_outside_their_namespace_are_refused() {
             },
         })
         .unwrap_err();
-    assert!(matches!(error, EventError::WrongNamespace { event_type: "coverage_ended", .. }), "{error}");
+    assert!(
+        matches!(error, EventError::WrongNamespace { event_type: "coverage_ended", .. }),
+        "{error}"
+    );
 }
 
 #[test]

@@ -12,7 +12,11 @@ use crate::reference::Reference;
 fn run(args: &[&str]) -> (i32, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let code = shikaku_cli::run(std::iter::once("shikaku").chain(args.iter().copied()), &mut out, &mut err);
+    let code = shikaku_cli::run(
+        std::iter::once("shikaku").chain(args.iter().copied()),
+        &mut out,
+        &mut err,
+    );
     (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
@@ -41,15 +45,24 @@ fn import_export_round_trip_is_byte_identical() {
     let dir = temp_dir("roundtrip");
     let stream = dir.join("in.jsonl");
     let data = dir.join("data");
-    let (code, _, _) = run(&["gen", "--members", "500", "--seed", "9", "--out", stream.to_str().unwrap()]);
+    let (code, _, _) =
+        run(&["gen", "--members", "500", "--seed", "9", "--out", stream.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let (code, out, err) = run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let lines = std::fs::read_to_string(&stream).unwrap();
     let count = lines.lines().count();
-    assert_eq!(out.trim(), format!("imported {count} new events from {count} lines (0 already present, 0 rejected)"));
-    let (_, again, _) = run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
-    assert_eq!(again.trim(), format!("imported 0 new events from {count} lines ({count} already present, 0 rejected)"));
+    assert_eq!(
+        out.trim(),
+        format!("imported {count} new events from {count} lines (0 already present, 0 rejected)")
+    );
+    let (_, again, _) =
+        run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
+    assert_eq!(
+        again.trim(),
+        format!("imported 0 new events from {count} lines ({count} already present, 0 rejected)")
+    );
     let (code, exported, _) = run(&["--data-dir", data.to_str().unwrap(), "ledger", "export"]);
     assert_eq!(code, 0);
     assert_eq!(exported, lines);
@@ -65,8 +78,19 @@ fn import_names_bad_lines_and_keeps_good_ones() {
     let dirty = dir.join("dirty.jsonl");
     let data = dir.join("data");
     run(&["gen", "--members", "400", "--seed", "3", "--out", clean.to_str().unwrap()]);
-    run(&["gen", "--members", "400", "--seed", "3", "--malformed", "0.05", "--out", dirty.to_str().unwrap()]);
-    let clean_lines: Vec<String> = std::fs::read_to_string(&clean).unwrap().lines().map(String::from).collect();
+    run(&[
+        "gen",
+        "--members",
+        "400",
+        "--seed",
+        "3",
+        "--malformed",
+        "0.05",
+        "--out",
+        dirty.to_str().unwrap(),
+    ]);
+    let clean_lines: Vec<String> =
+        std::fs::read_to_string(&clean).unwrap().lines().map(String::from).collect();
     let dirty_text = std::fs::read_to_string(&dirty).unwrap();
     let damaged: Vec<usize> = dirty_text
         .lines()
@@ -75,14 +99,21 @@ fn import_names_bad_lines_and_keeps_good_ones() {
         .map(|(i, _)| i + 1)
         .collect();
     assert!(damaged.len() > 20, "the generator damaged {} lines", damaged.len());
-    let (code, out, err) = run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", dirty.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", dirty.to_str().unwrap()]);
     assert_eq!(code, 1);
     let reported: Vec<usize> = err
         .lines()
         .map(|l| l.strip_prefix("line ").unwrap().split(':').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(reported, damaged, "exactly the damaged lines are reported, in order");
-    for reason in ["not a valid event line", "unknown schema version 9", "does not verify", "does not match its content", "check digit"] {
+    for reason in [
+        "not a valid event line",
+        "unknown schema version 9",
+        "does not verify",
+        "does not match its content",
+        "check digit",
+    ] {
         assert!(err.contains(reason), "some line is rejected for {reason:?}:\n{err}");
     }
     let kept = clean_lines.len() - damaged.len();
@@ -117,9 +148,11 @@ fn check_answers_by_card_and_key() {
         .unwrap();
     let member = member.to_string();
     let data = data.to_str().unwrap();
-    let (code, human, err) = run(&["--data-dir", data, "check", "--member", &member, "--date", "2025-06-01"]);
+    let (code, human, err) =
+        run(&["--data-dir", data, "check", "--member", &member, "--date", "2025-06-01"]);
     assert_eq!(code, 0, "{err}");
-    let (_, json, _) = run(&["--data-dir", data, "check", "--member", &member, "--date", "2025-06-01", "--json"]);
+    let (_, json, _) =
+        run(&["--data-dir", data, "check", "--member", &member, "--date", "2025-06-01", "--json"]);
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     insta::assert_snapshot!("check_human", human);
     insta::assert_json_snapshot!("check_json", value);
@@ -148,7 +181,13 @@ fn demo_runs_to_completion() {
     let dir = temp_dir("demo");
     let (code, out, err) = run(&["demo", "--members", "3000", "--workdir", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}\n{out}");
-    for needle in ["PENDING SUCCESSOR", "INVALID — A NEWER COVERAGE EXISTS", "is contradicted by event", "(identical)", "Demo finished"] {
+    for needle in [
+        "PENDING SUCCESSOR",
+        "INVALID — A NEWER COVERAGE EXISTS",
+        "is contradicted by event",
+        "(identical)",
+        "Demo finished",
+    ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -162,9 +201,11 @@ fn hundred_thousand_members_agree_with_an_independent_recomputation() {
     let dir = temp_dir("100k");
     let stream = dir.join("in.jsonl");
     let data = dir.join("data");
-    let (code, _, _) = run(&["gen", "--members", "100000", "--seed", "42", "--out", stream.to_str().unwrap()]);
+    let (code, _, _) =
+        run(&["gen", "--members", "100000", "--seed", "42", "--out", stream.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let (code, out, err) = run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["--data-dir", data.to_str().unwrap(), "ledger", "import", stream.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 rejected"), "{out}");
     let store = shikaku_cli::store::Store::open(&data).unwrap();
@@ -179,10 +220,18 @@ fn hundred_thousand_members_agree_with_an_independent_recomputation() {
         .collect();
     assert!(members.len() >= 100_000);
     // Index events by member for the reference (it stays naive per member).
-    let mut by_member: std::collections::HashMap<&shikaku_core::MemberKey, Vec<shikaku_core::SignedEvent>> = Default::default();
+    let mut by_member: std::collections::HashMap<
+        &shikaku_core::MemberKey,
+        Vec<shikaku_core::SignedEvent>,
+    > = Default::default();
     let voids: Vec<shikaku_core::SignedEvent> = events
         .iter()
-        .filter(|e| matches!(e.event().body, EventBody::EventVoided { .. } | EventBody::EventSuperseded { .. }))
+        .filter(|e| {
+            matches!(
+                e.event().body,
+                EventBody::EventVoided { .. } | EventBody::EventSuperseded { .. }
+            )
+        })
         .cloned()
         .collect();
     for e in events {
@@ -205,19 +254,36 @@ fn hundred_thousand_members_agree_with_an_independent_recomputation() {
         mine.extend(voids.iter().cloned());
         // Dependants need their insured person's events too.
         for e in by_member[member].clone() {
-            if let EventBody::MemberRegistered { relationship: shikaku_core::Relationship::Dependant { insured }, .. } = &e.event().body {
+            if let EventBody::MemberRegistered {
+                relationship: shikaku_core::Relationship::Dependant { insured },
+                ..
+            } = &e.event().body
+            {
                 mine.extend(by_member.get(insured).into_iter().flatten().cloned());
             }
         }
         let expected = Reference::new(&mine).expected(member, date);
-        let answer = projection.check(&CheckQuery::Member(member.clone()), date, Hlc(u64::MAX), Freshness::default());
+        let answer = projection.check(
+            &CheckQuery::Member(member.clone()),
+            date,
+            Hlc(u64::MAX),
+            Freshness::default(),
+        );
         let covered = answer.code == AnswerCode::Valid;
         valid += usize::from(covered);
         if covered != expected.covered || (covered && answer.copay_tenths != expected.copay) {
-            disagreements.push(format!("{member} on {date}: projection {:?}/{:?}, reference {expected:?}", answer.code, answer.copay_tenths));
+            disagreements.push(format!(
+                "{member} on {date}: projection {:?}/{:?}, reference {expected:?}",
+                answer.code, answer.copay_tenths
+            ));
         }
     }
-    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
     assert!(valid > 500 && valid < 1000, "a realistic mix of answers: {valid} valid of 1000");
     std::fs::remove_dir_all(&dir).unwrap();
 }

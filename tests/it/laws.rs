@@ -3,16 +3,17 @@
 //! same digest and the same answers), and every encoding round-trips.
 
 use proptest::prelude::*;
-use shikaku_core::{CheckQuery, Date, EventBody, Freshness, Hlc, Projection, Replication, SignedEvent};
+use shikaku_core::{
+    CheckQuery, Date, EventBody, Freshness, Hlc, Projection, Replication, SignedEvent,
+};
 
 use crate::story::d;
 
 fn stream() -> &'static [SignedEvent] {
     static STREAM: std::sync::OnceLock<Vec<SignedEvent>> = std::sync::OnceLock::new();
     STREAM.get_or_init(|| {
-        let mut events = shikaku_gen::generate(&shikaku_gen::GenConfig::new(400, 11))
-            .expect("generate")
-            .events;
+        let mut events =
+            shikaku_gen::generate(&shikaku_gen::GenConfig::new(400, 11)).expect("generate").events;
         // Add clinic-side events (declarations, resolutions, consent, checks) and a conflict.
         let mut story = crate::story::Story::new();
         crate::story::extra_clinic_events(&mut story, &events);
@@ -152,10 +153,19 @@ fn the_stream_exercises_every_rule() {
         types.insert(event.event().body.type_name());
     }
     for needed in [
-        "member_registered", "coverage_started", "coverage_ended", "copay_ratio_set",
-        "limit_category_set", "card_linked", "event_superseded", "event_voided",
-        "self_declaration_recorded", "self_declaration_resolved", "consent_given",
-        "check_performed", "wrong_person_linkage_revoked",
+        "member_registered",
+        "coverage_started",
+        "coverage_ended",
+        "copay_ratio_set",
+        "limit_category_set",
+        "card_linked",
+        "event_superseded",
+        "event_voided",
+        "self_declaration_recorded",
+        "self_declaration_resolved",
+        "consent_given",
+        "check_performed",
+        "wrong_person_linkage_revoked",
     ] {
         assert!(types.contains(needed), "stream lacks {needed}: {types:?}");
     }

@@ -6,6 +6,8 @@
 //! - `bad_input`: every kind of bad input gets a typed error that names the problem;
 //! - `cli`: the `shikaku` command end to end, including the 100k-member recomputation.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
+
 mod bad_input;
 mod cli;
 mod laws;

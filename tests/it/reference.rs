@@ -27,7 +27,8 @@ impl<'a> Reference<'a> {
         let mut targets: HashMap<EventId, Vec<EventId>> = HashMap::new();
         for event in events {
             match &event.event().body {
-                EventBody::EventVoided { target, .. } | EventBody::EventSuperseded { target, .. } => {
+                EventBody::EventVoided { target, .. }
+                | EventBody::EventSuperseded { target, .. } => {
                     targets.entry(*target).or_default().push(event.id())
                 }
                 _ => {}
@@ -93,14 +94,16 @@ impl<'a> Reference<'a> {
                     }
                 }
                 if let Some(i) = owner {
-                    periods[i].1 = Some(periods[i].1.map_or(*loss_date, |end: Date| end.min(*loss_date)));
+                    periods[i].1 =
+                        Some(periods[i].1.map_or(*loss_date, |end: Date| end.min(*loss_date)));
                 }
             }
         }
         if let Some(birth) = birth {
             if !member.insurer.is_late_stage_elderly() {
                 let (y, m, dd) = birth.ymd();
-                let birthday = Date::from_ymd(y + 75, m, dd).unwrap_or_else(|| Date::from_ymd(y + 75, 3, 1).unwrap());
+                let birthday = Date::from_ymd(y + 75, m, dd)
+                    .unwrap_or_else(|| Date::from_ymd(y + 75, 3, 1).unwrap());
                 for p in &mut periods {
                     let cap = p.0.max(birthday);
                     if p.1.is_none_or(|end| end > cap) {
@@ -109,7 +112,8 @@ impl<'a> Reference<'a> {
                 }
             }
         }
-        let covering = periods.iter().rev().find(|p| p.0 <= date && p.1.is_none_or(|end| date < end));
+        let covering =
+            periods.iter().rev().find(|p| p.0 <= date && p.1.is_none_or(|end| date < end));
         let Some(&(start, _, base_copay)) = covering else {
             return Expected { covered: false, copay: None };
         };

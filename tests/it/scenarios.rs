@@ -45,7 +45,11 @@ fn s02_job_change_with_registration_lag_and_self_declaration() {
     s.on("2024-03-21").link(card("shota"), &old);
     s.on("2025-06-03").insurer(
         employer_a(),
-        EventBody::CoverageEnded { member: old.clone(), loss_date: d("2025-06-01"), reason: EndReason::JobChange },
+        EventBody::CoverageEnded {
+            member: old.clone(),
+            loss_date: d("2025-06-01"),
+            reason: EndReason::JobChange,
+        },
     );
     let declaration = s.on("2025-06-05").clinic(EventBody::SelfDeclarationRecorded {
         query: by_card("shota"),
@@ -62,8 +66,18 @@ fn s02_job_change_with_registration_lag_and_self_declaration() {
     insta::assert_snapshot!(report(
         &s,
         &[
-            ("visit 2025-06-04, known that day", by_card("shota"), "2025-06-04", Some("2025-06-04")),
-            ("visit 2025-06-05 after the self-declaration", by_card("shota"), "2025-06-05", Some("2025-06-05")),
+            (
+                "visit 2025-06-04, known that day",
+                by_card("shota"),
+                "2025-06-04",
+                Some("2025-06-04")
+            ),
+            (
+                "visit 2025-06-05 after the self-declaration",
+                by_card("shota"),
+                "2025-06-05",
+                Some("2025-06-05")
+            ),
             ("the same visit as known after registration", by_card("shota"), "2025-06-05", None),
             ("old member key for that visit, known now", by_key(&old), "2025-06-05", None),
         ]
@@ -79,12 +93,21 @@ fn s03_retroactive_termination() {
     s.on("2024-01-10").enroll(&m, person("鈴木 誠", "1970-01-15"), None, "2024-01-01", 3);
     s.on("2025-09-30").insurer(
         employer_a(),
-        EventBody::CoverageEnded { member: m.clone(), loss_date: d("2025-08-01"), reason: EndReason::Retirement },
+        EventBody::CoverageEnded {
+            member: m.clone(),
+            loss_date: d("2025-08-01"),
+            reason: EndReason::Retirement,
+        },
     );
     insta::assert_snapshot!(report(
         &s,
         &[
-            ("visit 2025-08-20 as the clinic knew it on 2025-08-20", by_key(&m), "2025-08-20", Some("2025-08-20")),
+            (
+                "visit 2025-08-20 as the clinic knew it on 2025-08-20",
+                by_key(&m),
+                "2025-08-20",
+                Some("2025-08-20")
+            ),
             ("the same visit as known now", by_key(&m), "2025-08-20", None),
         ]
     ));
@@ -103,16 +126,29 @@ fn s04_void_and_void_of_void() {
     );
     let void = s.on("2025-05-10").insurer(
         employer_a(),
-        EventBody::EventVoided { subject: by_key(&m), target: wrong, reason: "entered for the wrong member".into() },
+        EventBody::EventVoided {
+            subject: by_key(&m),
+            target: wrong,
+            reason: "entered for the wrong member".into(),
+        },
     );
     s.on("2025-06-01").insurer(
         employer_a(),
-        EventBody::EventVoided { subject: by_key(&m), target: void, reason: "the void itself was a mistake".into() },
+        EventBody::EventVoided {
+            subject: by_key(&m),
+            target: void,
+            reason: "the void itself was a mistake".into(),
+        },
     );
     insta::assert_snapshot!(report(
         &s,
         &[
-            ("copay on 2025-05-20 known 2025-05-05 (change in force)", by_key(&m), "2025-05-20", Some("2025-05-05")),
+            (
+                "copay on 2025-05-20 known 2025-05-05 (change in force)",
+                by_key(&m),
+                "2025-05-20",
+                Some("2025-05-05")
+            ),
             ("known 2025-05-15 (change voided)", by_key(&m), "2025-05-20", Some("2025-05-15")),
             ("known now (void voided: change restored)", by_key(&m), "2025-05-20", None),
         ]
@@ -147,9 +183,13 @@ fn s05_supersession_and_competing_corrections() {
         employer_a(),
         EventBody::EventSuperseded { subject: by_key(&m), target: wrong, replacement: fix_b },
     );
-    let after_two = report(&s, &[("after a second, different correction", by_key(&m), "2025-04-10", None)]);
+    let after_two =
+        report(&s, &[("after a second, different correction", by_key(&m), "2025-04-10", None)]);
     let conflicts = s.projection().conflicts(Hlc(u64::MAX));
-    insta::assert_snapshot!(format!("{after_one}{after_two}## conflicts in the ledger\n{}", conflicts.len()));
+    insta::assert_snapshot!(format!(
+        "{after_one}{after_two}## conflicts in the ledger\n{}",
+        conflicts.len()
+    ));
 }
 
 #[test]
@@ -171,7 +211,11 @@ fn s06_move_between_municipalities() {
     );
     s.on("2025-10-02").insurer(
         city_a(),
-        EventBody::CoverageEnded { member: in_a.clone(), loss_date: d("2025-10-01"), reason: EndReason::MoveOutOfMunicipality },
+        EventBody::CoverageEnded {
+            member: in_a.clone(),
+            loss_date: d("2025-10-01"),
+            reason: EndReason::MoveOutOfMunicipality,
+        },
     );
     s.on("2025-10-03").enroll(&in_b, person("高橋 博", "1958-11-11"), None, "2025-10-01", 3);
     s.on("2025-10-03").link(card("hiroshi"), &in_b);
@@ -221,7 +265,12 @@ fn s07_wrong_person_linkage_revoked() {
     insta::assert_snapshot!(report(
         &s,
         &[
-            ("card on 2024-02-10 as known then (wrong person)", by_card("hina"), "2024-02-10", Some("2024-02-10")),
+            (
+                "card on 2024-02-10 as known then (wrong person)",
+                by_card("hina"),
+                "2024-02-10",
+                Some("2024-02-10")
+            ),
             ("card on 2024-02-10 as known now", by_card("hina"), "2024-02-10", None),
         ]
     ));
@@ -235,16 +284,31 @@ fn s08_dependant_coverage_ends_with_the_insured() {
     let insured = member(employer_a(), "9001", 0);
     let child = member(employer_a(), "9001", 1);
     s.on("2020-04-01").enroll(&insured, person("渡辺 健一", "1980-01-01"), None, "2020-04-01", 3);
-    s.on("2020-04-01").enroll(&child, person("渡辺 葵", "2015-06-06"), Some(&insured), "2020-04-01", 2);
+    s.on("2020-04-01").enroll(
+        &child,
+        person("渡辺 葵", "2015-06-06"),
+        Some(&insured),
+        "2020-04-01",
+        2,
+    );
     s.on("2025-07-02").insurer(
         employer_a(),
-        EventBody::CoverageEnded { member: insured.clone(), loss_date: d("2025-07-01"), reason: EndReason::Retirement },
+        EventBody::CoverageEnded {
+            member: insured.clone(),
+            loss_date: d("2025-07-01"),
+            reason: EndReason::Retirement,
+        },
     );
     insta::assert_snapshot!(report(
         &s,
         &[
             ("child on 2025-06-30", by_key(&child), "2025-06-30", None),
-            ("child on 2025-07-01 (insured person's coverage ended)", by_key(&child), "2025-07-01", None),
+            (
+                "child on 2025-07-01 (insured person's coverage ended)",
+                by_key(&child),
+                "2025-07-01",
+                None
+            ),
         ]
     ));
 }
@@ -264,7 +328,12 @@ fn s09_transfer_at_age_75() {
         &s,
         &[
             ("old key the day before the birthday", by_key(&old), "2025-09-14", None),
-            ("old key on the 75th birthday (not reported by city A)", by_key(&old), "2025-09-15", None),
+            (
+                "old key on the 75th birthday (not reported by city A)",
+                by_key(&old),
+                "2025-09-15",
+                None
+            ),
             ("card on the 75th birthday", by_card("sachiko"), "2025-09-15", None),
         ]
     ));
@@ -277,10 +346,20 @@ fn s10_death_ends_member_and_dependants() {
     let insured = member(employer_b(), "1201", 0);
     let spouse = member(employer_b(), "1201", 1);
     s.on("2015-04-01").enroll(&insured, person("加藤 隆", "1960-04-04"), None, "2015-04-01", 3);
-    s.on("2015-04-01").enroll(&spouse, person("加藤 由美", "1962-12-12"), Some(&insured), "2015-04-01", 3);
+    s.on("2015-04-01").enroll(
+        &spouse,
+        person("加藤 由美", "1962-12-12"),
+        Some(&insured),
+        "2015-04-01",
+        3,
+    );
     s.on("2025-11-05").insurer(
         employer_b(),
-        EventBody::CoverageEnded { member: insured.clone(), loss_date: d("2025-11-02"), reason: EndReason::Death },
+        EventBody::CoverageEnded {
+            member: insured.clone(),
+            loss_date: d("2025-11-02"),
+            reason: EndReason::Death,
+        },
     );
     insta::assert_snapshot!(report(
         &s,
@@ -320,7 +399,11 @@ fn s12_same_day_start_and_end() {
     s.on("2025-05-01").enroll(&brief, person("山口 誠", "1990-01-01"), None, "2025-05-01", 3);
     s.on("2025-05-02").insurer(
         employer_a(),
-        EventBody::CoverageEnded { member: brief.clone(), loss_date: d("2025-05-01"), reason: EndReason::Other },
+        EventBody::CoverageEnded {
+            member: brief.clone(),
+            loss_date: d("2025-05-01"),
+            reason: EndReason::Other,
+        },
     );
     let old = member(employer_a(), "1402", 0);
     let new = member(employer_b(), "1403", 0);
@@ -328,7 +411,11 @@ fn s12_same_day_start_and_end() {
     s.on("2024-01-01").link(card("rin"), &old);
     s.on("2025-06-01").insurer(
         employer_a(),
-        EventBody::CoverageEnded { member: old.clone(), loss_date: d("2025-06-01"), reason: EndReason::JobChange },
+        EventBody::CoverageEnded {
+            member: old.clone(),
+            loss_date: d("2025-06-01"),
+            reason: EndReason::JobChange,
+        },
     );
     s.on("2025-06-01").enroll(&new, person("松本 凛", "1992-02-02"), None, "2025-06-01", 3);
     s.on("2025-06-01").link(card("rin"), &new);
@@ -351,7 +438,11 @@ fn s13_limit_category_needs_consent() {
     s.on("2024-04-01").enroll(&m, person("井上 美咲", "1975-05-05"), None, "2024-04-01", 3);
     s.on("2025-01-01").insurer(
         employer_a(),
-        EventBody::LimitCategorySet { member: m.clone(), effective: d("2025-01-01"), category: "A03".into() },
+        EventBody::LimitCategorySet {
+            member: m.clone(),
+            effective: d("2025-01-01"),
+            category: "A03".into(),
+        },
     );
     s.on("2025-02-01").clinic(EventBody::ConsentGiven { member: m.clone() });
     s.on("2025-03-01").clinic(EventBody::ConsentWithdrawn { member: m.clone() });
@@ -378,7 +469,12 @@ fn s14_two_insurers_claim_one_card() {
     s.on("2025-04-02").link(card("minato"), &b);
     s.on("2025-04-03").insurer(
         employer_a(),
-        EventBody::CoverageStarted { member: a.clone(), start: d("2025-04-15"), copay_tenths: 3, elderly_certificate: false },
+        EventBody::CoverageStarted {
+            member: a.clone(),
+            start: d("2025-04-15"),
+            copay_tenths: 3,
+            elderly_certificate: false,
+        },
     );
     insta::assert_snapshot!(report(
         &s,

@@ -128,7 +128,8 @@ impl Story {
             Namespace::Insurer(insurer) => self.signer(insurer),
             Namespace::Clinic(_) => &self.clinic,
         };
-        let event = Event { namespace, origin, origin_seq: seq, hlc, author: signer.public(), body };
+        let event =
+            Event { namespace, origin, origin_seq: seq, hlc, author: signer.public(), body };
         let signed = signer.sign(event).expect("valid test event");
         let id = signed.id();
         self.events.push(signed);
@@ -265,7 +266,11 @@ pub fn extra_clinic_events(story: &mut Story, events: &[SignedEvent]) {
         story.clinic(EventBody::CheckPerformed {
             query: CheckQuery::Card(*token),
             service_date: d("2025-09-01"),
-            mode: if i % 2 == 0 { shikaku_core::CheckMode::Online } else { shikaku_core::CheckMode::Offline },
+            mode: if i % 2 == 0 {
+                shikaku_core::CheckMode::Online
+            } else {
+                shikaku_core::CheckMode::Offline
+            },
             knowledge: Hlc(0),
             hub_position: 0,
             code: shikaku_core::AnswerCode::Valid,
@@ -276,18 +281,65 @@ pub fn extra_clinic_events(story: &mut Story, events: &[SignedEvent]) {
     // A wrong-person linkage, revoked.
     if let (Some(token), Some(m)) = (cards.first(), members.get(1)) {
         story.link(*token, m);
-        story.insurer(m.insurer, EventBody::WrongPersonLinkageRevoked { card: *token, member: m.clone(), reason: "test".into() });
+        story.insurer(
+            m.insurer,
+            EventBody::WrongPersonLinkageRevoked {
+                card: *token,
+                member: m.clone(),
+                reason: "test".into(),
+            },
+        );
     }
     // A void, and a void of that void, of some insurer's coverage end; a competing correction.
-    if let Some(end) = events.iter().find(|e| matches!(e.event().body, EventBody::CoverageEnded { .. })) {
+    if let Some(end) =
+        events.iter().find(|e| matches!(e.event().body, EventBody::CoverageEnded { .. }))
+    {
         let EventBody::CoverageEnded { member, .. } = &end.event().body else { return };
         let insurer = member.insurer;
         let subject = CheckQuery::Member(member.clone());
-        let void = story.insurer(insurer, EventBody::EventVoided { subject: subject.clone(), target: end.id(), reason: "test".into() });
-        story.insurer(insurer, EventBody::EventVoided { subject: subject.clone(), target: void, reason: "test".into() });
-        let fix_a = story.insurer(insurer, EventBody::CoverageEnded { member: member.clone(), loss_date: d("2025-09-10"), reason: shikaku_core::EndReason::Other });
-        let fix_b = story.insurer(insurer, EventBody::CoverageEnded { member: member.clone(), loss_date: d("2025-09-20"), reason: shikaku_core::EndReason::Other });
-        story.insurer(insurer, EventBody::EventSuperseded { subject: subject.clone(), target: end.id(), replacement: fix_a });
-        story.insurer(insurer, EventBody::EventSuperseded { subject, target: end.id(), replacement: fix_b });
+        let void = story.insurer(
+            insurer,
+            EventBody::EventVoided {
+                subject: subject.clone(),
+                target: end.id(),
+                reason: "test".into(),
+            },
+        );
+        story.insurer(
+            insurer,
+            EventBody::EventVoided {
+                subject: subject.clone(),
+                target: void,
+                reason: "test".into(),
+            },
+        );
+        let fix_a = story.insurer(
+            insurer,
+            EventBody::CoverageEnded {
+                member: member.clone(),
+                loss_date: d("2025-09-10"),
+                reason: shikaku_core::EndReason::Other,
+            },
+        );
+        let fix_b = story.insurer(
+            insurer,
+            EventBody::CoverageEnded {
+                member: member.clone(),
+                loss_date: d("2025-09-20"),
+                reason: shikaku_core::EndReason::Other,
+            },
+        );
+        story.insurer(
+            insurer,
+            EventBody::EventSuperseded {
+                subject: subject.clone(),
+                target: end.id(),
+                replacement: fix_a,
+            },
+        );
+        story.insurer(
+            insurer,
+            EventBody::EventSuperseded { subject, target: end.id(), replacement: fix_b },
+        );
     }
 }

@@ -37,7 +37,9 @@ pub enum BenchCommand {
 /// Runs a benchmark.
 pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
     match command {
-        BenchCommand::Projection { members, seed, checks } => projection(*members, *seed, *checks, out),
+        BenchCommand::Projection { members, seed, checks } => {
+            projection(*members, *seed, *checks, out)
+        }
     }
 }
 
@@ -107,13 +109,20 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     let watch = Stopwatch::start();
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, seed))?;
     let events = generated.events;
-    writeln!(out, "generated and signed {} events in {:.1} s (not part of any measurement)", events.len(), watch.seconds())?;
+    writeln!(
+        out,
+        "generated and signed {} events in {:.1} s (not part of any measurement)",
+        events.len(),
+        watch.seconds()
+    )?;
 
     let mut queries: Vec<CheckQuery> = Vec::new();
     for event in &events {
         match &event.event().body {
             EventBody::CardLinked { card, .. } => queries.push(CheckQuery::Card(*card)),
-            EventBody::MemberRegistered { member, .. } => queries.push(CheckQuery::Member(member.clone())),
+            EventBody::MemberRegistered { member, .. } => {
+                queries.push(CheckQuery::Member(member.clone()))
+            }
             _ => {}
         }
     }
@@ -121,7 +130,8 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     let picks: Vec<(usize, Date)> = (0..checks)
         .map(|_| {
             let query = rng.below(queries.len() as u64) as usize;
-            let date = Date::from_ymd(2025, 4, 1).unwrap_or(Date(0)).add_days(rng.below(570) as i32);
+            let date =
+                Date::from_ymd(2025, 4, 1).unwrap_or(Date(0)).add_days(rng.below(570) as i32);
             (query, date)
         })
         .collect();
@@ -165,10 +175,34 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     let n = events.len() as f64;
     let people = projection.members_len().max(1) as f64;
     writeln!(out, "\n{:<34} {:>16} {:>16}", "measure", "shikaku", "naive baseline")?;
-    writeln!(out, "{:<34} {:>16.0} {:>16.0}", "fold events/s (one core)", n / fold_s, n / naive_fold_s)?;
-    writeln!(out, "{:<34} {:>16.2} {:>16.2}", "check p50 µs", percentile(&latencies, 0.5) as f64 / 1e3, percentile(&naive_latencies, 0.5) as f64 / 1e3)?;
-    writeln!(out, "{:<34} {:>16.2} {:>16.2}", "check p99 µs", percentile(&latencies, 0.99) as f64 / 1e3, percentile(&naive_latencies, 0.99) as f64 / 1e3)?;
-    writeln!(out, "{:<34} {:>16.0} {:>16.0}", "heap bytes per member key", projection_bytes as f64 / people, naive_bytes as f64 / people)?;
+    writeln!(
+        out,
+        "{:<34} {:>16.0} {:>16.0}",
+        "fold events/s (one core)",
+        n / fold_s,
+        n / naive_fold_s
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>16.2} {:>16.2}",
+        "check p50 µs",
+        percentile(&latencies, 0.5) as f64 / 1e3,
+        percentile(&naive_latencies, 0.5) as f64 / 1e3
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>16.2} {:>16.2}",
+        "check p99 µs",
+        percentile(&latencies, 0.99) as f64 / 1e3,
+        percentile(&naive_latencies, 0.99) as f64 / 1e3
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>16.0} {:>16.0}",
+        "heap bytes per member key",
+        projection_bytes as f64 / people,
+        naive_bytes as f64 / people
+    )?;
     writeln!(out, "{:<34} {:>16} {:>16}", "valid answers (sanity)", valid, naive_valid)?;
     writeln!(out, "\n{} member keys, {} events ({:.2} per key); targets: fold ≥ 1,000,000 events/s, check p99 ≤ 5 µs, ≤ 200 bytes per member", projection.members_len(), events.len(), n / people)?;
     Ok(())

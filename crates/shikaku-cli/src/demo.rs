@@ -126,8 +126,11 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32> {
     let (workdir, temporary) = match &args.workdir {
         Some(dir) => (dir.clone(), false),
         None => {
-            let dir = std::env::temp_dir()
-                .join(format!("shikaku-demo-{}-{}", std::process::id(), clock::now_ms()));
+            let dir = std::env::temp_dir().join(format!(
+                "shikaku-demo-{}-{}",
+                std::process::id(),
+                clock::now_ms()
+            ));
             (dir, true)
         }
     };
@@ -180,8 +183,9 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
 
     n.step("A patient who just changed jobs")?;
-    let story = find_job_change(store.events())
-        .ok_or_else(|| anyhow!("the generated world has no job change with registration lag; try another --seed"))?;
+    let story = find_job_change(store.events()).ok_or_else(|| {
+        anyhow!("the generated world has no job change with registration lag; try another --seed")
+    })?;
     let card = CheckQuery::Card(story.card);
     let end_day = Date::from_unix_ms_jst(story.end_recorded.physical_ms()).max(story.day);
     let registered_day = Date::from_unix_ms_jst(story.registered.physical_ms());
@@ -201,7 +205,9 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     let lag_as_of = end_of_day(end_day);
     let during_lag = projection.check(&card, end_day, lag_as_of, fresh);
     n.answer(
-        &format!("Visit on {end_day}, as known that day (the new insurer has not registered them yet)"),
+        &format!(
+            "Visit on {end_day}, as known that day (the new insurer has not registered them yet)"
+        ),
         &during_lag,
     )?;
 
@@ -231,7 +237,9 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     )?;
     let now_answer = projection.check(&card, end_day, Hlc(u64::MAX), fresh);
     n.answer(
-        &format!("The same visit ({end_day}) as known today: the new insurer registered retroactively"),
+        &format!(
+            "The same visit ({end_day}) as known today: the new insurer registered retroactively"
+        ),
         &now_answer,
     )?;
     n.answer(
@@ -247,7 +255,10 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     let earlier_as_of = end_of_day(config_end.add_days(-1));
     let earlier = projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
     n.answer(
-        &format!("The clinic's check on {service}, answered on {} with what it knew then", config_end.add_days(-1)),
+        &format!(
+            "The clinic's check on {service}, answered on {} with what it knew then",
+            config_end.add_days(-1)
+        ),
         &earlier,
     )?;
     let insurer_signer = shikaku_gen::insurer_signer(args.seed, target.insurer);
@@ -277,9 +288,13 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     ))?;
     let store = Store::open(workdir)?;
     let projection = store.projection(Replication::All);
-    let again_then = projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
+    let again_then =
+        projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
     let again_now = projection.check(&CheckQuery::Card(target_card), service, Hlc(u64::MAX), fresh);
-    n.answer(&format!("Re-check of the {service} visit as known then (unchanged: history is kept)"), &again_then)?;
+    n.answer(
+        &format!("Re-check of the {service} visit as known then (unchanged: history is kept)"),
+        &again_then,
+    )?;
     n.answer(&format!("Re-check of the {service} visit as known now"), &again_now)?;
     if earlier.code == AnswerCode::Valid && again_now.code != AnswerCode::Valid {
         n.say(&format!(
@@ -310,12 +325,23 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
         *tally.entry(answer.code).or_default() += 1;
     }
     let per_check_us = watch.seconds() * 1e6 / cards.len().max(1) as f64;
-    n.say(&format!("{} card checks for {service} in {:.2} s ({per_check_us:.1} µs each):", cards.len(), watch.seconds()))?;
+    n.say(&format!(
+        "{} card checks for {service} in {:.2} s ({per_check_us:.1} µs each):",
+        cards.len(),
+        watch.seconds()
+    ))?;
     for (code, count) in tally {
-        n.say(&format!("  {:<36} {count}", render::code_text(code).split(" (").next().unwrap_or("")))?;
+        n.say(&format!(
+            "  {:<36} {count}",
+            render::code_text(code).split(" (").next().unwrap_or("")
+        ))?;
     }
     let conflicts = projection.conflicts(Hlc(u64::MAX));
-    n.say(&format!("{} conflicts waiting for an insurer's decision; projection digest {}", conflicts.len(), &shikaku_core::hex::encode(&projection.digest())[..16]))?;
+    n.say(&format!(
+        "{} conflicts waiting for an insurer's decision; projection digest {}",
+        conflicts.len(),
+        &shikaku_core::hex::encode(&projection.digest())[..16]
+    ))?;
     Ok(())
 }
 

@@ -44,7 +44,9 @@ impl std::error::Error for LineError {}
 impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LineError::TooLong(n) => write!(f, "line is {n} bytes; at most {LINE_BYTES_MAX} are accepted"),
+            LineError::TooLong(n) => {
+                write!(f, "line is {n} bytes; at most {LINE_BYTES_MAX} are accepted")
+            }
             LineError::Json(e) => write!(f, "not a valid event line: {e}"),
             LineError::Event(e) => write!(f, "{e}"),
         }

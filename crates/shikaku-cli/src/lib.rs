@@ -125,7 +125,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let text = e.render().to_string();
-            let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
+            let _ = if e.use_stderr() {
+                err.write_all(text.as_bytes())
+            } else {
+                out.write_all(text.as_bytes())
+            };
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
@@ -166,7 +170,8 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
     let sink: &mut dyn Write = match &args.out {
         Some(path) => {
             file = std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
             );
             &mut file
         }
@@ -277,10 +282,10 @@ pub fn import_from(
     let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
     let mut errors: Vec<(u64, String)> = Vec::new();
     let flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
-                     errors: &mut Vec<(u64, String)>,
-                     store: &mut Store,
-                     summary: &mut ImportSummary,
-                     err: &mut dyn Write|
+                 errors: &mut Vec<(u64, String)>,
+                 store: &mut Store,
+                 summary: &mut ImportSummary,
+                 err: &mut dyn Write|
      -> Result<()> {
         let numbers: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
         let events = pending.drain(..).map(|(_, e)| e).collect();
@@ -339,7 +344,8 @@ pub fn export(data_dir: &Path, path: Option<&Path>, out: &mut dyn Write) -> Resu
     let sink: &mut dyn Write = match path {
         Some(path) => {
             file = std::io::BufWriter::new(
-                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
             );
             &mut file
         }

@@ -12,7 +12,9 @@ pub fn code_text(code: AnswerCode) -> &'static str {
         AnswerCode::InvalidNewerExists => "INVALID — A NEWER COVERAGE EXISTS",
         AnswerCode::NoMatch => "NO MATCH",
         AnswerCode::MultipleMatches => "MULTIPLE MATCHES",
-        AnswerCode::PendingSuccessor => "PENDING SUCCESSOR (self-declared, new insurer not yet registered)",
+        AnswerCode::PendingSuccessor => {
+            "PENDING SUCCESSOR (self-declared, new insurer not yet registered)"
+        }
         AnswerCode::Unknown => "UNKNOWN — this member's insurer is not replicated here",
     }
 }
@@ -104,9 +106,8 @@ pub fn answer(answer: &Answer) -> String {
 
 /// One line describing a conflict.
 pub fn conflict_text(conflict: &Conflict) -> String {
-    let ids = |events: &[shikaku_core::EventId]| {
-        events.iter().map(short).collect::<Vec<_>>().join(", ")
-    };
+    let ids =
+        |events: &[shikaku_core::EventId]| events.iter().map(short).collect::<Vec<_>>().join(", ");
     match conflict {
         Conflict::OverlappingCoverage { member, events } => {
             format!("overlapping coverage for {member}: {}", ids(events))

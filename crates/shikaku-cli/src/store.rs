@@ -43,7 +43,9 @@ impl Store {
                 continue;
             }
             let event = jsonl::decode_unverified(&line, None)
-                .map_err(|e| anyhow::anyhow!("{} line {}: damaged: {e}", path.display(), number + 1))?
+                .map_err(|e| {
+                    anyhow::anyhow!("{} line {}: damaged: {e}", path.display(), number + 1)
+                })?
                 .trust_stored_signature();
             if store.ids.insert(event.id()) {
                 store.events.push(event);

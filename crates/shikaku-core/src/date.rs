@@ -9,7 +9,16 @@ use std::str::FromStr;
 
 /// A calendar day, stored as the number of days since 1970-01-01.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 pub struct Date(pub i32);
 

@@ -89,8 +89,19 @@ byte_id!(
 
 /// The replication unit: one per insurer (membership) and one per clinic (its checks).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Namespace {
@@ -102,8 +113,19 @@ pub enum Namespace {
 
 /// Sex as recorded by the insurer.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Sex {
@@ -115,8 +137,18 @@ pub enum Sex {
 
 /// Whether a member is the insured person or a dependant of one.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Relationship {
@@ -131,8 +163,19 @@ pub enum Relationship {
 
 /// Why coverage ended (資格喪失事由).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
@@ -152,8 +195,19 @@ pub enum EndReason {
 
 /// Online (the node was in sync) or offline (answered from the local replica while cut off).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CheckMode {
@@ -165,8 +219,18 @@ pub enum CheckMode {
 
 /// What a check asks about: a card token or a member key.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CheckQuery {
@@ -178,8 +242,19 @@ pub enum CheckQuery {
 
 /// The validity codes of an answer.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerCode {
@@ -201,8 +276,19 @@ pub enum AnswerCode {
 
 /// Outcome of a self-declaration once the facts are known.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum DeclarationOutcome {
@@ -214,8 +300,18 @@ pub enum DeclarationOutcome {
 
 /// Demographic facts about a person, as registered by the insurer. Never a My Number.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Person {
     /// Full name, any Unicode, stored exactly as given.
@@ -234,8 +330,18 @@ pub struct Person {
 
 /// Every kind of eligibility event. Corrections never overwrite: they void or supersede.
 #[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum EventBody {
@@ -443,8 +549,15 @@ impl EventBody {
 
 /// The canonical content of an event (schema version 1): what is hashed and signed.
 #[derive(
-    Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-    serde::Serialize, serde::Deserialize,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Event {
     /// The namespace the event belongs to.
@@ -578,7 +691,10 @@ impl Event {
                 if let Relationship::Dependant { insured } = relationship {
                     insured.validate()?;
                     if insured == member {
-                        return Err(field_error("relationship", "a member cannot depend on itself"));
+                        return Err(field_error(
+                            "relationship",
+                            "a member cannot depend on itself",
+                        ));
                     }
                     if insured.insurer != member.insurer {
                         return Err(field_error(
@@ -651,7 +767,8 @@ impl Event {
 
     /// The canonical rkyv encoding (schema version 1).
     pub fn canonical_bytes(&self) -> Result<rkyv::util::AlignedVec, EventError> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self).map_err(|e| EventError::Malformed(e.to_string()))
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map_err(|e| EventError::Malformed(e.to_string()))
     }
 }
 
@@ -788,10 +905,8 @@ pub fn verify_all(events: Vec<UnverifiedEvent>) -> Vec<Result<SignedEvent, Event
         let batch: Vec<UnverifiedEvent> = events.by_ref().take(VERIFY_BATCH_EVENTS).collect();
         let messages: Vec<[u8; 48]> = batch.iter().map(|e| signed_message(&e.0.id)).collect();
         let message_refs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
-        let signatures: Vec<ed25519_dalek::Signature> = batch
-            .iter()
-            .map(|e| ed25519_dalek::Signature::from_bytes(&e.0.signature.0))
-            .collect();
+        let signatures: Vec<ed25519_dalek::Signature> =
+            batch.iter().map(|e| ed25519_dalek::Signature::from_bytes(&e.0.signature.0)).collect();
         let keys: Option<Vec<ed25519_dalek::VerifyingKey>> = batch
             .iter()
             .map(|e| ed25519_dalek::VerifyingKey::from_bytes(&e.0.event.author.0).ok())

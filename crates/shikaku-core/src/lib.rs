@@ -19,10 +19,9 @@ pub mod projection;
 pub use answer::{Answer, Conflict, Freshness, Knowledge};
 pub use date::{Date, DateError, DateRange};
 pub use event::{
-    AnswerCode, AuthorKey, CheckMode, CheckQuery, EndReason, Event, EventBody, EventError,
-    EventId, Namespace, NodeId, Person, Relationship, Sex, Signature, SignedEvent, Signer,
-    UnverifiedEvent, verify_all, DeclarationOutcome, AnswerHash,
-    SCHEMA_VERSION,
+    verify_all, AnswerCode, AnswerHash, AuthorKey, CheckMode, CheckQuery, DeclarationOutcome,
+    EndReason, Event, EventBody, EventError, EventId, Namespace, NodeId, Person, Relationship, Sex,
+    Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_VERSION,
 };
 pub use hlc::{Hlc, HlcClock, HlcError};
 pub use member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};

@@ -74,7 +74,16 @@ pub fn insurer_check_digit(leading_digits: &[u8]) -> u8 {
 /// An insurer number (保険者番号): 8 digits, or 6 for national health insurance. The width is
 /// implied by the value, because valid 8-digit numbers never start with 00.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 pub struct InsurerNumber(u32);
 
@@ -239,7 +248,16 @@ impl fmt::Debug for MemberKey {
 /// An opaque card token, e.g. a keyed hash of the card certificate's serial number. It is
 /// never a My Number, and a My Number cannot be turned into one by shikaku.
 #[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 pub struct CardToken(pub [u8; 32]);
 
@@ -319,7 +337,10 @@ mod tests {
         let key: MemberKey = "33120015:記号12:12345:01".parse().unwrap();
         assert_eq!(key.symbol, "記号12");
         assert_eq!(key.to_string(), "33120015:記号12:12345:01");
-        assert!(matches!("33120015:a b:1:01".parse::<MemberKey>(), Err(MemberKeyError::Field { .. })));
+        assert!(matches!(
+            "33120015:a b:1:01".parse::<MemberKey>(),
+            Err(MemberKeyError::Field { .. })
+        ));
         assert!(matches!("33120015:a:1:1".parse::<MemberKey>(), Err(MemberKeyError::Branch(_))));
         assert_eq!("33120015:a::01".parse::<MemberKey>(), Err(MemberKeyError::EmptyNumber));
     }

@@ -271,9 +271,8 @@ impl Projection {
             None => {
                 let index = members.len() as u32;
                 members.push(MemberState { key: buffer.as_slice().into(), facts: Vec::new() });
-                self.member_table.insert_unique(hash, index, |&m| {
-                    hash_bytes(&members[m as usize].key)
-                });
+                self.member_table
+                    .insert_unique(hash, index, |&m| hash_bytes(&members[m as usize].key));
                 index
             }
         };
@@ -479,7 +478,8 @@ impl Projection {
             return false;
         };
         voids.iter().any(|v| {
-            v.hlc <= cutoff && (depth >= VOID_CHAIN_DEPTH_MAX || !self.is_voided(v.event, cutoff, depth + 1))
+            v.hlc <= cutoff
+                && (depth >= VOID_CHAIN_DEPTH_MAX || !self.is_voided(v.event, cutoff, depth + 1))
         })
     }
 
@@ -498,10 +498,8 @@ impl Projection {
             .filter(|v| v.flag == 1 && self.visible(v.hlc, v.event, cutoff))
             .map(|v| self.ids[v.event as usize])
             .collect();
-        (supersessions.len() > 1).then(|| Conflict::CompetingCorrections {
-            target: *target,
-            events: supersessions,
-        })
+        (supersessions.len() > 1)
+            .then_some(Conflict::CompetingCorrections { target: *target, events: supersessions })
     }
 
     /// The member key stored at an index.
@@ -607,8 +605,10 @@ impl Projection {
         for pair in starts.windows(2) {
             if pair[0].range().overlaps(&pair[1].range()) {
                 if let Some(member) = key.clone() {
-                    let mut events =
-                        vec![self.ids[pair[0].start_event as usize], self.ids[pair[1].start_event as usize]];
+                    let mut events = vec![
+                        self.ids[pair[0].start_event as usize],
+                        self.ids[pair[1].start_event as usize],
+                    ];
                     events.sort();
                     view.conflicts.push(Conflict::OverlappingCoverage { member, events });
                 }
@@ -618,7 +618,13 @@ impl Projection {
         view
     }
 
-    fn evaluate(&self, member: u32, date: Date, cutoff: Hlc, depth: u32) -> (MemberView, Evaluation) {
+    fn evaluate(
+        &self,
+        member: u32,
+        date: Date,
+        cutoff: Hlc,
+        depth: u32,
+    ) -> (MemberView, Evaluation) {
         let view = self.view(member, cutoff);
         let mut eval = Evaluation { conflicts: view.conflicts.clone(), ..Evaluation::default() };
         let covering = view.periods.iter().rev().find(|p| p.range().contains(date)).copied();
@@ -643,7 +649,9 @@ impl Projection {
                                     eval.end_reason = period.end_reason;
                                     eval.decided.extend(period.end_event);
                                     // Show the dependant's coverage as ending with the insured's.
-                                    if let (Some(own), Some(end)) = (eval.reference.as_mut(), period.end) {
+                                    if let (Some(own), Some(end)) =
+                                        (eval.reference.as_mut(), period.end)
+                                    {
                                         if own.end.is_none_or(|own_end| own_end > end) {
                                             own.end = Some(end.max(own.start));
                                             own.implied_end = false;
@@ -661,11 +669,8 @@ impl Projection {
                 eval.decided.push(period.start_event);
                 eval.decided.extend(period.end_event);
                 let mut copay = (period.start, period.copay, period.start_event);
-                let mut candidates: Vec<&(Date, u8, u32)> = view
-                    .copays
-                    .iter()
-                    .filter(|c| c.0 <= date && c.0 >= period.start)
-                    .collect();
+                let mut candidates: Vec<&(Date, u8, u32)> =
+                    view.copays.iter().filter(|c| c.0 <= date && c.0 >= period.start).collect();
                 candidates.sort_by_key(|c| c.0);
                 if let Some(latest) = candidates.last() {
                     let same_day: Vec<&&(Date, u8, u32)> =
@@ -756,9 +761,10 @@ impl Projection {
             .flatten()
             .filter(|d| d.date <= date && self.visible(d.hlc, d.event, cutoff))
             .filter(|d| {
-                let resolved = self.resolutions.get(&self.ids[d.event as usize]).is_some_and(|rs| {
-                    rs.iter().any(|r| self.visible(r.hlc, r.event, cutoff))
-                });
+                let resolved = self
+                    .resolutions
+                    .get(&self.ids[d.event as usize])
+                    .is_some_and(|rs| rs.iter().any(|r| self.visible(r.hlc, r.event, cutoff)));
                 !resolved
             })
             .max_by(|a, b| self.order(a.hlc, a.event).cmp(&self.order(b.hlc, b.event)))

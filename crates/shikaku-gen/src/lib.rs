@@ -158,9 +158,7 @@ impl World {
             } else {
                 1
             }
-        } else if age < 6 {
-            2
-        } else if age >= 70 {
+        } else if !(6..70).contains(&age) {
             2
         } else {
             3
@@ -210,7 +208,11 @@ impl World {
         self.people[p].covered = false;
         let key = self.people[p].key.clone();
         let insurer = self.people[p].insurer;
-        self.emit(insurer, record, EventBody::CoverageEnded { member: key, loss_date: loss, reason });
+        self.emit(
+            insurer,
+            record,
+            EventBody::CoverageEnded { member: key, loss_date: loss, reason },
+        );
     }
 }
 
@@ -254,7 +256,12 @@ pub fn card_token(seed: u64, person: usize) -> CardToken {
 fn build_insurers(seed: u64, members: usize) -> Vec<Insurer> {
     let mut insurers = Vec::new();
     let mut add = |number: InsurerNumber, kind: InsurerKind| {
-        insurers.push(Insurer { number, kind, signer: insurer_signer(seed, number), next_number: 0 })
+        insurers.push(Insurer {
+            number,
+            kind,
+            signer: insurer_signer(seed, number),
+            next_number: 0,
+        })
     };
     // Employees' insurers: the association (協会けんぽ, law 01) and societies (law 06),
     // about one per 20k members as in Japan.
@@ -323,7 +330,7 @@ fn roster(world: &mut World) {
         let remaining = world.config.members - p;
         let (kind, family) = if age >= 75 {
             (InsurerKind::LateStage, 0)
-        } else if age >= 20 && age < 65 && world.rng.chance(0.7) {
+        } else if (20..65).contains(&age) && world.rng.chance(0.7) {
             let family = if world.rng.chance(0.35) { 1 + world.rng.below(3) as usize } else { 0 };
             (InsurerKind::Employees, family.min(remaining - 1))
         } else {
@@ -477,7 +484,11 @@ fn move_municipality(world: &mut World, p: usize, day: Date) {
         person.municipality = municipality;
         person.address = format!("{}(転居)", person.address);
         let key = world.people[q].key.clone();
-        world.emit(old, day, EventBody::DemographicsChanged { member: key, effective: day, person: person.clone() });
+        world.emit(
+            old,
+            day,
+            EventBody::DemographicsChanged { member: key, effective: day, person: person.clone() },
+        );
         world.people[q].person = person;
         let record = day.add_days(world.rng.below(5) as i32);
         world.end(q, day, EndReason::MoveOutOfMunicipality, record);
@@ -522,7 +533,11 @@ fn copay_change(world: &mut World, p: usize, day: Date) {
     let (y, m, _) = day.ymd();
     let effective = Date::from_ymd(y, m, 16).unwrap_or(day);
     let copay = if world.insurers[insurer].kind == InsurerKind::LateStage { 2 } else { 3 };
-    world.emit(insurer, effective.add_days(-3), EventBody::CopayRatioSet { member: key, effective, copay_tenths: copay });
+    world.emit(
+        insurer,
+        effective.add_days(-3),
+        EventBody::CopayRatioSet { member: key, effective, copay_tenths: copay },
+    );
 }
 
 fn limit_category(world: &mut World, p: usize, day: Date) {
@@ -536,10 +551,18 @@ fn correction(world: &mut World, p: usize, day: Date) {
     // A copay ratio entered wrongly is superseded by the right one a few days later.
     let key = world.people[p].key.clone();
     let insurer = world.people[p].insurer;
-    world.emit(insurer, day, EventBody::CopayRatioSet { member: key.clone(), effective: day, copay_tenths: 1 });
+    world.emit(
+        insurer,
+        day,
+        EventBody::CopayRatioSet { member: key.clone(), effective: day, copay_tenths: 1 },
+    );
     let index = world.drafts.len() - 1;
     let fix_day = day.add_days(1 + world.rng.below(10) as i32);
-    world.emit(insurer, fix_day, EventBody::CopayRatioSet { member: key.clone(), effective: day, copay_tenths: 3 });
+    world.emit(
+        insurer,
+        fix_day,
+        EventBody::CopayRatioSet { member: key.clone(), effective: day, copay_tenths: 3 },
+    );
     let replacement_index = world.drafts.len() - 1;
     // The target ids are filled in by `finish` once both drafts are signed; `order` carries
     // the two draft indices until then.
@@ -571,7 +594,11 @@ fn wrong_person_linkage(world: &mut World, p: usize, day: Date) {
     world.emit(
         insurer,
         revoke_day,
-        EventBody::WrongPersonLinkageRevoked { card, member: key, reason: "linked to the wrong person at registration".into() },
+        EventBody::WrongPersonLinkageRevoked {
+            card,
+            member: key,
+            reason: "linked to the wrong person at registration".into(),
+        },
     );
 }
 
@@ -594,13 +621,12 @@ fn finish(world: World) -> Result<Generated, GenError> {
         if let EventBody::EventSuperseded { target, replacement, .. } = &mut draft.body {
             let target_draft = (draft.order >> 32) as usize;
             let replacement_draft = (draft.order & 0xFFFF_FFFF) as usize;
-            let resolve = |d: usize| -> Result<shikaku_core::EventId, GenError> {
-                signed
-                    .get(d)
-                    .and_then(|s| s.as_ref())
-                    .map(SignedEvent::id)
-                    .ok_or_else(|| GenError("correction refers to an event not yet signed".into()))
-            };
+            let resolve =
+                |d: usize| -> Result<shikaku_core::EventId, GenError> {
+                    signed.get(d).and_then(|s| s.as_ref()).map(SignedEvent::id).ok_or_else(|| {
+                        GenError("correction refers to an event not yet signed".into())
+                    })
+                };
             if order_of[target_draft] > order_of[i] || order_of[replacement_draft] > order_of[i] {
                 return Err(GenError("correction ordered before its target".into()));
             }
@@ -608,9 +634,7 @@ fn finish(world: World) -> Result<Generated, GenError> {
             *replacement = resolve(replacement_draft)?;
         }
         let insurer = &insurers[draft.insurer];
-        let hlc = clock
-            .tick(draft.record_ms)
-            .map_err(|e| GenError(format!("clock: {e}")))?;
+        let hlc = clock.tick(draft.record_ms).map_err(|e| GenError(format!("clock: {e}")))?;
         let seq = seqs.entry(insurer.number).or_insert(0);
         *seq += 1;
         let event = Event {
