@@ -14,3 +14,4 @@ mod laws;
 mod reference;
 mod scenarios;
 mod story;
+mod vectors;

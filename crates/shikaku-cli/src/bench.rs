@@ -143,6 +143,7 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     for event in &events {
         projection.apply(event);
     }
+    projection.shrink_to_fit();
     let fold_s = watch.seconds();
     let projection_bytes = live_bytes().saturating_sub(before);
 
@@ -155,14 +156,22 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
 
     let fresh = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None };
     let mut latencies = Vec::with_capacity(checks);
+    let (mut card_latencies, mut key_latencies) = (Vec::new(), Vec::new());
     let mut valid = 0u64;
     for (query, date) in &picks {
         let watch = Stopwatch::start();
         let answer = projection.check(&queries[*query], *date, Hlc(u64::MAX), fresh);
-        latencies.push(watch.nanos());
+        let nanos = watch.nanos();
+        latencies.push(nanos);
+        match &queries[*query] {
+            CheckQuery::Card(_) => card_latencies.push(nanos),
+            CheckQuery::Member(_) => key_latencies.push(nanos),
+        }
         valid += u64::from(answer.code == shikaku_core::AnswerCode::Valid);
     }
     latencies.sort_unstable();
+    card_latencies.sort_unstable();
+    key_latencies.sort_unstable();
     let mut naive_latencies = Vec::with_capacity(checks);
     let mut naive_valid = 0u64;
     for (query, date) in &picks {
@@ -195,6 +204,18 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
         "check p99 µs",
         percentile(&latencies, 0.99) as f64 / 1e3,
         percentile(&naive_latencies, 0.99) as f64 / 1e3
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>16.2}",
+        "  card checks p99 µs",
+        percentile(&card_latencies, 0.99) as f64 / 1e3
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>16.2}",
+        "  member-key checks p99 µs",
+        percentile(&key_latencies, 0.99) as f64 / 1e3
     )?;
     writeln!(
         out,

@@ -69,6 +69,9 @@ pub fn decode_unverified(line: &str, now_ms: Option<u64>) -> Result<UnverifiedEv
     if line.len() > LINE_BYTES_MAX {
         return Err(LineError::TooLong(line.len()));
     }
+    if !line.trim_start().starts_with('{') {
+        return Err(LineError::Json("the line is not a JSON object".into()));
+    }
     let parsed: LineIn = serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
     if parsed.v != shikaku_core::SCHEMA_VERSION {
         return Err(LineError::Event(EventError::UnknownSchemaVersion {

@@ -117,6 +117,7 @@ impl Store {
         for event in &self.events {
             projection.apply(event);
         }
+        projection.shrink_to_fit();
         projection
     }
 

@@ -109,6 +109,12 @@ impl InsurerNumber {
         InsurerNumber(leading * 10 + u32::from(insurer_check_digit(&digits)))
     }
 
+    /// Rebuilds a number that was validated before it was stored (the projection's compact
+    /// keys); never use it on input from outside.
+    pub(crate) fn from_validated(value: u32) -> InsurerNumber {
+        InsurerNumber(value)
+    }
+
     /// The numeric value.
     pub fn value(self) -> u32 {
         self.0

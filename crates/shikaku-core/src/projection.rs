@@ -150,6 +150,13 @@ struct CheckInfo {
     code: AnswerCode,
 }
 
+/// Size of the void-target filter: 2^20 bits (128 KiB), allocated on the first void.
+const VOID_FILTER_WORDS: usize = 1 << 14;
+
+fn void_filter_bit(id: &EventId) -> usize {
+    (u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) as usize) % (VOID_FILTER_WORDS * 64)
+}
+
 /// Encodes a member key compactly: insurer (u32 LE), branch, symbol length, symbol, number.
 fn compact_key(key: &MemberKey, out: &mut Vec<u8>) {
     out.clear();
@@ -166,7 +173,13 @@ fn decode_compact_key(bytes: &[u8]) -> Option<MemberKey> {
     let symbol_len = usize::from(*bytes.get(5)?);
     let symbol = std::str::from_utf8(bytes.get(6..6 + symbol_len)?).ok()?;
     let number = std::str::from_utf8(bytes.get(6 + symbol_len..)?).ok()?;
-    MemberKey::new(InsurerNumber::new(insurer).ok()?, symbol, number, branch).ok()
+    // Keys were validated before they were stored; rebuilding them needs no re-validation.
+    Some(MemberKey {
+        insurer: InsurerNumber::from_validated(insurer),
+        symbol: symbol.to_owned(),
+        number: number.to_owned(),
+        branch,
+    })
 }
 
 /// A coverage period as resolved at query time.
@@ -225,6 +238,9 @@ pub struct Projection {
     cards: Vec<CardState>,
     card_table: HashTable<u32>,
     voids: FixedMap<EventId, Vec<Marker>>,
+    /// A one-hash Bloom filter over void targets: most facts are never voided, and this lets
+    /// `is_voided` skip the map lookup for them.
+    void_filter: Vec<u64>,
     declarations: BTreeMap<CheckQuery, Vec<Marker>>,
     resolutions: FixedMap<EventId, Vec<Marker>>,
     checks: FixedMap<EventId, CheckInfo>,
@@ -246,6 +262,15 @@ impl Projection {
     /// How many distinct events have been applied.
     pub fn events_held(&self) -> u64 {
         self.ids.len() as u64
+    }
+
+    /// Releases spare capacity after a bulk load (the fold's tables grow by doubling).
+    pub fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        self.members.shrink_to_fit();
+        self.cards.shrink_to_fit();
+        self.member_table.shrink_to_fit(|&m| hash_bytes(&self.members[m as usize].key));
+        self.card_table.shrink_to_fit(|&c| hash_bytes(&self.cards[c as usize].token.0));
     }
 
     /// How many member keys are known (including ones only referenced).
@@ -331,7 +356,10 @@ impl Projection {
         let facts = &self.members[member as usize].facts;
         let position = self.search(facts, |f| (f.hlc, f.event), hlc, &id).err()?;
         let event = self.push_id(id);
-        self.members[member as usize].facts.insert(position, Fact { hlc, event, kind });
+        // Members hold a handful of facts: grow exactly rather than by doubling.
+        let facts = &mut self.members[member as usize].facts;
+        facts.reserve_exact(1);
+        facts.insert(position, Fact { hlc, event, kind });
         Some(event)
     }
 
@@ -417,6 +445,11 @@ impl Projection {
                 let list = self.voids.remove(target).unwrap_or_default();
                 let (list, new) = self.insert_marker(list, hlc, id, flag, Date(0));
                 self.voids.insert(*target, list);
+                if self.void_filter.is_empty() {
+                    self.void_filter = vec![0; VOID_FILTER_WORDS];
+                }
+                let bit = void_filter_bit(target);
+                self.void_filter[bit / 64] |= 1 << (bit % 64);
                 new
             }
             EventBody::SelfDeclarationRecorded { query, declared_start, .. } => {
@@ -467,14 +500,21 @@ impl Projection {
         let position = match self.search(links, |l| (l.hlc, l.event), hlc, &id) {
             Ok(position) | Err(position) => position,
         };
-        self.cards[c as usize].links.insert(position, LinkFact { hlc, event, member: m, state });
+        let links = &mut self.cards[c as usize].links;
+        links.reserve_exact(1);
+        links.insert(position, LinkFact { hlc, event, member: m, state });
         true
     }
 
     /// Whether an event is void at the cut-off: some visible void or supersession targets it
     /// and is not itself void (a void of a void restores the original).
     fn is_voided(&self, event: u32, cutoff: Hlc, depth: u32) -> bool {
-        let Some(voids) = self.voids.get(&self.ids[event as usize]) else {
+        let id = &self.ids[event as usize];
+        let bit = void_filter_bit(id);
+        if self.void_filter.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0) {
+            return false;
+        }
+        let Some(voids) = self.voids.get(id) else {
             return false;
         };
         voids.iter().any(|v| {
@@ -509,7 +549,7 @@ impl Projection {
 
     fn insurer_of(&self, member: u32) -> Option<InsurerNumber> {
         let bytes = self.members[member as usize].key.get(..4)?;
-        InsurerNumber::new(u32::from_le_bytes(bytes.try_into().ok()?)).ok()
+        Some(InsurerNumber::from_validated(u32::from_le_bytes(bytes.try_into().ok()?)))
     }
 
     fn view(&self, member: u32, cutoff: Hlc) -> MemberView {
@@ -561,26 +601,30 @@ impl Projection {
         }
         // Facts are in (hlc, id) order; periods are needed in start-date order, ties by that.
         starts.sort_by_key(|p| p.start);
-        let mut end_claims: Vec<Vec<(Date, EndReason, u32)>> = vec![Vec::new(); starts.len()];
-        for end in ends {
-            if let Some(index) = starts.iter().rposition(|p| p.start <= end.0) {
-                end_claims[index].push(end);
-            }
-        }
-        let key = self.key_of(member);
-        for (period, claims) in starts.iter_mut().zip(end_claims) {
-            if let Some(&(loss, reason, event)) = claims.iter().min_by_key(|c| (c.0, c.2)) {
+        let key = || self.key_of(member);
+        // Each end belongs to the latest period that started on or before its loss date; the
+        // earliest loss date wins and differing claims on one period are a conflict.
+        let mut claims: Vec<(usize, Date, u32)> = Vec::new();
+        for (loss, reason, event) in ends {
+            let Some(index) = starts.iter().rposition(|p| p.start <= loss) else { continue };
+            claims.push((index, loss, event));
+            let period = &mut starts[index];
+            if period.end.is_none_or(|end| (loss, event) < (end, period.end_event.unwrap_or(0))) {
                 period.end = Some(loss);
                 period.end_event = Some(event);
                 period.end_reason = Some(reason);
             }
-            let distinct: BTreeSet<Date> = claims.iter().map(|c| c.0).collect();
-            if distinct.len() > 1 {
-                if let Some(member) = key.clone() {
-                    let mut events: Vec<EventId> =
-                        claims.iter().map(|c| self.ids[c.2 as usize]).collect();
-                    events.sort();
-                    view.conflicts.push(Conflict::CompetingEnds { member, events });
+        }
+        if claims.len() > 1 {
+            claims.sort_unstable_by_key(|c| c.0);
+            for group in claims.chunk_by(|a, b| a.0 == b.0) {
+                if group.iter().any(|c| c.1 != group[0].1) {
+                    if let Some(member) = key() {
+                        let mut events: Vec<EventId> =
+                            group.iter().map(|c| self.ids[c.2 as usize]).collect();
+                        events.sort();
+                        view.conflicts.push(Conflict::CompetingEnds { member, events });
+                    }
                 }
             }
         }
@@ -604,7 +648,7 @@ impl Projection {
         }
         for pair in starts.windows(2) {
             if pair[0].range().overlaps(&pair[1].range()) {
-                if let Some(member) = key.clone() {
+                if let Some(member) = key() {
                     let mut events = vec![
                         self.ids[pair[0].start_event as usize],
                         self.ids[pair[1].start_event as usize],
@@ -625,8 +669,9 @@ impl Projection {
         cutoff: Hlc,
         depth: u32,
     ) -> (MemberView, Evaluation) {
-        let view = self.view(member, cutoff);
-        let mut eval = Evaluation { conflicts: view.conflicts.clone(), ..Evaluation::default() };
+        let mut view = self.view(member, cutoff);
+        let mut eval =
+            Evaluation { conflicts: std::mem::take(&mut view.conflicts), ..Evaluation::default() };
         let covering = view.periods.iter().rev().find(|p| p.range().contains(date)).copied();
         let reference = covering.or_else(|| {
             view.periods.iter().rev().find(|p| p.start <= date).or(view.periods.first()).copied()
@@ -736,21 +781,30 @@ impl Projection {
 
     /// Members whose link to the card is alive at the cut-off, with the deciding link event.
     fn alive_links(&self, card: u32, cutoff: Hlc) -> Vec<(u32, u32)> {
-        let mut latest: BTreeMap<u32, (LinkState, u32)> = BTreeMap::new();
-        let mut revoked: BTreeSet<u32> = BTreeSet::new();
+        // (member, latest state, deciding event, ever revoked); links are few per card.
+        let mut latest: Vec<(u32, LinkState, u32, bool)> = Vec::with_capacity(2);
         for link in &self.cards[card as usize].links {
             if !self.visible(link.hlc, link.event, cutoff) {
                 continue;
             }
-            if link.state == LinkState::Revoked {
-                revoked.insert(link.member);
+            let revoked = link.state == LinkState::Revoked;
+            match latest.iter_mut().find(|entry| entry.0 == link.member) {
+                Some(entry) => {
+                    entry.1 = link.state;
+                    entry.2 = link.event;
+                    entry.3 |= revoked;
+                }
+                None => latest.push((link.member, link.state, link.event, revoked)),
             }
-            latest.insert(link.member, (link.state, link.event));
         }
+        // Content order (member key), never arrival order, so answers are order-independent.
+        latest.sort_unstable_by(|a, b| {
+            self.members[a.0 as usize].key.cmp(&self.members[b.0 as usize].key)
+        });
         latest
             .into_iter()
-            .filter(|(m, (state, _))| *state == LinkState::Linked && !revoked.contains(m))
-            .map(|(m, (_, event))| (m, event))
+            .filter(|entry| entry.1 == LinkState::Linked && !entry.3)
+            .map(|entry| (entry.0, entry.2))
             .collect()
     }
 
