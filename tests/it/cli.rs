@@ -209,8 +209,8 @@ fn hundred_thousand_members_agree_with_an_independent_recomputation() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 rejected"), "{out}");
     let store = shikaku_cli::store::Store::open(&data).unwrap();
-    let events = store.events();
-    let projection = store.projection(Replication::All);
+    let events = &store.events().unwrap();
+    let projection = store.projection(Replication::All).unwrap();
     let members: Vec<&shikaku_core::MemberKey> = events
         .iter()
         .filter_map(|e| match &e.event().body {

@@ -177,13 +177,13 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     let mut rejected = Vec::new();
     let summary = import(workdir, &stream.to_string_lossy(), &mut rejected)?;
     n.say(&format!("{summary}; every signature and id verified ({:.1} s)", watch.seconds()))?;
-    let store = Store::open(workdir)?;
-    let projection = store.projection(Replication::All);
+    let mut store = Store::open(workdir)?;
+    let projection = store.projection(Replication::All)?;
     let now_ms = clock::now_ms();
     let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
 
     n.step("A patient who just changed jobs")?;
-    let story = find_job_change(store.events()).ok_or_else(|| {
+    let story = find_job_change(&store.events()?).ok_or_else(|| {
         anyhow!("the generated world has no job change with registration lag; try another --seed")
     })?;
     let card = CheckQuery::Card(story.card);
@@ -229,8 +229,7 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     })?;
     let mut projection = projection;
     projection.apply(&declaration);
-    let mut store = store;
-    store.append(vec![declaration])?;
+    store.append(std::slice::from_ref(&declaration))?;
     n.answer(
         &format!("Visit on {end_day}, as known that day, after the self-declaration"),
         &projection.check(&card, end_day, lag_as_of, fresh),
@@ -277,6 +276,8 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
             reason: EndReason::Retirement,
         },
     })?;
+    // One writer at a time: release the ledger before the import opens it.
+    drop(store);
     let retro_file = workdir.join("retroactive.jsonl");
     std::fs::write(&retro_file, format!("{}\n", jsonl::encode(&retro)))?;
     let mut rejected = Vec::new();
@@ -287,7 +288,7 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
         render::jst(recorded.physical_ms())
     ))?;
     let store = Store::open(workdir)?;
-    let projection = store.projection(Replication::All);
+    let projection = store.projection(Replication::All)?;
     let again_then =
         projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
     let again_now = projection.check(&CheckQuery::Card(target_card), service, Hlc(u64::MAX), fresh);
@@ -313,7 +314,7 @@ fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Res
     let watch = Stopwatch::start();
     let mut tally: std::collections::BTreeMap<AnswerCode, u64> = Default::default();
     let cards: Vec<CardToken> = store
-        .events()
+        .events()?
         .iter()
         .filter_map(|e| match &e.event().body {
             EventBody::CardLinked { card, .. } => Some(*card),

@@ -1,131 +1,131 @@
-//! The interim ledger store: the node's events as a JSON Lines file in its data directory
-//! (`ledger.jsonl`, the format of `protocol/EVENTS-JSONL.md`), appended and fsynced on import.
-//!
-//! Signatures are verified before anything is stored; on reading back, every event's bytes are
-//! re-checked against its id. The durable segmented log (issue 3) replaces this file; the
-//! command names and flags that use it stay.
+//! The node's ledger as the command line sees it: the durable segmented log (`shikaku-log`) in
+//! `<data-dir>/log/`, owned by the node identity in `<data-dir>/node.key` (created on first
+//! use from the operating system's randomness).
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use shikaku_core::{EventId, Projection, Replication, SignedEvent};
+use shikaku_core::{NodeId, Projection, Replication, SignedEvent, Signer};
+use shikaku_log::fs::FileDirectory;
+use shikaku_log::{AppendOutcome, Log, LogConfig};
 
-use crate::jsonl;
+/// Name of the node key file inside the data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
 
-/// File name of the interim ledger inside the data directory.
-pub const LEDGER_FILE: &str = "ledger.jsonl";
-
-/// A node's events, loaded.
+/// A node's ledger, opened.
 #[derive(Debug)]
 pub struct Store {
-    path: PathBuf,
-    events: Vec<SignedEvent>,
-    ids: HashSet<EventId>,
+    log: Log<FileDirectory>,
+    dir: PathBuf,
+    /// Held for the store's lifetime: one writer per ledger, across processes.
+    _lock: std::fs::File,
+}
+
+fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
+    let path = dir.join(NODE_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("{} must hold exactly 32 bytes, found {}", path.display(), bytes.len())
+            })?;
+            Ok(Some(Signer::from_secret(secret)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut secret = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut secret))
+                .context("reading /dev/urandom for a new node key")?;
+            let temporary = dir.join(format!("{NODE_KEY_FILE}.tmp"));
+            std::fs::write(&temporary, secret).context("writing the node key")?;
+            std::fs::File::open(&temporary).and_then(|f| f.sync_all())?;
+            std::fs::rename(&temporary, &path).context("installing the node key")?;
+            std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+            Ok(Some(Signer::from_secret(secret)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 impl Store {
-    /// Opens (or starts) the ledger in `dir`. Any damaged line is an error naming the line:
-    /// nothing is served from a ledger that does not verify.
-    pub fn open(dir: &Path) -> Result<Store> {
-        let path = dir.join(LEDGER_FILE);
-        let mut store = Store { path: path.clone(), events: Vec::new(), ids: HashSet::new() };
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        for (number, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            if line.is_empty() {
-                continue;
-            }
-            let event = jsonl::decode_unverified(&line, None)
-                .map_err(|e| {
-                    anyhow::anyhow!("{} line {}: damaged: {e}", path.display(), number + 1)
-                })?
-                .trust_stored_signature();
-            if store.ids.insert(event.id()) {
-                store.events.push(event);
-            }
-        }
-        Ok(store)
-    }
-
-    /// Whether no ledger file exists yet.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
-    /// The events, in the order they were stored.
-    pub fn events(&self) -> &[SignedEvent] {
-        &self.events
-    }
-
-    /// Whether an event is stored.
-    pub fn contains(&self, id: &EventId) -> bool {
-        self.ids.contains(id)
-    }
-
-    /// Appends verified events not already stored and makes them durable (write + fsync, and
-    /// the directory on first creation). Returns how many were new.
-    pub fn append(&mut self, events: Vec<SignedEvent>) -> Result<usize> {
-        let fresh: Vec<SignedEvent> =
-            events.into_iter().filter(|e| !self.ids.contains(&e.id())).collect();
-        let mut unique = Vec::with_capacity(fresh.len());
-        let mut seen = HashSet::new();
-        for event in fresh {
-            if seen.insert(event.id()) {
-                unique.push(event);
-            }
-        }
-        if unique.is_empty() {
-            return Ok(0);
-        }
-        let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let created = !self.path.exists();
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {} for append", self.path.display()))?;
-        let mut buffer = String::with_capacity(unique.len() * 512);
-        for event in &unique {
-            buffer.push_str(&jsonl::encode(event));
-            buffer.push('\n');
-        }
-        file.write_all(buffer.as_bytes())
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("writing {}", self.path.display()))?;
-        if created {
-            File::open(&dir).and_then(|d| d.sync_all()).ok();
-        }
-        let count = unique.len();
-        for event in unique {
-            self.ids.insert(event.id());
-            self.events.push(event);
-        }
-        Ok(count)
-    }
-
-    /// Folds every stored event into a projection.
-    pub fn projection(&self, replication: Replication) -> Projection {
-        let mut projection = Projection::new(replication);
-        for event in &self.events {
-            projection.apply(event);
-        }
-        projection.shrink_to_fit();
-        projection
-    }
-
-    /// Refuses to work on a ledger file that is not ours.
-    pub fn ensure_dir_usable(dir: &Path) -> Result<()> {
+    /// Opens the ledger in `dir`, creating the node identity and log when `create` is set.
+    /// Returns `None` when there is no ledger and `create` is false.
+    pub fn open_with(dir: &Path, create: bool) -> Result<Option<Store>> {
         if dir.exists() && !dir.is_dir() {
             bail!("data directory {} exists and is not a directory", dir.display());
         }
-        Ok(())
+        let Some(identity) = node_identity(dir, create)? else { return Ok(None) };
+        let lock_path = dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!("the ledger in {} is in use by another shikaku process", dir.display());
+        }
+        let files = FileDirectory::new(dir.join("log"))
+            .with_context(|| format!("opening {}", dir.join("log").display()))?;
+        let log = Log::open(files, LogConfig::new(identity.node_id()))
+            .with_context(|| format!("opening the ledger in {}", dir.display()))?;
+        Ok(Some(Store { log, dir: dir.to_path_buf(), _lock: lock }))
+    }
+
+    /// Opens the ledger, creating it if needed.
+    pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with(dir, true)?.ok_or_else(|| anyhow::anyhow!("no ledger in {}", dir.display()))
+    }
+
+    /// Opens an existing ledger; an error naming the directory when there is none.
+    pub fn open_existing(dir: &Path) -> Result<Store> {
+        Store::open_with(dir, false)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "there is no ledger in {}: import events first (shikaku ledger import FILE)",
+                dir.display()
+            )
+        })
+    }
+
+    /// The node id.
+    pub fn node(&self) -> NodeId {
+        *self.log.recovery_node()
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log.
+    pub fn log(&self) -> &Log<FileDirectory> {
+        &self.log
+    }
+
+    /// Whether the ledger holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+
+    /// Every event, in log order (damaged ranges are skipped: they are never served).
+    pub fn events(&self) -> Result<Vec<SignedEvent>> {
+        Ok(self.log.read_from(1, usize::MAX)?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Appends verified events durably (one group commit); duplicates are not stored twice.
+    pub fn append(&mut self, events: &[SignedEvent]) -> Result<AppendOutcome> {
+        Ok(self.log.append(events)?)
+    }
+
+    /// Folds every stored event into a projection.
+    pub fn projection(&self, replication: Replication) -> Result<Projection> {
+        let mut projection = Projection::new(replication);
+        for (_, event) in self.log.read_from(1, usize::MAX)? {
+            projection.apply(&event);
+        }
+        projection.shrink_to_fit();
+        Ok(projection)
     }
 }

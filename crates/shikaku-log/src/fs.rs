@@ -1,0 +1,141 @@
+//! Real files behind the [`Storage`] and [`Directory`] traits (positional IO, fdatasync, and a
+//! directory fsync after creating, removing or renaming files).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::storage::{Directory, Storage, StorageError};
+
+fn io(error: std::io::Error) -> StorageError {
+    match error.raw_os_error() {
+        Some(28) | Some(122) => StorageError::NoSpace,
+        _ => StorageError::Io(error.to_string()),
+    }
+}
+
+/// A real file.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> Result<u64, StorageError> {
+        Ok(self.file.metadata().map_err(io)?.len())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StorageError::ShortRead {
+                    offset,
+                    len: buf.len(),
+                    file_len: self.len().unwrap_or(0),
+                }
+            } else {
+                io(e)
+            }
+        })
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.file.write_all_at(data, offset).map_err(io)
+    }
+
+    fn set_len(&mut self, len: u64) -> Result<(), StorageError> {
+        self.file.set_len(len).map_err(io)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(io)
+    }
+}
+
+/// A real directory.
+#[derive(Debug, Clone)]
+pub struct FileDirectory {
+    path: PathBuf,
+}
+
+impl FileDirectory {
+    /// Opens (creating it if needed) a directory.
+    pub fn new(path: impl Into<PathBuf>) -> Result<FileDirectory, StorageError> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(io)?;
+        Ok(FileDirectory { path })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Directory for FileDirectory {
+    type File = FileStorage;
+
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if entry.file_type().map_err(io)?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn open(&mut self, name: &str) -> Result<FileStorage, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path.join(name))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StorageError::NotFound(name.to_owned())
+                } else {
+                    io(e)
+                }
+            })?;
+        Ok(FileStorage { file })
+    }
+
+    fn create(&mut self, name: &str) -> Result<FileStorage, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.path.join(name))
+            .map_err(io)?;
+        Ok(FileStorage { file })
+    }
+
+    fn remove(&mut self, name: &str) -> Result<(), StorageError> {
+        std::fs::remove_file(self.path.join(name)).map_err(io)
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
+        File::open(&self.path).and_then(|d| d.sync_all()).map_err(io)
+    }
+
+    fn write_atomic(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        let temporary = self.path.join(format!("{name}.tmp"));
+        {
+            let mut file = File::create(&temporary).map_err(io)?;
+            std::io::Write::write_all(&mut file, data).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&temporary, self.path.join(name)).map_err(io)?;
+        self.sync()
+    }
+
+    fn read_whole(&mut self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match std::fs::read(self.path.join(name)) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        }
+    }
+}

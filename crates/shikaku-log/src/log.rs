@@ -1,0 +1,894 @@
+//! The log: recovery on open, group-committed appends, reads, indexes and the eventstore API.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shikaku_core::{CheckQuery, EventBody, EventId, Hlc, NodeId, SignedEvent};
+
+use crate::format::{
+    self, checksum_key, record_bytes, FormatError, RecordHeader, SegmentHeader, FLAG_BATCH_END,
+    FORMAT_VERSION, KIND_EVENT, KIND_SEAL, MIN_COMPATIBLE_VERSION, RECORD_HEADER_BYTES,
+    SEAL_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES,
+};
+use crate::storage::{Directory, Storage, StorageError};
+
+/// How a log is laid out.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The node whose log this is (keys the checksums; every segment must name it).
+    pub node: NodeId,
+    /// Preallocated size of each segment file.
+    pub segment_bytes: u64,
+}
+
+impl LogConfig {
+    /// 64 MiB segments.
+    pub fn new(node: NodeId) -> LogConfig {
+        LogConfig { node, segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// A damaged range found on open or verify: never served; the sync layer re-fetches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Segment file.
+    pub segment: String,
+    /// Byte offset in it where the damage starts.
+    pub offset: u64,
+    /// First sequence number missing because of it.
+    pub first_seq: u64,
+    /// Sequence numbers missing (0 when the count is unknown: damage at the end of a sealed
+    /// segment's data).
+    pub missing: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} offset {}: {} (sequence {} onward, {} records unreadable)",
+            self.segment, self.offset, self.reason, self.first_seq, self.missing
+        )
+    }
+}
+
+/// What opening the log found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments opened.
+    pub segments: usize,
+    /// Records (events and seals) verified.
+    pub records: u64,
+    /// A torn tail that was never acknowledged and was cut: (segment, offset, bytes).
+    pub truncated_tail: Option<(String, u64, u64)>,
+    /// Damage before the tail.
+    pub damaged: Vec<Damage>,
+}
+
+/// Why a log operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The storage failed (full disk, IO error). `durable` events of the batch were made
+    /// durable before the failure; the rest were not stored.
+    #[error("storage failed after {durable} events of the batch were made durable: {source}")]
+    Storage {
+        /// The storage error.
+        source: StorageError,
+        /// Events of the batch that are durable.
+        durable: usize,
+    },
+    /// A segment belongs to another node's log.
+    #[error("segment {segment} belongs to node {found}, not to this node ({expected})")]
+    ForeignSegment {
+        /// Segment file.
+        segment: String,
+        /// Node named in it.
+        found: NodeId,
+        /// This node.
+        expected: NodeId,
+    },
+    /// A segment header cannot be read (bad magic, newer format, checksum).
+    #[error("segment {segment}: {source}")]
+    Segment {
+        /// Segment file.
+        segment: String,
+        /// Why.
+        source: FormatError,
+    },
+    /// A segment is missing from the sequence.
+    #[error("segment {expected} is missing (found {found} instead)")]
+    MissingSegment {
+        /// Expected file.
+        expected: String,
+        /// Found file.
+        found: String,
+    },
+    /// The sequence number does not exist.
+    #[error("no event at sequence {0}")]
+    NoSuchSequence(u64),
+    /// The record at that sequence lies in a damaged range and is not served.
+    #[error("sequence {seq} is in a damaged range ({damage})")]
+    Damaged {
+        /// Sequence asked for.
+        seq: u64,
+        /// The damage.
+        damage: String,
+    },
+    /// A record read back failed verification.
+    #[error("record at sequence {seq} ({segment} offset {offset}) is corrupt: {reason}")]
+    Corrupt {
+        /// Sequence.
+        seq: u64,
+        /// Segment.
+        segment: String,
+        /// Offset.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Optimistic concurrency: the stream moved since the writer read it.
+    #[error("stream {stream} is at version {current}, not {expected:?}")]
+    WrongExpectedVersion {
+        /// Stream.
+        stream: String,
+        /// What the writer expected.
+        expected: ExpectedVersion,
+        /// Where the stream is.
+        current: u64,
+    },
+    /// An event appended to a stream is about another stream.
+    #[error("event {event} belongs to stream {actual}, not {stream}")]
+    EventOutsideStream {
+        /// Stream appended to.
+        stream: String,
+        /// The event's own stream.
+        actual: String,
+        /// The event.
+        event: EventId,
+    },
+    /// An event is larger than a segment can hold.
+    #[error("event of {0} bytes does not fit in a segment")]
+    TooLarge(usize),
+}
+
+fn storage(durable: usize) -> impl Fn(StorageError) -> LogError {
+    move |source| LogError::Storage { source, durable }
+}
+
+/// Optimistic-concurrency expectation for [`Log::append_to_stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream's version.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have exactly this many events.
+    Exact(u64),
+}
+
+/// The stream an event belongs to: its member key, else its card, else its clinic.
+pub fn stream_of(signed: &SignedEvent) -> String {
+    let query = |q: &CheckQuery| match q {
+        CheckQuery::Member(member) => format!("member:{member}"),
+        CheckQuery::Card(card) => format!("card:{card}"),
+    };
+    match &signed.event().body {
+        EventBody::MemberRegistered { member, .. }
+        | EventBody::CoverageStarted { member, .. }
+        | EventBody::CoverageEnded { member, .. }
+        | EventBody::CopayRatioSet { member, .. }
+        | EventBody::LimitCategorySet { member, .. }
+        | EventBody::DemographicsChanged { member, .. }
+        | EventBody::CardLinked { member, .. }
+        | EventBody::CardUnlinked { member, .. }
+        | EventBody::WrongPersonLinkageRevoked { member, .. }
+        | EventBody::ConsentGiven { member }
+        | EventBody::ConsentWithdrawn { member } => format!("member:{member}"),
+        EventBody::EventVoided { subject, .. } | EventBody::EventSuperseded { subject, .. } => {
+            query(subject)
+        }
+        EventBody::CheckPerformed { query: q, .. }
+        | EventBody::SelfDeclarationRecorded { query: q, .. }
+        | EventBody::SelfDeclarationResolved { query: q, .. } => query(q),
+    }
+}
+
+fn stream_tag(stream: &str) -> u32 {
+    let hash = blake3::hash(stream.as_bytes());
+    u32::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1], hash.as_bytes()[2], hash.as_bytes()[3]])
+}
+
+/// What [`Log::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppendOutcome {
+    /// Sequence number of each input event (the existing one for duplicates).
+    pub positions: Vec<u64>,
+    /// How many were new.
+    pub new: usize,
+}
+
+/// Counts for `shikaku ledger stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// Segment files.
+    pub segments: usize,
+    /// Events held.
+    pub events: u64,
+    /// Bytes of records written (headers, payloads, checksums, seals).
+    pub record_bytes: u64,
+    /// Bytes of segment files on disk (preallocated).
+    pub file_bytes: u64,
+    /// Distinct streams.
+    pub streams: usize,
+    /// Smallest and largest hlc.
+    pub hlc_range: Option<(Hlc, Hlc)>,
+    /// Damaged ranges (never served).
+    pub damaged: Vec<Damage>,
+    /// Next sequence number.
+    pub next_seq: u64,
+}
+
+/// What [`Log::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Records whose checksum, chain, id and payload verified.
+    pub records: u64,
+    /// Events whose signatures verified.
+    pub signatures: u64,
+    /// Problems, in log order.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Segment<F> {
+    name: String,
+    file: F,
+    header: SegmentHeader,
+    write_offset: u64,
+    sealed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    segment: u32,
+    offset: u32,
+}
+
+const DAMAGED: u32 = u32::MAX;
+
+fn segment_name(index: u64) -> String {
+    format!("segment-{index:010}.shk")
+}
+
+/// A node's log. One writer (`&mut self`); reads through `&self`.
+#[derive(Debug)]
+pub struct Log<D: Directory> {
+    dir: D,
+    config: LogConfig,
+    key: [u8; 32],
+    segments: Vec<Segment<D::File>>,
+    last_hash: [u8; 32],
+    next_seq: u64,
+    locations: Vec<Location>,
+    by_id: HashMap<EventId, u64>,
+    by_stream: HashMap<u32, Vec<u64>>,
+    by_hlc: BTreeSet<(Hlc, u64)>,
+    record_bytes: u64,
+    recovery: Recovery,
+}
+
+impl<D: Directory> Log<D> {
+    /// Opens the log in `dir`, verifying every segment header and every record's checksum,
+    /// chain link and sequence; cuts a torn, never-acknowledged tail and reports (and never
+    /// serves) damage before it.
+    pub fn open(dir: D, config: LogConfig) -> Result<Log<D>, LogError> {
+        let key = checksum_key(&config.node);
+        let names: Vec<String> = dir
+            .list()
+            .map_err(storage(0))?
+            .into_iter()
+            .filter(|n| n.starts_with("segment-") && n.ends_with(".shk"))
+            .collect();
+        let mut log = Log {
+            dir,
+            config,
+            key,
+            segments: Vec::new(),
+            last_hash: [0; 32],
+            next_seq: 1,
+            locations: Vec::new(),
+            by_id: HashMap::new(),
+            by_stream: HashMap::new(),
+            by_hlc: BTreeSet::new(),
+            record_bytes: 0,
+            recovery: Recovery::default(),
+        };
+        let count = names.len();
+        for (index, name) in names.into_iter().enumerate() {
+            let expected = segment_name(index as u64);
+            if name != expected {
+                return Err(LogError::MissingSegment { expected, found: name });
+            }
+            log.open_segment(name, index, index + 1 == count)?;
+        }
+        log.recovery.segments = log.segments.len();
+        Ok(log)
+    }
+
+    fn open_segment(&mut self, name: String, index: usize, is_last: bool) -> Result<(), LogError> {
+        let mut file = self.dir.open(&name).map_err(storage(0))?;
+        let len = file.len().map_err(storage(0))?;
+        let mut header_bytes = [0u8; SEGMENT_HEADER_BYTES];
+        if len < SEGMENT_HEADER_BYTES as u64 {
+            return Err(LogError::Segment { segment: name, source: FormatError::BadLength(len as u32) });
+        }
+        file.read_at(0, &mut header_bytes).map_err(storage(0))?;
+        let header = SegmentHeader::decode(&header_bytes)
+            .map_err(|source| LogError::Segment { segment: name.clone(), source })?;
+        if header.node != self.config.node {
+            return Err(LogError::ForeignSegment { segment: name, found: header.node, expected: self.config.node });
+        }
+        if header.segment_index != index as u64 {
+            return Err(LogError::MissingSegment { expected: segment_name(index as u64), found: name });
+        }
+        let mut data = vec![0u8; len as usize];
+        file.read_at(0, &mut data).map_err(storage(0))?;
+        let segment_number = self.segments.len() as u32;
+        if header.prev_hash != self.last_hash || header.first_seq != self.next_seq {
+            // The previous segment's tail was damaged; the chain restarts here.
+            if self.recovery.damaged.is_empty() || header.first_seq < self.next_seq {
+                self.recovery.damaged.push(Damage {
+                    segment: name.clone(),
+                    offset: 0,
+                    first_seq: self.next_seq,
+                    missing: header.first_seq.saturating_sub(self.next_seq),
+                    reason: "segment does not continue the previous segment's hash chain".into(),
+                });
+            }
+            self.skip_to(header.first_seq);
+            self.last_hash = header.prev_hash;
+        }
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut sealed = false;
+        while offset + 4 <= data.len() {
+            let length = u32::from_le_bytes([data[offset], data[offset + 1], data[offset + 2], data[offset + 3]]);
+            if length == 0 {
+                break;
+            }
+            match self.accept_record(&data[offset..], segment_number, offset) {
+                Ok((kind, size)) => {
+                    offset += size;
+                    if kind == KIND_SEAL {
+                        sealed = true;
+                        break;
+                    }
+                }
+                Err(reason) => {
+                    // Is anything valid after this point? If not, and this is the last
+                    // segment, it is a torn tail that was never acknowledged.
+                    match self.find_next_record(&data, offset + format::RECORD_ALIGN) {
+                        None if is_last => {
+                            let garbage = data.len() as u64 - offset as u64;
+                            let zeros = vec![0u8; garbage as usize];
+                            file.write_at(offset as u64, &zeros).map_err(storage(0))?;
+                            file.sync().map_err(storage(0))?;
+                            self.recovery.truncated_tail = Some((name.clone(), offset as u64, garbage));
+                            break;
+                        }
+                        None => {
+                            self.recovery.damaged.push(Damage {
+                                segment: name.clone(),
+                                offset: offset as u64,
+                                first_seq: self.next_seq,
+                                missing: 0,
+                                reason,
+                            });
+                            sealed = true;
+                            offset = data.len();
+                            break;
+                        }
+                        Some((next_offset, next_seq, prev_hash)) => {
+                            self.recovery.damaged.push(Damage {
+                                segment: name.clone(),
+                                offset: offset as u64,
+                                first_seq: self.next_seq,
+                                missing: next_seq.saturating_sub(self.next_seq),
+                                reason,
+                            });
+                            self.skip_to(next_seq);
+                            self.last_hash = prev_hash;
+                            offset = next_offset;
+                        }
+                    }
+                }
+            }
+        }
+        self.segments.push(Segment { name, file, header, write_offset: offset as u64, sealed });
+        Ok(())
+    }
+
+    /// Marks sequence numbers up to `seq` (exclusive) as damaged: they exist but are unreadable.
+    fn skip_to(&mut self, seq: u64) {
+        while self.next_seq < seq {
+            self.locations.push(Location { segment: DAMAGED, offset: 0 });
+            self.next_seq += 1;
+        }
+    }
+
+    fn find_next_record(&self, data: &[u8], from: usize) -> Option<(usize, u64, [u8; 32])> {
+        let mut offset = from.div_ceil(format::RECORD_ALIGN) * format::RECORD_ALIGN;
+        while offset + RECORD_HEADER_BYTES + format::CHECKSUM_BYTES <= data.len() {
+            if let Ok((header, _, _)) = RecordHeader::decode(&data[offset..], &self.key) {
+                if header.seq > self.next_seq {
+                    return Some((offset, header.seq, header.prev_hash));
+                }
+            }
+            offset += format::RECORD_ALIGN;
+        }
+        None
+    }
+
+    /// Verifies one record at the chain's head and indexes it. Returns (kind, size).
+    fn accept_record(&mut self, bytes: &[u8], segment: u32, offset: usize) -> Result<(u8, usize), String> {
+        let (header, payload, sum) =
+            RecordHeader::decode(bytes, &self.key).map_err(|e| e.to_string())?;
+        if header.prev_hash != self.last_hash {
+            return Err(FormatError::BrokenChain.to_string());
+        }
+        if header.kind == KIND_SEAL {
+            self.last_hash = sum;
+            self.recovery.records += 1;
+            self.record_bytes += header.record_bytes() as u64;
+            return Ok((KIND_SEAL, header.record_bytes()));
+        }
+        if header.seq != self.next_seq {
+            return Err(FormatError::Sequence { found: header.seq, expected: self.next_seq }.to_string());
+        }
+        if shikaku_core::event::event_id(header.schema_version, payload) != header.event_id {
+            return Err("payload does not match the event id".into());
+        }
+        let tag = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        self.index(header.seq, header.event_id, header.hlc, tag, Location { segment, offset: offset as u32 });
+        self.last_hash = sum;
+        self.next_seq += 1;
+        self.recovery.records += 1;
+        self.record_bytes += header.record_bytes() as u64;
+        Ok((KIND_EVENT, header.record_bytes()))
+    }
+
+    fn index(&mut self, seq: u64, id: EventId, hlc: Hlc, tag: u32, location: Location) {
+        debug_assert_eq!(self.locations.len() as u64 + 1, seq);
+        self.locations.push(location);
+        self.by_id.insert(id, seq);
+        self.by_stream.entry(tag).or_default().push(seq);
+        self.by_hlc.insert((hlc, seq));
+    }
+
+    /// The node whose log this is.
+    pub fn recovery_node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    /// What opening the log found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// The next sequence number (the log's head position).
+    pub fn head(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Events held (excluding damaged ranges).
+    pub fn len(&self) -> u64 {
+        self.by_id.len() as u64
+    }
+
+    /// Whether the log holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The sequence of an event, if held.
+    pub fn position_of(&self, id: &EventId) -> Option<u64> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Appends events in one group commit: one write and one sync per segment touched. An
+    /// event is acknowledged (its position returned) only once durable. Events already held
+    /// are not stored again.
+    pub fn append(&mut self, events: &[SignedEvent]) -> Result<AppendOutcome, LogError> {
+        let mut outcome = AppendOutcome { positions: Vec::with_capacity(events.len()), new: 0 };
+        let mut batch: Vec<u8> = Vec::new();
+        let mut staged: Vec<(u64, EventId, Hlc, u32, u64)> = Vec::new();
+        let mut seen: HashMap<EventId, u64> = HashMap::new();
+        let mut next_seq = self.next_seq;
+        let mut last_hash = self.last_hash;
+        let mut durable = 0usize;
+        if self.segments.last().is_none_or(|s| s.sealed) {
+            self.new_segment().map_err(storage(0))?;
+        }
+        for event in events {
+            let id = event.id();
+            if let Some(seq) = self.by_id.get(&id).or(seen.get(&id)) {
+                outcome.positions.push(*seq);
+                continue;
+            }
+            let payload = event.canonical_bytes();
+            let size = record_bytes(payload.len()) as u64;
+            let seal = record_bytes(SEAL_PAYLOAD_BYTES) as u64;
+            if size + seal + SEGMENT_HEADER_BYTES as u64 > self.config.segment_bytes {
+                return Err(LogError::TooLarge(payload.len()));
+            }
+            let segment = self.segments.len() - 1;
+            let start = self.segments[segment].write_offset + batch.len() as u64;
+            if start + size + seal > self.config.segment_bytes {
+                // This segment is full: make the batch so far durable, seal, start the next.
+                self.commit(&mut batch, &mut staged, next_seq, last_hash).map_err(storage(durable))?;
+                durable = outcome.new;
+                last_hash = self.seal().map_err(storage(durable))?;
+                self.new_segment().map_err(storage(durable))?;
+            }
+            let segment = self.segments.len() - 1;
+            let offset = self.segments[segment].write_offset + batch.len() as u64;
+            let stream = stream_of(event);
+            let tag = stream_tag(&stream);
+            let header = RecordHeader {
+                kind: KIND_EVENT,
+                flags: 0,
+                schema_version: event.schema_version(),
+                payload_bytes: payload.len() as u32,
+                seq: next_seq,
+                hlc: event.event().hlc,
+                event_id: id,
+                prev_hash: last_hash,
+                signature: event.signature(),
+            };
+            let record_start = batch.len();
+            header.encode_into(payload, &self.key, &mut batch);
+            // The stream tag lives in the header's reserved word; re-checksum with it.
+            batch[record_start + 12..record_start + 16].copy_from_slice(&tag.to_le_bytes());
+            let end = batch.len() - format::CHECKSUM_BYTES;
+            let sum = format::checksum(&self.key, &batch[record_start..end]);
+            batch[end..].copy_from_slice(&sum);
+            staged.push((next_seq, id, header.hlc, tag, offset));
+            seen.insert(id, next_seq);
+            outcome.positions.push(next_seq);
+            outcome.new += 1;
+            last_hash = sum;
+            next_seq += 1;
+        }
+        self.commit(&mut batch, &mut staged, next_seq, last_hash).map_err(storage(durable))?;
+        Ok(outcome)
+    }
+
+    /// Writes the staged records with one write and one sync, then (and only then) indexes
+    /// them and advances the head.
+    fn commit(
+        &mut self,
+        batch: &mut Vec<u8>,
+        staged: &mut Vec<(u64, EventId, Hlc, u32, u64)>,
+        next_seq: u64,
+        last_hash: [u8; 32],
+    ) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Mark the batch's last record so recovery can tell whole batches apart.
+        let last_start = batch.len() - record_bytes(staged_payload_len(batch, staged.len()));
+        batch[last_start + 5] |= FLAG_BATCH_END;
+        let end = batch.len() - format::CHECKSUM_BYTES;
+        let sum = format::checksum(&self.key, &batch[last_start..end]);
+        batch[end..].copy_from_slice(&sum);
+        let last_hash = if staged.is_empty() { last_hash } else { sum };
+        let segment_number = (self.segments.len() - 1) as u32;
+        let segment = self.segments.last_mut().ok_or(StorageError::Io("no segment".into()))?;
+        segment.file.write_at(segment.write_offset, batch)?;
+        segment.file.sync()?;
+        segment.write_offset += batch.len() as u64;
+        self.record_bytes += batch.len() as u64;
+        for (seq, id, hlc, tag, offset) in staged.drain(..) {
+            self.index(seq, id, hlc, tag, Location { segment: segment_number, offset: offset as u32 });
+        }
+        self.next_seq = next_seq;
+        self.last_hash = last_hash;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Closes the current segment with a seal record; returns the seal's checksum.
+    fn seal(&mut self) -> Result<[u8; 32], StorageError> {
+        let key = self.key;
+        let last_seq = self.next_seq - 1;
+        let segment = self.segments.last_mut().ok_or(StorageError::Io("no segment".into()))?;
+        let count = last_seq + 1 - segment.header.first_seq;
+        let mut payload = [0u8; SEAL_PAYLOAD_BYTES];
+        payload[..8].copy_from_slice(&count.to_le_bytes());
+        payload[8..].copy_from_slice(&last_seq.to_le_bytes());
+        let header = RecordHeader {
+            kind: KIND_SEAL,
+            flags: FLAG_BATCH_END,
+            schema_version: 0,
+            payload_bytes: SEAL_PAYLOAD_BYTES as u32,
+            seq: last_seq,
+            hlc: Hlc(0),
+            event_id: EventId([0; 32]),
+            prev_hash: self.last_hash,
+            signature: shikaku_core::Signature([0; 64]),
+        };
+        let mut bytes = Vec::new();
+        let sum = header.encode_into(&payload, &key, &mut bytes);
+        segment.file.write_at(segment.write_offset, &bytes)?;
+        segment.file.sync()?;
+        segment.write_offset += bytes.len() as u64;
+        segment.sealed = true;
+        self.record_bytes += bytes.len() as u64;
+        self.last_hash = sum;
+        Ok(sum)
+    }
+
+    fn new_segment(&mut self) -> Result<(), StorageError> {
+        let index = self.segments.len() as u64;
+        let name = segment_name(index);
+        let header = SegmentHeader {
+            format_version: FORMAT_VERSION,
+            min_compatible_version: MIN_COMPATIBLE_VERSION,
+            segment_bytes: self.config.segment_bytes,
+            segment_index: index,
+            first_seq: self.next_seq,
+            node: self.config.node,
+            prev_hash: self.last_hash,
+        };
+        let mut file = self.dir.create(&name)?;
+        let result = (|| {
+            file.set_len(self.config.segment_bytes)?;
+            file.write_at(0, &header.encode(&self.key))?;
+            file.sync()?;
+            self.dir.sync()
+        })();
+        if let Err(error) = result {
+            // Leave no half-made segment behind: it would not open.
+            let _ = self.dir.remove(&name);
+            let _ = self.dir.sync();
+            return Err(error);
+        }
+        self.segments.push(Segment {
+            name,
+            file,
+            header,
+            write_offset: SEGMENT_HEADER_BYTES as u64,
+            sealed: false,
+        });
+        Ok(())
+    }
+
+    fn location(&self, seq: u64) -> Result<Location, LogError> {
+        let location = *self
+            .locations
+            .get((seq as usize).wrapping_sub(1))
+            .ok_or(LogError::NoSuchSequence(seq))?;
+        if location.segment == DAMAGED {
+            let damage = self
+                .recovery
+                .damaged
+                .iter()
+                .rev()
+                .find(|d| d.first_seq <= seq)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "unreadable".into());
+            return Err(LogError::Damaged { seq, damage });
+        }
+        Ok(location)
+    }
+
+    /// Reads one event, verifying its checksum and id (never serving a damaged record).
+    pub fn read(&self, seq: u64) -> Result<SignedEvent, LogError> {
+        let location = self.location(seq)?;
+        let segment = &self.segments[location.segment as usize];
+        let corrupt = |reason: String| LogError::Corrupt {
+            seq,
+            segment: segment.name.clone(),
+            offset: u64::from(location.offset),
+            reason,
+        };
+        let mut head = [0u8; RECORD_HEADER_BYTES];
+        segment.file.read_at(u64::from(location.offset), &mut head).map_err(storage(0))?;
+        let total = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if total > record_bytes(format::PAYLOAD_BYTES_MAX) || total < RECORD_HEADER_BYTES {
+            return Err(corrupt(FormatError::BadLength(total as u32).to_string()));
+        }
+        let mut bytes = vec![0u8; total];
+        segment.file.read_at(u64::from(location.offset), &mut bytes).map_err(storage(0))?;
+        let (header, payload, _) =
+            RecordHeader::decode(&bytes, &self.key).map_err(|e| corrupt(e.to_string()))?;
+        if header.seq != seq || header.kind != KIND_EVENT {
+            return Err(corrupt(format!("found record {} of kind {}", header.seq, header.kind)));
+        }
+        SignedEvent::decode_unverified(header.schema_version, payload, header.signature, Some(header.event_id), None)
+            .map(shikaku_core::UnverifiedEvent::trust_stored_signature)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Reads up to `max` events from `from` (inclusive), skipping damaged positions. Returns
+    /// `(seq, event)` pairs; the next position to read is the last seq + 1.
+    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, SignedEvent)>, LogError> {
+        let mut out = Vec::new();
+        let mut seq = from.max(1);
+        while seq < self.next_seq && out.len() < max {
+            match self.read(seq) {
+                Ok(event) => out.push((seq, event)),
+                Err(LogError::Damaged { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    /// Sequence numbers of events whose hlc lies in `[from, to]`, in `(hlc, seq)` order.
+    pub fn positions_by_hlc(&self, from: Hlc, to: Hlc) -> Vec<u64> {
+        self.by_hlc.range((from, 0)..=(to, u64::MAX)).map(|(_, seq)| *seq).collect()
+    }
+
+    /// The events of one stream, in log order.
+    pub fn read_stream(&self, stream: &str) -> Result<Vec<SignedEvent>, LogError> {
+        let mut out = Vec::new();
+        for &seq in self.by_stream.get(&stream_tag(stream)).into_iter().flatten() {
+            let event = self.read(seq)?;
+            if stream_of(&event) == stream {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of events in a stream (its version).
+    pub fn stream_version(&self, stream: &str) -> Result<u64, LogError> {
+        Ok(self.read_stream(stream)?.len() as u64)
+    }
+
+    /// Appends events to one stream if it is at the expected version (optimistic
+    /// concurrency): a stale writer gets [`LogError::WrongExpectedVersion`], never a silent
+    /// overwrite. Returns the stream's new version.
+    pub fn append_to_stream(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[SignedEvent],
+    ) -> Result<u64, LogError> {
+        for event in events {
+            let actual = stream_of(event);
+            if actual != stream {
+                return Err(LogError::EventOutsideStream { stream: stream.to_owned(), actual, event: event.id() });
+            }
+        }
+        let current = self.stream_version(stream)?;
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(version) => current == version,
+        };
+        if !ok {
+            return Err(LogError::WrongExpectedVersion { stream: stream.to_owned(), expected, current });
+        }
+        let outcome = self.append(events)?;
+        Ok(current + outcome.new as u64)
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> Result<LogStats, LogError> {
+        let mut file_bytes = 0;
+        for segment in &self.segments {
+            file_bytes += segment.file.len().map_err(storage(0))?;
+        }
+        let first = self.by_hlc.first().map(|(h, _)| *h);
+        let last = self.by_hlc.last().map(|(h, _)| *h);
+        Ok(LogStats {
+            segments: self.segments.len(),
+            events: self.len(),
+            record_bytes: self.record_bytes,
+            file_bytes,
+            streams: self.by_stream.len(),
+            hlc_range: first.zip(last),
+            damaged: self.recovery.damaged.clone(),
+            next_seq: self.next_seq,
+        })
+    }
+
+    /// Re-reads every record and verifies checksum, id and payload, and every signature (in
+    /// batches). Damage found on open is reported too.
+    pub fn verify(&self) -> VerifyReport {
+        let mut report = VerifyReport::default();
+        for damage in &self.recovery.damaged {
+            report.problems.push(damage.to_string());
+        }
+        let mut pending = Vec::new();
+        for seq in 1..self.next_seq {
+            match self.read(seq) {
+                Ok(event) => {
+                    report.records += 1;
+                    let unverified = SignedEvent::decode_unverified(
+                        event.schema_version(),
+                        event.canonical_bytes(),
+                        event.signature(),
+                        Some(event.id()),
+                        None,
+                    );
+                    match unverified {
+                        Ok(u) => pending.push((seq, u)),
+                        Err(e) => report.problems.push(format!("sequence {seq}: {e}")),
+                    }
+                }
+                Err(LogError::Damaged { .. }) => {}
+                Err(error) => report.problems.push(error.to_string()),
+            }
+            if pending.len() >= 4096 || seq + 1 == self.next_seq {
+                let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
+                let events = pending.drain(..).map(|(_, u)| u).collect();
+                for (seq, result) in seqs.into_iter().zip(shikaku_core::verify_all(events)) {
+                    match result {
+                        Ok(_) => report.signatures += 1,
+                        Err(e) => report.problems.push(format!("sequence {seq}: {e}")),
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+fn staged_payload_len(batch: &[u8], staged: usize) -> usize {
+    // The last record's payload length is in its header; walk the batch to find it.
+    let mut offset = 0;
+    let mut payload = 0;
+    for _ in 0..staged {
+        let total = u32::from_le_bytes([batch[offset], batch[offset + 1], batch[offset + 2], batch[offset + 3]]) as usize;
+        payload = u32::from_le_bytes([batch[offset + 8], batch[offset + 9], batch[offset + 10], batch[offset + 11]]) as usize;
+        offset += total;
+    }
+    payload
+}
+
+/// A catch-up subscription: reads history from a position, then keeps up with new appends
+/// ("live") — the runtime wakes it when the log's head moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    next: u64,
+}
+
+/// One poll of a subscription.
+#[derive(Debug)]
+pub struct SubscriptionBatch {
+    /// Events read, with their positions.
+    pub events: Vec<(u64, SignedEvent)>,
+    /// True when the subscription has caught up with the head (it is now live).
+    pub live: bool,
+}
+
+impl Subscription {
+    /// Starts at `position` (1 = the beginning).
+    pub fn from(position: u64) -> Subscription {
+        Subscription { next: position.max(1) }
+    }
+
+    /// The next position it will read.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Reads up to `max` events.
+    pub fn poll<D: Directory>(&mut self, log: &Log<D>, max: usize) -> Result<SubscriptionBatch, LogError> {
+        let events = log.read_from(self.next, max)?;
+        if let Some((seq, _)) = events.last() {
+            self.next = seq + 1;
+        } else {
+            self.next = self.next.max(log.head());
+        }
+        if events.len() < max {
+            self.next = log.head();
+        }
+        Ok(SubscriptionBatch { live: self.next >= log.head(), events })
+    }
+}
