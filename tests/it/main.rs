@@ -11,6 +11,7 @@
 mod bad_input;
 mod cli;
 mod laws;
+mod log;
 mod reference;
 mod scenarios;
 mod story;

@@ -23,9 +23,7 @@ pub fn verify(data_dir: &Path, repair: bool, out: &mut dyn Write) -> Result<i32>
     writeln!(
         out,
         "{} records verified ({} signatures), {} segments",
-        report.records,
-        report.signatures,
-        recovery.segments
+        report.records, report.signatures, recovery.segments
     )?;
     if report.problems.is_empty() {
         writeln!(out, "ledger intact")?;

@@ -178,7 +178,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             writeln!(out, "{summary}")?;
             Ok(if summary.rejected > 0 { 1 } else { 0 })
         }
-        Command::Ledger(LedgerCommand::Verify { repair }) => ledger::verify(&cli.data_dir, repair, out),
+        Command::Ledger(LedgerCommand::Verify { repair }) => {
+            ledger::verify(&cli.data_dir, repair, out)
+        }
         Command::Ledger(LedgerCommand::Stats { json }) => {
             ledger::stats(&cli.data_dir, json, out).map(|()| 0)
         }
@@ -323,10 +325,10 @@ pub fn import_from(
     let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
     let mut errors: Vec<(u64, String)> = Vec::new();
     let mut flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
-                 errors: &mut Vec<(u64, String)>,
-                 store: &mut Store,
-                 summary: &mut ImportSummary,
-                 err: &mut dyn Write|
+                     errors: &mut Vec<(u64, String)>,
+                     store: &mut Store,
+                     summary: &mut ImportSummary,
+                     err: &mut dyn Write|
      -> Result<()> {
         let numbers: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
         let events = pending.drain(..).map(|(_, e)| e).collect();

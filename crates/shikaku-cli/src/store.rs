@@ -27,7 +27,11 @@ fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
     match std::fs::read(&path) {
         Ok(bytes) => {
             let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                anyhow::anyhow!("{} must hold exactly 32 bytes, found {}", path.display(), bytes.len())
+                anyhow::anyhow!(
+                    "{} must hold exactly 32 bytes, found {}",
+                    path.display(),
+                    bytes.len()
+                )
             })?;
             Ok(Some(Signer::from_secret(secret)))
         }
@@ -76,7 +80,8 @@ impl Store {
 
     /// Opens the ledger, creating it if needed.
     pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with(dir, true)?.ok_or_else(|| anyhow::anyhow!("no ledger in {}", dir.display()))
+        Store::open_with(dir, true)?
+            .ok_or_else(|| anyhow::anyhow!("no ledger in {}", dir.display()))
     }
 
     /// Opens an existing ledger; an error naming the directory when there is none.

@@ -27,6 +27,9 @@ pub struct FaultConfig {
     pub lying_fsync: f64,
     /// Total bytes the disk can hold across files; `None` for unlimited.
     pub capacity_bytes: Option<u64>,
+    /// Power fails during the N-th sync from now (1 = the next): that sync and every later
+    /// one return an error and persist nothing, until [`FaultDirectory::crash`].
+    pub crash_at_sync: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -114,14 +117,23 @@ impl FaultDirectory {
             let Some(mut file) = state.files.remove(&name) else { continue };
             let mut image = file.durable.clone();
             if let Some(len) = file.pending_len {
-                if { let p = state.config.unsynced_survives; state.chance(p) } {
+                if {
+                    let p = state.config.unsynced_survives;
+                    state.chance(p)
+                } {
                     image.resize(len as usize, 0);
                 }
             }
             for (offset, data) in std::mem::take(&mut file.pending) {
-                let keep = if { let p = state.config.unsynced_survives; state.chance(p) } {
+                let keep = if {
+                    let p = state.config.unsynced_survives;
+                    state.chance(p)
+                } {
                     data.len()
-                } else if { let p = state.config.torn_write; state.chance(p) } {
+                } else if {
+                    let p = state.config.torn_write;
+                    state.chance(p)
+                } {
                     let sectors = data.len().div_ceil(SECTOR_BYTES);
                     (state.random() as usize % sectors.max(1)) * SECTOR_BYTES
                 } else {
@@ -183,16 +195,22 @@ impl FaultDirectory {
 impl Storage for FaultFile {
     fn len(&self) -> Result<u64, StorageError> {
         let state = lock(&self.state);
-        let file = state.files.get(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
+        let file =
+            state.files.get(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
         Ok(file.current.len() as u64)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         let state = lock(&self.state);
-        let file = state.files.get(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
+        let file =
+            state.files.get(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
         let end = offset as usize + buf.len();
         if end > file.current.len() {
-            return Err(StorageError::ShortRead { offset, len: buf.len(), file_len: file.current.len() as u64 });
+            return Err(StorageError::ShortRead {
+                offset,
+                len: buf.len(),
+                file_len: file.current.len() as u64,
+            });
         }
         buf.copy_from_slice(&file.current[offset as usize..end]);
         Ok(())
@@ -208,9 +226,15 @@ impl Storage for FaultFile {
                 return Err(StorageError::NoSpace);
             }
         }
-        let misdirect = { let p = state.config.misdirected_write; state.chance(p) };
+        let misdirect = {
+            let p = state.config.misdirected_write;
+            state.chance(p)
+        };
         let target = if misdirect { offset + SECTOR_BYTES as u64 } else { offset };
-        let file = state.files.get_mut(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
         let end = target as usize + data.len();
         if file.current.len() < end {
             file.current.resize(end, 0);
@@ -229,7 +253,10 @@ impl Storage for FaultFile {
                 return Err(StorageError::NoSpace);
             }
         }
-        let file = state.files.get_mut(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
         file.current.resize(len as usize, 0);
         file.pending_len = Some(len);
         Ok(())
@@ -238,10 +265,22 @@ impl Storage for FaultFile {
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
         state.syncs += 1;
-        if { let p = state.config.lying_fsync; state.chance(p) } {
+        if let Some(n) = state.config.crash_at_sync.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                return Err(StorageError::Io("simulated power failure during fsync".into()));
+            }
+        }
+        if {
+            let p = state.config.lying_fsync;
+            state.chance(p)
+        } {
             return Ok(());
         }
-        let file = state.files.get_mut(&self.name).ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
+        let file = state
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| StorageError::NotFound(self.name.clone()))?;
         file.durable = file.current.clone();
         file.pending.clear();
         file.pending_len = None;
@@ -281,6 +320,9 @@ impl Directory for FaultDirectory {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
+        if state.config.crash_at_sync == Some(0) {
+            return Err(StorageError::Io("simulated power failure during fsync".into()));
+        }
         state.durable_names = state.files.keys().cloned().collect();
         Ok(())
     }
@@ -294,7 +336,12 @@ impl Directory for FaultDirectory {
         }
         state.files.insert(
             name.to_owned(),
-            MemFile { current: data.to_vec(), durable: data.to_vec(), pending: Vec::new(), pending_len: None },
+            MemFile {
+                current: data.to_vec(),
+                durable: data.to_vec(),
+                pending: Vec::new(),
+                pending_len: None,
+            },
         );
         if !state.durable_names.iter().any(|n| n == name) {
             state.durable_names.push(name.to_owned());

@@ -232,7 +232,9 @@ impl RecordHeader {
         if bytes.len() < RECORD_HEADER_BYTES + CHECKSUM_BYTES {
             return Err(FormatError::BadLength(bytes.len() as u32));
         }
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let u64_at = |at: usize| {
             let mut word = [0u8; 8];
             word.copy_from_slice(&bytes[at..at + 8]);

@@ -88,11 +88,8 @@ impl Directory for FileDirectory {
     }
 
     fn open(&mut self, name: &str) -> Result<FileStorage, StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.path.join(name))
-            .map_err(|e| {
+        let file =
+            OpenOptions::new().read(true).write(true).open(self.path.join(name)).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     StorageError::NotFound(name.to_owned())
                 } else {

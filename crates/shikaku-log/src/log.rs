@@ -197,7 +197,12 @@ pub fn stream_of(signed: &SignedEvent) -> String {
 
 fn stream_tag(stream: &str) -> u32 {
     let hash = blake3::hash(stream.as_bytes());
-    u32::from_le_bytes([hash.as_bytes()[0], hash.as_bytes()[1], hash.as_bytes()[2], hash.as_bytes()[3]])
+    u32::from_le_bytes([
+        hash.as_bytes()[0],
+        hash.as_bytes()[1],
+        hash.as_bytes()[2],
+        hash.as_bytes()[3],
+    ])
 }
 
 /// What [`Log::append`] did.
@@ -305,6 +310,18 @@ impl<D: Directory> Log<D> {
             record_bytes: 0,
             recovery: Recovery::default(),
         };
+        let mut names = names;
+        // A segment whose creation never became durable (its header is not readable and it
+        // holds no record) is the torn tail of a crash during segment roll-over: remove it.
+        while let Some(last) = names.last().cloned() {
+            if !log.is_abandoned_segment(&last)? {
+                break;
+            }
+            log.dir.remove(&last).map_err(storage(0))?;
+            log.dir.sync().map_err(storage(0))?;
+            log.recovery.truncated_tail = Some((last, 0, 0));
+            names.pop();
+        }
         let count = names.len();
         for (index, name) in names.into_iter().enumerate() {
             let expected = segment_name(index as u64);
@@ -317,21 +334,77 @@ impl<D: Directory> Log<D> {
         Ok(log)
     }
 
+    fn is_abandoned_segment(&mut self, name: &str) -> Result<bool, LogError> {
+        let file = self.dir.open(name).map_err(storage(0))?;
+        let len = file.len().map_err(storage(0))?;
+        let mut data = vec![0u8; len as usize];
+        file.read_at(0, &mut data).map_err(storage(0))?;
+        let header_ok = data.len() >= SEGMENT_HEADER_BYTES && {
+            let mut header = [0u8; SEGMENT_HEADER_BYTES];
+            header.copy_from_slice(&data[..SEGMENT_HEADER_BYTES]);
+            SegmentHeader::decode(&header).is_ok()
+        };
+        if header_ok {
+            return Ok(false);
+        }
+        // Only a header that was never written (all zeros) counts as abandoned: the header is
+        // made durable before any record is written, so records behind a missing header were
+        // never durably acknowledged (only a disk that lied about fsync produces them). Any
+        // other unreadable header is damage to report.
+        Ok(data.iter().take(SEGMENT_HEADER_BYTES).all(|&b| b == 0))
+    }
+
     fn open_segment(&mut self, name: String, index: usize, is_last: bool) -> Result<(), LogError> {
         let mut file = self.dir.open(&name).map_err(storage(0))?;
         let len = file.len().map_err(storage(0))?;
         let mut header_bytes = [0u8; SEGMENT_HEADER_BYTES];
-        if len < SEGMENT_HEADER_BYTES as u64 {
-            return Err(LogError::Segment { segment: name, source: FormatError::BadLength(len as u32) });
-        }
-        file.read_at(0, &mut header_bytes).map_err(storage(0))?;
-        let header = SegmentHeader::decode(&header_bytes)
-            .map_err(|source| LogError::Segment { segment: name.clone(), source })?;
+        let decoded = if len < SEGMENT_HEADER_BYTES as u64 {
+            Err(FormatError::BadLength(len as u32))
+        } else {
+            file.read_at(0, &mut header_bytes).map_err(storage(0))?;
+            SegmentHeader::decode(&header_bytes)
+        };
+        let header = match decoded {
+            Ok(header) => header,
+            // A segment from a newer format is not damage: refuse to open rather than guess.
+            Err(source @ FormatError::NewerFormat { .. }) => {
+                return Err(LogError::Segment { segment: name, source })
+            }
+            Err(source) => {
+                // A damaged header: the whole segment is unreadable. Report it, never serve
+                // it, and resynchronise the chain at the next segment's header.
+                self.recovery.damaged.push(Damage {
+                    segment: name.clone(),
+                    offset: 0,
+                    first_seq: self.next_seq,
+                    missing: 0,
+                    reason: format!("segment header: {source}"),
+                });
+                let header = SegmentHeader {
+                    format_version: FORMAT_VERSION,
+                    min_compatible_version: MIN_COMPATIBLE_VERSION,
+                    segment_bytes: len,
+                    segment_index: index as u64,
+                    first_seq: self.next_seq,
+                    node: self.config.node,
+                    prev_hash: self.last_hash,
+                };
+                self.segments.push(Segment { name, file, header, write_offset: len, sealed: true });
+                return Ok(());
+            }
+        };
         if header.node != self.config.node {
-            return Err(LogError::ForeignSegment { segment: name, found: header.node, expected: self.config.node });
+            return Err(LogError::ForeignSegment {
+                segment: name,
+                found: header.node,
+                expected: self.config.node,
+            });
         }
         if header.segment_index != index as u64 {
-            return Err(LogError::MissingSegment { expected: segment_name(index as u64), found: name });
+            return Err(LogError::MissingSegment {
+                expected: segment_name(index as u64),
+                found: name,
+            });
         }
         let mut data = vec![0u8; len as usize];
         file.read_at(0, &mut data).map_err(storage(0))?;
@@ -353,7 +426,12 @@ impl<D: Directory> Log<D> {
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut sealed = false;
         while offset + 4 <= data.len() {
-            let length = u32::from_le_bytes([data[offset], data[offset + 1], data[offset + 2], data[offset + 3]]);
+            let length = u32::from_le_bytes([
+                data[offset],
+                data[offset + 1],
+                data[offset + 2],
+                data[offset + 3],
+            ]);
             if length == 0 {
                 break;
             }
@@ -374,7 +452,8 @@ impl<D: Directory> Log<D> {
                             let zeros = vec![0u8; garbage as usize];
                             file.write_at(offset as u64, &zeros).map_err(storage(0))?;
                             file.sync().map_err(storage(0))?;
-                            self.recovery.truncated_tail = Some((name.clone(), offset as u64, garbage));
+                            self.recovery.truncated_tail =
+                                Some((name.clone(), offset as u64, garbage));
                             break;
                         }
                         None => {
@@ -431,7 +510,12 @@ impl<D: Directory> Log<D> {
     }
 
     /// Verifies one record at the chain's head and indexes it. Returns (kind, size).
-    fn accept_record(&mut self, bytes: &[u8], segment: u32, offset: usize) -> Result<(u8, usize), String> {
+    fn accept_record(
+        &mut self,
+        bytes: &[u8],
+        segment: u32,
+        offset: usize,
+    ) -> Result<(u8, usize), String> {
         let (header, payload, sum) =
             RecordHeader::decode(bytes, &self.key).map_err(|e| e.to_string())?;
         if header.prev_hash != self.last_hash {
@@ -444,13 +528,21 @@ impl<D: Directory> Log<D> {
             return Ok((KIND_SEAL, header.record_bytes()));
         }
         if header.seq != self.next_seq {
-            return Err(FormatError::Sequence { found: header.seq, expected: self.next_seq }.to_string());
+            return Err(
+                FormatError::Sequence { found: header.seq, expected: self.next_seq }.to_string()
+            );
         }
         if shikaku_core::event::event_id(header.schema_version, payload) != header.event_id {
             return Err("payload does not match the event id".into());
         }
         let tag = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-        self.index(header.seq, header.event_id, header.hlc, tag, Location { segment, offset: offset as u32 });
+        self.index(
+            header.seq,
+            header.event_id,
+            header.hlc,
+            tag,
+            Location { segment, offset: offset as u32 },
+        );
         self.last_hash = sum;
         self.next_seq += 1;
         self.recovery.records += 1;
@@ -526,7 +618,8 @@ impl<D: Directory> Log<D> {
             let start = self.segments[segment].write_offset + batch.len() as u64;
             if start + size + seal > self.config.segment_bytes {
                 // This segment is full: make the batch so far durable, seal, start the next.
-                self.commit(&mut batch, &mut staged, next_seq, last_hash).map_err(storage(durable))?;
+                self.commit(&mut batch, &mut staged, next_seq, last_hash)
+                    .map_err(storage(durable))?;
                 durable = outcome.new;
                 last_hash = self.seal().map_err(storage(durable))?;
                 self.new_segment().map_err(storage(durable))?;
@@ -590,7 +683,13 @@ impl<D: Directory> Log<D> {
         segment.write_offset += batch.len() as u64;
         self.record_bytes += batch.len() as u64;
         for (seq, id, hlc, tag, offset) in staged.drain(..) {
-            self.index(seq, id, hlc, tag, Location { segment: segment_number, offset: offset as u32 });
+            self.index(
+                seq,
+                id,
+                hlc,
+                tag,
+                Location { segment: segment_number, offset: offset as u32 },
+            );
         }
         self.next_seq = next_seq;
         self.last_hash = last_hash;
@@ -706,9 +805,15 @@ impl<D: Directory> Log<D> {
         if header.seq != seq || header.kind != KIND_EVENT {
             return Err(corrupt(format!("found record {} of kind {}", header.seq, header.kind)));
         }
-        SignedEvent::decode_unverified(header.schema_version, payload, header.signature, Some(header.event_id), None)
-            .map(shikaku_core::UnverifiedEvent::trust_stored_signature)
-            .map_err(|e| corrupt(e.to_string()))
+        SignedEvent::decode_unverified(
+            header.schema_version,
+            payload,
+            header.signature,
+            Some(header.event_id),
+            None,
+        )
+        .map(shikaku_core::UnverifiedEvent::trust_stored_signature)
+        .map_err(|e| corrupt(e.to_string()))
     }
 
     /// Reads up to `max` events from `from` (inclusive), skipping damaged positions. Returns
@@ -761,7 +866,11 @@ impl<D: Directory> Log<D> {
         for event in events {
             let actual = stream_of(event);
             if actual != stream {
-                return Err(LogError::EventOutsideStream { stream: stream.to_owned(), actual, event: event.id() });
+                return Err(LogError::EventOutsideStream {
+                    stream: stream.to_owned(),
+                    actual,
+                    event: event.id(),
+                });
             }
         }
         let current = self.stream_version(stream)?;
@@ -771,7 +880,11 @@ impl<D: Directory> Log<D> {
             ExpectedVersion::Exact(version) => current == version,
         };
         if !ok {
-            return Err(LogError::WrongExpectedVersion { stream: stream.to_owned(), expected, current });
+            return Err(LogError::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
         }
         let outcome = self.append(events)?;
         Ok(current + outcome.new as u64)
@@ -844,8 +957,18 @@ fn staged_payload_len(batch: &[u8], staged: usize) -> usize {
     let mut offset = 0;
     let mut payload = 0;
     for _ in 0..staged {
-        let total = u32::from_le_bytes([batch[offset], batch[offset + 1], batch[offset + 2], batch[offset + 3]]) as usize;
-        payload = u32::from_le_bytes([batch[offset + 8], batch[offset + 9], batch[offset + 10], batch[offset + 11]]) as usize;
+        let total = u32::from_le_bytes([
+            batch[offset],
+            batch[offset + 1],
+            batch[offset + 2],
+            batch[offset + 3],
+        ]) as usize;
+        payload = u32::from_le_bytes([
+            batch[offset + 8],
+            batch[offset + 9],
+            batch[offset + 10],
+            batch[offset + 11],
+        ]) as usize;
         offset += total;
     }
     payload
@@ -879,7 +1002,11 @@ impl Subscription {
     }
 
     /// Reads up to `max` events.
-    pub fn poll<D: Directory>(&mut self, log: &Log<D>, max: usize) -> Result<SubscriptionBatch, LogError> {
+    pub fn poll<D: Directory>(
+        &mut self,
+        log: &Log<D>,
+        max: usize,
+    ) -> Result<SubscriptionBatch, LogError> {
         let events = log.read_from(self.next, max)?;
         if let Some((seq, _)) = events.last() {
             self.next = seq + 1;

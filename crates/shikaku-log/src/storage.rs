@@ -10,7 +10,9 @@ pub enum StorageError {
     #[error("no space left on the device")]
     NoSpace,
     /// A read went past the end of the file.
-    #[error("read of {len} bytes at offset {offset} is past the end of the file ({file_len} bytes)")]
+    #[error(
+        "read of {len} bytes at offset {offset} is past the end of the file ({file_len} bytes)"
+    )]
     ShortRead {
         /// Offset asked for.
         offset: u64,
