@@ -10,6 +10,7 @@
 
 mod bad_input;
 mod cli;
+mod crash;
 mod laws;
 mod log;
 mod reference;
