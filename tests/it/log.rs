@@ -403,6 +403,7 @@ proptest! {
         let header = format::RecordHeader {
             kind: format::KIND_EVENT,
             flags: 0,
+            stream_tag: 0,
             schema_version: 1,
             payload_bytes: event.canonical_bytes().len() as u32,
             seq: 1,

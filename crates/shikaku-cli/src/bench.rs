@@ -20,6 +20,21 @@ use crate::clock::Stopwatch;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Durable append throughput of the ledger at batch sizes 1, 64, 512 and 4096, side by side
+    /// with the raw disk (sequential write + fdatasync of the same bytes) and SQLite (WAL,
+    /// synchronous=FULL, the same events as blobs, the same batches); single-append latency
+    /// against one fdatasync; recovery scan speed.
+    Log {
+        /// Directory for the benchmark's files (on the disk to measure; removed afterwards).
+        #[arg(long, default_value = "shikaku-bench-tmp")]
+        dir: std::path::PathBuf,
+        /// Events per batch-size run (batch 1 uses a tenth, at most 3,000).
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events for the recovery-scan measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        scan_events: usize,
+    },
     /// Projection fold throughput, check latency and memory per member.
     Projection {
         /// Members on the generated roster.
@@ -39,6 +54,9 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
     match command {
         BenchCommand::Projection { members, seed, checks } => {
             projection(*members, *seed, *checks, out)
+        }
+        BenchCommand::Log { dir, events, scan_events } => {
+            crate::bench_log::run(dir, *events, *scan_events, out)
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod alloc_counter;
 pub mod bench;
+pub mod bench_log;
 pub mod clock;
 pub mod demo;
 pub mod jsonl;

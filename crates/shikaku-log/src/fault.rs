@@ -62,6 +62,11 @@ impl State {
         p > 0.0 && (self.random() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
+    fn roll(&mut self, pick: fn(&FaultConfig) -> f64) -> bool {
+        let p = pick(&self.config);
+        self.chance(p)
+    }
+
     fn used_bytes(&self) -> u64 {
         self.files.values().map(|f| f.current.len() as u64).sum()
     }
@@ -117,23 +122,14 @@ impl FaultDirectory {
             let Some(mut file) = state.files.remove(&name) else { continue };
             let mut image = file.durable.clone();
             if let Some(len) = file.pending_len {
-                if {
-                    let p = state.config.unsynced_survives;
-                    state.chance(p)
-                } {
+                if state.roll(|c| c.unsynced_survives) {
                     image.resize(len as usize, 0);
                 }
             }
             for (offset, data) in std::mem::take(&mut file.pending) {
-                let keep = if {
-                    let p = state.config.unsynced_survives;
-                    state.chance(p)
-                } {
+                let keep = if state.roll(|c| c.unsynced_survives) {
                     data.len()
-                } else if {
-                    let p = state.config.torn_write;
-                    state.chance(p)
-                } {
+                } else if state.roll(|c| c.torn_write) {
                     let sectors = data.len().div_ceil(SECTOR_BYTES);
                     (state.random() as usize % sectors.max(1)) * SECTOR_BYTES
                 } else {
@@ -226,10 +222,7 @@ impl Storage for FaultFile {
                 return Err(StorageError::NoSpace);
             }
         }
-        let misdirect = {
-            let p = state.config.misdirected_write;
-            state.chance(p)
-        };
+        let misdirect = state.roll(|c| c.misdirected_write);
         let target = if misdirect { offset + SECTOR_BYTES as u64 } else { offset };
         let file = state
             .files
@@ -271,10 +264,7 @@ impl Storage for FaultFile {
                 return Err(StorageError::Io("simulated power failure during fsync".into()));
             }
         }
-        if {
-            let p = state.config.lying_fsync;
-            state.chance(p)
-        } {
+        if state.roll(|c| c.lying_fsync) {
             return Ok(());
         }
         let file = state

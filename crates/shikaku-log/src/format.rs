@@ -178,6 +178,8 @@ pub struct RecordHeader {
     pub kind: u8,
     /// [`FLAG_BATCH_END`] or 0.
     pub flags: u8,
+    /// FNV-1a of the event's stream name (0 for seals), for the stream index.
+    pub stream_tag: u32,
     /// Event schema version (0 for seals).
     pub schema_version: u16,
     /// Payload length in bytes.
@@ -210,7 +212,7 @@ impl RecordHeader {
         out.push(self.flags);
         out.extend_from_slice(&self.schema_version.to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.stream_tag.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.hlc.0.to_le_bytes());
         out.extend_from_slice(&self.event_id.0);
@@ -266,6 +268,7 @@ impl RecordHeader {
         let header = RecordHeader {
             kind,
             flags: bytes[5],
+            stream_tag: u32_at(12),
             schema_version: u16::from_le_bytes([bytes[6], bytes[7]]),
             payload_bytes,
             seq: u64_at(16),

@@ -1,6 +1,6 @@
 //! The log: recovery on open, group-committed appends, reads, indexes and the eventstore API.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use shikaku_core::{CheckQuery, EventBody, EventId, Hlc, NodeId, SignedEvent};
 
@@ -170,9 +170,21 @@ pub enum ExpectedVersion {
 
 /// The stream an event belongs to: its member key, else its card, else its clinic.
 pub fn stream_of(signed: &SignedEvent) -> String {
-    let query = |q: &CheckQuery| match q {
-        CheckQuery::Member(member) => format!("member:{member}"),
-        CheckQuery::Card(card) => format!("card:{card}"),
+    let mut out = String::new();
+    write_stream(&mut out, signed);
+    out
+}
+
+/// Writes the stream name of an event into `out` (cleared first), without allocating when
+/// `out` has room.
+fn write_stream(out: &mut String, signed: &SignedEvent) {
+    use std::fmt::Write as _;
+    out.clear();
+    let query = |out: &mut String, q: &CheckQuery| {
+        let _ = match q {
+            CheckQuery::Member(member) => write!(out, "member:{member}"),
+            CheckQuery::Card(card) => write!(out, "card:{card}"),
+        };
     };
     match &signed.event().body {
         EventBody::MemberRegistered { member, .. }
@@ -185,25 +197,46 @@ pub fn stream_of(signed: &SignedEvent) -> String {
         | EventBody::CardUnlinked { member, .. }
         | EventBody::WrongPersonLinkageRevoked { member, .. }
         | EventBody::ConsentGiven { member }
-        | EventBody::ConsentWithdrawn { member } => format!("member:{member}"),
+        | EventBody::ConsentWithdrawn { member } => {
+            let _ = write!(out, "member:{member}");
+        }
         EventBody::EventVoided { subject, .. } | EventBody::EventSuperseded { subject, .. } => {
-            query(subject)
+            query(out, subject)
         }
         EventBody::CheckPerformed { query: q, .. }
         | EventBody::SelfDeclarationRecorded { query: q, .. }
-        | EventBody::SelfDeclarationResolved { query: q, .. } => query(q),
+        | EventBody::SelfDeclarationResolved { query: q, .. } => query(out, q),
     }
 }
 
+/// The stream tag stored in each record header: FNV-1a (32 bit) of the stream name. Tags
+/// only narrow the search; streams are always confirmed by decoding the event.
 fn stream_tag(stream: &str) -> u32 {
-    let hash = blake3::hash(stream.as_bytes());
-    u32::from_le_bytes([
-        hash.as_bytes()[0],
-        hash.as_bytes()[1],
-        hash.as_bytes()[2],
-        hash.as_bytes()[3],
-    ])
+    stream
+        .bytes()
+        .fold(0x811c_9dc5u32, |hash, byte| (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193))
 }
+
+/// Event ids are blake3 outputs, already uniformly random: their first eight bytes are a
+/// perfectly good hash, and much cheaper than SipHash over 32 bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(chunk) = bytes.chunks(8).next() {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+}
+
+type IdMap<V> = HashMap<EventId, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// What [`Log::append`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -262,6 +295,8 @@ struct Location {
 }
 
 const DAMAGED: u32 = u32::MAX;
+/// How much of a segment recovery reads at a time.
+const LOAD_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 fn segment_name(index: u64) -> String {
     format!("segment-{index:010}.shk")
@@ -277,9 +312,10 @@ pub struct Log<D: Directory> {
     last_hash: [u8; 32],
     next_seq: u64,
     locations: Vec<Location>,
-    by_id: HashMap<EventId, u64>,
+    by_id: IdMap<u64>,
     by_stream: HashMap<u32, Vec<u64>>,
-    by_hlc: BTreeSet<(Hlc, u64)>,
+    /// `(hlc, seq)` kept sorted: events arrive almost in hlc order, so this is a push.
+    by_hlc: Vec<(Hlc, u64)>,
     record_bytes: u64,
     recovery: Recovery,
 }
@@ -304,9 +340,9 @@ impl<D: Directory> Log<D> {
             last_hash: [0; 32],
             next_seq: 1,
             locations: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: IdMap::default(),
             by_stream: HashMap::new(),
-            by_hlc: BTreeSet::new(),
+            by_hlc: Vec::new(),
             record_bytes: 0,
             recovery: Recovery::default(),
         };
@@ -337,7 +373,7 @@ impl<D: Directory> Log<D> {
     fn is_abandoned_segment(&mut self, name: &str) -> Result<bool, LogError> {
         let file = self.dir.open(name).map_err(storage(0))?;
         let len = file.len().map_err(storage(0))?;
-        let mut data = vec![0u8; len as usize];
+        let mut data = vec![0u8; (len as usize).min(SEGMENT_HEADER_BYTES)];
         file.read_at(0, &mut data).map_err(storage(0))?;
         let header_ok = data.len() >= SEGMENT_HEADER_BYTES && {
             let mut header = [0u8; SEGMENT_HEADER_BYTES];
@@ -406,8 +442,19 @@ impl<D: Directory> Log<D> {
                 found: name,
             });
         }
-        let mut data = vec![0u8; len as usize];
-        file.read_at(0, &mut data).map_err(storage(0))?;
+        // Segments are preallocated: read only as far as the data goes, in chunks.
+        let mut data: Vec<u8> = Vec::new();
+        let ensure = |data: &mut Vec<u8>, upto: usize| -> Result<(), LogError> {
+            let upto = upto.min(len as usize);
+            if data.len() >= upto {
+                return Ok(());
+            }
+            let target = (upto.max(data.len() + LOAD_CHUNK_BYTES)).min(len as usize);
+            let start = data.len();
+            data.resize(target, 0);
+            file.read_at(start as u64, &mut data[start..]).map_err(storage(0))
+        };
+        ensure(&mut data, SEGMENT_HEADER_BYTES + 4)?;
         let segment_number = self.segments.len() as u32;
         if header.prev_hash != self.last_hash || header.first_seq != self.next_seq {
             // The previous segment's tail was damaged; the chain restarts here.
@@ -425,7 +472,11 @@ impl<D: Directory> Log<D> {
         }
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut sealed = false;
-        while offset + 4 <= data.len() {
+        loop {
+            ensure(&mut data, offset + 4)?;
+            if offset + 4 > data.len() {
+                break;
+            }
             let length = u32::from_le_bytes([
                 data[offset],
                 data[offset + 1],
@@ -435,6 +486,10 @@ impl<D: Directory> Log<D> {
             if length == 0 {
                 break;
             }
+            ensure(
+                &mut data,
+                offset + (length as usize).min(format::record_bytes(format::PAYLOAD_BYTES_MAX)),
+            )?;
             match self.accept_record(&data[offset..], segment_number, offset) {
                 Ok((kind, size)) => {
                     offset += size;
@@ -444,6 +499,7 @@ impl<D: Directory> Log<D> {
                     }
                 }
                 Err(reason) => {
+                    ensure(&mut data, len as usize)?;
                     // Is anything valid after this point? If not, and this is the last
                     // segment, it is a torn tail that was never acknowledged.
                     match self.find_next_record(&data, offset + format::RECORD_ALIGN) {
@@ -532,15 +588,14 @@ impl<D: Directory> Log<D> {
                 FormatError::Sequence { found: header.seq, expected: self.next_seq }.to_string()
             );
         }
-        if shikaku_core::event::event_id(header.schema_version, payload) != header.event_id {
-            return Err("payload does not match the event id".into());
-        }
-        let tag = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        // The keyed checksum covers the id and the payload; the id itself is re-derived from
+        // the payload on every read and by `verify`, so open does not hash twice.
+        let _ = payload;
         self.index(
             header.seq,
             header.event_id,
             header.hlc,
-            tag,
+            header.stream_tag,
             Location { segment, offset: offset as u32 },
         );
         self.last_hash = sum;
@@ -555,7 +610,12 @@ impl<D: Directory> Log<D> {
         self.locations.push(location);
         self.by_id.insert(id, seq);
         self.by_stream.entry(tag).or_default().push(seq);
-        self.by_hlc.insert((hlc, seq));
+        if self.by_hlc.last().is_none_or(|last| *last <= (hlc, seq)) {
+            self.by_hlc.push((hlc, seq));
+        } else {
+            let at = self.by_hlc.partition_point(|entry| *entry < (hlc, seq));
+            self.by_hlc.insert(at, (hlc, seq));
+        }
     }
 
     /// The node whose log this is.
@@ -595,7 +655,9 @@ impl<D: Directory> Log<D> {
         let mut outcome = AppendOutcome { positions: Vec::with_capacity(events.len()), new: 0 };
         let mut batch: Vec<u8> = Vec::new();
         let mut staged: Vec<(u64, EventId, Hlc, u32, u64)> = Vec::new();
-        let mut seen: HashMap<EventId, u64> = HashMap::new();
+        let mut seen: IdMap<u64> = IdMap::default();
+        let mut stream = String::with_capacity(64);
+        batch.reserve(events.len().min(4096) * 640);
         let mut next_seq = self.next_seq;
         let mut last_hash = self.last_hash;
         let mut durable = 0usize;
@@ -626,11 +688,12 @@ impl<D: Directory> Log<D> {
             }
             let segment = self.segments.len() - 1;
             let offset = self.segments[segment].write_offset + batch.len() as u64;
-            let stream = stream_of(event);
+            write_stream(&mut stream, event);
             let tag = stream_tag(&stream);
             let header = RecordHeader {
                 kind: KIND_EVENT,
                 flags: 0,
+                stream_tag: tag,
                 schema_version: event.schema_version(),
                 payload_bytes: payload.len() as u32,
                 seq: next_seq,
@@ -639,13 +702,7 @@ impl<D: Directory> Log<D> {
                 prev_hash: last_hash,
                 signature: event.signature(),
             };
-            let record_start = batch.len();
-            header.encode_into(payload, &self.key, &mut batch);
-            // The stream tag lives in the header's reserved word; re-checksum with it.
-            batch[record_start + 12..record_start + 16].copy_from_slice(&tag.to_le_bytes());
-            let end = batch.len() - format::CHECKSUM_BYTES;
-            let sum = format::checksum(&self.key, &batch[record_start..end]);
-            batch[end..].copy_from_slice(&sum);
+            let sum = header.encode_into(payload, &self.key, &mut batch);
             staged.push((next_seq, id, header.hlc, tag, offset));
             seen.insert(id, next_seq);
             outcome.positions.push(next_seq);
@@ -709,6 +766,7 @@ impl<D: Directory> Log<D> {
         let header = RecordHeader {
             kind: KIND_SEAL,
             flags: FLAG_BATCH_END,
+            stream_tag: 0,
             schema_version: 0,
             payload_bytes: SEAL_PAYLOAD_BYTES as u32,
             seq: last_seq,
@@ -834,7 +892,8 @@ impl<D: Directory> Log<D> {
 
     /// Sequence numbers of events whose hlc lies in `[from, to]`, in `(hlc, seq)` order.
     pub fn positions_by_hlc(&self, from: Hlc, to: Hlc) -> Vec<u64> {
-        self.by_hlc.range((from, 0)..=(to, u64::MAX)).map(|(_, seq)| *seq).collect()
+        let start = self.by_hlc.partition_point(|entry| *entry < (from, 0));
+        self.by_hlc[start..].iter().take_while(|(hlc, _)| *hlc <= to).map(|(_, seq)| *seq).collect()
     }
 
     /// The events of one stream, in log order.

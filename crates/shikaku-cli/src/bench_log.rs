@@ -1,0 +1,198 @@
+//! `shikaku bench log`: the ledger's durable append throughput against the raw disk and
+//! SQLite, measured in the same run on the same disk with the same events and batches.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use shikaku_core::{NodeId, SignedEvent};
+use shikaku_log::fs::FileDirectory;
+use shikaku_log::{Log, LogConfig};
+
+use crate::clock::Stopwatch;
+
+const BATCHES: [usize; 4] = [1, 64, 512, 4096];
+
+fn events_for(count: usize) -> Result<Vec<SignedEvent>> {
+    // About 3 events per member; generate enough, then repeat with fresh ids if needed.
+    let members = (count / 3 + 10).min(2_000_000);
+    let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, 99))?;
+    let mut events = generated.events;
+    events.truncate(count);
+    Ok(events)
+}
+
+fn fresh_dir(root: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = root.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn shikaku_rate(root: &Path, events: &[SignedEvent], batch: usize) -> Result<(f64, u64)> {
+    let dir = fresh_dir(root, &format!("log-{batch}"))?;
+    let mut log = Log::open(FileDirectory::new(&dir)?, LogConfig::new(NodeId([1; 32])))?;
+    let watch = Stopwatch::start();
+    for chunk in events.chunks(batch) {
+        log.append(chunk)?;
+    }
+    let seconds = watch.seconds();
+    let bytes = log.stats()?.record_bytes;
+    drop(log);
+    std::fs::remove_dir_all(&dir)?;
+    Ok((events.len() as f64 / seconds, bytes))
+}
+
+/// The raw disk limit: the same number of bytes per batch, written sequentially into a
+/// preallocated file, one fdatasync per batch.
+fn raw_rate(root: &Path, events: usize, batch: usize, bytes: u64) -> Result<f64> {
+    let dir = fresh_dir(root, &format!("raw-{batch}"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("raw"))?;
+    file.set_len(bytes + 1024 * 1024)?;
+    file.sync_all()?;
+    let per_event = (bytes as usize).div_ceil(events.max(1));
+    let buffer = vec![0x5au8; per_event * batch];
+    let mut offset = 0u64;
+    let watch = Stopwatch::start();
+    let mut written = 0;
+    while written < events {
+        let n = batch.min(events - written);
+        file.write_all_at(&buffer[..per_event * n], offset)?;
+        file.sync_data()?;
+        offset += (per_event * n) as u64;
+        written += n;
+    }
+    let seconds = watch.seconds();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(events as f64 / seconds)
+}
+
+fn sqlite_rate(root: &Path, events: &[SignedEvent], batch: usize) -> Result<f64> {
+    let dir = fresh_dir(root, &format!("sqlite-{batch}"))?;
+    let mut db = rusqlite::Connection::open(dir.join("events.db"))?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(None, "synchronous", "FULL")?;
+    db.execute("CREATE TABLE events (id BLOB PRIMARY KEY, body BLOB NOT NULL)", [])?;
+    let watch = Stopwatch::start();
+    for chunk in events.chunks(batch) {
+        let tx = db.transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO events (id, body) VALUES (?1, ?2)")?;
+            for event in chunk {
+                insert.execute(rusqlite::params![&event.id().0[..], event.canonical_bytes()])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let seconds = watch.seconds();
+    drop(db);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(events.len() as f64 / seconds)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e3
+}
+
+/// Runs the benchmark.
+pub fn run(root: &Path, count: usize, scan_events: usize, out: &mut dyn Write) -> Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    writeln!(out, "bench log: {count} events per run, files under {}", root.display())?;
+    let watch = Stopwatch::start();
+    let events = events_for(count.max(scan_events.min(count)))?;
+    writeln!(
+        out,
+        "generated {} signed events in {:.1} s (not measured)",
+        events.len(),
+        watch.seconds()
+    )?;
+    writeln!(
+        out,
+        "\n{:>6} {:>14} {:>14} {:>9} {:>14} {:>10}",
+        "batch", "shikaku ev/s", "raw disk ev/s", "% of raw", "SQLite ev/s", "× SQLite"
+    )?;
+    for batch in BATCHES {
+        let n = if batch == 1 { (events.len() / 10).min(3_000) } else { events.len() };
+        let subset = &events[..n];
+        let (ours, bytes) = shikaku_rate(root, subset, batch)?;
+        let raw = raw_rate(root, n, batch, bytes)?;
+        let sqlite = sqlite_rate(root, subset, batch)?;
+        writeln!(
+            out,
+            "{batch:>6} {ours:>14.0} {raw:>14.0} {:>8.0}% {sqlite:>14.0} {:>9.1}×",
+            100.0 * ours / raw,
+            ours / sqlite
+        )?;
+    }
+
+    // Latency of one durable append against one fdatasync of the same size.
+    let dir = fresh_dir(root, "latency")?;
+    let mut log = Log::open(FileDirectory::new(dir.join("log"))?, LogConfig::new(NodeId([2; 32])))?;
+    let mut appends = Vec::new();
+    for event in events.iter().take(1_000) {
+        let watch = Stopwatch::start();
+        log.append(std::slice::from_ref(event))?;
+        appends.push(watch.nanos());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join("raw"))?;
+    file.set_len(64 * 1024 * 1024)?;
+    file.sync_all()?;
+    let mut syncs = Vec::new();
+    let record = vec![7u8; 640];
+    for i in 0..1_000u64 {
+        let watch = Stopwatch::start();
+        file.write_all_at(&record, i * 640)?;
+        file.sync_data()?;
+        syncs.push(watch.nanos());
+    }
+    appends.sort_unstable();
+    syncs.sort_unstable();
+    writeln!(
+        out,
+        "\nsingle durable append p50 {:.0} µs (p99 {:.0} µs); one write+fdatasync p50 {:.0} µs (p99 {:.0} µs); ratio {:.2}×",
+        percentile(&appends, 0.5),
+        percentile(&appends, 0.99),
+        percentile(&syncs, 0.5),
+        percentile(&syncs, 0.99),
+        percentile(&appends, 0.5) / percentile(&syncs, 0.5)
+    )?;
+    drop(log);
+    std::fs::remove_dir_all(&dir)?;
+
+    // Recovery scan: open (verify every record's checksum, chain and id) a ledger.
+    let n = scan_events.min(events.len());
+    let dir = fresh_dir(root, "scan")?;
+    {
+        let mut log = Log::open(FileDirectory::new(&dir)?, LogConfig::new(NodeId([3; 32])))?;
+        for chunk in events[..n].chunks(4096) {
+            log.append(chunk)?;
+        }
+    }
+    let watch = Stopwatch::start();
+    let log = Log::open(FileDirectory::new(&dir)?, LogConfig::new(NodeId([3; 32])))?;
+    let seconds = watch.seconds();
+    writeln!(
+        out,
+        "recovery scan on open: {} records in {seconds:.2} s = {:.0} records/s (checksums, chain, ids, indexes)",
+        log.recovery().records,
+        log.recovery().records as f64 / seconds
+    )?;
+    drop(log);
+    std::fs::remove_dir_all(&dir)?;
+    let _ = std::fs::remove_dir(root);
+    Ok(())
+}
