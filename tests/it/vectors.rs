@@ -139,3 +139,69 @@ fn golden_event_vectors_decode_and_reencode_identically() {
         assert_eq!(vector, fresh, "vector {} no longer matches this build", vector.name);
     }
 }
+
+const LOG_VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/log-v1.json");
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct LogVector {
+    node: String,
+    segment_bytes: u64,
+    event_ids: Vec<String>,
+    /// (file name, file length, hex of the bytes up to the end of the data; the rest is zero)
+    segments: Vec<(String, u64, String)>,
+}
+
+#[test]
+fn golden_log_segments_open_and_rebuild_identically() {
+    // Pins protocol/LOG-FORMAT.md: a two-segment log (with a seal) holding the event vectors,
+    // byte for byte. Opening the stored bytes must verify and return the events; writing the
+    // same events today must give the same bytes.
+    use shikaku_log::fault::{FaultConfig, FaultDirectory};
+    use shikaku_log::storage::{Directory, Storage};
+    use shikaku_log::{Log, LogConfig};
+    let events: Vec<SignedEvent> = vector_events()
+        .into_iter()
+        .map(|(_, secret, event)| Signer::from_secret(secret).sign(event).unwrap())
+        .collect();
+    let node = shikaku_core::NodeId([5; 32]);
+    let config = LogConfig { node, segment_bytes: 2048 };
+    let disk = FaultDirectory::new(FaultConfig::default(), 1);
+    let mut log = Log::open(disk.clone(), config.clone()).unwrap();
+    log.append(&events[..2]).unwrap();
+    log.append(&events[2..]).unwrap();
+    drop(log);
+    let mut segments = Vec::new();
+    for name in disk.list().unwrap() {
+        let image = disk.durable_image(&name).unwrap();
+        let end = image.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        segments.push((name, image.len() as u64, hex(&image[..end])));
+    }
+    let built = LogVector {
+        node: node.to_string(),
+        segment_bytes: 2048,
+        event_ids: events.iter().map(|e| e.id().to_string()).collect(),
+        segments,
+    };
+    assert!(built.segments.len() >= 2, "the vector crosses a segment seal");
+    if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
+        std::fs::write(LOG_VECTORS, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+    }
+    let stored: LogVector =
+        serde_json::from_str(&std::fs::read_to_string(LOG_VECTORS).expect("log vectors present"))
+            .unwrap();
+    // Open the stored bytes on a fresh disk.
+    let mut fresh = FaultDirectory::new(FaultConfig::default(), 2);
+    for (name, len, data) in &stored.segments {
+        let mut file = fresh.create(name).unwrap();
+        file.set_len(*len).unwrap();
+        file.write_at(0, &unhex(data)).unwrap();
+        file.sync().unwrap();
+    }
+    fresh.sync().unwrap();
+    let log = Log::open(fresh, LogConfig { node: stored.node.parse().unwrap(), segment_bytes: stored.segment_bytes }).unwrap();
+    let read: Vec<String> =
+        log.read_from(1, 100).unwrap().into_iter().map(|(_, e)| e.id().to_string()).collect();
+    assert_eq!(read, stored.event_ids);
+    assert!(log.verify().problems.is_empty());
+    assert_eq!(stored, built, "this build writes different log bytes: bump the format version");
+}
