@@ -419,3 +419,61 @@ proptest! {
         prop_assert!(format::RecordHeader::decode(&bytes, &key).is_err());
     }
 }
+
+#[test]
+fn index_checkpoints_skip_the_scan_and_are_verified() {
+    // Proves: an open that uses a checkpoint gives exactly the log a full scan gives; a
+    // damaged checkpoint, or one that does not match the log, is ignored (and said so).
+    let input = events(700);
+    let dir = FaultDirectory::new(FaultConfig::default(), 21);
+    let mut log = open(&dir);
+    for chunk in input[..500].chunks(64) {
+        log.append(chunk).unwrap();
+    }
+    log.write_checkpoint().unwrap();
+    assert_eq!(log.events_since_checkpoint(), 0);
+    log.append(&input[500..]).unwrap();
+    drop(log);
+    let with = open(&dir);
+    assert_eq!(with.recovery().checkpoint.as_deref(), Some("used: 500 events up to position 500"));
+    assert!(
+        with.recovery().records < 300,
+        "only the tail was scanned: {}",
+        with.recovery().records
+    );
+    let all: Vec<SignedEvent> =
+        with.read_from(1, usize::MAX).unwrap().into_iter().map(|(_, e)| e).collect();
+    assert_eq!(all, input);
+    assert!(with.verify().problems.is_empty());
+    let stream = stream_of(&input[3]);
+    let from_checkpoint = with.read_stream(&stream).unwrap();
+    let stats = with.stats().unwrap();
+    drop(with);
+    // A flipped bit in the checkpoint: ignored, full scan, same answers.
+    dir.flip_bit(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE, 300, 2);
+    let without = open(&dir);
+    assert!(
+        without.recovery().checkpoint.as_deref().unwrap().starts_with("ignored"),
+        "{:?}",
+        without.recovery().checkpoint
+    );
+    assert_eq!(without.read_stream(&stream).unwrap(), from_checkpoint);
+    assert_eq!(without.stats().unwrap(), stats);
+    drop(without);
+    // A checkpoint from another log of the same node does not fit this one.
+    let other = FaultDirectory::new(FaultConfig::default(), 22);
+    let mut log = open(&other);
+    log.append(&input[..50]).unwrap();
+    log.write_checkpoint().unwrap();
+    let foreign = {
+        use shikaku_log::storage::Directory;
+        other.clone().read_whole(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE).unwrap().unwrap()
+    };
+    {
+        use shikaku_log::storage::Directory;
+        dir.clone().write_atomic(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE, &foreign).unwrap();
+    }
+    let log = open(&dir);
+    assert!(log.recovery().checkpoint.as_deref().unwrap().starts_with("ignored"));
+    assert_eq!(log.len(), 700);
+}

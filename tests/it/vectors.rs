@@ -198,7 +198,11 @@ fn golden_log_segments_open_and_rebuild_identically() {
         file.sync().unwrap();
     }
     fresh.sync().unwrap();
-    let log = Log::open(fresh, LogConfig { node: stored.node.parse().unwrap(), segment_bytes: stored.segment_bytes }).unwrap();
+    let log = Log::open(
+        fresh,
+        LogConfig { node: stored.node.parse().unwrap(), segment_bytes: stored.segment_bytes },
+    )
+    .unwrap();
     let read: Vec<String> =
         log.read_from(1, 100).unwrap().into_iter().map(|(_, e)| e.id().to_string()).collect();
     assert_eq!(read, stored.event_ids);

@@ -376,6 +376,7 @@ pub fn import_from(
         }
     }
     flush(&mut pending, &mut errors, &mut store, &mut summary, err)?;
+    store.checkpoint_if_due()?;
     Ok(summary)
 }
 

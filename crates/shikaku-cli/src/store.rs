@@ -124,6 +124,22 @@ impl Store {
         Ok(self.log.append(events)?)
     }
 
+    /// Writes an index checkpoint when enough was appended since the last one (at least
+    /// 100,000 events and a tenth of the ledger), so the next open stays fast.
+    pub fn checkpoint_if_due(&mut self) -> Result<bool> {
+        let since = self.log.events_since_checkpoint();
+        if since >= 100_000 && since * 10 >= self.log.len() {
+            self.log.write_checkpoint()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes an index checkpoint now.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        Ok(self.log.write_checkpoint()?)
+    }
+
     /// Folds every stored event into a projection.
     pub fn projection(&self, replication: Replication) -> Result<Projection> {
         let mut projection = Projection::new(replication);

@@ -7,6 +7,7 @@
 //! [`storage::Storage`] and [`storage::Directory`] traits: [`fs`] for real files, [`fault`] for
 //! the fault-injecting disk of tests and the simulator.
 
+pub mod checkpoint;
 pub mod fault;
 pub mod format;
 pub mod fs;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use shikaku_core::{CheckQuery, EventBody, EventId, Hlc, NodeId, SignedEvent};
 
+use crate::checkpoint::{IndexCheckpoint, INDEX_CHECKPOINT_FILE};
 use crate::format::{
     self, checksum_key, record_bytes, FormatError, RecordHeader, SegmentHeader, FLAG_BATCH_END,
     FORMAT_VERSION, KIND_EVENT, KIND_SEAL, MIN_COMPATIBLE_VERSION, RECORD_HEADER_BYTES,
@@ -64,6 +65,8 @@ pub struct Recovery {
     pub truncated_tail: Option<(String, u64, u64)>,
     /// Damage before the tail.
     pub damaged: Vec<Damage>,
+    /// Whether an index checkpoint was used (or why it was ignored).
+    pub checkpoint: Option<String>,
 }
 
 /// Why a log operation failed.
@@ -288,10 +291,15 @@ struct Segment<F> {
     sealed: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Location {
-    segment: u32,
-    offset: u32,
+/// Where an event lives, and what the indexes need to know about it (also the unit of the
+/// index checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub(crate) segment: u32,
+    pub(crate) offset: u32,
+    pub(crate) tag: u32,
+    pub(crate) hlc: Hlc,
+    pub(crate) id: EventId,
 }
 
 const DAMAGED: u32 = u32::MAX;
@@ -318,6 +326,8 @@ pub struct Log<D: Directory> {
     by_hlc: Vec<(Hlc, u64)>,
     record_bytes: u64,
     recovery: Recovery,
+    /// Events indexed since the last checkpoint was written or loaded.
+    uncheckpointed: u64,
 }
 
 impl<D: Directory> Log<D> {
@@ -345,6 +355,7 @@ impl<D: Directory> Log<D> {
             by_hlc: Vec::new(),
             record_bytes: 0,
             recovery: Recovery::default(),
+            uncheckpointed: 0,
         };
         let mut names = names;
         // A segment whose creation never became durable (its header is not readable and it
@@ -359,15 +370,116 @@ impl<D: Directory> Log<D> {
             names.pop();
         }
         let count = names.len();
-        for (index, name) in names.into_iter().enumerate() {
+        for (index, name) in names.iter().enumerate() {
             let expected = segment_name(index as u64);
-            if name != expected {
-                return Err(LogError::MissingSegment { expected, found: name });
+            if *name != expected {
+                return Err(LogError::MissingSegment { expected, found: name.clone() });
             }
-            log.open_segment(name, index, index + 1 == count)?;
+        }
+        let checkpoint = log.load_checkpoint(count)?;
+        for (index, name) in names.into_iter().enumerate() {
+            let resume = match &checkpoint {
+                Some(cp) if (index as u64) + 1 < cp.segments => Some((u64::MAX, true)),
+                Some(cp) if (index as u64) + 1 == cp.segments => {
+                    Some((cp.resume_offset, cp.last_sealed))
+                }
+                _ => None,
+            };
+            log.open_segment(name, index, index + 1 == count, resume)?;
         }
         log.recovery.segments = log.segments.len();
         Ok(log)
+    }
+
+    /// Loads the index checkpoint if it verifies against the log; `None` (and a note in the
+    /// recovery report) otherwise.
+    fn load_checkpoint(&mut self, segments: usize) -> Result<Option<IndexCheckpoint>, LogError> {
+        let Some(bytes) = self.dir.read_whole(INDEX_CHECKPOINT_FILE).map_err(storage(0))? else {
+            return Ok(None);
+        };
+        let checkpoint = match IndexCheckpoint::decode(&bytes, &self.key) {
+            Ok(cp) => cp,
+            Err(reason) => {
+                self.recovery.checkpoint = Some(format!("ignored: {reason}"));
+                return Ok(None);
+            }
+        };
+        let usable = checkpoint.segments >= 1
+            && checkpoint.segments as usize <= segments
+            && checkpoint.next_seq == checkpoint.locations.len() as u64 + 1
+            && checkpoint.resume_offset >= (SEGMENT_HEADER_BYTES + format::CHECKSUM_BYTES) as u64;
+        if !usable {
+            self.recovery.checkpoint = Some("ignored: does not fit this log".into());
+            return Ok(None);
+        }
+        // The 32 bytes that end the covered part of the log must be the recorded chain hash.
+        let name = segment_name(checkpoint.segments - 1);
+        let file = self.dir.open(&name).map_err(storage(0))?;
+        let mut tail = [0u8; 32];
+        let at = checkpoint.resume_offset - format::CHECKSUM_BYTES as u64;
+        if file.read_at(at, &mut tail).is_err() || tail != checkpoint.last_hash {
+            self.recovery.checkpoint = Some("ignored: the log does not end where it says".into());
+            return Ok(None);
+        }
+        for (seq, location) in checkpoint.locations.iter().enumerate() {
+            if location.segment == DAMAGED {
+                self.recovery.checkpoint = Some("ignored: covers damage".into());
+                self.locations.clear();
+                return Ok(None);
+            }
+            self.by_id.insert(location.id, seq as u64 + 1);
+            self.by_stream.entry(location.tag).or_default().push(seq as u64 + 1);
+        }
+        self.by_hlc = checkpoint
+            .locations
+            .iter()
+            .enumerate()
+            .map(|(seq, location)| (location.hlc, seq as u64 + 1))
+            .collect();
+        self.by_hlc.sort_unstable();
+        self.locations = checkpoint.locations.clone();
+        self.next_seq = checkpoint.next_seq;
+        self.last_hash = checkpoint.last_hash;
+        self.record_bytes = checkpoint.record_bytes;
+        self.recovery.checkpoint = Some(format!(
+            "used: {} events up to position {}",
+            self.locations.len(),
+            self.next_seq - 1
+        ));
+        Ok(Some(checkpoint))
+    }
+
+    /// Saves the indexes at the current (durable) position, atomically, so that the next open
+    /// only scans what was appended after it. Refused while the log has damage.
+    pub fn write_checkpoint(&mut self) -> Result<(), LogError> {
+        if !self.recovery.damaged.is_empty() {
+            return Err(LogError::Damaged {
+                seq: self.recovery.damaged[0].first_seq,
+                damage: "not checkpointing a damaged log".into(),
+            });
+        }
+        let Some(last) = self.segments.last() else { return Ok(()) };
+        if last.write_offset < (SEGMENT_HEADER_BYTES + format::CHECKSUM_BYTES) as u64 + 1 {
+            return Ok(());
+        }
+        let checkpoint = IndexCheckpoint {
+            next_seq: self.next_seq,
+            segments: self.segments.len() as u64,
+            resume_offset: last.write_offset,
+            last_sealed: last.sealed,
+            record_bytes: self.record_bytes,
+            last_hash: self.last_hash,
+            locations: self.locations.clone(),
+        };
+        let bytes = checkpoint.encode(&self.key);
+        self.dir.write_atomic(INDEX_CHECKPOINT_FILE, &bytes).map_err(storage(0))?;
+        self.uncheckpointed = 0;
+        Ok(())
+    }
+
+    /// Events indexed since the last checkpoint (a caller's cue to write the next one).
+    pub fn events_since_checkpoint(&self) -> u64 {
+        self.uncheckpointed
     }
 
     fn is_abandoned_segment(&mut self, name: &str) -> Result<bool, LogError> {
@@ -390,7 +502,16 @@ impl<D: Directory> Log<D> {
         Ok(data.iter().take(SEGMENT_HEADER_BYTES).all(|&b| b == 0))
     }
 
-    fn open_segment(&mut self, name: String, index: usize, is_last: bool) -> Result<(), LogError> {
+    /// Opens one segment. `resume` = (offset, sealed) when an index checkpoint already covers
+    /// it up to `offset`: the header is still checked, but only records after `offset` are
+    /// scanned (none when sealed).
+    fn open_segment(
+        &mut self,
+        name: String,
+        index: usize,
+        is_last: bool,
+        resume: Option<(u64, bool)>,
+    ) -> Result<(), LogError> {
         let mut file = self.dir.open(&name).map_err(storage(0))?;
         let len = file.len().map_err(storage(0))?;
         let mut header_bytes = [0u8; SEGMENT_HEADER_BYTES];
@@ -454,9 +575,16 @@ impl<D: Directory> Log<D> {
             data.resize(target, 0);
             file.read_at(start as u64, &mut data[start..]).map_err(storage(0))
         };
-        ensure(&mut data, SEGMENT_HEADER_BYTES + 4)?;
         let segment_number = self.segments.len() as u32;
-        if header.prev_hash != self.last_hash || header.first_seq != self.next_seq {
+        if let Some((offset, true)) = resume {
+            let write_offset = offset.min(len);
+            self.segments.push(Segment { name, file, header, write_offset, sealed: true });
+            return Ok(());
+        }
+        ensure(&mut data, SEGMENT_HEADER_BYTES + 4)?;
+        if resume.is_some() {
+            // Covered by the checkpoint: the chain was checked when it was written.
+        } else if header.prev_hash != self.last_hash || header.first_seq != self.next_seq {
             // The previous segment's tail was damaged; the chain restarts here.
             if self.recovery.damaged.is_empty() || header.first_seq < self.next_seq {
                 self.recovery.damaged.push(Damage {
@@ -470,7 +598,10 @@ impl<D: Directory> Log<D> {
             self.skip_to(header.first_seq);
             self.last_hash = header.prev_hash;
         }
-        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut offset = match resume {
+            Some((offset, _)) => offset as usize,
+            None => SEGMENT_HEADER_BYTES,
+        };
         let mut sealed = false;
         loop {
             ensure(&mut data, offset + 4)?;
@@ -547,7 +678,13 @@ impl<D: Directory> Log<D> {
     /// Marks sequence numbers up to `seq` (exclusive) as damaged: they exist but are unreadable.
     fn skip_to(&mut self, seq: u64) {
         while self.next_seq < seq {
-            self.locations.push(Location { segment: DAMAGED, offset: 0 });
+            self.locations.push(Location {
+                segment: DAMAGED,
+                offset: 0,
+                tag: 0,
+                hlc: Hlc(0),
+                id: EventId([0; 32]),
+            });
             self.next_seq += 1;
         }
     }
@@ -596,7 +733,8 @@ impl<D: Directory> Log<D> {
             header.event_id,
             header.hlc,
             header.stream_tag,
-            Location { segment, offset: offset as u32 },
+            segment,
+            offset as u32,
         );
         self.last_hash = sum;
         self.next_seq += 1;
@@ -605,9 +743,10 @@ impl<D: Directory> Log<D> {
         Ok((KIND_EVENT, header.record_bytes()))
     }
 
-    fn index(&mut self, seq: u64, id: EventId, hlc: Hlc, tag: u32, location: Location) {
+    fn index(&mut self, seq: u64, id: EventId, hlc: Hlc, tag: u32, segment: u32, offset: u32) {
         debug_assert_eq!(self.locations.len() as u64 + 1, seq);
-        self.locations.push(location);
+        self.locations.push(Location { segment, offset, tag, hlc, id });
+        self.uncheckpointed += 1;
         self.by_id.insert(id, seq);
         self.by_stream.entry(tag).or_default().push(seq);
         if self.by_hlc.last().is_none_or(|last| *last <= (hlc, seq)) {
@@ -740,13 +879,7 @@ impl<D: Directory> Log<D> {
         segment.write_offset += batch.len() as u64;
         self.record_bytes += batch.len() as u64;
         for (seq, id, hlc, tag, offset) in staged.drain(..) {
-            self.index(
-                seq,
-                id,
-                hlc,
-                tag,
-                Location { segment: segment_number, offset: offset as u32 },
-            );
+            self.index(seq, id, hlc, tag, segment_number, offset as u32);
         }
         self.next_seq = next_seq;
         self.last_hash = last_hash;
