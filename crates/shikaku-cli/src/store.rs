@@ -10,6 +10,9 @@ use shikaku_core::{NodeId, Projection, Replication, SignedEvent, Signer};
 use shikaku_log::fs::FileDirectory;
 use shikaku_log::{AppendOutcome, Log, LogConfig};
 
+/// Name of the projection snapshot file inside the data directory.
+pub const SNAPSHOT_FILE: &str = "projection.snapshot";
+
 /// Name of the node key file inside the data directory.
 pub const NODE_KEY_FILE: &str = "node.key";
 
@@ -124,27 +127,68 @@ impl Store {
         Ok(self.log.append(events)?)
     }
 
-    /// Writes an index checkpoint when enough was appended since the last one (at least
-    /// 100,000 events and a tenth of the ledger), so the next open stays fast.
+    /// Writes an index checkpoint and a projection snapshot when enough was appended since
+    /// the last ones (at least 100,000 events and a tenth of the ledger), so the next open and
+    /// the next check stay fast.
     pub fn checkpoint_if_due(&mut self) -> Result<bool> {
         let since = self.log.events_since_checkpoint();
         if since >= 100_000 && since * 10 >= self.log.len() {
-            self.log.write_checkpoint()?;
+            self.checkpoint()?;
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// Writes an index checkpoint now.
+    /// Writes an index checkpoint and a projection snapshot now.
     pub fn checkpoint(&mut self) -> Result<()> {
-        Ok(self.log.write_checkpoint()?)
+        self.log.write_checkpoint()?;
+        let projection = self.projection(Replication::All)?;
+        let position = self.log.head() - 1;
+        let Some(id) = self.log.id_at(position) else { return Ok(()) };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&position.to_le_bytes());
+        bytes.extend_from_slice(&id.0);
+        bytes.extend_from_slice(&projection.encode_snapshot(position));
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let temporary = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        std::fs::write(&temporary, &bytes).context("writing the projection snapshot")?;
+        std::fs::File::open(&temporary).and_then(|f| f.sync_all())?;
+        std::fs::rename(&temporary, &path).context("installing the projection snapshot")?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all())?;
+        Ok(())
+    }
+
+    /// The projection snapshot, if one exists that verifies and belongs to this ledger.
+    fn load_snapshot(&self) -> Option<(Projection, u64)> {
+        let bytes = std::fs::read(self.dir.join(SNAPSHOT_FILE)).ok()?;
+        let position = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+        let id: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
+        if self.log.id_at(position)?.0 != id {
+            return None;
+        }
+        let (projection, covered) = Projection::decode_snapshot(&bytes[40..]).ok()?;
+        (covered == position && projection.events_held() == position)
+            .then_some((projection, position))
     }
 
     /// Folds every stored event into a projection.
+    /// Starts from the projection snapshot when one verifies (its digest, and the event at its
+    /// position in this log) and holds every insurer; folds the rest of the log on top.
     pub fn projection(&self, replication: Replication) -> Result<Projection> {
-        let mut projection = Projection::new(replication);
-        for (_, event) in self.log.read_from(1, usize::MAX)? {
-            projection.apply(&event);
+        let (mut projection, from) = match self.load_snapshot() {
+            Some((snapshot, position)) if replication == Replication::All => {
+                (snapshot, position + 1)
+            }
+            _ => (Projection::new(replication), 1),
+        };
+        let mut next = from;
+        loop {
+            let batch = self.log.read_from(next, 65_536)?;
+            let Some((last, _)) = batch.last() else { break };
+            next = last + 1;
+            for (_, event) in &batch {
+                projection.apply(event);
+            }
         }
         projection.shrink_to_fit();
         Ok(projection)

@@ -27,6 +27,10 @@ use crate::event::{
 use crate::hlc::Hlc;
 use crate::member::{CardToken, InsurerNumber, MemberKey};
 
+mod snapshot;
+
+pub use snapshot::SnapshotError;
+
 const NO_MEMBER: u32 = u32::MAX;
 /// Longest void-of-void chain followed; longer chains count as voided (they cannot occur
 /// honestly, and the bound keeps a hostile input from exhausting the stack).

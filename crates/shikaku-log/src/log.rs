@@ -782,6 +782,12 @@ impl<D: Directory> Log<D> {
         self.by_id.is_empty()
     }
 
+    /// The id of the event at a position (`None` if absent or damaged).
+    pub fn id_at(&self, seq: u64) -> Option<EventId> {
+        let location = self.locations.get((seq as usize).checked_sub(1)?)?;
+        (location.segment != DAMAGED).then_some(location.id)
+    }
+
     /// The sequence of an event, if held.
     pub fn position_of(&self, id: &EventId) -> Option<u64> {
         self.by_id.get(id).copied()
