@@ -24,6 +24,16 @@ pub enum BenchCommand {
     /// with the raw disk (sequential write + fdatasync of the same bytes) and SQLite (WAL,
     /// synchronous=FULL, the same events as blobs, the same batches); single-append latency
     /// against one fdatasync; recovery scan speed.
+    /// Opening a large ledger: with the index checkpoint and projection snapshot against a
+    /// full scan and fold of the same ledger, in the same run.
+    Open {
+        /// Directory for the benchmark's ledger (on the disk to measure; removed afterwards).
+        #[arg(long, default_value = "shikaku-bench-tmp")]
+        dir: std::path::PathBuf,
+        /// Events in the ledger.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
     Log {
         /// Directory for the benchmark's files (on the disk to measure; removed afterwards).
         #[arg(long, default_value = "shikaku-bench-tmp")]
@@ -55,6 +65,7 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
         BenchCommand::Projection { members, seed, checks } => {
             projection(*members, *seed, *checks, out)
         }
+        BenchCommand::Open { dir, events } => crate::bench_log::open(dir, *events, out),
         BenchCommand::Log { dir, events, scan_events } => {
             crate::bench_log::run(dir, *events, *scan_events, out)
         }

@@ -196,3 +196,107 @@ pub fn run(root: &Path, count: usize, scan_events: usize, out: &mut dyn Write) -
     let _ = std::fs::remove_dir(root);
     Ok(())
 }
+
+/// Builds a ledger of `count` synthetic events (registration, coverage start and card link
+/// per member; signed on two threads), checkpoints it, then measures opening it with the
+/// index checkpoint and projection snapshot against a full scan and fold.
+pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
+    use shikaku_core::{
+        CardToken, Date, Event, EventBody, Hlc, InsurerNumber, MemberKey, Namespace, Person,
+        Relationship, Sex, Signer,
+    };
+    let dir = fresh_dir(root, "open")?;
+    writeln!(out, "bench open: building a ledger of {count} events in {}", dir.display())?;
+    let insurer = InsurerNumber::with_check_digit(613_001);
+    let signer = Signer::derived("shikaku bench open", b"insurer");
+    let hub = Signer::derived("shikaku bench open", b"hub").node_id();
+    let start = Date::from_ymd(2020, 4, 1).unwrap_or(Date(18_353));
+    let make = |i: u64| -> Result<SignedEvent> {
+        let member = i / 3;
+        let key = MemberKey::new(insurer, "1", &format!("{member:09}"), 0)?;
+        let body = match i % 3 {
+            0 => EventBody::MemberRegistered {
+                member: key,
+                person: Person {
+                    name: "試験 太郎".into(),
+                    kana: "シケン タロウ".into(),
+                    sex: Sex::Male,
+                    birth_date: Date(3_000 + (member % 15_000) as i32),
+                    address: "東京都千代田区".into(),
+                    municipality: 131_016,
+                },
+                relationship: Relationship::Insured,
+            },
+            1 => EventBody::CoverageStarted { member: key, start, copay_tenths: 3, elderly_certificate: false },
+            _ => EventBody::CardLinked {
+                card: CardToken(*blake3::hash(&member.to_le_bytes()).as_bytes()),
+                member: key,
+            },
+        };
+        Ok(signer.sign(Event {
+            namespace: Namespace::Insurer(insurer),
+            origin: hub,
+            origin_seq: i + 1,
+            hlc: Hlc::new(1_600_000_000_000 + i / 16, (i % 16) as u16),
+            author: signer.public(),
+            body,
+        })?)
+    };
+    let store_dir = dir.join("data");
+    let watch = Stopwatch::start();
+    {
+        let mut store = crate::store::Store::open(&store_dir)?;
+        let chunk = 100_000u64;
+        let mut next = 0u64;
+        while next < count {
+            let end = (next + chunk).min(count);
+            let middle = next + (end - next) / 2;
+            let (a, b) = std::thread::scope(|scope| {
+                let first = scope.spawn(|| (next..middle).map(make).collect::<Result<Vec<_>>>());
+                let second = (middle..end).map(make).collect::<Result<Vec<_>>>();
+                (first.join(), second)
+            });
+            let mut events = a.map_err(|_| anyhow::anyhow!("signing thread panicked"))??;
+            events.extend(b?);
+            store.append(&events)?;
+            next = end;
+        }
+        let built = watch.seconds();
+        let watch = Stopwatch::start();
+        store.checkpoint()?;
+        writeln!(
+            out,
+            "built in {built:.0} s; index checkpoint and projection snapshot written in {:.1} s",
+            watch.seconds()
+        )?;
+        // A tail appended after the checkpoint, as after a day of work.
+        let tail: Vec<SignedEvent> = (count..count + 3_000).map(make).collect::<Result<_>>()?;
+        store.append(&tail)?;
+    }
+    let watch = Stopwatch::start();
+    let store = crate::store::Store::open(&store_dir)?;
+    let opened = watch.seconds();
+    let projection = store.projection(shikaku_core::Replication::All)?;
+    let with_checkpoint = watch.seconds();
+    let checkpoint_note = store.log().recovery().checkpoint.clone().unwrap_or_default();
+    let digest = projection.digest();
+    drop(projection);
+    drop(store);
+    // Baseline: the same ledger without its checkpoint and snapshot.
+    std::fs::remove_file(store_dir.join("log").join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE))?;
+    std::fs::remove_file(store_dir.join(crate::store::SNAPSHOT_FILE))?;
+    let watch = Stopwatch::start();
+    let store = crate::store::Store::open(&store_dir)?;
+    let scanned = watch.seconds();
+    let projection = store.projection(shikaku_core::Replication::All)?;
+    let without = watch.seconds();
+    writeln!(out, "\n{:<46} {:>12} {:>12}", "", "checkpoint", "full scan")?;
+    writeln!(out, "{:<46} {:>11.2}s {:>11.2}s", "open the log (indexes ready)", opened, scanned)?;
+    writeln!(out, "{:<46} {:>11.2}s {:>11.2}s", "open + projection ready to answer checks", with_checkpoint, without)?;
+    writeln!(out, "checkpoint: {checkpoint_note}; projection digests equal: {}", digest == projection.digest())?;
+    drop(projection);
+    drop(store);
+    std::fs::remove_dir_all(&dir)?;
+    let _ = std::fs::remove_dir(root);
+    Ok(())
+}
