@@ -227,7 +227,12 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
                 },
                 relationship: Relationship::Insured,
             },
-            1 => EventBody::CoverageStarted { member: key, start, copay_tenths: 3, elderly_certificate: false },
+            1 => EventBody::CoverageStarted {
+                member: key,
+                start,
+                copay_tenths: 3,
+                elderly_certificate: false,
+            },
             _ => EventBody::CardLinked {
                 card: CardToken(*blake3::hash(&member.to_le_bytes()).as_bytes()),
                 member: key,
@@ -283,7 +288,9 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     drop(projection);
     drop(store);
     // Baseline: the same ledger without its checkpoint and snapshot.
-    std::fs::remove_file(store_dir.join("log").join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE))?;
+    std::fs::remove_file(
+        store_dir.join("log").join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE),
+    )?;
     std::fs::remove_file(store_dir.join(crate::store::SNAPSHOT_FILE))?;
     let watch = Stopwatch::start();
     let store = crate::store::Store::open(&store_dir)?;
@@ -292,8 +299,16 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     let without = watch.seconds();
     writeln!(out, "\n{:<46} {:>12} {:>12}", "", "checkpoint", "full scan")?;
     writeln!(out, "{:<46} {:>11.2}s {:>11.2}s", "open the log (indexes ready)", opened, scanned)?;
-    writeln!(out, "{:<46} {:>11.2}s {:>11.2}s", "open + projection ready to answer checks", with_checkpoint, without)?;
-    writeln!(out, "checkpoint: {checkpoint_note}; projection digests equal: {}", digest == projection.digest())?;
+    writeln!(
+        out,
+        "{:<46} {:>11.2}s {:>11.2}s",
+        "open + projection ready to answer checks", with_checkpoint, without
+    )?;
+    writeln!(
+        out,
+        "checkpoint: {checkpoint_note}; projection digests equal: {}",
+        digest == projection.digest()
+    )?;
     drop(projection);
     drop(store);
     std::fs::remove_dir_all(&dir)?;

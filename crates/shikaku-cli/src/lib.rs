@@ -199,21 +199,7 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         bail!("--malformed must be a fraction in [0, 1), got {}", args.malformed);
     }
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(args.members, args.seed))?;
-    let mut file;
-    let mut stdout_lock;
-    let sink: &mut dyn Write = match &args.out {
-        Some(path) => {
-            file = std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            );
-            &mut file
-        }
-        None => {
-            stdout_lock = std::io::BufWriter::new(out);
-            &mut stdout_lock
-        }
-    };
+    let mut sink = output(args.out.as_deref(), out)?;
     let mut rng = shikaku_gen::Rng::new(args.seed ^ 0x6d61_6c66_6f72_6d65);
     for event in &generated.events {
         let line = jsonl::encode(event);
@@ -225,6 +211,16 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
     }
     sink.flush()?;
     Ok(())
+}
+
+/// A buffered writer to `path` (created) or, without one, to `out`.
+fn output<'a>(path: Option<&Path>, out: &'a mut dyn Write) -> Result<Box<dyn Write + 'a>> {
+    Ok(match path {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(out)),
+    })
 }
 
 /// Damages a good line in one of the ways real imports go wrong.
@@ -385,21 +381,7 @@ pub fn export(data_dir: &Path, path: Option<&Path>, out: &mut dyn Write) -> Resu
     let store = Store::open_existing(data_dir)?;
     let mut events = store.events()?;
     events.sort_by_key(|e| e.order_key());
-    let mut file;
-    let mut stdout_lock;
-    let sink: &mut dyn Write = match path {
-        Some(path) => {
-            file = std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            );
-            &mut file
-        }
-        None => {
-            stdout_lock = std::io::BufWriter::new(out);
-            &mut stdout_lock
-        }
-    };
+    let mut sink = output(path, out)?;
     for event in &events {
         writeln!(sink, "{}", jsonl::encode(event))?;
     }

@@ -516,10 +516,8 @@ impl EventBody {
         }
     }
 
-    /// Whether this event may appear in the given namespace: membership facts only in insurer
-    /// namespaces of the member's insurer, clinic records only in clinic namespaces.
-    pub fn allowed_in(&self, namespace: &Namespace) -> bool {
-        let insurer_of = |member: &MemberKey| *namespace == Namespace::Insurer(member.insurer);
+    /// The member a membership fact (insurer namespace) is about.
+    pub fn membership_subject(&self) -> Option<&MemberKey> {
         match self {
             EventBody::MemberRegistered { member, .. }
             | EventBody::CoverageStarted { member, .. }
@@ -529,7 +527,42 @@ impl EventBody {
             | EventBody::DemographicsChanged { member, .. }
             | EventBody::CardLinked { member, .. }
             | EventBody::CardUnlinked { member, .. }
-            | EventBody::WrongPersonLinkageRevoked { member, .. } => insurer_of(member),
+            | EventBody::WrongPersonLinkageRevoked { member, .. } => Some(member),
+            _ => None,
+        }
+    }
+
+    /// Whom any event is about: the member of a membership fact or consent, else the card or
+    /// member named by a void, supersession, check or self-declaration.
+    pub fn subject(&self) -> CheckQueryRef<'_> {
+        if let Some(member) = self.membership_subject() {
+            return CheckQueryRef::Member(member);
+        }
+        match self {
+            EventBody::ConsentGiven { member } | EventBody::ConsentWithdrawn { member } => {
+                CheckQueryRef::Member(member)
+            }
+            EventBody::EventVoided { subject: q, .. }
+            | EventBody::EventSuperseded { subject: q, .. }
+            | EventBody::CheckPerformed { query: q, .. }
+            | EventBody::SelfDeclarationRecorded { query: q, .. }
+            | EventBody::SelfDeclarationResolved { query: q, .. } => match q {
+                CheckQuery::Card(card) => CheckQueryRef::Card(card),
+                CheckQuery::Member(member) => CheckQueryRef::Member(member),
+            },
+            // Every membership fact returned above.
+            _ => CheckQueryRef::Card(&NO_CARD),
+        }
+    }
+
+    /// Whether this event may appear in the given namespace: membership facts only in insurer
+    /// namespaces of the member's insurer, clinic records only in clinic namespaces.
+    pub fn allowed_in(&self, namespace: &Namespace) -> bool {
+        let insurer_of = |member: &MemberKey| *namespace == Namespace::Insurer(member.insurer);
+        if let Some(member) = self.membership_subject() {
+            return insurer_of(member);
+        }
+        match self {
             EventBody::EventVoided { subject, .. } | EventBody::EventSuperseded { subject, .. } => {
                 match (subject, namespace) {
                     (CheckQuery::Member(member), Namespace::Insurer(_)) => insurer_of(member),
@@ -538,13 +571,20 @@ impl EventBody {
                     }
                 }
             }
-            EventBody::CheckPerformed { .. }
-            | EventBody::SelfDeclarationRecorded { .. }
-            | EventBody::SelfDeclarationResolved { .. }
-            | EventBody::ConsentGiven { .. }
-            | EventBody::ConsentWithdrawn { .. } => matches!(namespace, Namespace::Clinic(_)),
+            _ => matches!(namespace, Namespace::Clinic(_)),
         }
     }
+}
+
+static NO_CARD: CardToken = CardToken([0; 32]);
+
+/// A borrowed [`CheckQuery`]: whom an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckQueryRef<'a> {
+    /// A card.
+    Card(&'a CardToken),
+    /// A member.
+    Member(&'a MemberKey),
 }
 
 /// The canonical content of an event (schema version 1): what is hashed and signed.

@@ -447,14 +447,20 @@ fn job_change(world: &mut World, p: usize, day: Date) {
     // The new employer's insurer registers the family weeks late (the 資格無効 problem).
     let new = world.pick_insurer(InsurerKind::Employees, Some(old));
     let lag = 5 + world.rng.below(45);
+    enroll_family(world, &family, new, day, lag);
+}
+
+/// Enrolls a family at a new insurer from `day`, recorded `lag` days later: the insured person
+/// under a new key (branch 00), dependants under the same symbol and number, branches 01….
+fn enroll_family(world: &mut World, family: &[usize], insurer: usize, day: Date, lag: u64) {
     let symbol_seed = world.rng.below(1 << 20) as u32;
-    let key = world.new_key(new, 0, symbol_seed);
-    world.enroll(p, new, key.clone(), day, lag);
+    let key = world.new_key(insurer, 0, symbol_seed);
+    world.enroll(family[0], insurer, key.clone(), day, lag);
     for (i, &q) in family.iter().skip(1).enumerate() {
-        let number = world.insurers[new].number;
+        let number = world.insurers[insurer].number;
         let dep_key = MemberKey::new(number, &key.symbol, &key.number, (i + 1) as u8)
             .unwrap_or_else(|_| unreachable_key(number));
-        world.enroll(q, new, dep_key, day, lag);
+        world.enroll(q, insurer, dep_key, day, lag);
     }
 }
 
@@ -494,15 +500,7 @@ fn move_municipality(world: &mut World, p: usize, day: Date) {
         world.end(q, day, EndReason::MoveOutOfMunicipality, record);
     }
     let lag = world.rng.below(14);
-    let symbol_seed = world.rng.below(1 << 20) as u32;
-    let key = world.new_key(new, 0, symbol_seed);
-    world.enroll(p, new, key.clone(), day, lag);
-    for (i, &q) in family.iter().skip(1).enumerate() {
-        let number = world.insurers[new].number;
-        let dep_key = MemberKey::new(number, &key.symbol, &key.number, (i + 1) as u8)
-            .unwrap_or_else(|_| unreachable_key(number));
-        world.enroll(q, new, dep_key, day, lag);
-    }
+    enroll_family(world, &family, new, day, lag);
 }
 
 fn transfer_at_75(world: &mut World, p: usize, birthday: Date) {

@@ -8,7 +8,7 @@
 
 use shikaku_core::{EventId, Hlc};
 
-use crate::format::checksum;
+use crate::format::{checksum, le_u16, le_u32, le_u64};
 use crate::log::Location;
 
 /// File name, inside the log directory.
@@ -61,19 +61,10 @@ impl IndexCheckpoint {
         if bytes.len() < HEADER_BYTES + 32 || bytes[..8] != MAGIC {
             return Err("not an index checkpoint".into());
         }
-        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(word)
-        };
-        if u16_at(8) != VERSION || u32_at(12) as usize != ENTRY_BYTES {
-            return Err(format!("index checkpoint version {} is not {VERSION}", u16_at(8)));
+        if le_u16(bytes, 8) != VERSION || le_u32(bytes, 12) as usize != ENTRY_BYTES {
+            return Err(format!("index checkpoint version {} is not {VERSION}", le_u16(bytes, 8)));
         }
-        let count = u64_at(48) as usize;
+        let count = le_u64(bytes, 48) as usize;
         if bytes.len() != HEADER_BYTES + count.saturating_mul(ENTRY_BYTES) + 32 {
             return Err("index checkpoint length does not match its entry count".into());
         }
@@ -89,23 +80,20 @@ impl IndexCheckpoint {
             id.copy_from_slice(&entry[..32]);
             let mut hlc = [0u8; 8];
             hlc.copy_from_slice(&entry[32..40]);
-            let word = |at: usize| {
-                u32::from_le_bytes([entry[at], entry[at + 1], entry[at + 2], entry[at + 3]])
-            };
             locations.push(Location {
                 id: EventId(id),
                 hlc: Hlc(u64::from_le_bytes(hlc)),
-                segment: word(40),
-                offset: word(44),
-                tag: word(48),
+                segment: le_u32(entry, 40),
+                offset: le_u32(entry, 44),
+                tag: le_u32(entry, 48),
             });
         }
         Ok(IndexCheckpoint {
-            next_seq: u64_at(16),
-            segments: u64_at(24),
-            resume_offset: u64_at(32),
-            last_sealed: u16_at(10) == 1,
-            record_bytes: u64_at(40),
+            next_seq: le_u64(bytes, 16),
+            segments: le_u64(bytes, 24),
+            resume_offset: le_u64(bytes, 32),
+            last_sealed: le_u16(bytes, 10) == 1,
+            record_bytes: le_u64(bytes, 40),
             last_hash,
             locations,
         })

@@ -33,6 +33,23 @@ pub const FLAG_BATCH_END: u8 = 1;
 /// Bytes of a seal record's payload: records in the segment (u64) and last sequence (u64).
 pub const SEAL_PAYLOAD_BYTES: usize = 16;
 
+/// The little-endian u16 at `at` (the caller has checked the length).
+pub fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// The little-endian u32 at `at` (the caller has checked the length).
+pub fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The little-endian u64 at `at` (the caller has checked the length).
+pub fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
 /// Rounds up to the record alignment.
 pub fn align(n: usize) -> usize {
     n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
@@ -136,14 +153,8 @@ impl SegmentHeader {
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err(FormatError::BadMagic);
         }
-        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        let u64_at = |at: usize| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(word)
-        };
-        let format_version = u16_at(8);
-        let min_compatible_version = u16_at(10);
+        let format_version = le_u16(bytes, 8);
+        let min_compatible_version = le_u16(bytes, 10);
         if min_compatible_version > FORMAT_VERSION {
             return Err(FormatError::NewerFormat {
                 found: format_version,
@@ -162,9 +173,9 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             format_version,
             min_compatible_version,
-            segment_bytes: u64_at(16),
-            segment_index: u64_at(24),
-            first_seq: u64_at(32),
+            segment_bytes: le_u64(bytes, 16),
+            segment_index: le_u64(bytes, 24),
+            first_seq: le_u64(bytes, 32),
             node,
             prev_hash,
         })
@@ -234,16 +245,8 @@ impl RecordHeader {
         if bytes.len() < RECORD_HEADER_BYTES + CHECKSUM_BYTES {
             return Err(FormatError::BadLength(bytes.len() as u32));
         }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(word)
-        };
-        let total = u32_at(0);
-        let payload_bytes = u32_at(8);
+        let total = le_u32(bytes, 0);
+        let payload_bytes = le_u32(bytes, 8);
         if payload_bytes as usize > PAYLOAD_BYTES_MAX
             || total as usize != record_bytes(payload_bytes as usize)
             || total as usize > bytes.len()
@@ -268,11 +271,11 @@ impl RecordHeader {
         let header = RecordHeader {
             kind,
             flags: bytes[5],
-            stream_tag: u32_at(12),
+            stream_tag: le_u32(bytes, 12),
             schema_version: u16::from_le_bytes([bytes[6], bytes[7]]),
             payload_bytes,
-            seq: u64_at(16),
-            hlc: Hlc(u64_at(24)),
+            seq: le_u64(bytes, 16),
+            hlc: Hlc(le_u64(bytes, 24)),
             event_id: EventId(event_id),
             prev_hash,
             signature: Signature(signature),

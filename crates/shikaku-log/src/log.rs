@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use shikaku_core::{CheckQuery, EventBody, EventId, Hlc, NodeId, SignedEvent};
+use shikaku_core::event::CheckQueryRef;
+use shikaku_core::{EventId, Hlc, NodeId, SignedEvent};
 
 use crate::checkpoint::{IndexCheckpoint, INDEX_CHECKPOINT_FILE};
 use crate::format::{
@@ -183,33 +184,10 @@ pub fn stream_of(signed: &SignedEvent) -> String {
 fn write_stream(out: &mut String, signed: &SignedEvent) {
     use std::fmt::Write as _;
     out.clear();
-    let query = |out: &mut String, q: &CheckQuery| {
-        let _ = match q {
-            CheckQuery::Member(member) => write!(out, "member:{member}"),
-            CheckQuery::Card(card) => write!(out, "card:{card}"),
-        };
+    let _ = match signed.event().body.subject() {
+        CheckQueryRef::Member(member) => write!(out, "member:{member}"),
+        CheckQueryRef::Card(card) => write!(out, "card:{card}"),
     };
-    match &signed.event().body {
-        EventBody::MemberRegistered { member, .. }
-        | EventBody::CoverageStarted { member, .. }
-        | EventBody::CoverageEnded { member, .. }
-        | EventBody::CopayRatioSet { member, .. }
-        | EventBody::LimitCategorySet { member, .. }
-        | EventBody::DemographicsChanged { member, .. }
-        | EventBody::CardLinked { member, .. }
-        | EventBody::CardUnlinked { member, .. }
-        | EventBody::WrongPersonLinkageRevoked { member, .. }
-        | EventBody::ConsentGiven { member }
-        | EventBody::ConsentWithdrawn { member } => {
-            let _ = write!(out, "member:{member}");
-        }
-        EventBody::EventVoided { subject, .. } | EventBody::EventSuperseded { subject, .. } => {
-            query(out, subject)
-        }
-        EventBody::CheckPerformed { query: q, .. }
-        | EventBody::SelfDeclarationRecorded { query: q, .. }
-        | EventBody::SelfDeclarationResolved { query: q, .. } => query(out, q),
-    }
 }
 
 /// The stream tag stored in each record header: FNV-1a (32 bit) of the stream name. Tags
