@@ -109,7 +109,7 @@ pub fn run(root: &Path, count: usize, scan_events: usize, out: &mut dyn Write) -
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     writeln!(out, "bench log: {count} events per run, files under {}", root.display())?;
     let watch = Stopwatch::start();
-    let events = events_for(count.max(scan_events.min(count)))?;
+    let events = events_for(count.max(scan_events))?;
     writeln!(
         out,
         "generated {} signed events in {:.1} s (not measured)",
@@ -122,7 +122,7 @@ pub fn run(root: &Path, count: usize, scan_events: usize, out: &mut dyn Write) -
         "batch", "shikaku ev/s", "raw disk ev/s", "% of raw", "SQLite ev/s", "× SQLite"
     )?;
     for batch in BATCHES {
-        let n = if batch == 1 { (events.len() / 10).min(3_000) } else { events.len() };
+        let n = if batch == 1 { (count / 10).min(3_000) } else { count.min(events.len()) };
         let subset = &events[..n];
         let (ours, bytes) = shikaku_rate(root, subset, batch)?;
         let raw = raw_rate(root, n, batch, bytes)?;
