@@ -978,6 +978,36 @@ impl SignedEvent {
             .verify()
     }
 
+    /// Decodes an event read back from the node's own ledger, whose record checksum has just
+    /// verified: the id is re-derived from the bytes and the archive is read with validation,
+    /// but the canonical re-encoding, field checks and signature — all done before the event
+    /// was stored — are not repeated.
+    pub fn decode_stored(
+        schema_version: u16,
+        canonical: &[u8],
+        signature: Signature,
+        id: EventId,
+    ) -> Result<SignedEvent, EventError> {
+        if schema_version != SCHEMA_VERSION {
+            return Err(EventError::UnknownSchemaVersion {
+                found: schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if canonical.len() > EVENT_BYTES_MAX {
+            return Err(EventError::TooLarge(canonical.len()));
+        }
+        let computed = event_id(schema_version, canonical);
+        if computed != id {
+            return Err(EventError::IdMismatch { claimed: id, computed });
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(canonical.len());
+        aligned.extend_from_slice(canonical);
+        let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| EventError::Malformed(e.to_string()))?;
+        Ok(SignedEvent { event, canonical: canonical.to_vec(), id, signature })
+    }
+
     /// Everything [`SignedEvent::decode`] checks except the signature.
     pub fn decode_unverified(
         schema_version: u16,

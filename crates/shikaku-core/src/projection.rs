@@ -1105,24 +1105,34 @@ impl Projection {
             for fact in &member.facts {
                 h.update(&fact.hlc.0.to_le_bytes());
                 h.update(id(fact.event));
-                let text = match fact.kind {
+                // Each fact as (tag, value, value) with references replaced by content.
+                let (tag, a, b): (u8, i64, i64) = match fact.kind {
                     FactKind::Registered { birth, insured } => {
-                        let insured = if insured == NO_MEMBER {
-                            Vec::new()
-                        } else {
-                            self.members[insured as usize].key.to_vec()
-                        };
-                        h.update(&insured);
-                        format!("registered {birth}")
+                        if insured != NO_MEMBER {
+                            h.update(&self.members[insured as usize].key);
+                        }
+                        (0, i64::from(birth.0), i64::from(insured != NO_MEMBER))
                     }
+                    FactKind::Started { start, copay } => (1, i64::from(start.0), i64::from(copay)),
+                    FactKind::Ended { loss, reason } => (2, i64::from(loss.0), reason as i64),
+                    FactKind::Copay { effective, copay } => {
+                        (3, i64::from(effective.0), i64::from(copay))
+                    }
+                    FactKind::Limit { effective, category } => (
+                        4,
+                        i64::from(effective.0),
+                        i64::from(u32::from_le_bytes([category[0], category[1], category[2], 0])),
+                    ),
+                    FactKind::Demographics => (5, 0, 0),
                     FactKind::Link { card, state } => {
                         h.update(&self.cards[card as usize].token.0);
-                        format!("link {state:?}")
+                        (6, state as i64, 0)
                     }
-                    other => format!("{other:?}"),
+                    FactKind::Consent(given) => (7, i64::from(given), 0),
                 };
-                h.update(&(text.len() as u32).to_le_bytes());
-                h.update(text.as_bytes());
+                h.update(&[tag]);
+                h.update(&a.to_le_bytes());
+                h.update(&b.to_le_bytes());
             }
         }
         let mut cards: Vec<&CardState> = self.cards.iter().collect();
@@ -1133,7 +1143,7 @@ impl Projection {
                 h.update(&link.hlc.0.to_le_bytes());
                 h.update(id(link.event));
                 h.update(&self.members[link.member as usize].key);
-                h.update(format!("{:?}", link.state).as_bytes());
+                h.update(&[link.state as u8]);
             }
         }
         let markers = |h: &mut blake3::Hasher, list: &[Marker]| {

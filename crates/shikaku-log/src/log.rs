@@ -299,7 +299,13 @@ pub struct Log<D: Directory> {
     next_seq: u64,
     locations: Vec<Location>,
     by_id: IdMap<u64>,
-    by_stream: HashMap<u32, Vec<u64>>,
+    /// `(stream tag, seq)` for everything found on open, sorted once: one allocation for
+    /// millions of streams instead of one per stream.
+    stream_base: Vec<(u32, u64)>,
+    /// Streams of events appended since open.
+    stream_tail: HashMap<u32, Vec<u64>>,
+    /// True while open() is indexing (index into `stream_base`, sorted at the end).
+    opening: bool,
     /// `(hlc, seq)` kept sorted: events arrive almost in hlc order, so this is a push.
     by_hlc: Vec<(Hlc, u64)>,
     record_bytes: u64,
@@ -329,7 +335,9 @@ impl<D: Directory> Log<D> {
             next_seq: 1,
             locations: Vec::new(),
             by_id: IdMap::default(),
-            by_stream: HashMap::new(),
+            stream_base: Vec::new(),
+            stream_tail: HashMap::new(),
+            opening: true,
             by_hlc: Vec::new(),
             record_bytes: 0,
             recovery: Recovery::default(),
@@ -366,6 +374,8 @@ impl<D: Directory> Log<D> {
             log.open_segment(name, index, index + 1 == count, resume)?;
         }
         log.recovery.segments = log.segments.len();
+        log.stream_base.sort_unstable();
+        log.opening = false;
         Ok(log)
     }
 
@@ -399,14 +409,18 @@ impl<D: Directory> Log<D> {
             self.recovery.checkpoint = Some("ignored: the log does not end where it says".into());
             return Ok(None);
         }
+        self.by_id.reserve(checkpoint.locations.len());
+        self.stream_base.reserve(checkpoint.locations.len());
         for (seq, location) in checkpoint.locations.iter().enumerate() {
             if location.segment == DAMAGED {
                 self.recovery.checkpoint = Some("ignored: covers damage".into());
                 self.locations.clear();
+                self.by_id.clear();
+                self.stream_base.clear();
                 return Ok(None);
             }
             self.by_id.insert(location.id, seq as u64 + 1);
-            self.by_stream.entry(location.tag).or_default().push(seq as u64 + 1);
+            self.stream_base.push((location.tag, seq as u64 + 1));
         }
         self.by_hlc = checkpoint
             .locations
@@ -726,7 +740,11 @@ impl<D: Directory> Log<D> {
         self.locations.push(Location { segment, offset, tag, hlc, id });
         self.uncheckpointed += 1;
         self.by_id.insert(id, seq);
-        self.by_stream.entry(tag).or_default().push(seq);
+        if self.opening {
+            self.stream_base.push((tag, seq));
+        } else {
+            self.stream_tail.entry(tag).or_default().push(seq);
+        }
         if self.by_hlc.last().is_none_or(|last| *last <= (hlc, seq)) {
             self.by_hlc.push((hlc, seq));
         } else {
@@ -961,48 +979,98 @@ impl<D: Directory> Log<D> {
     pub fn read(&self, seq: u64) -> Result<SignedEvent, LogError> {
         let location = self.location(seq)?;
         let segment = &self.segments[location.segment as usize];
-        let corrupt = |reason: String| LogError::Corrupt {
-            seq,
-            segment: segment.name.clone(),
-            offset: u64::from(location.offset),
-            reason,
-        };
         let mut head = [0u8; RECORD_HEADER_BYTES];
         segment.file.read_at(u64::from(location.offset), &mut head).map_err(storage(0))?;
-        let total = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let total = format::le_u32(&head, 0) as usize;
         if total > record_bytes(format::PAYLOAD_BYTES_MAX) || total < RECORD_HEADER_BYTES {
-            return Err(corrupt(FormatError::BadLength(total as u32).to_string()));
+            return Err(self.corrupt(
+                seq,
+                location,
+                FormatError::BadLength(total as u32).to_string(),
+            ));
         }
         let mut bytes = vec![0u8; total];
         segment.file.read_at(u64::from(location.offset), &mut bytes).map_err(storage(0))?;
-        let (header, payload, _) =
-            RecordHeader::decode(&bytes, &self.key).map_err(|e| corrupt(e.to_string()))?;
-        if header.seq != seq || header.kind != KIND_EVENT {
-            return Err(corrupt(format!("found record {} of kind {}", header.seq, header.kind)));
+        self.decode_record(seq, location, &bytes)
+    }
+
+    fn corrupt(&self, seq: u64, location: Location, reason: String) -> LogError {
+        LogError::Corrupt {
+            seq,
+            segment: self.segments[location.segment as usize].name.clone(),
+            offset: u64::from(location.offset),
+            reason,
         }
-        SignedEvent::decode_unverified(
+    }
+
+    /// Verifies one record's bytes (checksum, position, kind, id) and decodes its event.
+    fn decode_record(
+        &self,
+        seq: u64,
+        location: Location,
+        bytes: &[u8],
+    ) -> Result<SignedEvent, LogError> {
+        let (header, payload, _) = RecordHeader::decode(bytes, &self.key)
+            .map_err(|e| self.corrupt(seq, location, e.to_string()))?;
+        if header.seq != seq || header.kind != KIND_EVENT {
+            return Err(self.corrupt(
+                seq,
+                location,
+                format!("found record {} of kind {}", header.seq, header.kind),
+            ));
+        }
+        SignedEvent::decode_stored(
             header.schema_version,
             payload,
             header.signature,
-            Some(header.event_id),
-            None,
+            header.event_id,
         )
-        .map(shikaku_core::UnverifiedEvent::trust_stored_signature)
-        .map_err(|e| corrupt(e.to_string()))
+        .map_err(|e| self.corrupt(seq, location, e.to_string()))
     }
 
     /// Reads up to `max` events from `from` (inclusive), skipping damaged positions. Returns
-    /// `(seq, event)` pairs; the next position to read is the last seq + 1.
+    /// `(seq, event)` pairs; the next position to read is the last seq + 1. Consecutive
+    /// records are read in large blocks, each record still verified on its own.
     pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<(u64, SignedEvent)>, LogError> {
+        const BLOCK_BYTES: u64 = 1 << 20;
         let mut out = Vec::new();
         let mut seq = from.max(1);
         while seq < self.next_seq && out.len() < max {
-            match self.read(seq) {
-                Ok(event) => out.push((seq, event)),
-                Err(LogError::Damaged { .. }) => {}
+            let location = match self.location(seq) {
+                Ok(location) => location,
+                Err(LogError::Damaged { .. }) => {
+                    seq += 1;
+                    continue;
+                }
                 Err(error) => return Err(error),
+            };
+            // Extend the block over following records of the same segment.
+            let start = u64::from(location.offset);
+            let mut last = seq;
+            while last + 1 < self.next_seq && out.len() + ((last + 1 - seq) as usize) < max {
+                let next = self.locations[last as usize];
+                if next.segment != location.segment || u64::from(next.offset) - start > BLOCK_BYTES
+                {
+                    break;
+                }
+                last += 1;
             }
-            seq += 1;
+            let segment = &self.segments[location.segment as usize];
+            let end = match self.locations.get(last as usize) {
+                Some(next) if next.segment == location.segment => u64::from(next.offset),
+                _ => segment.write_offset,
+            };
+            let mut block = vec![0u8; end.saturating_sub(start) as usize];
+            segment.file.read_at(start, &mut block).map_err(storage(0))?;
+            for s in seq..=last {
+                let at = self.locations[s as usize - 1];
+                let from_block = (u64::from(at.offset) - start) as usize;
+                match block.get(from_block..) {
+                    Some(bytes) => out.push((s, self.decode_record(s, at, bytes)?)),
+                    None => out.push((s, self.read(s)?)),
+                }
+            }
+            seq = last + 1;
         }
         Ok(out)
     }
@@ -1016,7 +1084,11 @@ impl<D: Directory> Log<D> {
     /// The events of one stream, in log order.
     pub fn read_stream(&self, stream: &str) -> Result<Vec<SignedEvent>, LogError> {
         let mut out = Vec::new();
-        for &seq in self.by_stream.get(&stream_tag(stream)).into_iter().flatten() {
+        let tag = stream_tag(stream);
+        let start = self.stream_base.partition_point(|entry| *entry < (tag, 0));
+        let base =
+            self.stream_base[start..].iter().take_while(|(t, _)| *t == tag).map(|(_, seq)| seq);
+        for &seq in base.chain(self.stream_tail.get(&tag).into_iter().flatten()) {
             let event = self.read(seq)?;
             if stream_of(&event) == stream {
                 out.push(event);
@@ -1079,7 +1151,13 @@ impl<D: Directory> Log<D> {
             events: self.len(),
             record_bytes: self.record_bytes,
             file_bytes,
-            streams: self.by_stream.len(),
+            streams: {
+                let mut tags: Vec<u32> = self.stream_base.iter().map(|(t, _)| *t).collect();
+                tags.extend(self.stream_tail.keys());
+                tags.sort_unstable();
+                tags.dedup();
+                tags.len()
+            },
             hlc_range: first.zip(last),
             damaged: self.recovery.damaged.clone(),
             next_seq: self.next_seq,
