@@ -43,7 +43,15 @@ pub struct FixedHasher(u64);
 
 impl Hasher for FixedHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply-rotate rounds leave the low bits (which pick the bucket) depending only
+        // on the low bytes of each word; member keys differ in their last digits, so mix the
+        // high bits down (murmur3's finaliser) or hash tables degrade into long probe chains.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
     }
 
     fn write(&mut self, bytes: &[u8]) {
