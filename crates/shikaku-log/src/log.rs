@@ -385,7 +385,7 @@ impl<D: Directory> Log<D> {
         let Some(bytes) = self.dir.read_whole(INDEX_CHECKPOINT_FILE).map_err(storage(0))? else {
             return Ok(None);
         };
-        let checkpoint = match IndexCheckpoint::decode(&bytes, &self.key) {
+        let mut checkpoint = match IndexCheckpoint::decode(&bytes, &self.key) {
             Ok(cp) => cp,
             Err(reason) => {
                 self.recovery.checkpoint = Some(format!("ignored: {reason}"));
@@ -429,7 +429,7 @@ impl<D: Directory> Log<D> {
             .map(|(seq, location)| (location.hlc, seq as u64 + 1))
             .collect();
         self.by_hlc.sort_unstable();
-        self.locations = checkpoint.locations.clone();
+        self.locations = std::mem::take(&mut checkpoint.locations);
         self.next_seq = checkpoint.next_seq;
         self.last_hash = checkpoint.last_hash;
         self.record_bytes = checkpoint.record_bytes;
