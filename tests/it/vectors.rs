@@ -149,6 +149,10 @@ struct LogVector {
     event_ids: Vec<String>,
     /// (file name, file length, hex of the bytes up to the end of the data; the rest is zero)
     segments: Vec<(String, u64, String)>,
+    /// The index checkpoint written after the appends, hex.
+    index_checkpoint: String,
+    /// The projection snapshot of the four events at position 4, hex.
+    projection_snapshot: String,
 }
 
 #[test]
@@ -169,9 +173,16 @@ fn golden_log_segments_open_and_rebuild_identically() {
     let mut log = Log::open(disk.clone(), config.clone()).unwrap();
     log.append(&events[..2]).unwrap();
     log.append(&events[2..]).unwrap();
+    log.write_checkpoint().unwrap();
     drop(log);
+    let mut projection = shikaku_core::Projection::new(shikaku_core::Replication::All);
+    for event in &events {
+        projection.apply(event);
+    }
+    let snapshot = projection.encode_snapshot(events.len() as u64);
+    let checkpoint = disk.durable_image(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE).unwrap();
     let mut segments = Vec::new();
-    for name in disk.list().unwrap() {
+    for name in disk.list().unwrap().into_iter().filter(|n| n.starts_with("segment-")) {
         let image = disk.durable_image(&name).unwrap();
         let end = image.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         segments.push((name, image.len() as u64, hex(&image[..end])));
@@ -181,6 +192,8 @@ fn golden_log_segments_open_and_rebuild_identically() {
         segment_bytes: 2048,
         event_ids: events.iter().map(|e| e.id().to_string()).collect(),
         segments,
+        index_checkpoint: hex(&checkpoint),
+        projection_snapshot: hex(&snapshot),
     };
     assert!(built.segments.len() >= 2, "the vector crosses a segment seal");
     if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
@@ -197,6 +210,12 @@ fn golden_log_segments_open_and_rebuild_identically() {
         file.write_at(0, &unhex(data)).unwrap();
         file.sync().unwrap();
     }
+    fresh
+        .write_atomic(
+            shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE,
+            &unhex(&stored.index_checkpoint),
+        )
+        .unwrap();
     fresh.sync().unwrap();
     let log = Log::open(
         fresh,
@@ -207,5 +226,13 @@ fn golden_log_segments_open_and_rebuild_identically() {
         log.read_from(1, 100).unwrap().into_iter().map(|(_, e)| e.id().to_string()).collect();
     assert_eq!(read, stored.event_ids);
     assert!(log.verify().problems.is_empty());
+    assert_eq!(
+        log.recovery().checkpoint.as_deref(),
+        Some("used: 4 events up to position 4"),
+        "the stored index checkpoint verifies against the stored segments"
+    );
+    let (loaded, position) =
+        shikaku_core::Projection::decode_snapshot(&unhex(&stored.projection_snapshot)).unwrap();
+    assert_eq!((position, loaded.digest()), (4, projection.digest()));
     assert_eq!(stored, built, "this build writes different log bytes: bump the format version");
 }
