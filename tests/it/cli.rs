@@ -337,5 +337,20 @@ fn verify_names_real_file_damage_and_repair_rebuilds() {
     let (_, stats, _) = run(&["--data-dir", data_s, "ledger", "stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["events"].as_u64().unwrap(), total);
+    // A misdirected write: record 5's bytes land where record 12 was.
+    let segment = data.join("log").join("segment-0000000000.shk");
+    let mut image = std::fs::read(&segment).unwrap();
+    let mut offsets = Vec::new();
+    let mut at = 128;
+    while offsets.len() < 14 {
+        offsets.push(at);
+        at += u32::from_le_bytes(image[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let donor = image[offsets[5]..offsets[6]].to_vec();
+    image[offsets[12]..offsets[12] + donor.len()].copy_from_slice(&donor);
+    std::fs::write(&segment, &image).unwrap();
+    let (code, out, _) = run(&["--data-dir", data_s, "ledger", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("segment-0000000000.shk offset {}", offsets[12])), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
