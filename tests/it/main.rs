@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod laws;
 mod log;
+mod reconcile;
 mod reference;
 mod scenarios;
 mod story;

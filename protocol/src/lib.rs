@@ -1,0 +1,8 @@
+//! shikaku-protocol: the clinic ↔ hub sync protocol as sans-IO code — bytes in, bytes out, no
+//! sockets, no clocks, no threads. The wire formats are specified in this folder's documents.
+//!
+//! - [`negentropy`]: the repair path's range-based set reconciliation over `(hlc, id)`,
+//!   byte-compatible with Negentropy protocol v1 (tested against the `negentropy` crate in both
+//!   directions).
+
+pub mod negentropy;
