@@ -24,6 +24,18 @@ pub enum BenchCommand {
     /// with the raw disk (sequential write + fdatasync of the same bytes) and SQLite (WAL,
     /// synchronous=FULL, the same events as blobs, the same batches); single-append latency
     /// against one fdatasync; recovery scan speed.
+    /// Set reconciliation in memory (no network yet): bytes and round trips to find the
+    /// differences, shikaku's reconciler beside the `negentropy` crate and a naive
+    /// send-every-id baseline, for the in-sync, one-new-event, week-offline (newest 100k
+    /// missing) and 10k-random-differences cases.
+    Reconcile {
+        /// Items held by the hub.
+        #[arg(long, default_value_t = 1_000_000)]
+        items: usize,
+        /// Frame limit in bytes (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        frame_bytes: usize,
+    },
     /// Opening a large ledger: with the index checkpoint and projection snapshot against a
     /// full scan and fold of the same ledger, in the same run.
     Open {
@@ -66,6 +78,9 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
             projection(*members, *seed, *checks, out)
         }
         BenchCommand::Open { dir, events } => crate::bench_log::open(dir, *events, out),
+        BenchCommand::Reconcile { items, frame_bytes } => {
+            crate::bench_reconcile::run(*items, *frame_bytes, out)
+        }
         BenchCommand::Log { dir, events, scan_events } => {
             crate::bench_log::run(dir, *events, *scan_events, out)
         }

@@ -7,6 +7,7 @@
 pub mod alloc_counter;
 pub mod bench;
 pub mod bench_log;
+pub mod bench_reconcile;
 pub mod clock;
 pub mod demo;
 pub mod jsonl;
