@@ -17,25 +17,39 @@ struct Outcome {
     seconds: f64,
 }
 
-fn ours(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
-    let watch = Stopwatch::start();
-    let mut initiator = Reconciler::new(client, frame)?;
-    let mut responder = Reconciler::new(hub, frame)?;
-    let mut message = initiator.initiate()?;
-    let (mut bytes, mut round_trips) = (message.len(), 0);
-    let (mut have, mut need) = (Vec::new(), Vec::new());
+/// Runs initiator/responder rounds until the initiator is done, counting bytes both ways.
+fn drive(
+    first: Vec<u8>,
+    mut respond: impl FnMut(&[u8]) -> Result<Vec<u8>>,
+    mut reconcile: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+) -> Result<(usize, usize)> {
+    let (mut bytes, mut round_trips) = (first.len(), 0);
+    let mut message = first;
     loop {
-        let answer = responder.respond(&message)?;
+        let answer = respond(&message)?;
         bytes += answer.len();
         round_trips += 1;
-        match initiator.reconcile(&answer, &mut have, &mut need)? {
+        match reconcile(&answer)? {
             Some(next) => {
                 bytes += next.len();
                 message = next;
             }
-            None => break,
+            None => return Ok((bytes, round_trips)),
         }
     }
+}
+
+fn ours(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
+    let watch = Stopwatch::start();
+    let mut initiator = Reconciler::new(client, frame)?;
+    let mut responder = Reconciler::new(hub, frame)?;
+    let first = initiator.initiate()?;
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    let (bytes, round_trips) = drive(
+        first,
+        |m| Ok(responder.respond(m)?),
+        |a| Ok(initiator.reconcile(a, &mut have, &mut need)?),
+    )?;
     Ok(Outcome {
         bytes,
         round_trips,
@@ -58,21 +72,13 @@ fn reference(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
     let err = |e: negentropy::Error| anyhow!("negentropy: {e}");
     let mut initiator = Negentropy::borrowed(&a, frame as u64).map_err(err)?;
     let mut responder = Negentropy::borrowed(&b, frame as u64).map_err(err)?;
-    let mut message = initiator.initiate().map_err(err)?;
-    let (mut bytes, mut round_trips) = (message.len(), 0);
+    let first = initiator.initiate().map_err(err)?;
     let (mut have, mut need) = (Vec::new(), Vec::new());
-    loop {
-        let answer = responder.reconcile(&message).map_err(err)?;
-        bytes += answer.len();
-        round_trips += 1;
-        match initiator.reconcile_with_ids(&answer, &mut have, &mut need).map_err(err)? {
-            Some(next) => {
-                bytes += next.len();
-                message = next;
-            }
-            None => break,
-        }
-    }
+    let (bytes, round_trips) = drive(
+        first,
+        |m| responder.reconcile(m).map_err(err),
+        |a| initiator.reconcile_with_ids(a, &mut have, &mut need).map_err(err),
+    )?;
     Ok(Outcome {
         bytes,
         round_trips,
