@@ -15,7 +15,7 @@ use crate::clock::Stopwatch;
 const BATCHES: [usize; 4] = [1, 64, 512, 4096];
 
 fn events_for(count: usize) -> Result<Vec<SignedEvent>> {
-    // About 3 events per member; generate enough, then repeat with fresh ids if needed.
+    // About 3 events per member: generate enough members, keep the first `count` events.
     let members = (count / 3 + 10).min(2_000_000);
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, 99))?;
     let mut events = generated.events;

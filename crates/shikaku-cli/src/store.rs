@@ -99,7 +99,7 @@ impl Store {
 
     /// The node id.
     pub fn node(&self) -> NodeId {
-        *self.log.recovery_node()
+        *self.log.node()
     }
 
     /// The data directory.

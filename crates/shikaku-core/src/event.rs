@@ -535,13 +535,18 @@ impl EventBody {
     /// Whom any event is about: the member of a membership fact or consent, else the card or
     /// member named by a void, supersession, check or self-declaration.
     pub fn subject(&self) -> CheckQueryRef<'_> {
-        if let Some(member) = self.membership_subject() {
-            return CheckQueryRef::Member(member);
-        }
         match self {
-            EventBody::ConsentGiven { member } | EventBody::ConsentWithdrawn { member } => {
-                CheckQueryRef::Member(member)
-            }
+            EventBody::MemberRegistered { member, .. }
+            | EventBody::CoverageStarted { member, .. }
+            | EventBody::CoverageEnded { member, .. }
+            | EventBody::CopayRatioSet { member, .. }
+            | EventBody::LimitCategorySet { member, .. }
+            | EventBody::DemographicsChanged { member, .. }
+            | EventBody::CardLinked { member, .. }
+            | EventBody::CardUnlinked { member, .. }
+            | EventBody::WrongPersonLinkageRevoked { member, .. }
+            | EventBody::ConsentGiven { member }
+            | EventBody::ConsentWithdrawn { member } => CheckQueryRef::Member(member),
             EventBody::EventVoided { subject: q, .. }
             | EventBody::EventSuperseded { subject: q, .. }
             | EventBody::CheckPerformed { query: q, .. }
@@ -550,8 +555,6 @@ impl EventBody {
                 CheckQuery::Card(card) => CheckQueryRef::Card(card),
                 CheckQuery::Member(member) => CheckQueryRef::Member(member),
             },
-            // Every membership fact returned above.
-            _ => CheckQueryRef::Card(&NO_CARD),
         }
     }
 
@@ -575,8 +578,6 @@ impl EventBody {
         }
     }
 }
-
-static NO_CARD: CardToken = CardToken([0; 32]);
 
 /// A borrowed [`CheckQuery`]: whom an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -981,31 +982,14 @@ impl SignedEvent {
     /// Decodes an event read back from the node's own ledger, whose record checksum has just
     /// verified: the id is re-derived from the bytes and the archive is read with validation,
     /// but the canonical re-encoding, field checks and signature — all done before the event
-    /// was stored — are not repeated.
+    /// was stored — are not repeated (see [`SignedEvent::recheck`]).
     pub fn decode_stored(
         schema_version: u16,
         canonical: &[u8],
         signature: Signature,
         id: EventId,
     ) -> Result<SignedEvent, EventError> {
-        if schema_version != SCHEMA_VERSION {
-            return Err(EventError::UnknownSchemaVersion {
-                found: schema_version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if canonical.len() > EVENT_BYTES_MAX {
-            return Err(EventError::TooLarge(canonical.len()));
-        }
-        let computed = event_id(schema_version, canonical);
-        if computed != id {
-            return Err(EventError::IdMismatch { claimed: id, computed });
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(canonical.len());
-        aligned.extend_from_slice(canonical);
-        let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| EventError::Malformed(e.to_string()))?;
-        Ok(SignedEvent { event, canonical: canonical.to_vec(), id, signature })
+        SignedEvent::decode_archive(schema_version, canonical, signature, Some(id))
     }
 
     /// Everything [`SignedEvent::decode`] checks except the signature.
@@ -1016,6 +1000,22 @@ impl SignedEvent {
         claimed_id: Option<EventId>,
         now_ms: Option<u64>,
     ) -> Result<UnverifiedEvent, EventError> {
+        let unverified =
+            SignedEvent::decode_archive(schema_version, canonical, signature, claimed_id)?
+                .recheck()?;
+        if let Some(now_ms) = now_ms {
+            hlc::check_not_future(unverified.0.event.hlc, now_ms)?;
+        }
+        Ok(unverified)
+    }
+
+    /// Schema version, size, id (against the claimed one, if any) and the validated rkyv read.
+    fn decode_archive(
+        schema_version: u16,
+        canonical: &[u8],
+        signature: Signature,
+        claimed_id: Option<EventId>,
+    ) -> Result<SignedEvent, EventError> {
         if schema_version != SCHEMA_VERSION {
             return Err(EventError::UnknownSchemaVersion {
                 found: schema_version,
@@ -1035,16 +1035,19 @@ impl SignedEvent {
         aligned.extend_from_slice(canonical);
         let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
             .map_err(|e| EventError::Malformed(e.to_string()))?;
+        Ok(SignedEvent { event, canonical: canonical.to_vec(), id, signature })
+    }
+
+    /// Re-runs, on a decoded event, the checks that [`SignedEvent::decode_stored`] skips —
+    /// canonical form and field validation — and hands it over for signature verification.
+    pub fn recheck(self) -> Result<UnverifiedEvent, EventError> {
         // Bytes that validate but are not what we would write (padding, alternative layouts)
         // would give one event two ids: refuse them.
-        if event.canonical_bytes()?.as_slice() != canonical {
+        if self.event.canonical_bytes()?.as_slice() != self.canonical.as_slice() {
             return Err(EventError::NotCanonical);
         }
-        event.validate()?;
-        if let Some(now_ms) = now_ms {
-            hlc::check_not_future(event.hlc, now_ms)?;
-        }
-        Ok(UnverifiedEvent(SignedEvent { event, canonical: canonical.to_vec(), id, signature }))
+        self.event.validate()?;
+        Ok(UnverifiedEvent(self))
     }
 
     /// The decoded event.

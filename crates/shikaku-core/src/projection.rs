@@ -169,14 +169,50 @@ fn void_filter_bit(id: &EventId) -> usize {
     (u32::from_le_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]) as usize) % (VOID_FILTER_WORDS * 64)
 }
 
-/// Encodes a member key compactly: insurer (u32 LE), branch, symbol length, symbol, number.
-fn compact_key(key: &MemberKey, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&key.insurer.value().to_le_bytes());
-    out.push(key.branch);
-    out.push(key.symbol.len() as u8);
-    out.extend_from_slice(key.symbol.as_bytes());
-    out.extend_from_slice(key.number.as_bytes());
+/// Room for any valid compact key: 6 header bytes and two fields of at most 20 characters of
+/// at most 4 bytes each.
+const COMPACT_KEY_INLINE_BYTES: usize = 6 + 2 * 4 * crate::member::MEMBER_FIELD_CHARS_MAX;
+
+/// A member key encoded compactly — insurer (u32 LE), branch, symbol length, symbol, number —
+/// on the stack, so looking a member up allocates nothing. (A key too long to be valid spills
+/// to the heap rather than failing.)
+struct CompactKey {
+    inline: [u8; COMPACT_KEY_INLINE_BYTES],
+    len: usize,
+    spill: Vec<u8>,
+}
+
+impl CompactKey {
+    fn new(key: &MemberKey) -> CompactKey {
+        let insurer = key.insurer.value().to_le_bytes();
+        let parts: [&[u8]; 5] = [
+            &insurer,
+            &[key.branch],
+            &[key.symbol.len() as u8],
+            key.symbol.as_bytes(),
+            key.number.as_bytes(),
+        ];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = CompactKey { inline: [0; COMPACT_KEY_INLINE_BYTES], len, spill: Vec::new() };
+        if len > COMPACT_KEY_INLINE_BYTES {
+            out.spill = parts.concat();
+        } else {
+            let mut at = 0;
+            for part in parts {
+                out.inline[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+        }
+        out
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
 }
 
 fn decode_compact_key(bytes: &[u8]) -> Option<MemberKey> {
@@ -257,7 +293,6 @@ pub struct Projection {
     resolutions: FixedMap<EventId, Vec<Marker>>,
     checks: FixedMap<EventId, CheckInfo>,
     checks_by_decider: FixedMap<EventId, Vec<EventId>>,
-    scratch: Vec<u8>,
 }
 
 impl Projection {
@@ -291,29 +326,25 @@ impl Projection {
     }
 
     fn find_member(&self, key: &MemberKey) -> Option<u32> {
-        let mut buffer = Vec::with_capacity(64);
-        compact_key(key, &mut buffer);
-        let hash = hash_bytes(&buffer);
-        self.member_table.find(hash, |&m| *self.members[m as usize].key == buffer[..]).copied()
+        let key = CompactKey::new(key);
+        let bytes = key.as_slice();
+        self.member_table
+            .find(hash_bytes(bytes), |&m| *self.members[m as usize].key == *bytes)
+            .copied()
     }
 
     fn member_index(&mut self, key: &MemberKey) -> u32 {
-        let mut buffer = std::mem::take(&mut self.scratch);
-        compact_key(key, &mut buffer);
-        let hash = hash_bytes(&buffer);
+        let key = CompactKey::new(key);
+        let bytes = key.as_slice();
+        let hash = hash_bytes(bytes);
         let members = &mut self.members;
-        let index = match self.member_table.find(hash, |&m| *members[m as usize].key == buffer[..])
+        if let Some(&index) = self.member_table.find(hash, |&m| *members[m as usize].key == *bytes)
         {
-            Some(&index) => index,
-            None => {
-                let index = members.len() as u32;
-                members.push(MemberState { key: buffer.as_slice().into(), facts: Vec::new() });
-                self.member_table
-                    .insert_unique(hash, index, |&m| hash_bytes(&members[m as usize].key));
-                index
-            }
-        };
-        self.scratch = buffer;
+            return index;
+        }
+        let index = members.len() as u32;
+        members.push(MemberState { key: bytes.into(), facts: Vec::new() });
+        self.member_table.insert_unique(hash, index, |&m| hash_bytes(&members[m as usize].key));
         index
     }
 
@@ -1086,15 +1117,6 @@ impl Projection {
         checks.sort();
         checks.dedup();
         checks
-    }
-
-    /// How many checks of each answer code were recorded (for reports).
-    pub fn check_counts(&self) -> BTreeMap<AnswerCode, u64> {
-        let mut counts = BTreeMap::new();
-        for info in self.checks.values() {
-            *counts.entry(info.code).or_default() += 1;
-        }
-        counts
     }
 
     /// A digest of the whole derived state, computed in canonical (sorted) order and from

@@ -46,7 +46,6 @@ struct State {
     durable_names: Vec<String>,
     config: FaultConfig,
     rng: u64,
-    syncs: u64,
 }
 
 impl State {
@@ -99,7 +98,6 @@ impl FaultDirectory {
                 durable_names: Vec::new(),
                 config,
                 rng: seed | 1,
-                syncs: 0,
             })),
         }
     }
@@ -181,11 +179,6 @@ impl FaultDirectory {
     pub fn durable_image(&self, name: &str) -> Option<Vec<u8>> {
         lock(&self.state).files.get(name).map(|f| f.durable.clone())
     }
-
-    /// How many syncs were requested.
-    pub fn syncs(&self) -> u64 {
-        lock(&self.state).syncs
-    }
 }
 
 impl Storage for FaultFile {
@@ -257,7 +250,6 @@ impl Storage for FaultFile {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
-        state.syncs += 1;
         if let Some(n) = state.config.crash_at_sync.as_mut() {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -754,7 +754,7 @@ impl<D: Directory> Log<D> {
     }
 
     /// The node whose log this is.
-    pub fn recovery_node(&self) -> &NodeId {
+    pub fn node(&self) -> &NodeId {
         &self.config.node
     }
 
@@ -821,8 +821,7 @@ impl<D: Directory> Log<D> {
             let start = self.segments[segment].write_offset + batch.len() as u64;
             if start + size + seal > self.config.segment_bytes {
                 // This segment is full: make the batch so far durable, seal, start the next.
-                self.commit(&mut batch, &mut staged, next_seq, last_hash)
-                    .map_err(storage(durable))?;
+                self.commit(&mut batch, &mut staged, next_seq).map_err(storage(durable))?;
                 durable = outcome.new;
                 last_hash = self.seal().map_err(storage(durable))?;
                 self.new_segment().map_err(storage(durable))?;
@@ -851,7 +850,7 @@ impl<D: Directory> Log<D> {
             last_hash = sum;
             next_seq += 1;
         }
-        self.commit(&mut batch, &mut staged, next_seq, last_hash).map_err(storage(durable))?;
+        self.commit(&mut batch, &mut staged, next_seq).map_err(storage(durable))?;
         Ok(outcome)
     }
 
@@ -862,20 +861,19 @@ impl<D: Directory> Log<D> {
         batch: &mut Vec<u8>,
         staged: &mut Vec<(u64, EventId, Hlc, u32, u64)>,
         next_seq: u64,
-        last_hash: [u8; 32],
     ) -> Result<(), StorageError> {
-        if batch.is_empty() {
+        let Some(&(_, _, _, _, last_offset)) = staged.last() else {
             return Ok(());
-        }
-        // Mark the batch's last record so recovery can tell whole batches apart.
-        let last_start = batch.len() - record_bytes(staged_payload_len(batch, staged.len()));
-        batch[last_start + 5] |= FLAG_BATCH_END;
-        let end = batch.len() - format::CHECKSUM_BYTES;
-        let sum = format::checksum(&self.key, &batch[last_start..end]);
-        batch[end..].copy_from_slice(&sum);
-        let last_hash = if staged.is_empty() { last_hash } else { sum };
+        };
         let segment_number = (self.segments.len() - 1) as u32;
         let segment = self.segments.last_mut().ok_or(StorageError::Io("no segment".into()))?;
+        // Mark the batch's last record so recovery can tell whole batches apart; its
+        // checksum, recomputed, is the new head of the chain.
+        let last_start = (last_offset - segment.write_offset) as usize;
+        batch[last_start + 5] |= FLAG_BATCH_END;
+        let end = batch.len() - format::CHECKSUM_BYTES;
+        let last_hash = format::checksum(&self.key, &batch[last_start..end]);
+        batch[end..].copy_from_slice(&last_hash);
         segment.file.write_at(segment.write_offset, batch)?;
         segment.file.sync()?;
         segment.write_offset += batch.len() as u64;
@@ -1176,14 +1174,7 @@ impl<D: Directory> Log<D> {
             match self.read(seq) {
                 Ok(event) => {
                     report.records += 1;
-                    let unverified = SignedEvent::decode_unverified(
-                        event.schema_version(),
-                        event.canonical_bytes(),
-                        event.signature(),
-                        Some(event.id()),
-                        None,
-                    );
-                    match unverified {
+                    match event.recheck() {
                         Ok(u) => pending.push((seq, u)),
                         Err(e) => report.problems.push(format!("sequence {seq}: {e}")),
                     }
@@ -1204,28 +1195,6 @@ impl<D: Directory> Log<D> {
         }
         report
     }
-}
-
-fn staged_payload_len(batch: &[u8], staged: usize) -> usize {
-    // The last record's payload length is in its header; walk the batch to find it.
-    let mut offset = 0;
-    let mut payload = 0;
-    for _ in 0..staged {
-        let total = u32::from_le_bytes([
-            batch[offset],
-            batch[offset + 1],
-            batch[offset + 2],
-            batch[offset + 3],
-        ]) as usize;
-        payload = u32::from_le_bytes([
-            batch[offset + 8],
-            batch[offset + 9],
-            batch[offset + 10],
-            batch[offset + 11],
-        ]) as usize;
-        offset += total;
-    }
-    payload
 }
 
 /// A catch-up subscription: reads history from a position, then keeps up with new appends

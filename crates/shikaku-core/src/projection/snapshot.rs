@@ -60,9 +60,7 @@ impl Writer {
             }
             CheckQuery::Member(member) => {
                 self.u8(1);
-                let mut key = Vec::new();
-                compact_key(member, &mut key);
-                self.blob(&key);
+                self.blob(CompactKey::new(member).as_slice());
             }
         }
     }
