@@ -130,10 +130,26 @@ impl<'a> Input<'a> {
 
 /// The fingerprint of a run of items.
 pub fn fingerprint(items: &[Item]) -> [u8; FINGERPRINT_BYTES] {
-    let mut sum = [0u64; 4];
+    let mut acc = Accumulator::default();
     for item in items {
+        acc.add(&item.id);
+    }
+    acc.fingerprint()
+}
+
+/// A running fingerprint: the sum of ids mod 2^256 and the count, so a set's fingerprint can be
+/// kept up to date as items arrive instead of re-summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Accumulator {
+    sum: [u64; 4],
+    count: u64,
+}
+
+impl Accumulator {
+    /// Adds one id.
+    pub fn add(&mut self, id: &[u8; ID_BYTES]) {
         let mut carry = 0u64;
-        for (lane, chunk) in sum.iter_mut().zip(item.id.chunks_exact(8)) {
+        for (lane, chunk) in self.sum.iter_mut().zip(id.chunks_exact(8)) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
             let (a, c1) = lane.overflowing_add(u64::from_le_bytes(word));
@@ -141,18 +157,28 @@ pub fn fingerprint(items: &[Item]) -> [u8; FINGERPRINT_BYTES] {
             *lane = b;
             carry = u64::from(c1 | c2);
         }
+        self.count += 1;
     }
-    let mut hasher = Sha256::new();
-    for lane in sum {
-        hasher.update(lane.to_le_bytes());
+
+    /// Items added.
+    pub fn count(&self) -> u64 {
+        self.count
     }
-    let mut count = Vec::with_capacity(10);
-    encode_varint(items.len() as u64, &mut count);
-    hasher.update(&count);
-    let digest = hasher.finalize();
-    let mut out = [0u8; FINGERPRINT_BYTES];
-    out.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
-    out
+
+    /// The Negentropy fingerprint of the items added.
+    pub fn fingerprint(&self) -> [u8; FINGERPRINT_BYTES] {
+        let mut hasher = Sha256::new();
+        for lane in self.sum {
+            hasher.update(lane.to_le_bytes());
+        }
+        let mut count = Vec::with_capacity(10);
+        encode_varint(self.count, &mut count);
+        hasher.update(&count);
+        let digest = hasher.finalize();
+        let mut out = [0u8; FINGERPRINT_BYTES];
+        out.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
+        out
+    }
 }
 
 /// One side of a reconciliation over a sorted slice of items.
@@ -189,6 +215,17 @@ impl<'a> Reconciler<'a> {
             last_timestamp_in: 0,
             last_timestamp_out: 0,
         })
+    }
+
+    /// An initiator that has already sent its first message and processes answers over the
+    /// (possibly grown) `items`: lets a session keep no borrow between messages.
+    pub fn resume_initiator(
+        items: &'a [Item],
+        frame_bytes_max: usize,
+    ) -> Result<Reconciler<'a>, ReconcileError> {
+        let mut r = Reconciler::new(items, frame_bytes_max)?;
+        r.initiator = true;
+        Ok(r)
     }
 
     /// The first message (this side becomes the initiator).

@@ -881,6 +881,12 @@ impl Signer {
         NodeId(self.public().0)
     }
 
+    /// Signs arbitrary bytes (receipts); callers put a domain-separation context first.
+    pub fn sign_bytes(&self, message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer as _;
+        Signature(self.key.sign(message).to_bytes())
+    }
+
     /// Validates, encodes and signs an event. The event's `author` must be this signer.
     pub fn sign(&self, event: Event) -> Result<SignedEvent, EventError> {
         use ed25519_dalek::Signer as _;

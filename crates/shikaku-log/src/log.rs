@@ -763,6 +763,12 @@ impl<D: Directory> Log<D> {
         &self.recovery
     }
 
+    /// The directory the log lives in, for the node's other small files (written with
+    /// [`Directory::write_atomic`]; the log only reads `segment-*` and its index checkpoint).
+    pub fn directory_mut(&mut self) -> &mut D {
+        &mut self.dir
+    }
+
     /// The next sequence number (the log's head position).
     pub fn head(&self) -> u64 {
         self.next_seq

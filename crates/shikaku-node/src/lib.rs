@@ -1,0 +1,21 @@
+//! shikaku-node: what a hub or a clinic *does*, as a sans-IO state machine.
+//!
+//! The runtime (`shikaku-net`) and the simulator (`sim/`) drive the same [`Node`]: they tell it
+//! about connections ([`Node::handle_connected`], [`Node::handle_disconnected`]), hand it frames
+//! that [`prepare`] decoded and signature-checked ([`Node::handle_inbound`]), tick it
+//! ([`Node::handle_tick`]), ask it for the next frame to send on a connection
+//! ([`Node::poll_transmit`]) and for what else happened ([`Node::poll_event`]: closes, log
+//! lines). Time is always an argument; the ledger is a [`shikaku_log::Log`] over any
+//! [`shikaku_log::Directory`] (real files or the fault-injecting disk).
+//!
+//! - [`index`]: per-namespace `(hlc, id)` sets and position lists (fingerprints, cursors).
+//! - [`node`]: the node — authorization, cursors, live push, acknowledgements, repair,
+//!   receipts, checks.
+
+pub mod index;
+pub mod node;
+
+pub use node::{
+    prepare, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output, PeerIdentity,
+};
+pub use shikaku_protocol::wire::Role;
