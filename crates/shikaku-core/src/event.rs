@@ -849,6 +849,7 @@ impl fmt::Debug for SignedEvent {
 }
 
 /// An ed25519 signing identity (an insurer key or a clinic node key).
+#[derive(Clone)]
 pub struct Signer {
     key: ed25519_dalek::SigningKey,
 }

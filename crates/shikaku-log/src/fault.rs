@@ -175,6 +175,34 @@ impl FaultDirectory {
         }
     }
 
+    /// An independent disk holding only what is durable here now, without faults: a backup
+    /// taken at this moment (restoring it loses everything written afterwards).
+    pub fn clone_durable(&self) -> FaultDirectory {
+        let state = lock(&self.state);
+        let files = state
+            .files
+            .iter()
+            .filter(|(name, _)| state.durable_names.contains(name))
+            .map(|(name, f)| {
+                let file = MemFile {
+                    current: f.durable.clone(),
+                    durable: f.durable.clone(),
+                    pending: Vec::new(),
+                    pending_len: None,
+                };
+                (name.clone(), file)
+            })
+            .collect();
+        FaultDirectory {
+            state: Arc::new(Mutex::new(State {
+                files,
+                durable_names: state.durable_names.clone(),
+                config: FaultConfig::default(),
+                rng: state.rng,
+            })),
+        }
+    }
+
     /// The durable image of a file (what a crash now would leave).
     pub fn durable_image(&self, name: &str) -> Option<Vec<u8>> {
         lock(&self.state).files.get(name).map(|f| f.durable.clone())

@@ -1,0 +1,350 @@
+//! The sans-IO node state machines driven directly, hub and clinic exchanging frames in memory
+//! (no sockets): initial and incremental sync, offline writes, restore from an old backup,
+//! damage repair, authorization refusals, malformed frames, and the wire format's round trips.
+
+use shikaku_core::{CheckQuery, Date, InsurerNumber, Namespace, SignedEvent, Signer};
+use shikaku_log::fault::{FaultConfig, FaultDirectory};
+use shikaku_node::{prepare, Inbound, Node, NodeConfig, PeerIdentity, Role};
+use shikaku_protocol::wire::{FrameSplitter, Message, FRAME_BYTES_MAX};
+
+/// A hub and clinics wired together in memory.
+pub struct World {
+    pub hub: Node<FaultDirectory>,
+    pub clinics: Vec<Node<FaultDirectory>>,
+    pub clinic_disks: Vec<FaultDirectory>,
+    pub hub_signer: Signer,
+    pub clinic_signers: Vec<Signer>,
+    /// Connection per clinic (its id on both sides), if connected.
+    pub links: Vec<Option<u64>>,
+    next_conn: u64,
+    pub now_ms: u64,
+    pub events: Vec<SignedEvent>,
+    pub insurers: Vec<InsurerNumber>,
+    /// Bytes moved each way (hub→clinic, clinic→hub).
+    pub bytes: (u64, u64),
+}
+
+pub fn generated(members: usize, seed: u64) -> (Vec<SignedEvent>, Vec<InsurerNumber>, u64) {
+    let g = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, seed)).unwrap();
+    let insurers = g.insurers.iter().map(|(i, _)| *i).collect();
+    (g.events, insurers, g.last_hlc.physical_ms() + 60_000)
+}
+
+impl World {
+    /// A hub holding a generated world and `clinics` clinics subscribed to the first insurer.
+    pub fn new(members: usize, clinics: usize) -> World {
+        let (events, insurers, now_ms) = generated(members, 11);
+        let hub_signer = Signer::derived("shikaku test hub", b"hub");
+        let mut config = NodeConfig::new(Role::Hub, "hub");
+        config.insurers = insurers.iter().copied().collect();
+        config.batch_events = 256;
+        let mut hub =
+            Node::open(FaultDirectory::new(FaultConfig::default(), 1), hub_signer.clone(), config)
+                .unwrap();
+        hub.import(now_ms, &events).unwrap();
+        let mut world = World {
+            hub,
+            clinics: Vec::new(),
+            clinic_disks: Vec::new(),
+            hub_signer,
+            clinic_signers: Vec::new(),
+            links: Vec::new(),
+            next_conn: 1,
+            now_ms,
+            events,
+            insurers,
+            bytes: (0, 0),
+        };
+        for i in 0..clinics {
+            let signer = Signer::derived("shikaku test clinic", &[i as u8]);
+            let disk = FaultDirectory::new(FaultConfig::default(), 100 + i as u64);
+            let node = Node::open(disk.clone(), signer.clone(), world.clinic_config(i)).unwrap();
+            world.clinics.push(node);
+            world.clinic_disks.push(disk);
+            world.clinic_signers.push(signer);
+            world.links.push(None);
+        }
+        world
+    }
+
+    pub fn clinic_config(&self, i: usize) -> NodeConfig {
+        let mut config = NodeConfig::new(Role::Clinic, &format!("clinic-{i}"));
+        config.insurers = [self.insurers[0]].into_iter().collect();
+        config
+    }
+
+    pub fn reopen_clinic(&mut self, i: usize, disk: FaultDirectory) {
+        self.disconnect(i);
+        let config = self.clinic_config(i);
+        self.clinics[i] = Node::open(disk.clone(), self.clinic_signers[i].clone(), config).unwrap();
+        self.clinic_disks[i] = disk;
+    }
+
+    pub fn connect(&mut self, i: usize) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let clinic_id = PeerIdentity {
+            role: Role::Clinic,
+            name: format!("clinic-{i}"),
+            node: self.clinic_signers[i].node_id(),
+        };
+        let hub_id =
+            PeerIdentity { role: Role::Hub, name: "hub".into(), node: self.hub_signer.node_id() };
+        self.hub.handle_connected(self.now_ms, conn, clinic_id);
+        self.clinics[i].handle_connected(self.now_ms, conn, hub_id);
+        self.links[i] = Some(conn);
+    }
+
+    pub fn disconnect(&mut self, i: usize) {
+        if let Some(conn) = self.links[i].take() {
+            self.hub.handle_disconnected(self.now_ms, conn);
+            self.clinics[i].handle_disconnected(self.now_ms, conn);
+        }
+    }
+
+    /// Moves frames until nobody has anything to send. Returns frames moved.
+    pub fn run(&mut self) -> usize {
+        let mut moved = 0;
+        loop {
+            let mut progress = false;
+            for i in 0..self.clinics.len() {
+                let Some(conn) = self.links[i] else { continue };
+                while let Some(frame) = self.clinics[i].poll_transmit(self.now_ms, conn) {
+                    self.bytes.1 += frame.len() as u64;
+                    deliver(&mut self.hub, self.now_ms, conn, &frame);
+                    progress = true;
+                    moved += 1;
+                }
+                while let Some(frame) = self.hub.poll_transmit(self.now_ms, conn) {
+                    self.bytes.0 += frame.len() as u64;
+                    deliver(&mut self.clinics[i], self.now_ms, conn, &frame);
+                    progress = true;
+                    moved += 1;
+                }
+            }
+            while self.hub.poll_event().is_some() {}
+            for c in &mut self.clinics {
+                while c.poll_event().is_some() {}
+            }
+            if !progress {
+                return moved;
+            }
+        }
+    }
+
+    /// A check at clinic `i` for a member of the subscribed insurer.
+    pub fn check(
+        &mut self,
+        i: usize,
+        (y, m, d): (i32, u32, u32),
+    ) -> Result<shikaku_core::Answer, shikaku_node::NodeError> {
+        let member = some_member(self);
+        self.clinics[i].check(
+            self.now_ms,
+            &CheckQuery::Member(member),
+            Date::from_ymd(y, m, d).unwrap(),
+        )
+    }
+
+    pub fn assert_converged(&self, i: usize) {
+        let clinic = &self.clinics[i];
+        for ns in [
+            Namespace::Insurer(self.insurers[0]),
+            Namespace::Clinic(self.clinic_signers[i].node_id()),
+        ] {
+            assert_eq!(
+                clinic.namespace_state(&ns),
+                self.hub.namespace_state(&ns),
+                "namespace {ns:?} differs"
+            );
+        }
+    }
+}
+
+/// Splits a frame and hands it to the node the way the runtime does.
+pub fn deliver(node: &mut Node<FaultDirectory>, now_ms: u64, conn: u64, frame: &[u8]) {
+    let mut splitter = FrameSplitter::new(FRAME_BYTES_MAX);
+    splitter.push(frame);
+    match splitter.next_frame() {
+        Ok(Some(body)) => node.handle_inbound(now_ms, conn, prepare(&body, now_ms)),
+        Ok(None) => panic!("incomplete frame"),
+        Err(e) => node.handle_stream_error(conn, &e),
+    }
+}
+
+fn some_member(world: &World) -> shikaku_core::MemberKey {
+    world
+        .events
+        .iter()
+        .find_map(|e| {
+            e.event().body.membership_subject().filter(|m| m.insurer == world.insurers[0]).cloned()
+        })
+        .unwrap()
+}
+
+#[test]
+fn initial_then_incremental_sync_and_offline_writes() {
+    let mut w = World::new(300, 1);
+    w.connect(0);
+    w.run();
+    w.assert_converged(0);
+    assert!(w.clinics[0].in_sync());
+    let subscribed = w.hub.namespace_state(&Namespace::Insurer(w.insurers[0])).count();
+    assert!(subscribed > 100, "the subscribed insurer has events ({subscribed})");
+    // Nothing of other insurers was sent.
+    for other in &w.insurers[1..] {
+        assert_eq!(w.clinics[0].namespace_state(&Namespace::Insurer(*other)).count(), 0);
+    }
+
+    // In sync: a reconnect costs one round trip (Hello → Welcome + receipts).
+    w.disconnect(0);
+    w.connect(0);
+    let before = w.bytes;
+    w.run();
+    assert!(w.clinics[0].in_sync());
+    let (down, up) = (w.bytes.0 - before.0, w.bytes.1 - before.1);
+    assert!(down + up <= 600, "in-sync reconnect cost {down}+{up} bytes");
+
+    // Offline: checks are answered and recorded; after reconnecting they reach the hub.
+    w.disconnect(0);
+    w.now_ms += 3_600_000;
+    let member = some_member(&w);
+    let answer = w.clinics[0]
+        .check(w.now_ms, &CheckQuery::Member(member), Date::from_ymd(2026, 1, 5).unwrap())
+        .unwrap();
+    assert_eq!(answer.knowledge.staleness_s, Some(3600), "offline answers say how stale they are");
+    w.connect(0);
+    w.run();
+    w.assert_converged(0);
+    assert_eq!(w.hub.namespace_state(&Namespace::Clinic(w.clinic_signers[0].node_id())).count(), 1);
+
+    // Live push: a new insurer event reaches the connected clinic without a new session.
+    let online = w.check(0, (2026, 1, 5)).unwrap();
+    assert_eq!(online.knowledge.staleness_s, Some(0));
+    w.run();
+    w.assert_converged(0);
+}
+
+#[test]
+fn restore_from_old_backup_and_damage_are_repaired_without_reset() {
+    let mut w = World::new(200, 1);
+    w.connect(0);
+    w.run();
+    for _ in 0..3 {
+        w.check(0, (2026, 1, 5)).unwrap();
+    }
+    w.run();
+    w.clinics[0].persist_receipts().unwrap();
+    // Backup taken now.
+    let backup = w.clinic_disks[0].clone_durable();
+    for _ in 0..4 {
+        w.check(0, (2026, 1, 6)).unwrap();
+    }
+    w.run();
+    w.clinics[0].persist_receipts().unwrap();
+    let own = Namespace::Clinic(w.clinic_signers[0].node_id());
+    assert_eq!(w.hub.namespace_state(&own).count(), 7);
+    // The clinic is restored from the backup: it lost 4 of its own events.
+    w.reopen_clinic(0, backup);
+    assert_eq!(w.clinics[0].namespace_state(&own).count(), 3);
+    w.connect(0);
+    w.run();
+    w.assert_converged(0);
+    assert_eq!(w.clinics[0].namespace_state(&own).count(), 7);
+    assert!(w.clinics[0].in_sync());
+}
+
+#[test]
+fn unauthorized_and_tampered_events_are_refused_and_counted() {
+    let mut w = World::new(100, 2);
+    w.connect(0);
+    w.run();
+    let conn = w.links[0].unwrap();
+    // Clinic 0 tries to write an insurer event and an event in clinic 1's namespace.
+    let insurer_event =
+        w.events.iter().find(|e| e.event().namespace == Namespace::Insurer(w.insurers[0])).unwrap();
+    let wire = |e: &SignedEvent| {
+        shikaku_protocol::wire::event_to_wire(
+            e.schema_version(),
+            e.canonical_bytes(),
+            &e.signature(),
+        )
+    };
+    let mut tampered = wire(insurer_event);
+    let last = tampered.len() - 70;
+    tampered[last] ^= 1;
+    let frame = Message::Events { events: vec![wire(insurer_event), tampered] }.to_frame();
+    deliver(&mut w.hub, w.now_ms, conn, &frame);
+    let refusals = &w.hub.counters().refusals;
+    assert_eq!(refusals.get("not_writable"), Some(&1), "{refusals:?}");
+    assert_eq!(refusals.get("invalid"), Some(&1), "{refusals:?}");
+    // The session survives refusals: an Ack names both.
+    let mut ack = None;
+    while let Some(f) = w.hub.poll_transmit(w.now_ms, conn) {
+        if let Inbound::Message(Message::Ack { refused, .. }) = prepare(&f[4..], w.now_ms) {
+            ack = Some(refused);
+        }
+    }
+    assert_eq!(ack.unwrap().len(), 2);
+
+    // Asking to read clinic 1's namespace is refused in the handshake.
+    let hello = Message::Hello {
+        version: 1,
+        role: Role::Clinic,
+        node: w.clinic_signers[0].node_id(),
+        frame_max: 1 << 20,
+        subscriptions: vec![shikaku_protocol::wire::Subscription {
+            namespace: Namespace::Clinic(w.clinic_signers[1].node_id()),
+            cursor: 0,
+        }],
+        prefetch: vec![],
+    };
+    let conn2 = 77;
+    w.hub.handle_connected(
+        w.now_ms,
+        conn2,
+        PeerIdentity {
+            role: Role::Clinic,
+            name: "clinic-0".into(),
+            node: w.clinic_signers[0].node_id(),
+        },
+    );
+    deliver(&mut w.hub, w.now_ms, conn2, &hello.to_frame());
+    assert_eq!(w.hub.counters().refusals.get("other_clinic"), Some(&1));
+    let welcome = w.hub.poll_transmit(w.now_ms, conn2).unwrap();
+    match prepare(&welcome[4..], w.now_ms) {
+        Inbound::Message(Message::Welcome { granted, refused, .. }) => {
+            assert!(granted.is_empty());
+            assert_eq!(refused.len(), 1);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_frames_close_only_that_session() {
+    let mut w = World::new(50, 2);
+    w.connect(0);
+    w.connect(1);
+    w.run();
+    let conn0 = w.links[0].unwrap();
+    // Unknown message type.
+    deliver(&mut w.hub, w.now_ms, conn0, &[1, 0, 0, 0, 0x7f]);
+    let mut closed = false;
+    while let Some(out) = w.hub.poll_event() {
+        if let shikaku_node::Output::Close { conn, .. } = out {
+            assert_eq!(conn, conn0);
+            closed = true;
+        }
+    }
+    assert!(closed);
+    // An oversized frame length is refused before buffering.
+    let mut splitter = FrameSplitter::new(1 << 20);
+    splitter.push(&(64u32 << 20).to_le_bytes());
+    let err = splitter.next_frame().unwrap_err();
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    // Clinic 1 is still served.
+    w.check(1, (2026, 1, 5)).unwrap();
+    w.run();
+    w.assert_converged(1);
+}
