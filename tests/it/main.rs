@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod laws;
 mod log;
+mod net;
 mod node;
 mod reconcile;
 mod reference;

@@ -1,1 +1,13 @@
-//! placeholder
+//! shikaku-net: the runtime — the only crate that touches sockets, threads and the clock for a
+//! running node. QUIC via quinn with rustls (ring provider only) and mutual TLS; tokio tasks
+//! drive the sans-IO [`shikaku_node::Node`].
+//!
+//! - [`tls`]: the deployment CA (`shikaku ca init` / `ca issue`), node certificates carrying
+//!   role, name and signing key, and the QUIC client/server configs (ALPN `shikaku/1`).
+//! - [`runtime`]: per-connection reader/writer tasks, pipelined signature verification,
+//!   reconnect with backoff, clean shutdown; [`runtime::HubService`], [`runtime::ClinicService`].
+
+pub mod runtime;
+pub mod tls;
+
+pub use runtime::{ClinicService, Clock, HubService, Runtime};

@@ -140,6 +140,8 @@ pub struct Counters {
     pub repaired_events: u64,
     /// Checks answered (clinic).
     pub checks: u64,
+    /// Failed attempts to reach the hub (clinic).
+    pub connect_failures: u64,
 }
 
 /// Why a node operation failed.
@@ -514,6 +516,19 @@ impl<D: Directory> Node<D> {
     }
 
     // ---------------------------------------------------------------- connections
+
+    /// The runtime refused a connection before any session (no or wrong certificate
+    /// identity, failed TLS handshake): logged and counted.
+    pub fn note_refused_connection(&mut self, why: &str) {
+        *self.counters.refusals.entry("connection").or_default() += 1;
+        self.log(Level::Warn, format!("connection refused: {why}"));
+    }
+
+    /// The runtime could not reach the hub (the clinic keeps answering from its ledger).
+    pub fn note_connect_failure(&mut self, why: &str) {
+        self.counters.connect_failures += 1;
+        self.log(Level::Debug, why.to_owned());
+    }
 
     /// A connection to `peer` is up (its certificate verified by the runtime). A clinic sends
     /// `Hello` at once.

@@ -1,0 +1,499 @@
+//! The runtime: tokio tasks that move bytes between quinn streams and the sans-IO
+//! [`shikaku_node::Node`], tick it, and read the clock for it.
+//!
+//! Per connection: one bidirectional stream carries the session. A reader task splits frames
+//! (refusing oversized ones before buffering), verifies event signatures on blocking threads —
+//! up to [`VERIFY_PIPELINE`] frames in parallel, applied in order — and hands them to the node;
+//! a writer task pulls frames from the node (`poll_transmit`) and writes them, waiting on a
+//! per-connection `Notify` when there is nothing to send. Backpressure: the writer awaits QUIC
+//! flow control, and the node produces pumped frames only when asked.
+//!
+//! Invariant: this module decides nothing about sync — every decision is the node's.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use shikaku_log::fs::FileDirectory;
+use shikaku_node::{prepare, ConnId, Level, Node, Output, PeerIdentity, Role};
+use shikaku_protocol::wire::{ErrorCode, FrameSplitter};
+use tokio::sync::Notify;
+
+/// The node type the runtime drives: a ledger on real files.
+pub type FileNode = Node<FileDirectory>;
+
+/// Frames being verified at once per connection.
+pub const VERIFY_PIPELINE: usize = 3;
+
+/// The wall clock, with an adjustable offset (tests and demos move time forward).
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    /// The real clock.
+    pub fn wall() -> Arc<Clock> {
+        Arc::new(Clock::default())
+    }
+
+    /// Unix milliseconds now (plus the offset).
+    #[allow(clippy::disallowed_methods)] // the runtime is where time is read
+    pub fn now_ms(&self) -> u64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        (wall + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
+    }
+
+    /// Moves this clock forward by `ms`.
+    pub fn advance(&self, ms: i64) {
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    notify: Arc<Notify>,
+    closing: Option<(ErrorCode, String)>,
+}
+
+/// A node shared by its connections' tasks.
+pub struct Runtime {
+    node: Mutex<FileNode>,
+    conns: Mutex<HashMap<ConnId, ConnEntry>>,
+    next_conn: AtomicU64,
+    clock: Arc<Clock>,
+    log_level: Level,
+    stopping: AtomicBool,
+    /// Lines logged, for tests (kept only when `keep_log` is set).
+    kept_log: Mutex<Option<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The log level from `SHIKAKU_LOG` (`warn`, `info`, `debug`; default `info`).
+pub fn log_level_from_env() -> Level {
+    match std::env::var("SHIKAKU_LOG").as_deref() {
+        Ok("warn") => Level::Warn,
+        Ok("debug") => Level::Debug,
+        Ok("off") => Level::Warn,
+        _ => Level::Info,
+    }
+}
+
+impl Runtime {
+    /// Wraps a node.
+    pub fn new(node: FileNode, clock: Arc<Clock>, log_level: Level) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            node: Mutex::new(node),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            clock,
+            log_level,
+            stopping: AtomicBool::new(false),
+            kept_log: Mutex::new(None),
+        })
+    }
+
+    /// Keeps every log line in memory (tests read them with [`Runtime::log_lines`]).
+    pub fn keep_log(&self) {
+        *lock(&self.kept_log) = Some(Vec::new());
+    }
+
+    /// Log lines kept so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        lock(&self.kept_log).clone().unwrap_or_default()
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Runs `f` on the node, then acts on what it produced (log lines, closes, wake-ups).
+    pub fn with_node<R>(&self, f: impl FnOnce(&mut FileNode, u64) -> R) -> R {
+        let now = self.clock.now_ms();
+        let mut node = lock(&self.node);
+        let result = f(&mut node, now);
+        let dirty = node.take_dirty();
+        let mut outputs = Vec::new();
+        while let Some(out) = node.poll_event() {
+            outputs.push(out);
+        }
+        let name = node.config().name.clone();
+        drop(node);
+        let mut conns = lock(&self.conns);
+        for out in outputs {
+            match out {
+                Output::Log { level, message } => {
+                    if level <= self.log_level {
+                        let tag = match level {
+                            Level::Warn => "WARN",
+                            Level::Info => "INFO",
+                            Level::Debug => "DEBUG",
+                        };
+                        let line = format!("{tag} {name}: {message}");
+                        if let Some(kept) = lock(&self.kept_log).as_mut() {
+                            kept.push(line);
+                        } else {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+                Output::Close { conn, code, reason } => {
+                    if let Some(entry) = conns.get_mut(&conn) {
+                        entry.closing = Some((code, reason));
+                        entry.notify.notify_one();
+                    }
+                }
+            }
+        }
+        for conn in dirty {
+            if let Some(entry) = conns.get(&conn) {
+                entry.notify.notify_one();
+            }
+        }
+        result
+    }
+
+    fn closing(&self, conn: ConnId) -> Option<(ErrorCode, String)> {
+        lock(&self.conns).get(&conn).and_then(|e| e.closing.clone())
+    }
+
+    /// Drives one established QUIC connection until it ends. The clinic (client) opens the
+    /// session stream; the hub (server) accepts it.
+    pub async fn serve_connection(
+        self: &Arc<Self>,
+        conn: quinn::Connection,
+        expect: Role,
+    ) -> Result<()> {
+        let peer = match crate::tls::peer_identity(&conn) {
+            Ok(peer) if peer.role == expect => peer,
+            Ok(peer) => {
+                self.with_node(|n, _| {
+                    n.note_refused_connection(&format!(
+                        "{} {} connected where a {} was expected",
+                        peer.role.name(),
+                        peer.name,
+                        expect.name()
+                    ))
+                });
+                conn.close(ErrorCode::Handshake.code().into(), b"wrong role");
+                return Ok(());
+            }
+            Err(e) => {
+                conn.close(ErrorCode::Handshake.code().into(), b"no identity");
+                return Err(e);
+            }
+        };
+        let (send, recv) = match expect {
+            Role::Hub => conn.open_bi().await.context("opening the session stream")?,
+            Role::Clinic => conn.accept_bi().await.context("accepting the session stream")?,
+        };
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        lock(&self.conns).insert(id, ConnEntry { notify: notify.clone(), closing: None });
+        self.with_node(|n, now| n.handle_connected(now, id, peer.clone()));
+        let writer = tokio::spawn(write_loop(self.clone(), id, send, notify, conn.clone()));
+        let read_result = self.read_loop(id, recv).await;
+        // The reader ended (peer closed, error, or we are closing): let the writer finish.
+        if let Some(entry) = lock(&self.conns).get(&id) {
+            entry.notify.notify_one();
+        }
+        if self.closing(id).is_none() {
+            writer.abort();
+        }
+        let _ = writer.await;
+        self.with_node(|n, now| n.handle_disconnected(now, id));
+        lock(&self.conns).remove(&id);
+        let _ = read_result;
+        Ok(())
+    }
+
+    async fn read_loop(self: &Arc<Self>, id: ConnId, mut recv: quinn::RecvStream) -> Result<()> {
+        let frame_max = self.with_node(|n, _| n.config().frame_max);
+        let mut splitter = FrameSplitter::new(frame_max);
+        let mut pending: VecDeque<tokio::task::JoinHandle<(shikaku_node::Inbound, u64)>> =
+            VecDeque::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            if self.closing(id).is_some() {
+                return Ok(());
+            }
+            // Apply verified frames in order; keep up to VERIFY_PIPELINE in flight.
+            while pending.front().is_some_and(|h| h.is_finished())
+                || pending.len() >= VERIFY_PIPELINE
+            {
+                let Some(handle) = pending.pop_front() else { break };
+                let (inbound, now) = handle.await.context("verifier task")?;
+                self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+            }
+            let read = if pending.is_empty() {
+                recv.read(&mut buf).await
+            } else {
+                // Something is verifying: read if bytes come, else apply the oldest result.
+                tokio::select! {
+                    r = recv.read(&mut buf) => r,
+                    done = async { match pending.front_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
+                        pending.pop_front();
+                        let (inbound, now) = done.context("verifier task")?;
+                        self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+                        continue;
+                    }
+                }
+            };
+            match read {
+                Ok(Some(n)) => splitter.push(&buf[..n]),
+                Ok(None) | Err(_) => break,
+            }
+            loop {
+                match splitter.next_frame() {
+                    Ok(Some(body)) => {
+                        let now = self.clock.now_ms();
+                        pending.push_back(tokio::task::spawn_blocking(move || {
+                            (prepare(&body, now), now)
+                        }));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        for handle in pending.drain(..) {
+                            let (inbound, now) = handle.await.context("verifier task")?;
+                            self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+                        }
+                        self.with_node(|n, _| n.handle_stream_error(id, &e));
+                        return Ok(());
+                    }
+                }
+            }
+            // Backpressure: stop reading while the node has too much queued for this peer.
+            while !self.with_node(|n, _| n.wants_input(id)) && self.closing(id).is_none() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        for handle in pending.drain(..) {
+            let (inbound, now) = handle.await.context("verifier task")?;
+            self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+        }
+        Ok(())
+    }
+
+    /// Whether [`Runtime::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Clears the stopping mark so a service can be started again on this node.
+    pub fn resume(&self) {
+        self.stopping.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the runtime as stopping (connectors stop reconnecting).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Periodic work (receipts persisted) until stopped.
+    pub async fn tick_loop(self: Arc<Self>) {
+        while !self.is_stopping() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.with_node(|n, now| n.handle_tick(now));
+        }
+    }
+}
+
+async fn write_loop(
+    rt: Arc<Runtime>,
+    id: ConnId,
+    mut send: quinn::SendStream,
+    notify: Arc<Notify>,
+    conn: quinn::Connection,
+) {
+    loop {
+        let frame = rt.with_node(|n, now| n.poll_transmit(now, id));
+        match frame {
+            Some(frame) => {
+                if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                if let Some((code, reason)) = rt.closing(id) {
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    conn.close(code.code().into(), reason.as_bytes());
+                    return;
+                }
+                notify.notified().await;
+            }
+        }
+    }
+}
+
+/// QUIC transport settings: keep-alives so a dead hub is noticed within seconds, generous
+/// stream windows for initial syncs, and a bounded number of streams.
+pub fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000))));
+    t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(32 * 1024 * 1024));
+    t.send_window(32 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// A running hub: its endpoint and accept loop.
+#[derive(Debug)]
+pub struct HubService {
+    /// The node.
+    pub runtime: Arc<Runtime>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HubService {
+    /// Binds `addr` (port 0 for any) and serves clinics.
+    pub fn start(
+        runtime: Arc<Runtime>,
+        tls: &crate::tls::TlsFiles,
+        addr: SocketAddr,
+    ) -> Result<HubService> {
+        let config = crate::tls::server_config(tls, transport())?;
+        let endpoint =
+            quinn::Endpoint::server(config, addr).with_context(|| format!("binding {addr}"))?;
+        let accept = {
+            let endpoint = endpoint.clone();
+            let rt = runtime.clone();
+            tokio::spawn(async move {
+                while let Some(incoming) = endpoint.accept().await {
+                    let rt = rt.clone();
+                    tokio::spawn(async move {
+                        match incoming.await {
+                            Ok(conn) => {
+                                if let Err(e) = rt.serve_connection(conn, Role::Clinic).await {
+                                    rt.with_node(|n, _| {
+                                        n.note_refused_connection(&format!("{e:#}"))
+                                    });
+                                }
+                            }
+                            Err(e) => rt.with_node(|n, _| {
+                                n.note_refused_connection(&format!("handshake failed: {e}"))
+                            }),
+                        }
+                    });
+                }
+            })
+        };
+        let ticker = tokio::spawn(runtime.clone().tick_loop());
+        Ok(HubService { runtime, endpoint, tasks: vec![accept, ticker] })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Closes every connection and waits for the endpoint to go idle.
+    pub async fn shutdown(self) {
+        self.runtime.stop();
+        self.endpoint.close(ErrorCode::Shutdown.code().into(), b"hub shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        self.runtime.with_node(|n, now| n.handle_tick(now));
+    }
+}
+
+/// A running clinic: background sync with reconnects.
+#[derive(Debug)]
+pub struct ClinicService {
+    /// The node.
+    pub runtime: Arc<Runtime>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClinicService {
+    /// Starts syncing with the hub at `hub` (reconnecting with backoff from 100 ms to 5 s).
+    pub fn start(
+        runtime: Arc<Runtime>,
+        tls: &crate::tls::TlsFiles,
+        hub: SocketAddr,
+    ) -> Result<ClinicService> {
+        let config = crate::tls::client_config(tls, transport())?;
+        let bind: SocketAddr =
+            if hub.is_ipv6() { "[::1]:0".parse()? } else { "127.0.0.1:0".parse()? };
+        let bind = if hub.ip().is_loopback() {
+            bind
+        } else if hub.is_ipv6() {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).context("binding the client endpoint")?;
+        endpoint.set_default_client_config(config);
+        let connector = {
+            let endpoint = endpoint.clone();
+            let rt = runtime.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                while !rt.is_stopping() {
+                    match endpoint.connect(hub, "shikaku-hub") {
+                        Ok(connecting) => match connecting.await {
+                            Ok(conn) => {
+                                backoff = Duration::from_millis(100);
+                                if let Err(e) = rt.serve_connection(conn, Role::Hub).await {
+                                    rt.with_node(|n, _| {
+                                        n.note_refused_connection(&format!("{e:#}"))
+                                    });
+                                }
+                            }
+                            Err(e) => rt.with_node(|n, _| {
+                                n.note_connect_failure(&format!("hub {hub} unreachable: {e}"))
+                            }),
+                        },
+                        Err(e) => rt.with_node(|n, _| {
+                            n.note_connect_failure(&format!("cannot connect to {hub}: {e}"))
+                        }),
+                    }
+                    if rt.is_stopping() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            })
+        };
+        let ticker = tokio::spawn(runtime.clone().tick_loop());
+        Ok(ClinicService { runtime, endpoint, tasks: vec![connector, ticker] })
+    }
+
+    /// Stops syncing, closes the connection and waits for the endpoint to go idle.
+    pub async fn shutdown(self) {
+        self.runtime.stop();
+        self.endpoint.close(ErrorCode::Shutdown.code().into(), b"clinic shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        self.runtime.with_node(|n, now| n.handle_tick(now));
+    }
+}
+
+/// The peer identity type, re-exported for services.
+pub type Peer = PeerIdentity;

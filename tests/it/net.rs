@@ -1,0 +1,373 @@
+//! Sync over real QUIC on loopback with mutual TLS: initial and incremental sync, live push,
+//! the hub stopped (the clinic keeps answering with growing staleness) and back (both
+//! converge), a clinic restored from an old backup, refusals of unauthorized writes and reads,
+//! and malformed/oversized frames closing only their own session.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shikaku_core::{CheckQuery, Date, InsurerNumber, MemberKey, Namespace, SignedEvent, Signer};
+use shikaku_log::fs::FileDirectory;
+use shikaku_net::tls;
+use shikaku_net::{ClinicService, Clock, HubService, Runtime};
+use shikaku_node::{Level, Node, NodeConfig, Role};
+use shikaku_protocol::wire::{FrameSplitter, Message, Subscription};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shikaku-net-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Deployment {
+    root: PathBuf,
+    events: Vec<SignedEvent>,
+    insurers: Vec<InsurerNumber>,
+}
+
+impl Deployment {
+    fn new(name: &str, members: usize) -> Deployment {
+        let root = temp_dir(name);
+        tls::ca_init(&root.join("ca")).unwrap();
+        let (events, insurers, _) = crate::node::generated(members, 21);
+        Deployment { root, events, insurers }
+    }
+
+    fn signer(&self, name: &str) -> Signer {
+        Signer::derived("shikaku net test", name.as_bytes())
+    }
+
+    fn issue(&self, role: Role, name: &str) -> tls::TlsFiles {
+        let out = self.root.join(name).join("tls");
+        tls::ca_issue(&self.root.join("ca"), role, name, self.signer(name).node_id(), &out)
+            .unwrap();
+        tls::load(&out).unwrap()
+    }
+
+    fn runtime(&self, role: Role, name: &str, insurers: &[InsurerNumber]) -> Arc<Runtime> {
+        let mut config = NodeConfig::new(role, name);
+        config.insurers = insurers.iter().copied().collect();
+        let dir = FileDirectory::new(self.root.join(name).join("log")).unwrap();
+        let node = Node::open(dir, self.signer(name), config).unwrap();
+        let rt = Runtime::new(node, Clock::wall(), Level::Info);
+        rt.keep_log();
+        rt
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn state(rt: &Runtime, ns: Namespace) -> (u64, [u8; 16]) {
+    rt.with_node(|n, _| {
+        let acc = n.namespace_state(&ns);
+        (acc.count(), acc.fingerprint())
+    })
+}
+
+fn member_of(events: &[SignedEvent], insurer: InsurerNumber) -> MemberKey {
+    events
+        .iter()
+        .find_map(|e| e.event().body.membership_subject().filter(|m| m.insurer == insurer).cloned())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinic_syncs_keeps_answering_offline_and_converges_after_the_hub_returns() {
+    let d = Deployment::new("story", 400);
+    let insurer = d.insurers[0];
+    let hub_tls = d.issue(Role::Hub, "hub");
+    let clinic_tls = d.issue(Role::Clinic, "clinic-a");
+    let hub = d.runtime(Role::Hub, "hub", &d.insurers);
+    // Hold back the last tenth of the insurer's history to publish while the clinic is online.
+    let split = d.events.len() * 9 / 10;
+    hub.with_node(|n, now| n.import(now, &d.events[..split]).unwrap());
+    let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = service.local_addr().unwrap();
+
+    let clinic = d.runtime(Role::Clinic, "clinic-a", &[insurer]);
+    let clinic_service = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    let ns = Namespace::Insurer(insurer);
+    // Initial sync.
+    wait_for("initial sync", || clinic.with_node(|n, _| n.in_sync())).await;
+    assert_eq!(state(&clinic, ns), state(&hub, ns));
+    assert!(state(&clinic, ns).0 > 100);
+    // Other insurers were not replicated here: "unknown", never "no match".
+    let other = member_of(&d.events, d.insurers[1]);
+    let date = Date::from_ymd(2026, 1, 5).unwrap();
+    let answer = clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(other), date).unwrap());
+    assert_eq!(answer.code, shikaku_core::AnswerCode::Unknown);
+
+    // Incremental sync by live push.
+    hub.with_node(|n, now| n.import(now, &d.events[split..]).unwrap());
+    wait_for("live push", || state(&clinic, ns) == state(&hub, ns)).await;
+    let member = member_of(&d.events, insurer);
+    let online =
+        clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
+    assert_eq!(online.knowledge.staleness_s, Some(0), "online answers are current");
+
+    // The hub stops: checks still answer, and say how stale they are.
+    service.shutdown().await;
+    wait_for("clinic notices", || !clinic.with_node(|n, _| n.in_sync())).await;
+    clinic.clock().advance(90_000);
+    let offline =
+        clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
+    assert_eq!(offline.code, online.code, "the same answer offline");
+    assert!(offline.knowledge.staleness_s.unwrap() >= 90, "{:?}", offline.knowledge);
+    clinic.clock().advance(60_000);
+    let later =
+        clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
+    assert!(later.knowledge.staleness_s.unwrap() >= offline.knowledge.staleness_s.unwrap() + 60);
+
+    // The hub comes back on the same address: both converge to the same sets and digest.
+    hub.resume();
+    let service = HubService::start(hub.clone(), &hub_tls, addr).unwrap();
+    let own = Namespace::Clinic(d.signer("clinic-a").node_id());
+    wait_for("convergence", || {
+        clinic.with_node(|n, _| n.in_sync()) && state(&clinic, own) == state(&hub, own)
+    })
+    .await;
+    assert_eq!(state(&clinic, ns), state(&hub, ns));
+    assert_eq!(state(&hub, own).0, 4, "all four check records reached the hub");
+    let receipts = clinic.with_node(|n, _| n.receipts().len());
+    assert_eq!(receipts, 2, "a signed receipt kept per namespace");
+
+    clinic_service.shutdown().await;
+    service.shutdown().await;
+    assert!(
+        !hub.log_lines().iter().any(|l| l.contains(&member.to_string())),
+        "no member data in logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_clinic_is_repaired_without_reset() {
+    let d = Deployment::new("restore", 150);
+    let insurer = d.insurers[0];
+    let hub_tls = d.issue(Role::Hub, "hub");
+    let clinic_tls = d.issue(Role::Clinic, "clinic-b");
+    let hub = d.runtime(Role::Hub, "hub", &d.insurers);
+    hub.with_node(|n, now| n.import(now, &d.events).unwrap());
+    let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = service.local_addr().unwrap();
+    let own = Namespace::Clinic(d.signer("clinic-b").node_id());
+    let member = member_of(&d.events, insurer);
+    let date = Date::from_ymd(2026, 1, 5).unwrap();
+
+    let clinic = d.runtime(Role::Clinic, "clinic-b", &[insurer]);
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
+    clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
+    wait_for("check record at hub", || state(&hub, own).0 == 1).await;
+    cs.shutdown().await;
+    // Back up the data directory now.
+    let data = d.root.join("clinic-b");
+    let backup = d.root.join("clinic-b.backup");
+    copy_dir(&data, &backup);
+    // More checks after the backup, synced to the hub.
+    let clinic = reopen(&d, clinic, "clinic-b", insurer);
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    for _ in 0..3 {
+        clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
+    }
+    wait_for("checks at hub", || state(&hub, own).0 == 4).await;
+    cs.shutdown().await;
+    let clinic_node = clinic;
+    // Disaster: restore the old backup.
+    drop(clinic_node);
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    let clinic = d.runtime(Role::Clinic, "clinic-b", &[insurer]);
+    assert_eq!(state(&clinic, own).0, 1, "the backup holds one check record");
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    wait_for("repair", || {
+        clinic.with_node(|n, _| n.in_sync()) && state(&clinic, own) == state(&hub, own)
+    })
+    .await;
+    assert_eq!(state(&clinic, own).0, 4, "lost records came back from the hub");
+    cs.shutdown().await;
+    service.shutdown().await;
+}
+
+fn reopen(d: &Deployment, rt: Arc<Runtime>, name: &str, insurer: InsurerNumber) -> Arc<Runtime> {
+    // Wait until every task let go of the old node, then open the directory again.
+    for _ in 0..200 {
+        if Arc::strong_count(&rt) == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(rt);
+    d.runtime(Role::Clinic, name, &[insurer])
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A raw client speaking the protocol by hand over QUIC.
+async fn raw_session(
+    tls_files: &tls::TlsFiles,
+    addr: std::net::SocketAddr,
+) -> (quinn::Endpoint, quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let config = tls::client_config(tls_files, shikaku_net::runtime::transport()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(addr, "shikaku-hub").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    (endpoint, conn, send, recv)
+}
+
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    splitter: &mut FrameSplitter,
+) -> Option<Message> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if let Some(body) = splitter.next_frame().unwrap() {
+            return Some(Message::decode(&body).unwrap());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => splitter.push(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_bad_frames_close_only_their_session() {
+    let d = Deployment::new("refusals", 100);
+    let insurer = d.insurers[0];
+    let hub_tls = d.issue(Role::Hub, "hub");
+    let rogue_tls = d.issue(Role::Clinic, "rogue");
+    let good_tls = d.issue(Role::Clinic, "good");
+    let hub = d.runtime(Role::Hub, "hub", &d.insurers);
+    hub.with_node(|n, now| n.import(now, &d.events).unwrap());
+    let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = service.local_addr().unwrap();
+    let good = d.runtime(Role::Clinic, "good", &[insurer]);
+    let good_service = ClinicService::start(good.clone(), &good_tls, addr).unwrap();
+    wait_for("good clinic in sync", || good.with_node(|n, _| n.in_sync())).await;
+
+    // A clinic that asks for another clinic's namespace and writes an insurer's events.
+    let (_ep, conn, mut send, mut recv) = raw_session(&rogue_tls, addr).await;
+    let mut splitter = FrameSplitter::new(4 << 20);
+    let hello = Message::Hello {
+        version: 1,
+        role: Role::Clinic,
+        node: d.signer("rogue").node_id(),
+        frame_max: 1 << 20,
+        subscriptions: vec![Subscription {
+            namespace: Namespace::Clinic(d.signer("good").node_id()),
+            cursor: 0,
+        }],
+        prefetch: vec![],
+    };
+    send.write_all(&hello.to_frame()).await.unwrap();
+    match read_message(&mut recv, &mut splitter).await {
+        Some(Message::Welcome { granted, refused, .. }) => {
+            assert!(granted.is_empty());
+            assert_eq!(refused[0].1, shikaku_protocol::wire::RefusalReason::OtherClinic);
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    let insurer_event =
+        d.events.iter().find(|e| e.event().namespace == Namespace::Insurer(insurer)).unwrap();
+    let mut forged = shikaku_protocol::wire::event_to_wire(
+        insurer_event.schema_version(),
+        insurer_event.canonical_bytes(),
+        &insurer_event.signature(),
+    );
+    let events = Message::Events { events: vec![forged.clone()] };
+    send.write_all(&events.to_frame()).await.unwrap();
+    let n = forged.len();
+    forged[n - 1] ^= 0x40; // a bad signature
+    send.write_all(&Message::Events { events: vec![forged] }.to_frame()).await.unwrap();
+    let mut refusals = Vec::new();
+    while refusals.len() < 2 {
+        match read_message(&mut recv, &mut splitter).await {
+            Some(Message::Ack { refused, .. }) => {
+                refusals.extend(refused.into_iter().map(|r| r.reason))
+            }
+            Some(_) => {}
+            None => panic!("no Ack"),
+        }
+    }
+    use shikaku_protocol::wire::RefusalReason as R;
+    assert_eq!(refusals, vec![R::NotWritable, R::Invalid]);
+    // Now an oversized frame: the session gets a typed error and the stream ends.
+    send.write_all(&(8u32 << 20).to_le_bytes()).await.unwrap();
+    let mut saw_error = None;
+    while let Some(m) = read_message(&mut recv, &mut splitter).await {
+        if let Message::Error { code, message } = m {
+            saw_error = Some((code, message));
+            break;
+        }
+    }
+    let (code, message) = saw_error.expect("an Error frame");
+    assert_eq!(code, shikaku_protocol::wire::ErrorCode::TooLarge.code());
+    assert!(message.contains("exceeds the limit"), "{message}");
+    conn.close(0u32.into(), b"");
+    // Another session with garbage: Malformed.
+    let (_ep2, conn2, mut send2, mut recv2) = raw_session(&rogue_tls, addr).await;
+    send2.write_all(&[3, 0, 0, 0, 0x55, 1, 2]).await.unwrap();
+    let mut splitter2 = FrameSplitter::new(4 << 20);
+    match read_message(&mut recv2, &mut splitter2).await {
+        Some(Message::Error { code, .. }) => {
+            assert_eq!(code, shikaku_protocol::wire::ErrorCode::Malformed.code())
+        }
+        other => panic!("expected Error, got {other:?}"),
+    }
+    conn2.close(0u32.into(), b"");
+
+    // The good clinic is still served: a new check record reaches the hub.
+    let member = member_of(&d.events, insurer);
+    good.with_node(|n, now| {
+        n.check(now, &CheckQuery::Member(member), Date::from_ymd(2026, 2, 1).unwrap()).unwrap()
+    });
+    let own = Namespace::Clinic(d.signer("good").node_id());
+    wait_for("good clinic's record", || state(&hub, own).0 == 1).await;
+    let counters = hub.with_node(|n, _| n.counters().clone());
+    assert_eq!(counters.refusals.get("other_clinic"), Some(&1));
+    assert_eq!(counters.refusals.get("not_writable"), Some(&1));
+    assert_eq!(counters.refusals.get("invalid"), Some(&1));
+    assert!(hub.log_lines().iter().any(|l| l.contains("refused (not_writable)")));
+
+    // A hub certificate presented by a client is refused before any session.
+    let imposter_tls = d.issue(Role::Hub, "imposter");
+    let config = tls::client_config(&imposter_tls, shikaku_net::runtime::transport()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(addr, "shikaku-hub").unwrap().await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap();
+    assert!(
+        closed.to_string().contains("wrong role")
+            || matches!(closed, quinn::ConnectionError::ApplicationClosed(_)),
+        "{closed}"
+    );
+    wait_for("connection refusal counted", || {
+        hub.with_node(|n, _| n.counters().refusals.get("connection").copied()) == Some(1)
+    })
+    .await;
+
+    good_service.shutdown().await;
+    service.shutdown().await;
+}
