@@ -13,6 +13,7 @@ pub mod demo;
 pub mod jsonl;
 pub mod ledger;
 pub mod render;
+pub mod serve;
 pub mod store;
 
 use std::ffi::OsString;
@@ -58,6 +59,78 @@ pub enum Command {
     /// Measure performance against baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The deployment's certificate authority (mutual TLS between hub and clinics).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run an insurer's hub.
+    #[command(subcommand)]
+    Hub(HubCommand),
+    /// Run a clinic node.
+    #[command(subcommand)]
+    Clinic(ClinicCommand),
+}
+
+/// `shikaku ca …`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a CA (key and self-signed certificate) in --ca-dir. Refuses to overwrite one.
+    Init {
+        /// Where the CA's files go.
+        #[arg(long, default_value = "shikaku-ca")]
+        ca_dir: PathBuf,
+    },
+    /// Issue a certificate for the node in --data-dir (creating its node key if needed); the
+    /// certificate binds its role, name and signing key. Files go to <data-dir>/tls/.
+    Issue {
+        /// The CA's folder.
+        #[arg(long, default_value = "shikaku-ca")]
+        ca_dir: PathBuf,
+        /// clinic or hub.
+        #[arg(long, value_parser = ["clinic", "hub"])]
+        role: String,
+        /// Node name: 1-63 characters of a-z, 0-9 and '-'.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `shikaku hub …`.
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// Serve clinics over QUIC until Ctrl-C: the insurers given and every insurer the ledger
+    /// holds; each clinic reads only its own namespace and served insurers, writes only its own.
+    Serve {
+        /// Address to listen on (UDP).
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: std::net::SocketAddr,
+        /// An insurer number to serve (repeatable).
+        #[arg(long = "insurer")]
+        insurers: Vec<String>,
+    },
+}
+
+/// `shikaku clinic …`.
+#[derive(Debug, Subcommand)]
+pub enum ClinicCommand {
+    /// Sync with the hub in the background (reconnecting with backoff) and answer checks from
+    /// the local ledger on the check API until Ctrl-C.
+    Serve {
+        /// The hub's address.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        hub: std::net::SocketAddr,
+        /// An insurer number to replicate (repeatable; at least one).
+        #[arg(long = "insurer")]
+        insurers: Vec<String>,
+        /// Address of the local check API (HTTP).
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        api: std::net::SocketAddr,
+    },
+}
+
+fn parse_insurers(list: &[String]) -> Result<Vec<shikaku_core::InsurerNumber>> {
+    list.iter()
+        .map(|s| s.parse::<shikaku_core::InsurerNumber>().with_context(|| format!("--insurer {s}")))
+        .collect()
 }
 
 /// Arguments of `shikaku gen`.
@@ -133,6 +206,10 @@ pub struct CheckArgs {
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Ask a running clinic node (its check API, e.g. http://127.0.0.1:7401) instead of
+    /// reading the ledger: the answer then carries the node's freshness and is recorded.
+    #[arg(long)]
+    pub node: Option<String>,
 }
 
 /// Runs the command line with `args` (including the program name), writing to `out` and
@@ -189,7 +266,27 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         Command::Ledger(LedgerCommand::Export { out: path }) => {
             export(&cli.data_dir, path.as_deref(), out).map(|()| 0)
         }
-        Command::Check(args) => check(&cli.data_dir, &args, out).map(|()| 0),
+        Command::Check(args) => match &args.node {
+            Some(url) => serve::check_remote(url, &args, out).map(|()| 0),
+            None => check(&cli.data_dir, &args, out).map(|()| 0),
+        },
+        Command::Ca(CaCommand::Init { ca_dir }) => {
+            let cert = shikaku_net::tls::ca_init(&ca_dir)?;
+            writeln!(out, "created a CA in {} ({})", ca_dir.display(), cert.display())?;
+            Ok(0)
+        }
+        Command::Ca(CaCommand::Issue { ca_dir, role, name }) => {
+            let role =
+                if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
+            serve::ca_issue(&ca_dir, &cli.data_dir, role, &name, out).map(|()| 0)
+        }
+        Command::Hub(HubCommand::Serve { listen, insurers }) => {
+            serve::hub_serve(&cli.data_dir, listen, &parse_insurers(&insurers)?, out).map(|()| 0)
+        }
+        Command::Clinic(ClinicCommand::Serve { hub, insurers, api }) => {
+            serve::clinic_serve(&cli.data_dir, hub, &parse_insurers(&insurers)?, api, out)
+                .map(|()| 0)
+        }
         Command::Bench(command) => bench::run(&command, out).map(|()| 0),
     }
 }

@@ -5,8 +5,9 @@ static ALLOCATOR: shikaku_cli::alloc_counter::CountingAllocator =
     shikaku_cli::alloc_counter::CountingAllocator;
 
 fn main() {
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    let code = shikaku_cli::run(std::env::args_os(), &mut stdout.lock(), &mut stderr.lock());
+    // Unlocked handles: the running services' tasks log to standard error from other threads,
+    // so the main thread must not hold its lock for the process's lifetime.
+    let code =
+        shikaku_cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
     std::process::exit(code);
 }

@@ -25,7 +25,9 @@ pub struct Store {
     _lock: std::fs::File,
 }
 
-fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
+/// The node's signing identity from `<dir>/node.key`, created from the OS's randomness when
+/// missing and `create` is set.
+pub fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
     let path = dir.join(NODE_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -56,6 +58,21 @@ fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
     }
 }
 
+/// Takes the data directory's single-writer lock (released when the file is dropped).
+pub fn take_lock(dir: &Path) -> Result<std::fs::File> {
+    let lock_path = dir.join("LOCK");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!("the ledger in {} is in use by another shikaku process", dir.display());
+    }
+    Ok(lock)
+}
+
 impl Store {
     /// Opens the ledger in `dir`, creating the node identity and log when `create` is set.
     /// Returns `None` when there is no ledger and `create` is false.
@@ -64,16 +81,7 @@ impl Store {
             bail!("data directory {} exists and is not a directory", dir.display());
         }
         let Some(identity) = node_identity(dir, create)? else { return Ok(None) };
-        let lock_path = dir.join("LOCK");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            bail!("the ledger in {} is in use by another shikaku process", dir.display());
-        }
+        let lock = take_lock(dir)?;
         let files = FileDirectory::new(dir.join("log"))
             .with_context(|| format!("opening {}", dir.join("log").display()))?;
         let log = Log::open(files, LogConfig::new(identity.node_id()))

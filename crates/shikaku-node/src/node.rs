@@ -433,6 +433,15 @@ impl<D: Directory> Node<D> {
         self.log(Level::Warn, format!("refused ({}): {message}", reason.label()));
     }
 
+    /// Hub: also serves every insurer whose namespace the ledger already holds.
+    pub fn serve_held_insurers(&mut self) {
+        for ns in self.ns.keys() {
+            if let Namespace::Insurer(insurer) = ns {
+                self.config.insurers.insert(*insurer);
+            }
+        }
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.signer.node_id()

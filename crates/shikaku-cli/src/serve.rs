@@ -1,0 +1,243 @@
+//! Running nodes from the command line: `shikaku ca init|issue`, `shikaku hub serve`,
+//! `shikaku clinic serve` (with its local check API), and `shikaku check --node URL`.
+//!
+//! The clinic's local API (loopback by default) is plain HTTP/1.1 JSON:
+//! `GET /v1/check?member=KEY|card=TOKEN&date=YYYY-MM-DD` answers from the clinic's ledger with
+//! freshness and records the check; `GET /v1/health` reports sync state.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use shikaku_core::{Date, InsurerNumber};
+use shikaku_log::fs::FileDirectory;
+use shikaku_net::runtime::{log_level_from_env, FileNode};
+use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
+use shikaku_node::{Node, NodeConfig, Role};
+
+use crate::render;
+use crate::store::{node_identity, take_lock};
+
+/// Opens the node in `data_dir` (creating its key and ledger if needed), holding its lock.
+pub fn open_node(data_dir: &Path, config: NodeConfig) -> Result<(FileNode, std::fs::File)> {
+    let signer = node_identity(data_dir, true)?
+        .with_context(|| format!("no node key in {}", data_dir.display()))?;
+    let lock = take_lock(data_dir)?;
+    let files = FileDirectory::new(data_dir.join("log"))
+        .with_context(|| format!("opening {}", data_dir.join("log").display()))?;
+    let node = Node::open(files, signer, config)
+        .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+    Ok((node, lock))
+}
+
+/// `shikaku ca issue`: creates the node key if needed and writes `<data-dir>/tls/`.
+pub fn ca_issue(
+    ca_dir: &Path,
+    data_dir: &Path,
+    role: Role,
+    name: &str,
+    out: &mut dyn Write,
+) -> Result<()> {
+    tls::check_name(name)?;
+    let signer = node_identity(data_dir, true)?
+        .with_context(|| format!("no node key in {}", data_dir.display()))?;
+    let tls_dir = data_dir.join(tls::TLS_DIR);
+    tls::ca_issue(ca_dir, role, name, signer.node_id(), &tls_dir)?;
+    writeln!(
+        out,
+        "issued a {} certificate for {name} (node {}) in {}",
+        role.name(),
+        &shikaku_core::hex::encode(&signer.node_id().0)[..16],
+        tls_dir.display()
+    )?;
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `shikaku hub serve`: serves the insurers given plus every insurer in the ledger.
+pub fn hub_serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    insurers: &[InsurerNumber],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let tls_files = tls::load(&data_dir.join(tls::TLS_DIR))?;
+    if tls_files.identity.role != Role::Hub {
+        bail!(
+            "the certificate in {} is for a {}, not a hub",
+            data_dir.join(tls::TLS_DIR).display(),
+            tls_files.identity.role.name()
+        );
+    }
+    let mut config = NodeConfig::new(Role::Hub, &tls_files.identity.name);
+    config.insurers = insurers.iter().copied().collect();
+    let (mut node, _lock) = open_node(data_dir, config)?;
+    node.serve_held_insurers();
+    let served = node.config().insurers.len();
+    let events = node.ledger().len();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let runtime = Runtime::new(node, Clock::wall(), log_level_from_env());
+        let service = HubService::start(runtime, &tls_files, listen)?;
+        writeln!(
+            out,
+            "hub {} listening on {} (QUIC, ALPN shikaku/1): {served} insurers, {events} events",
+            tls_files.identity.name,
+            service.local_addr()?
+        )?;
+        out.flush()?;
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        writeln!(out, "shutting down")?;
+        service.shutdown().await;
+        Ok(())
+    })
+}
+
+/// `shikaku clinic serve`: background sync with the hub and the local check API.
+pub fn clinic_serve(
+    data_dir: &Path,
+    hub: SocketAddr,
+    insurers: &[InsurerNumber],
+    api: SocketAddr,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let tls_files = tls::load(&data_dir.join(tls::TLS_DIR))?;
+    if tls_files.identity.role != Role::Clinic {
+        bail!(
+            "the certificate in {} is for a {}, not a clinic",
+            data_dir.join(tls::TLS_DIR).display(),
+            tls_files.identity.role.name()
+        );
+    }
+    if insurers.is_empty() {
+        bail!("a clinic must subscribe to at least one insurer (--insurer NUMBER)");
+    }
+    let mut config = NodeConfig::new(Role::Clinic, &tls_files.identity.name);
+    config.insurers = insurers.iter().copied().collect();
+    let (node, _lock) = open_node(data_dir, config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let runtime = Runtime::new(node, Clock::wall(), log_level_from_env());
+        let service = ClinicService::start(runtime.clone(), &tls_files, hub)?;
+        let listener = tokio::net::TcpListener::bind(api)
+            .await
+            .with_context(|| format!("binding the check API on {api}"))?;
+        writeln!(
+            out,
+            "clinic {} syncing with hub {hub}; check API on http://{}",
+            tls_files.identity.name,
+            listener.local_addr()?
+        )?;
+        out.flush()?;
+        let app = api_router(runtime.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        writeln!(out, "shutting down")?;
+        server.abort();
+        service.shutdown().await;
+        Ok(())
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CheckParams {
+    card: Option<String>,
+    member: Option<String>,
+    date: Option<String>,
+}
+
+/// The clinic's local API.
+pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use axum::Json;
+
+    async fn check(
+        State(rt): State<Arc<Runtime>>,
+        Query(p): Query<CheckParams>,
+    ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
+        let query = crate::parse_query(p.card.as_deref(), p.member.as_deref()).map_err(bad)?;
+        let date = match p.date.as_deref() {
+            Some(text) => text.parse::<Date>().map_err(|e| bad(e.into()))?,
+            None => Date::from_unix_ms_jst(rt.clock().now_ms()),
+        };
+        let answer = rt
+            .with_node(|n, now| n.check(now, &query, date))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+        let text = render::answer(&answer);
+        Ok(Json(serde_json::json!({ "answer": answer, "text": text })))
+    }
+
+    async fn health(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+        let value = rt.with_node(|n, now| {
+            let f = n.freshness(now);
+            serde_json::json!({
+                "role": n.role().name(),
+                "name": n.config().name,
+                "in_sync": n.in_sync(),
+                "last_hub_sync_ms": f.last_hub_sync_ms,
+                "staleness_s": f.last_hub_sync_ms.map(|t| now.saturating_sub(t) / 1000),
+                "hub_position": f.hub_position,
+                "events": n.ledger().len(),
+                "connections": n.connections(),
+            })
+        });
+        Json(value)
+    }
+
+    axum::Router::new()
+        .route("/v1/check", get(check))
+        .route("/v1/health", get(health))
+        .with_state(runtime)
+}
+
+/// `shikaku check --node URL`: asks a running clinic node.
+pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--node must be an http:// URL, got {url}"))?;
+    let host = rest.trim_end_matches('/');
+    let mut query = String::new();
+    if let Some(card) = &args.card {
+        query.push_str(&format!("card={card}"));
+    }
+    if let Some(member) = &args.member {
+        query.push_str(&format!("member={}", member.replace(':', "%3A")));
+    }
+    if let Some(date) = &args.date {
+        query.push_str(&format!("&date={date}"));
+    }
+    if args.as_of.is_some() {
+        bail!("--as-of is answered from a local ledger only (omit --node)");
+    }
+    let mut stream = std::net::TcpStream::connect(host)
+        .with_context(|| format!("connecting to the node at {host}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(stream, "GET /v1/check?{query} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.take(4 << 20).read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").context("the node sent no HTTP response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("the node answered {status}: {}", body.trim());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(body).context("the node's answer is not JSON")?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&value["answer"])?)?;
+    } else {
+        write!(out, "{}", value["text"].as_str().unwrap_or_default())?;
+    }
+    Ok(())
+}
