@@ -19,4 +19,5 @@ mod reconcile;
 mod reference;
 mod scenarios;
 mod story;
+mod sync_vectors;
 mod vectors;
