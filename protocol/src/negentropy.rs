@@ -146,6 +146,9 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
+    /// The empty set's accumulator.
+    pub const ZERO: Accumulator = Accumulator { sum: [0; 4], count: 0 };
+
     /// Adds one id.
     pub fn add(&mut self, id: &[u8; ID_BYTES]) {
         let mut carry = 0u64;
@@ -158,6 +161,18 @@ impl Accumulator {
             carry = u64::from(c1 | c2);
         }
         self.count += 1;
+    }
+
+    /// Adds everything another accumulator holds (the union of disjoint sets).
+    pub fn merge(&mut self, other: &Accumulator) {
+        let mut carry = 0u64;
+        for (lane, add) in self.sum.iter_mut().zip(other.sum) {
+            let (a, c1) = lane.overflowing_add(add);
+            let (b, c2) = a.overflowing_add(carry);
+            *lane = b;
+            carry = u64::from(c1 | c2);
+        }
+        self.count += other.count;
     }
 
     /// Items added.

@@ -117,31 +117,34 @@ impl RefusalReason {
     }
 }
 
-/// A namespace asked for in `Hello`, with the clinic's cursor in it.
+/// A namespace asked for in `Hello` (besides the clinic's own, which is implied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscription {
     /// The namespace.
     pub namespace: Namespace,
-    /// Hub log position the clinic has everything up to (from its last receipt); 0 = none.
-    pub cursor: u64,
+    /// A cursor for this namespace alone, when it differs from the session cursor (a new
+    /// subscription: 0; events held without a receipt: `u64::MAX`, "unknown").
+    pub cursor: Option<u64>,
 }
 
-/// The hub's signed statement of what it had sent in one namespace.
+/// The hub's signed statement of what it had sent to a clinic over every namespace of the
+/// session (the clinic's own and those granted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
-    /// The hub that signs.
+    /// The hub that signs (from its certificate; not sent on the wire).
     pub hub: NodeId,
-    /// The clinic it was sent to.
+    /// The clinic it was sent to (from its certificate; not sent on the wire).
     pub clinic: NodeId,
-    /// The namespace.
-    pub namespace: Namespace,
-    /// Hub log position: every event of the namespace at or below it has been sent.
+    /// [`scope_digest`] of the namespaces covered.
+    pub scope: [u8; 16],
+    /// Hub log position: every event of those namespaces at or below it has been sent (or was
+    /// already held by the clinic, by its cursor).
     pub position: u64,
-    /// Events of the namespace at or below `position`.
+    /// Events of those namespaces at or below `position`.
     pub count: u64,
     /// Negentropy fingerprint of those events' `(hlc, id)` items.
     pub fingerprint: [u8; 16],
-    /// Whether `position` was the hub's head for the namespace when signed (the clinic then
+    /// Whether `position` covered everything the hub held in them when signed (the clinic then
     /// compares its whole set with `count` and `fingerprint`).
     pub complete: bool,
     /// Hub physical time when signed, Unix ms.
@@ -151,19 +154,19 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The bytes the signature covers: `"shikaku/receipt/v1"` ‖ the receipt's encoding without
-    /// the signature.
+    /// The bytes the signature covers: `"shikaku/receipt/v1"` ‖ hub ‖ clinic ‖ the wire fields
+    /// before the signature.
     pub fn signed_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RECEIPT_CONTEXT.len() + 128);
         out.extend_from_slice(RECEIPT_CONTEXT);
+        out.extend_from_slice(&self.hub.0);
+        out.extend_from_slice(&self.clinic.0);
         self.encode_unsigned(&mut out);
         out
     }
 
     fn encode_unsigned(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.hub.0);
-        out.extend_from_slice(&self.clinic.0);
-        put_namespace(out, &self.namespace);
+        out.extend_from_slice(&self.scope);
         out.extend_from_slice(&self.position.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.fingerprint);
@@ -171,18 +174,19 @@ impl Receipt {
         out.extend_from_slice(&self.issued_ms.to_le_bytes());
     }
 
-    /// Encodes the receipt alone (as kept in a clinic's receipt file).
+    /// Encodes the wire fields (everything but `hub` and `clinic`).
     pub fn encode(&self, out: &mut Vec<u8>) {
         self.encode_unsigned(out);
         out.extend_from_slice(&self.signature.0);
     }
 
-    /// Decodes one receipt from the front of `reader`.
+    /// Decodes the wire fields; `hub` and `clinic` are left zero for the receiver to fill in
+    /// from the certificates before verifying.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Receipt, WireError> {
         Ok(Receipt {
-            hub: NodeId(reader.array("receipt hub")?),
-            clinic: NodeId(reader.array("receipt clinic")?),
-            namespace: reader.namespace()?,
+            hub: NodeId([0; 32]),
+            clinic: NodeId([0; 32]),
+            scope: reader.array("receipt scope")?,
             position: reader.u64("receipt position")?,
             count: reader.u64("receipt count")?,
             fingerprint: reader.array("receipt fingerprint")?,
@@ -191,6 +195,21 @@ impl Receipt {
             signature: Signature(reader.array("receipt signature")?),
         })
     }
+}
+
+/// The digest naming a set of namespaces in a receipt: the first 16 bytes of blake3 over their
+/// encodings, sorted and de-duplicated.
+pub fn scope_digest(namespaces: &[Namespace]) -> [u8; 16] {
+    let mut sorted = namespaces.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut bytes = Vec::with_capacity(sorted.len() * 33);
+    for ns in &sorted {
+        put_namespace(&mut bytes, ns);
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+    out
 }
 
 /// One refused event in an `Ack`.
@@ -265,7 +284,10 @@ pub enum Message {
         node: NodeId,
         /// Largest frame body the sender accepts.
         frame_max: u32,
-        /// Namespaces asked for, with cursors.
+        /// Session cursor: hub log position up to which the clinic holds every event of its
+        /// namespaces (from its last receipt); 0 = none.
+        cursor: u64,
+        /// Namespaces asked for besides the clinic's own.
         subscriptions: Vec<Subscription>,
         /// Members of insurers not subscribed whose events the clinic wants (appointments).
         prefetch: Vec<String>,
@@ -274,14 +296,10 @@ pub enum Message {
     Welcome {
         /// Protocol version the hub speaks.
         version: u16,
-        /// The hub's node id (its receipt key).
-        node: NodeId,
         /// Largest frame body the hub accepts.
         frame_max: u32,
-        /// Namespaces granted.
-        granted: Vec<Namespace>,
-        /// Namespaces refused, and why.
-        refused: Vec<(Namespace, RefusalReason)>,
+        /// One verdict per subscription of the `Hello`, in order: `None` granted, else why not.
+        verdicts: Vec<Option<RefusalReason>>,
         /// Highest origin sequence of the clinic's own events that the hub holds (0 = none).
         own_seq: u64,
     },
@@ -366,33 +384,34 @@ impl Message {
     pub fn to_frame(&self) -> Vec<u8> {
         let mut out = vec![0, 0, 0, 0, self.type_code()];
         match self {
-            Message::Hello { version, role, node, frame_max, subscriptions, prefetch } => {
+            Message::Hello { version, role, node, frame_max, cursor, subscriptions, prefetch } => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.push(role.code());
                 out.extend_from_slice(&node.0);
                 out.extend_from_slice(&frame_max.to_le_bytes());
+                out.extend_from_slice(&cursor.to_le_bytes());
                 put_count(&mut out, subscriptions.len());
                 for s in subscriptions {
                     put_namespace(&mut out, &s.namespace);
-                    out.extend_from_slice(&s.cursor.to_le_bytes());
+                    match s.cursor {
+                        None => out.push(0),
+                        Some(c) => {
+                            out.push(1);
+                            out.extend_from_slice(&c.to_le_bytes());
+                        }
+                    }
                 }
                 put_count(&mut out, prefetch.len());
                 for key in prefetch {
                     put_text(&mut out, key);
                 }
             }
-            Message::Welcome { version, node, frame_max, granted, refused, own_seq } => {
+            Message::Welcome { version, frame_max, verdicts, own_seq } => {
                 out.extend_from_slice(&version.to_le_bytes());
-                out.extend_from_slice(&node.0);
                 out.extend_from_slice(&frame_max.to_le_bytes());
-                put_count(&mut out, granted.len());
-                for ns in granted {
-                    put_namespace(&mut out, ns);
-                }
-                put_count(&mut out, refused.len());
-                for (ns, reason) in refused {
-                    put_namespace(&mut out, ns);
-                    out.push(reason.code());
+                put_count(&mut out, verdicts.len());
+                for verdict in verdicts {
+                    out.push(verdict.map_or(0, RefusalReason::code));
                 }
                 out.extend_from_slice(&own_seq.to_le_bytes());
             }
@@ -445,35 +464,37 @@ impl Message {
                 let role = Role::from_code(r.u8("role")?)?;
                 let node = NodeId(r.array("node id")?);
                 let frame_max = r.u32("frame limit")?;
+                let cursor = r.u64("cursor")?;
                 let n = r.count("subscriptions", NAMESPACES_MAX)?;
                 let mut subscriptions = Vec::with_capacity(n);
                 for _ in 0..n {
-                    subscriptions
-                        .push(Subscription { namespace: r.namespace()?, cursor: r.u64("cursor")? });
+                    let namespace = r.namespace()?;
+                    let cursor = match r.bool("subscription cursor flag")? {
+                        false => None,
+                        true => Some(r.u64("subscription cursor")?),
+                    };
+                    subscriptions.push(Subscription { namespace, cursor });
                 }
                 let n = r.count("prefetch members", PREFETCH_MAX)?;
                 let mut prefetch = Vec::with_capacity(n);
                 for _ in 0..n {
                     prefetch.push(r.text("prefetch member")?);
                 }
-                Message::Hello { version, role, node, frame_max, subscriptions, prefetch }
+                Message::Hello { version, role, node, frame_max, cursor, subscriptions, prefetch }
             }
             0x02 => {
                 let version = r.u16("version")?;
-                let node = NodeId(r.array("node id")?);
                 let frame_max = r.u32("frame limit")?;
-                let n = r.count("granted namespaces", NAMESPACES_MAX)?;
-                let mut granted = Vec::with_capacity(n);
+                let n = r.count("verdicts", NAMESPACES_MAX)?;
+                let mut verdicts = Vec::with_capacity(n);
                 for _ in 0..n {
-                    granted.push(r.namespace()?);
-                }
-                let n = r.count("refused namespaces", NAMESPACES_MAX)?;
-                let mut refused = Vec::with_capacity(n);
-                for _ in 0..n {
-                    refused.push((r.namespace()?, RefusalReason::from_code(r.u8("reason")?)?));
+                    verdicts.push(match r.u8("verdict")? {
+                        0 => None,
+                        code => Some(RefusalReason::from_code(code)?),
+                    });
                 }
                 let own_seq = r.u64("own sequence")?;
-                Message::Welcome { version, node, frame_max, granted, refused, own_seq }
+                Message::Welcome { version, frame_max, verdicts, own_seq }
             }
             0x03 => {
                 let n = r.count("events", EVENTS_PER_FRAME_MAX)?;

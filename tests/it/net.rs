@@ -138,8 +138,12 @@ async fn clinic_syncs_keeps_answering_offline_and_converges_after_the_hub_return
     .await;
     assert_eq!(state(&clinic, ns), state(&hub, ns));
     assert_eq!(state(&hub, own).0, 4, "all four check records reached the hub");
-    let receipts = clinic.with_node(|n, _| n.receipts().len());
-    assert_eq!(receipts, 2, "a signed receipt kept per namespace");
+    let covered = clinic.with_node(|n, _| n.receipt().map(|(r, ns)| (r.complete, ns.len())));
+    assert_eq!(
+        covered,
+        Some((true, 2)),
+        "a signed complete receipt covering both namespaces is kept"
+    );
 
     clinic_service.shutdown().await;
     service.shutdown().await;
@@ -275,17 +279,17 @@ async fn refusals_and_bad_frames_close_only_their_session() {
         role: Role::Clinic,
         node: d.signer("rogue").node_id(),
         frame_max: 1 << 20,
+        cursor: 0,
         subscriptions: vec![Subscription {
             namespace: Namespace::Clinic(d.signer("good").node_id()),
-            cursor: 0,
+            cursor: None,
         }],
         prefetch: vec![],
     };
     send.write_all(&hello.to_frame()).await.unwrap();
     match read_message(&mut recv, &mut splitter).await {
-        Some(Message::Welcome { granted, refused, .. }) => {
-            assert!(granted.is_empty());
-            assert_eq!(refused[0].1, shikaku_protocol::wire::RefusalReason::OtherClinic);
+        Some(Message::Welcome { verdicts, .. }) => {
+            assert_eq!(verdicts, vec![Some(shikaku_protocol::wire::RefusalReason::OtherClinic)]);
         }
         other => panic!("expected Welcome, got {other:?}"),
     }

@@ -293,9 +293,10 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
         role: Role::Clinic,
         node: w.clinic_signers[0].node_id(),
         frame_max: 1 << 20,
+        cursor: 0,
         subscriptions: vec![shikaku_protocol::wire::Subscription {
             namespace: Namespace::Clinic(w.clinic_signers[1].node_id()),
-            cursor: 0,
+            cursor: None,
         }],
         prefetch: vec![],
     };
@@ -313,9 +314,8 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
     assert_eq!(w.hub.counters().refusals.get("other_clinic"), Some(&1));
     let welcome = w.hub.poll_transmit(w.now_ms, conn2).unwrap();
     match prepare(&welcome[4..], w.now_ms) {
-        Inbound::Message(Message::Welcome { granted, refused, .. }) => {
-            assert!(granted.is_empty());
-            assert_eq!(refused.len(), 1);
+        Inbound::Message(Message::Welcome { verdicts, .. }) => {
+            assert_eq!(verdicts, vec![Some(shikaku_protocol::wire::RefusalReason::OtherClinic)]);
         }
         other => panic!("expected Welcome, got {other:?}"),
     }
@@ -347,4 +347,29 @@ fn malformed_frames_close_only_that_session() {
     w.check(1, (2026, 1, 5)).unwrap();
     w.run();
     w.assert_converged(1);
+}
+
+#[test]
+fn damaged_ledger_range_is_refetched_from_the_hub_and_verified() {
+    let mut w = World::new(200, 1);
+    w.connect(0);
+    w.run();
+    w.clinics[0].persist_receipts().unwrap();
+    let ns = Namespace::Insurer(w.insurers[0]);
+    let before = w.clinics[0].namespace_state(&ns);
+    // Bit rot in the middle of the clinic's first segment.
+    let disk = w.clinic_disks[0].clone();
+    disk.flip_bit("segment-0000000000.shk", 40_000, 3);
+    w.reopen_clinic(0, disk);
+    assert!(!w.clinics[0].ledger().recovery().damaged.is_empty(), "the damage is found on open");
+    assert!(
+        w.clinics[0].namespace_state(&ns).count() < before.count(),
+        "damaged events are not served"
+    );
+    w.connect(0);
+    w.run();
+    w.assert_converged(0);
+    assert_eq!(w.clinics[0].namespace_state(&ns), before);
+    assert!(w.clinics[0].counters().repaired_events >= 1);
+    assert!(w.clinics[0].in_sync());
 }

@@ -36,6 +36,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         frame_bytes: usize,
     },
+    /// Clinic ↔ hub sync over real QUIC on loopback (mutual TLS, ledgers on disk): in sync,
+    /// one new event, a week offline (newest events missing), a restore missing random events,
+    /// a fresh clinic's initial sync — each beside the `negentropy` crate reconciling the same
+    /// sets and a send-everything baseline — then concurrent clinic connections on one hub.
+    Sync {
+        /// Directory for the benchmark's ledgers (removed afterwards).
+        #[arg(long, default_value = "shikaku-bench-tmp")]
+        dir: std::path::PathBuf,
+        /// Events the hub holds.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Newest events missing at the clinic that was a week offline.
+        #[arg(long, default_value_t = 100_000)]
+        week: usize,
+        /// Random events missing at the restored clinic.
+        #[arg(long, default_value_t = 10_000)]
+        random: usize,
+        /// Concurrent clinic connections for the capacity test (0 to skip).
+        #[arg(long, default_value_t = 1000)]
+        clinics: usize,
+    },
     /// Opening a large ledger: with the index checkpoint and projection snapshot against a
     /// full scan and fold of the same ledger, in the same run.
     Open {
@@ -80,6 +101,9 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
         BenchCommand::Open { dir, events } => crate::bench_log::open(dir, *events, out),
         BenchCommand::Reconcile { items, frame_bytes } => {
             crate::bench_reconcile::run(*items, *frame_bytes, out)
+        }
+        BenchCommand::Sync { dir, events, week, random, clinics } => {
+            crate::bench_sync::run(dir, *events, *week, *random, *clinics, out)
         }
         BenchCommand::Log { dir, events, scan_events } => {
             crate::bench_log::run(dir, *events, *scan_events, out)

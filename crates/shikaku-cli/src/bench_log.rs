@@ -14,7 +14,8 @@ use crate::clock::Stopwatch;
 
 const BATCHES: [usize; 4] = [1, 64, 512, 4096];
 
-fn events_for(count: usize) -> Result<Vec<SignedEvent>> {
+/// `count` generated signed events (about three per member), in record-time order.
+pub(crate) fn events_for(count: usize) -> Result<Vec<SignedEvent>> {
     // About 3 events per member: generate enough members, keep the first `count` events.
     let members = (count / 3 + 10).min(2_000_000);
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, 99))?;
@@ -23,7 +24,8 @@ fn events_for(count: usize) -> Result<Vec<SignedEvent>> {
     Ok(events)
 }
 
-fn fresh_dir(root: &Path, name: &str) -> Result<std::path::PathBuf> {
+/// An empty directory `root/name`.
+pub(crate) fn fresh_dir(root: &Path, name: &str) -> Result<std::path::PathBuf> {
     let dir = root.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

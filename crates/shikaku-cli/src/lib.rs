@@ -8,6 +8,7 @@ pub mod alloc_counter;
 pub mod bench;
 pub mod bench_log;
 pub mod bench_reconcile;
+pub mod bench_sync;
 pub mod clock;
 pub mod demo;
 pub mod jsonl;

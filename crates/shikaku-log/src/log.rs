@@ -308,6 +308,10 @@ pub struct Log<D: Directory> {
     opening: bool,
     /// `(hlc, seq)` kept sorted: events arrive almost in hlc order, so this is a push.
     by_hlc: Vec<(Hlc, u64)>,
+    /// Entries that arrived out of hlc order (a clinic receives namespace after namespace),
+    /// merged into `by_hlc` when they reach an eighth of it: amortised O(1) per event instead
+    /// of an O(n) insert each.
+    by_hlc_tail: Vec<(Hlc, u64)>,
     record_bytes: u64,
     recovery: Recovery,
     /// Events indexed since the last checkpoint was written or loaded.
@@ -339,6 +343,7 @@ impl<D: Directory> Log<D> {
             stream_tail: HashMap::new(),
             opening: true,
             by_hlc: Vec::new(),
+            by_hlc_tail: Vec::new(),
             record_bytes: 0,
             recovery: Recovery::default(),
             uncheckpointed: 0,
@@ -745,12 +750,34 @@ impl<D: Directory> Log<D> {
         } else {
             self.stream_tail.entry(tag).or_default().push(seq);
         }
-        if self.by_hlc.last().is_none_or(|last| *last <= (hlc, seq)) {
+        if self.by_hlc_tail.is_empty() && self.by_hlc.last().is_none_or(|last| *last <= (hlc, seq))
+        {
             self.by_hlc.push((hlc, seq));
         } else {
-            let at = self.by_hlc.partition_point(|entry| *entry < (hlc, seq));
-            self.by_hlc.insert(at, (hlc, seq));
+            self.by_hlc_tail.push((hlc, seq));
+            if self.by_hlc_tail.len() > (self.by_hlc.len() / 8).max(4096) {
+                self.merge_hlc_tail();
+            }
         }
+    }
+
+    fn merge_hlc_tail(&mut self) {
+        let mut tail = std::mem::take(&mut self.by_hlc_tail);
+        tail.sort_unstable();
+        let sorted = std::mem::take(&mut self.by_hlc);
+        let mut merged = Vec::with_capacity(sorted.len() + tail.len());
+        let (mut a, mut b) = (sorted.into_iter().peekable(), tail.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x <= y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            merged.extend(next);
+        }
+        self.by_hlc = merged;
     }
 
     /// The node whose log this is.
@@ -1082,7 +1109,14 @@ impl<D: Directory> Log<D> {
     /// Sequence numbers of events whose hlc lies in `[from, to]`, in `(hlc, seq)` order.
     pub fn positions_by_hlc(&self, from: Hlc, to: Hlc) -> Vec<u64> {
         let start = self.by_hlc.partition_point(|entry| *entry < (from, 0));
-        self.by_hlc[start..].iter().take_while(|(hlc, _)| *hlc <= to).map(|(_, seq)| *seq).collect()
+        let mut found: Vec<(Hlc, u64)> =
+            self.by_hlc[start..].iter().take_while(|(hlc, _)| *hlc <= to).copied().collect();
+        let sorted_len = found.len();
+        found.extend(self.by_hlc_tail.iter().filter(|(hlc, _)| *hlc >= from && *hlc <= to));
+        if found.len() > sorted_len {
+            found.sort_unstable();
+        }
+        found.into_iter().map(|(_, seq)| seq).collect()
     }
 
     /// The events of one stream, in log order.
@@ -1148,8 +1182,9 @@ impl<D: Directory> Log<D> {
         for segment in &self.segments {
             file_bytes += segment.file.len().map_err(storage(0))?;
         }
-        let first = self.by_hlc.first().map(|(h, _)| *h);
-        let last = self.by_hlc.last().map(|(h, _)| *h);
+        let ends = self.by_hlc.first().into_iter().chain(self.by_hlc.last());
+        let first = ends.clone().chain(&self.by_hlc_tail).map(|(h, _)| *h).min();
+        let last = ends.chain(&self.by_hlc_tail).map(|(h, _)| *h).max();
         Ok(LogStats {
             segments: self.segments.len(),
             events: self.len(),

@@ -62,8 +62,35 @@ struct ConnEntry {
     closing: Option<(ErrorCode, String)>,
 }
 
+/// Bytes moved by a runtime's connections.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Session frame bytes written.
+    pub frame_bytes_sent: AtomicU64,
+    /// Session stream bytes read.
+    pub frame_bytes_received: AtomicU64,
+    /// UDP payload bytes sent (QUIC and TLS overhead included), added when a connection ends.
+    pub udp_bytes_sent: AtomicU64,
+    /// UDP payload bytes received, added when a connection ends.
+    pub udp_bytes_received: AtomicU64,
+}
+
+impl NetStats {
+    /// (frame bytes sent, received, UDP bytes sent, received).
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.frame_bytes_sent.load(Ordering::Relaxed),
+            self.frame_bytes_received.load(Ordering::Relaxed),
+            self.udp_bytes_sent.load(Ordering::Relaxed),
+            self.udp_bytes_received.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A node shared by its connections' tasks.
 pub struct Runtime {
+    /// Bytes moved.
+    pub stats: NetStats,
     node: Mutex<FileNode>,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
     next_conn: AtomicU64,
@@ -98,6 +125,7 @@ impl Runtime {
     /// Wraps a node.
     pub fn new(node: FileNode, clock: Arc<Clock>, log_level: Level) -> Arc<Runtime> {
         Arc::new(Runtime {
+            stats: NetStats::default(),
             node: Mutex::new(node),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -219,6 +247,9 @@ impl Runtime {
         let _ = writer.await;
         self.with_node(|n, now| n.handle_disconnected(now, id));
         lock(&self.conns).remove(&id);
+        let quic = conn.stats();
+        self.stats.udp_bytes_sent.fetch_add(quic.udp_tx.bytes, Ordering::Relaxed);
+        self.stats.udp_bytes_received.fetch_add(quic.udp_rx.bytes, Ordering::Relaxed);
         let _ = read_result;
         Ok(())
     }
@@ -256,7 +287,10 @@ impl Runtime {
                 }
             };
             match read {
-                Ok(Some(n)) => splitter.push(&buf[..n]),
+                Ok(Some(n)) => {
+                    self.stats.frame_bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    splitter.push(&buf[..n]);
+                }
                 Ok(None) | Err(_) => break,
             }
             loop {
@@ -328,6 +362,7 @@ async fn write_loop(
                 if send.write_all(&frame).await.is_err() {
                     return;
                 }
+                rt.stats.frame_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
             }
             None => {
                 if let Some((code, reason)) = rt.closing(id) {
@@ -412,8 +447,10 @@ impl HubService {
         self.runtime.stop();
         self.endpoint.close(ErrorCode::Shutdown.code().into(), b"hub shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
-        for t in self.tasks {
-            t.abort();
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+                t.abort();
+            }
         }
         self.runtime.with_node(|n, now| n.handle_tick(now));
     }
@@ -488,8 +525,10 @@ impl ClinicService {
         self.runtime.stop();
         self.endpoint.close(ErrorCode::Shutdown.code().into(), b"clinic shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
-        for t in self.tasks {
-            t.abort();
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+                t.abort();
+            }
         }
         self.runtime.with_node(|n, now| n.handle_tick(now));
     }

@@ -6,7 +6,7 @@ use shikaku_core::{EventId, Hlc};
 use shikaku_protocol::negentropy::{Accumulator, Item};
 
 /// One namespace's events as held by this node.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct NsIndex {
     /// `(log position, item)` in position order.
     by_position: Vec<(u64, Item)>,
@@ -18,7 +18,23 @@ pub struct NsIndex {
     acc: Accumulator,
 }
 
+impl Default for NsIndex {
+    fn default() -> NsIndex {
+        NsIndex::new()
+    }
+}
+
 impl NsIndex {
+    /// An empty index.
+    pub const fn new() -> NsIndex {
+        NsIndex {
+            by_position: Vec::new(),
+            sorted: Vec::new(),
+            pending: Vec::new(),
+            acc: Accumulator::ZERO,
+        }
+    }
+
     /// Records an event stored at `position` (positions only grow).
     pub fn add(&mut self, position: u64, hlc: Hlc, id: EventId) {
         let item = Item { timestamp: hlc.0, id: id.0 };

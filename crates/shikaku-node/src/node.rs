@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub repair_attempts: u32,
     /// Frames queued per connection before the node stops reading from it.
     pub queue_frames_max: usize,
+    /// Clinic: members of insurers it does not subscribe to whose events it wants anyway
+    /// (appointment prefetch).
+    pub prefetch: Vec<shikaku_core::MemberKey>,
 }
 
 impl NodeConfig {
@@ -82,6 +85,7 @@ impl NodeConfig {
             receipt_every: 65_536,
             repair_attempts: 3,
             queue_frames_max: 256,
+            prefetch: Vec::new(),
         }
     }
 }
@@ -221,24 +225,33 @@ pub fn prepare(body: &[u8], now_ms: u64) -> Inbound {
     }
 }
 
-/// A hub's pump of one namespace to one clinic.
+/// A hub's pump of a session's namespaces to one clinic, merged in log-position order so that
+/// any prefix is complete across namespaces up to one position (one cursor, one receipt).
 #[derive(Debug)]
 struct Pump {
-    /// Index into the namespace's position list of the next event to send.
-    next: usize,
-    /// Accumulator of the entries before `next`.
+    /// Per granted namespace: index into its position list of the next entry to walk.
+    next: Vec<usize>,
+    /// Per granted namespace: entries at or below this position were held by the clinic
+    /// already (its cursor) and are walked without being sent.
+    held_up_to: Vec<u64>,
+    /// Accumulator of every entry walked (all granted namespaces' events at or below
+    /// `position`).
     acc: Accumulator,
-    /// Events sent since the last receipt.
+    /// The position walked up to.
+    position: u64,
+    /// Events walked since the last receipt.
     since_receipt: u64,
-    /// A receipt is owed (first pass, or events were sent since the last one).
+    /// A receipt is owed (first pass, events walked, or a fetch answered).
     receipt_due: bool,
 }
 
 #[derive(Debug)]
 struct HubSession {
     peer: PeerIdentity,
+    /// The clinic's own namespace first, then the granted subscriptions.
     granted: Vec<Namespace>,
-    pumps: BTreeMap<Namespace, Pump>,
+    scope: [u8; 16],
+    pump: Pump,
     /// Positions stored from this clinic's own frames: not echoed back to it.
     echo_skip: HashSet<u64>,
     /// Prefetched member events still to send (positions).
@@ -254,14 +267,18 @@ struct Repair {
 #[derive(Debug)]
 struct ClinicSession {
     hub: NodeId,
+    /// Own namespace first, then granted subscriptions.
     granted: Vec<Namespace>,
+    scope: [u8; 16],
     /// Next origin sequence of our own events to push.
     push_next: u64,
     /// Highest own origin sequence the hub acknowledged.
     acked: u64,
     repairs: BTreeMap<Namespace, Repair>,
-    /// Complete receipts that matched, by namespace, in this session.
-    in_sync: BTreeSet<Namespace>,
+    /// Whether the last complete receipt matched this clinic's set.
+    in_sync: bool,
+    /// Repair round trips per namespace in this session (Reconcile frames and Fetch waves).
+    rounds: BTreeMap<Namespace, u32>,
 }
 
 #[derive(Debug)]
@@ -283,6 +300,11 @@ struct Conn {
     peer_frame_max: u32,
 }
 
+/// The cursor a clinic sends when it holds events of a namespace but no receipt for it.
+pub const CURSOR_UNKNOWN: u64 = u64::MAX;
+
+static EMPTY_INDEX: NsIndex = NsIndex::new();
+
 /// Name of the clinic's receipt file in its data directory.
 pub const RECEIPTS_FILE: &str = "receipts.shk";
 const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT1";
@@ -299,8 +321,8 @@ pub struct Node<D: Directory> {
     events: VecDeque<Output>,
     dirty: BTreeSet<ConnId>,
     counters: Counters,
-    /// Clinic: latest receipt per namespace (cursor and evidence).
-    receipts: BTreeMap<Namespace, Receipt>,
+    /// Clinic: the latest receipt (cursor and evidence) and the namespaces it covers.
+    receipt: Option<(Receipt, Vec<Namespace>)>,
     receipts_dirty: bool,
     /// Clinic: when it last was in sync with the hub (Unix ms).
     last_sync_ms: Option<u64>,
@@ -339,7 +361,7 @@ impl<D: Directory> Node<D> {
             events: VecDeque::new(),
             dirty: BTreeSet::new(),
             counters: Counters::default(),
-            receipts: BTreeMap::new(),
+            receipt: None,
             receipts_dirty: false,
             last_sync_ms: None,
             own: BTreeMap::new(),
@@ -394,13 +416,9 @@ impl<D: Directory> Node<D> {
                 return;
             }
         };
-        match decode_receipts(&bytes) {
-            Ok(list) => {
-                for r in list {
-                    self.receipts.insert(r.namespace, r);
-                }
-            }
-            Err(e) => self.log(Level::Warn, format!("receipts file invalid, ignored: {e}")),
+        match decode_receipt_file(&bytes) {
+            Ok(kept) => self.receipt = Some(kept),
+            Err(e) => self.log(Level::Warn, format!("receipt file invalid, ignored: {e}")),
         }
     }
 
@@ -409,10 +427,14 @@ impl<D: Directory> Node<D> {
         if !self.receipts_dirty {
             return Ok(());
         }
+        let Some((receipt, namespaces)) = &self.receipt else { return Ok(()) };
         let mut out = RECEIPTS_MAGIC.to_vec();
-        out.extend_from_slice(&(self.receipts.len() as u32).to_le_bytes());
-        for r in self.receipts.values() {
-            r.encode(&mut out);
+        out.extend_from_slice(&receipt.hub.0);
+        out.extend_from_slice(&receipt.clinic.0);
+        receipt.encode(&mut out);
+        out.extend_from_slice(&(namespaces.len() as u32).to_le_bytes());
+        for ns in namespaces {
+            shikaku_protocol::wire::put_namespace(&mut out, ns);
         }
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
@@ -472,9 +494,9 @@ impl<D: Directory> Node<D> {
         &self.counters
     }
 
-    /// Latest receipt per namespace (clinic).
-    pub fn receipts(&self) -> &BTreeMap<Namespace, Receipt> {
-        &self.receipts
+    /// The latest receipt kept (clinic) and the namespaces it covers.
+    pub fn receipt(&self) -> Option<&(Receipt, Vec<Namespace>)> {
+        self.receipt.as_ref()
     }
 
     /// Count and fingerprint of what this node holds in a namespace.
@@ -492,20 +514,26 @@ impl<D: Directory> Node<D> {
         self.conns.len()
     }
 
+    /// Clinic: round trips of the current session — the handshake plus the longest repair
+    /// (namespaces are repaired concurrently); `None` without a session.
+    pub fn session_round_trips(&self) -> Option<u32> {
+        self.conns.values().find_map(|c| match &c.state {
+            SessionState::Clinic(s) => Some(1 + s.rounds.values().copied().max().unwrap_or(0)),
+            _ => None,
+        })
+    }
+
     /// Whether a clinic currently has a session in which every granted namespace's complete
     /// receipt matched.
     pub fn in_sync(&self) -> bool {
-        self.conns.values().any(|c| match &c.state {
-            SessionState::Clinic(s) => s.granted.iter().all(|ns| s.in_sync.contains(ns)),
-            _ => false,
-        })
+        self.conns.values().any(|c| matches!(&c.state, SessionState::Clinic(s) if s.in_sync))
     }
 
     /// The freshness this node can honestly claim at `now_ms`: now while a session is in sync
     /// (live push keeps it current), else when it last was.
     pub fn freshness(&self, now_ms: u64) -> Freshness {
         let last = if self.in_sync() { Some(now_ms) } else { self.last_sync_ms };
-        let hub_position = self.receipts.values().map(|r| r.position).max();
+        let hub_position = self.receipt.as_ref().map(|(r, _)| r.position);
         Freshness { now_ms, last_hub_sync_ms: last, hub_position }
     }
 
@@ -525,6 +553,49 @@ impl<D: Directory> Node<D> {
     }
 
     // ---------------------------------------------------------------- connections
+
+    /// The session cursor (the last receipt's position) and the subscriptions with their own
+    /// cursors where that one does not apply: 0 for a namespace not covered by the receipt
+    /// and holding nothing, [`CURSOR_UNKNOWN`] for one holding events no receipt covers (a
+    /// restored or locally imported ledger) — the hub then only sends a receipt for it and
+    /// the clinic reconciles instead of receiving everything again.
+    fn cursors(&self) -> (u64, Vec<Subscription>) {
+        let own = Namespace::Clinic(self.signer.node_id());
+        let covered: &[Namespace] = self.receipt.as_ref().map_or(&[], |(_, ns)| ns.as_slice());
+        let override_for = |ns: &Namespace| {
+            if covered.contains(ns) {
+                None
+            } else if self.ns.get(ns).is_some_and(|ix| !ix.is_empty()) {
+                Some(CURSOR_UNKNOWN)
+            } else {
+                Some(0)
+            }
+        };
+        let session = match (&self.receipt, override_for(&own)) {
+            (Some((r, _)), None) => r.position,
+            // No receipt for the own namespace: the session cursor is its cursor.
+            (_, Some(c)) => c,
+            (None, None) => 0,
+        };
+        let subscriptions = self
+            .config
+            .insurers
+            .iter()
+            .map(|i| {
+                let namespace = Namespace::Insurer(*i);
+                let cursor = match override_for(&namespace) {
+                    Some(c) if c == session => None,
+                    Some(c) => Some(c),
+                    None if self.receipt.as_ref().is_some_and(|(r, _)| r.position == session) => {
+                        None
+                    }
+                    None => self.receipt.as_ref().map(|(r, _)| r.position),
+                };
+                Subscription { namespace, cursor }
+            })
+            .collect();
+        (session, subscriptions)
+    }
 
     /// The runtime refused a connection before any session (no or wrong certificate
     /// identity, failed TLS handshake): logged and counted.
@@ -549,25 +620,15 @@ impl<D: Directory> Node<D> {
             peer_frame_max: FRAME_BYTES_FLOOR,
         };
         if self.config.role == Role::Clinic {
-            let own = Namespace::Clinic(self.signer.node_id());
-            let mut subscriptions = vec![Subscription {
-                namespace: own,
-                cursor: self.receipts.get(&own).map_or(0, |r| r.position),
-            }];
-            for insurer in &self.config.insurers {
-                let ns = Namespace::Insurer(*insurer);
-                subscriptions.push(Subscription {
-                    namespace: ns,
-                    cursor: self.receipts.get(&ns).map_or(0, |r| r.position),
-                });
-            }
+            let (cursor, subscriptions) = self.cursors();
             let hello = Message::Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Clinic,
                 node: self.signer.node_id(),
                 frame_max: self.config.frame_max,
+                cursor,
                 subscriptions,
-                prefetch: Vec::new(),
+                prefetch: self.config.prefetch.iter().map(ToString::to_string).collect(),
             };
             c.queue.push_back(hello.to_frame());
             self.dirty.insert(conn);
@@ -578,10 +639,10 @@ impl<D: Directory> Node<D> {
 
     /// The connection is gone.
     pub fn handle_disconnected(&mut self, now_ms: u64, conn: ConnId) {
-        let was_in_sync = self.conns.get(&conn).is_some_and(|c| match &c.state {
-            SessionState::Clinic(s) => s.granted.iter().all(|ns| s.in_sync.contains(ns)),
-            _ => false,
-        });
+        let was_in_sync = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| matches!(&c.state, SessionState::Clinic(s) if s.in_sync));
         if was_in_sync {
             self.last_sync_ms = Some(now_ms);
         }
@@ -640,14 +701,29 @@ impl<D: Directory> Node<D> {
         };
         match (&c.state, self.config.role) {
             (SessionState::Handshake, Role::Hub) => match m {
-                Message::Hello { version, role, node, frame_max, subscriptions, prefetch } => {
-                    self.on_hello(conn, version, role, node, frame_max, subscriptions, prefetch)
-                }
+                Message::Hello {
+                    version,
+                    role,
+                    node,
+                    frame_max,
+                    cursor,
+                    subscriptions,
+                    prefetch,
+                } => self.on_hello(
+                    conn,
+                    version,
+                    role,
+                    node,
+                    frame_max,
+                    cursor,
+                    subscriptions,
+                    prefetch,
+                ),
                 other => unexpected(&other, "before Hello"),
             },
             (SessionState::Handshake, Role::Clinic) => match m {
-                Message::Welcome { version, node, frame_max, granted, refused, own_seq } => {
-                    self.on_welcome(conn, version, node, frame_max, granted, refused, own_seq)
+                Message::Welcome { version, frame_max, verdicts, own_seq } => {
+                    self.on_welcome(conn, version, frame_max, verdicts, own_seq)
                 }
                 Message::Error { code, message } => Err((
                     ErrorCode::from_code(code).unwrap_or(ErrorCode::Unexpected),
@@ -698,6 +774,7 @@ impl<D: Directory> Node<D> {
         role: Role,
         node: NodeId,
         frame_max: u32,
+        cursor: u64,
         subscriptions: Vec<Subscription>,
         prefetch: Vec<String>,
     ) -> Result<(), (ErrorCode, String)> {
@@ -728,48 +805,38 @@ impl<D: Directory> Node<D> {
                 format!("frame limit {frame_max} is below the floor of {FRAME_BYTES_FLOOR}"),
             ));
         }
-        let mut granted = Vec::new();
-        let mut refused = Vec::new();
-        let mut pumps = BTreeMap::new();
+        let own = Namespace::Clinic(peer.node);
+        let mut granted = vec![own];
+        let mut cursors = vec![cursor];
+        let mut verdicts = Vec::with_capacity(subscriptions.len());
         for s in subscriptions {
             let verdict = match s.namespace {
-                Namespace::Clinic(clinic) if clinic == peer.node => Ok(()),
-                Namespace::Clinic(_) => Err(RefusalReason::OtherClinic),
-                Namespace::Insurer(insurer) if self.config.insurers.contains(&insurer) => Ok(()),
-                Namespace::Insurer(_) => Err(RefusalReason::NotServed),
+                ns if granted.contains(&ns) => None,
+                Namespace::Clinic(_) => Some(RefusalReason::OtherClinic),
+                Namespace::Insurer(insurer) if self.config.insurers.contains(&insurer) => None,
+                Namespace::Insurer(_) => Some(RefusalReason::NotServed),
             };
             match verdict {
-                Ok(()) => {
-                    if granted.contains(&s.namespace) {
-                        continue;
-                    }
-                    let (next, acc) = self
-                        .ns
-                        .get(&s.namespace)
-                        .map(|ix| ix.after_cursor(s.cursor))
-                        .unwrap_or_default();
-                    pumps.insert(
-                        s.namespace,
-                        Pump { next, acc, since_receipt: 0, receipt_due: true },
-                    );
+                None if !granted.contains(&s.namespace) => {
                     granted.push(s.namespace);
+                    cursors.push(s.cursor.unwrap_or(cursor));
                 }
-                Err(reason) => {
+                None => {}
+                Some(reason) => {
                     self.refuse(
                         reason,
                         format!("clinic {} asked to read {}", peer.name, ns_label(&s.namespace)),
                     );
-                    refused.push((s.namespace, reason));
                 }
             }
+            verdicts.push(verdict);
         }
+        let pump = self.start_pump(&granted, &cursors);
         let mut prefetch_positions = VecDeque::new();
         for key in prefetch {
             let Ok(member) = key.parse::<shikaku_core::MemberKey>() else { continue };
-            if !self.config.insurers.contains(&member.insurer) {
-                continue;
-            }
-            if granted.contains(&Namespace::Insurer(member.insurer)) {
+            let ns = Namespace::Insurer(member.insurer);
+            if !self.config.insurers.contains(&member.insurer) || granted.contains(&ns) {
                 continue;
             }
             if let Ok(events) = self.log.read_stream(&format!("member:{member}")) {
@@ -783,16 +850,14 @@ impl<D: Directory> Node<D> {
         let own_seq = self.clinic_seq.get(&peer.node).copied().unwrap_or(0);
         let welcome = Message::Welcome {
             version: PROTOCOL_VERSION,
-            node: self.signer.node_id(),
             frame_max: self.config.frame_max,
-            granted: granted.clone(),
-            refused,
+            verdicts,
             own_seq,
         };
         self.log(
             Level::Info,
             format!(
-                "connection {conn}: session with clinic {} ({} namespaces granted)",
+                "connection {conn}: session with clinic {} ({} namespaces)",
                 peer.name,
                 granted.len()
             ),
@@ -800,15 +865,41 @@ impl<D: Directory> Node<D> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer_frame_max = frame_max.min(FRAME_BYTES_MAX);
             c.queue.push_back(welcome.to_frame());
+            let scope = shikaku_protocol::wire::scope_digest(&granted);
             c.state = SessionState::Hub(Box::new(HubSession {
                 peer,
                 granted,
-                pumps,
+                scope,
+                pump,
                 echo_skip: HashSet::new(),
                 prefetch: prefetch_positions,
             }));
         }
         Ok(())
+    }
+
+    /// A pump over `granted` namespaces, each held by the clinic up to its cursor: it starts
+    /// at the lowest cursor (the entries below are accounted for without being walked).
+    fn start_pump(&self, granted: &[Namespace], cursors: &[u64]) -> Pump {
+        let start = cursors.iter().copied().min().unwrap_or(0);
+        let mut next = Vec::with_capacity(granted.len());
+        let mut acc = Accumulator::default();
+        for ns in granted {
+            let (index, prefix) =
+                self.ns.get(ns).map(|ix| ix.after_cursor(start)).unwrap_or_default();
+            next.push(index);
+            acc.merge(&prefix);
+        }
+        let position =
+            if start == CURSOR_UNKNOWN { self.log.head().saturating_sub(1) } else { start };
+        Pump {
+            next,
+            held_up_to: cursors.to_vec(),
+            acc,
+            position,
+            since_receipt: 0,
+            receipt_due: true,
+        }
     }
 
     fn hub_session(&self, conn: ConnId) -> Option<&HubSession> {
@@ -884,18 +975,17 @@ impl<D: Directory> Node<D> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.queue.extend(frames);
             if let SessionState::Hub(s) = &mut c.state {
-                if let Some(p) = s.pumps.get_mut(&ns) {
-                    p.receipt_due = true;
-                }
+                s.pump.receipt_due = true;
             }
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn sign_receipt(
         &self,
         clinic: NodeId,
-        ns: Namespace,
+        scope: [u8; 16],
         position: u64,
         acc: &Accumulator,
         complete: bool,
@@ -904,7 +994,7 @@ impl<D: Directory> Node<D> {
         let mut r = Receipt {
             hub: self.signer.node_id(),
             clinic,
-            namespace: ns,
+            scope,
             position,
             count: acc.count(),
             fingerprint: acc.fingerprint(),
@@ -916,12 +1006,13 @@ impl<D: Directory> Node<D> {
         r
     }
 
-    /// Hub: the next frame a pump owes `conn`, if any.
+    /// Hub: the next frame the pump owes `conn`, if any — events of the granted namespaces in
+    /// log-position order, a receipt every `receipt_every` events, and a complete receipt when
+    /// everything held has been walked.
     fn pump_hub(&mut self, now_ms: u64, conn: ConnId) -> Option<Vec<u8>> {
         let peer_max = self.conns.get(&conn)?.peer_frame_max as usize;
         let batch_max = self.config.batch_events.clamp(1, EVENTS_PER_FRAME_MAX);
         let receipt_every = self.config.receipt_every.max(1);
-        // Prefetched members first (small).
         let SessionState::Hub(s) = &mut self.conns.get_mut(&conn)?.state else { return None };
         if !s.prefetch.is_empty() {
             let mut events = Vec::new();
@@ -940,59 +1031,65 @@ impl<D: Directory> Node<D> {
             self.counters.events_sent += events.len() as u64;
             return Some(Message::Events { events }.to_frame());
         }
-        let namespaces: Vec<Namespace> = s.pumps.keys().copied().collect();
-        for ns in namespaces {
-            let index = self.ns.entry(ns).or_default();
-            let entries = index.by_position();
-            let SessionState::Hub(s) = &mut self.conns.get_mut(&conn)?.state else { return None };
-            let clinic = s.peer.node;
-            let pump = s.pumps.get_mut(&ns)?;
-            if pump.next < entries.len() {
-                let mut events = Vec::new();
-                let mut bytes = 16usize;
-                let mut last_position = 0;
-                while pump.next < entries.len()
-                    && events.len() < batch_max
-                    && pump.since_receipt < receipt_every
-                {
-                    let (position, item) = entries[pump.next];
-                    if !s.echo_skip.remove(&position) {
-                        let Ok(e) = self.log.read(position) else {
-                            // Damaged here: skip it; the clinic's fingerprint check will notice.
-                            pump.next += 1;
-                            pump.acc.add(&item.id);
-                            continue;
-                        };
-                        let wire =
-                            event_to_wire(e.schema_version(), e.canonical_bytes(), &e.signature());
-                        if bytes + wire.len() + 4 > peer_max && !events.is_empty() {
-                            break;
-                        }
-                        bytes += wire.len() + 4;
-                        events.push(wire);
+        let indexes: Vec<&NsIndex> = s
+            .granted
+            .iter()
+            .map(|ns| self.ns.get(ns))
+            .map(|ix| ix.unwrap_or(&EMPTY_INDEX))
+            .collect();
+        let pump = &mut s.pump;
+        let mut events = Vec::new();
+        let mut bytes = 16usize;
+        while events.len() < batch_max && pump.since_receipt < receipt_every {
+            // The namespace whose next entry has the lowest position.
+            let mut best: Option<(usize, u64)> = None;
+            for (k, ix) in indexes.iter().enumerate() {
+                if let Some((position, _)) = ix.by_position().get(pump.next[k]) {
+                    if best.is_none_or(|(_, p)| *position < p) {
+                        best = Some((k, *position));
                     }
-                    pump.next += 1;
-                    pump.acc.add(&item.id);
-                    pump.since_receipt += 1;
-                    pump.receipt_due = true;
-                    last_position = position;
-                }
-                let _ = last_position;
-                if !events.is_empty() {
-                    self.counters.events_sent += events.len() as u64;
-                    return Some(Message::Events { events }.to_frame());
                 }
             }
-            if pump.receipt_due {
-                let complete = pump.next >= entries.len();
-                let position = if pump.next == 0 { 0 } else { entries[pump.next - 1].0 };
-                let acc = pump.acc;
-                pump.receipt_due = false;
-                pump.since_receipt = 0;
-                let receipt = self.sign_receipt(clinic, ns, position, &acc, complete, now_ms);
-                self.counters.receipts += 1;
-                return Some(Message::Receipt(receipt).to_frame());
+            let Some((k, position)) = best else { break };
+            let item = indexes[k].by_position()[pump.next[k]].1;
+            if position > pump.held_up_to[k] && !s.echo_skip.remove(&position) {
+                // A damaged entry is not served; the clinic's fingerprint check notices.
+                if let Ok(e) = self.log.read(position) {
+                    let wire =
+                        event_to_wire(e.schema_version(), e.canonical_bytes(), &e.signature());
+                    if bytes + wire.len() + 4 > peer_max && !events.is_empty() {
+                        break;
+                    }
+                    bytes += wire.len() + 4;
+                    events.push(wire);
+                }
             }
+            pump.next[k] += 1;
+            pump.acc.add(&item.id);
+            pump.position = pump.position.max(position);
+            pump.since_receipt += 1;
+            pump.receipt_due = true;
+        }
+        if !events.is_empty() {
+            self.counters.events_sent += events.len() as u64;
+            return Some(Message::Events { events }.to_frame());
+        }
+        if pump.receipt_due {
+            let complete =
+                indexes.iter().enumerate().all(|(k, ix)| pump.next[k] >= ix.by_position().len());
+            let position = if complete {
+                pump.position.max(self.log.head().saturating_sub(1))
+            } else {
+                pump.position
+            };
+            pump.position = position;
+            let acc = pump.acc;
+            pump.receipt_due = false;
+            pump.since_receipt = 0;
+            let (clinic, scope) = (s.peer.node, s.scope);
+            let receipt = self.sign_receipt(clinic, scope, position, &acc, complete, now_ms);
+            self.counters.receipts += 1;
+            return Some(Message::Receipt(receipt).to_frame());
         }
         None
     }
@@ -1098,7 +1195,9 @@ impl<D: Directory> Node<D> {
         let head_before = self.log.head() - outcome.new as u64;
         let mut new_positions = Vec::with_capacity(outcome.new);
         for (event, position) in events.iter().zip(&outcome.positions) {
-            if *position >= head_before && !new_positions.contains(position) {
+            // New events get increasing positions in input order; a duplicate within the batch
+            // repeats an earlier one.
+            if *position >= head_before && new_positions.last().is_none_or(|last| position > last) {
                 new_positions.push(*position);
                 self.index(*position, event);
             }
@@ -1132,15 +1231,12 @@ impl<D: Directory> Node<D> {
 
     // ---------------------------------------------------------------- clinic side
 
-    #[allow(clippy::too_many_arguments)]
     fn on_welcome(
         &mut self,
         conn: ConnId,
         version: u16,
-        node: NodeId,
         frame_max: u32,
-        granted: Vec<Namespace>,
-        refused: Vec<(Namespace, RefusalReason)>,
+        verdicts: Vec<Option<RefusalReason>>,
         own_seq: u64,
     ) -> Result<(), (ErrorCode, String)> {
         let Some(c) = self.conns.get(&conn) else { return Ok(()) };
@@ -1151,10 +1247,10 @@ impl<D: Directory> Node<D> {
                 format!("hub speaks protocol version {version}, this clinic {PROTOCOL_VERSION}"),
             ));
         }
-        if peer.role != Role::Hub || node != peer.node {
+        if peer.role != Role::Hub {
             return Err((
                 ErrorCode::Handshake,
-                "Welcome does not come from the hub named by the certificate".into(),
+                "Welcome from a peer whose certificate is not a hub's".into(),
             ));
         }
         if frame_max < FRAME_BYTES_FLOOR {
@@ -1163,21 +1259,41 @@ impl<D: Directory> Node<D> {
                 format!("hub frame limit {frame_max} is below the floor of {FRAME_BYTES_FLOOR}"),
             ));
         }
-        let own_ns = Namespace::Clinic(self.signer.node_id());
-        for (ns, reason) in &refused {
-            self.log(
-                Level::Warn,
-                format!("hub refused subscription to {}: {}", ns_label(ns), reason.label()),
-            );
+        let (_, subscriptions) = self.cursors();
+        if verdicts.len() != subscriptions.len() {
+            return Err((
+                ErrorCode::Handshake,
+                format!(
+                    "Welcome has {} verdicts for {} subscriptions",
+                    verdicts.len(),
+                    subscriptions.len()
+                ),
+            ));
+        }
+        let mut granted = vec![Namespace::Clinic(self.signer.node_id())];
+        for (sub, verdict) in subscriptions.iter().zip(&verdicts) {
+            match verdict {
+                None => granted.push(sub.namespace),
+                Some(reason) => self.log(
+                    Level::Warn,
+                    format!(
+                        "hub refused subscription to {}: {}",
+                        ns_label(&sub.namespace),
+                        reason.label()
+                    ),
+                ),
+            }
         }
         let damaged = !self.log.recovery().damaged.is_empty();
         let mut session = ClinicSession {
-            hub: node,
+            hub: peer.node,
+            scope: shikaku_protocol::wire::scope_digest(&granted),
             granted: granted.clone(),
             push_next: own_seq + 1,
             acked: own_seq,
             repairs: BTreeMap::new(),
-            in_sync: BTreeSet::new(),
+            in_sync: false,
+            rounds: BTreeMap::new(),
         };
         let mut first = Vec::new();
         if damaged {
@@ -1192,7 +1308,6 @@ impl<D: Directory> Node<D> {
         if own_seq > local_max {
             self.log(Level::Warn, format!("the hub holds {own_seq} of this clinic's events, the ledger only {local_max}: restored from a backup? fetching them back"));
         }
-        let _ = own_ns;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.peer_frame_max = frame_max.min(FRAME_BYTES_MAX);
             c.queue.extend(first);
@@ -1208,6 +1323,7 @@ impl<D: Directory> Node<D> {
         }
         repair.attempts += 1;
         repair.running = true;
+        *session.rounds.entry(ns).or_default() += 1;
         self.counters.repairs += 1;
         let limit = self.config.frame_max as usize - 64;
         let items = self.ns.entry(ns).or_default().sorted();
@@ -1289,59 +1405,53 @@ impl<D: Directory> Node<D> {
         &mut self,
         now_ms: u64,
         conn: ConnId,
-        r: Receipt,
+        mut r: Receipt,
     ) -> Result<(), (ErrorCode, String)> {
         let own = self.signer.node_id();
         let Some(session) = self.clinic_session_mut(conn) else { return Ok(()) };
-        let hub = session.hub;
-        if r.hub != hub || r.clinic != own {
-            return Err((ErrorCode::Unexpected, "receipt names another hub or clinic".into()));
-        }
-        if !session.granted.contains(&r.namespace) {
+        r.hub = session.hub;
+        r.clinic = own;
+        if r.scope != session.scope {
             return Err((
                 ErrorCode::Unexpected,
-                format!("receipt for {}, which was not granted", ns_label(&r.namespace)),
+                "receipt covers other namespaces than this session's".into(),
             ));
         }
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&hub.0)
+        let granted = session.granted.clone();
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&r.hub.0)
             .map_err(|_| (ErrorCode::Handshake, "hub node id is not a valid key".to_string()))?;
         let signature = ed25519_dalek::Signature::from_bytes(&r.signature.0);
         if key.verify_strict(&r.signed_bytes(), &signature).is_err() {
             return Err((ErrorCode::Malformed, "receipt signature does not verify".into()));
         }
         self.counters.receipts += 1;
-        self.receipts.insert(r.namespace, r);
+        self.receipt = Some((r, granted.clone()));
         self.receipts_dirty = true;
         if !r.complete {
             return Ok(());
         }
-        let local = self.namespace_state(&r.namespace);
+        let mut local = Accumulator::default();
+        for ns in &granted {
+            local.merge(&self.namespace_state(ns));
+        }
         let matches = local.count() == r.count && local.fingerprint() == r.fingerprint;
-        let own_ns = Namespace::Clinic(own);
         let local_own_max = self.own.keys().next_back().copied().unwrap_or(0);
         let Some(session) = self.clinic_session_mut(conn) else { return Ok(()) };
+        session.in_sync = matches;
         if matches {
-            session.in_sync.insert(r.namespace);
-            if let Some(rep) = session.repairs.get_mut(&r.namespace) {
+            for rep in session.repairs.values_mut() {
                 rep.attempts = 0;
             }
-            let all = session.granted.iter().all(|ns| session.in_sync.contains(ns));
-            if all {
-                self.last_sync_ms = Some(now_ms);
-            }
+            self.last_sync_ms = Some(now_ms);
             return Ok(());
         }
-        session.in_sync.remove(&r.namespace);
-        // Our own events still on their way to the hub explain a difference in our namespace.
-        if r.namespace == own_ns && session.acked < local_own_max {
-            return Ok(());
-        }
+        // Our own events still on their way to the hub explain a difference.
+        let unacked = session.acked < local_own_max;
         self.counters.receipt_mismatches += 1;
         self.log(
             Level::Info,
             format!(
-                "{}: hub holds {} events, this clinic {}: reconciling",
-                ns_label(&r.namespace),
+                "hub holds {} events of this session's namespaces, this clinic {}: reconciling",
                 r.count,
                 local.count()
             ),
@@ -1360,10 +1470,16 @@ impl<D: Directory> Node<D> {
             }
             None => return Ok(()),
         };
-        let frame = self.start_repair(&mut session_taken, r.namespace);
+        let mut frames = Vec::new();
+        for ns in &granted {
+            if unacked && *ns == Namespace::Clinic(own) {
+                continue;
+            }
+            frames.extend(self.start_repair(&mut session_taken, *ns));
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = SessionState::Clinic(session_taken);
-            c.queue.extend(frame);
+            c.queue.extend(frames);
         }
         Ok(())
     }
@@ -1458,10 +1574,15 @@ impl<D: Directory> Node<D> {
             }
         }
         let done = next.is_none();
+        let fetching = !need.is_empty();
         if let Some(message) = next {
             frames.push(Message::Reconcile { namespace: ns, message }.to_frame());
         }
         if let Some(s) = self.clinic_session_mut(conn) {
+            // Another round trip when the reconciliation goes on, or when it ends by fetching.
+            if !done || fetching {
+                *s.rounds.entry(ns).or_default() += 1;
+            }
             if done {
                 if let Some(r) = s.repairs.get_mut(&ns) {
                     r.running = false;
@@ -1624,19 +1745,27 @@ pub fn ns_label(ns: &Namespace) -> String {
     }
 }
 
-fn decode_receipts(bytes: &[u8]) -> Result<Vec<Receipt>, String> {
-    if bytes.len() < 8 + 4 + 32 || &bytes[..8] != RECEIPTS_MAGIC {
-        return Err("not a receipts file".into());
+fn decode_receipt_file(bytes: &[u8]) -> Result<(Receipt, Vec<Namespace>), String> {
+    if bytes.len() < 8 + 32 || &bytes[..8] != RECEIPTS_MAGIC {
+        return Err("not a receipt file".into());
     }
     let (body, sum) = bytes.split_at(bytes.len() - 32);
     if blake3::hash(body).as_bytes() != sum {
         return Err("checksum mismatch".into());
     }
     let mut r = shikaku_protocol::wire::Reader::new(&body[8..]);
-    let n = r.u32("receipt count").map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
+    let hub = NodeId(r.array("receipt hub").map_err(|e| e.to_string())?);
+    let clinic = NodeId(r.array("receipt clinic").map_err(|e| e.to_string())?);
+    let mut receipt = Receipt::decode(&mut r).map_err(|e| e.to_string())?;
+    receipt.hub = hub;
+    receipt.clinic = clinic;
+    let n = r.u32("namespace count").map_err(|e| e.to_string())?;
+    let mut namespaces = Vec::new();
     for _ in 0..n.min(4096) {
-        out.push(Receipt::decode(&mut r).map_err(|e| e.to_string())?);
+        namespaces.push(r.namespace().map_err(|e| e.to_string())?);
     }
-    Ok(out)
+    if shikaku_protocol::wire::scope_digest(&namespaces) != receipt.scope {
+        return Err("namespaces do not match the receipt's scope".into());
+    }
+    Ok((receipt, namespaces))
 }
