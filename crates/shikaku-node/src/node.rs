@@ -1259,7 +1259,9 @@ impl<D: Directory> Node<D> {
                 format!("hub frame limit {frame_max} is below the floor of {FRAME_BYTES_FLOOR}"),
             ));
         }
-        let (_, subscriptions) = self.cursors();
+        let (cursor, subscriptions) = self.cursors();
+        let own_ns = Namespace::Clinic(self.signer.node_id());
+        let own_cursor = cursor;
         if verdicts.len() != subscriptions.len() {
             return Err((
                 ErrorCode::Handshake,
@@ -1296,9 +1298,15 @@ impl<D: Directory> Node<D> {
             rounds: BTreeMap::new(),
         };
         let mut first = Vec::new();
-        if damaged {
-            // The ledger has unreadable ranges: reconcile every namespace now.
-            for ns in &granted {
+        let unknown: Vec<Namespace> = std::iter::once((own_ns, own_cursor))
+            .chain(subscriptions.iter().map(|s| (s.namespace, s.cursor.unwrap_or(cursor))))
+            .filter(|(_, c)| *c == CURSOR_UNKNOWN)
+            .map(|(ns, _)| ns)
+            .collect();
+        for ns in &granted {
+            // Unreadable ranges in the ledger: reconcile every namespace now. Events held
+            // without a receipt: reconcile those namespaces now rather than after the receipt.
+            if damaged || unknown.contains(ns) {
                 if let Some(frame) = self.start_repair(&mut session, *ns) {
                     first.push(frame);
                 }
