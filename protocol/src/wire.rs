@@ -278,10 +278,8 @@ pub enum Message {
     Hello {
         /// Protocol version the clinic speaks.
         version: u16,
-        /// Sender's role.
+        /// Sender's role (must match its certificate, which also names its node).
         role: Role,
-        /// Sender's node id (must match its certificate).
-        node: NodeId,
         /// Largest frame body the sender accepts.
         frame_max: u32,
         /// Session cursor: hub log position up to which the clinic holds every event of its
@@ -384,22 +382,24 @@ impl Message {
     pub fn to_frame(&self) -> Vec<u8> {
         let mut out = vec![0, 0, 0, 0, self.type_code()];
         match self {
-            Message::Hello { version, role, node, frame_max, cursor, subscriptions, prefetch } => {
+            Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch } => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.push(role.code());
-                out.extend_from_slice(&node.0);
                 out.extend_from_slice(&frame_max.to_le_bytes());
                 out.extend_from_slice(&cursor.to_le_bytes());
                 put_count(&mut out, subscriptions.len());
                 for s in subscriptions {
                     put_namespace(&mut out, &s.namespace);
-                    match s.cursor {
-                        None => out.push(0),
-                        Some(c) => {
-                            out.push(1);
-                            out.extend_from_slice(&c.to_le_bytes());
-                        }
-                    }
+                }
+                let overrides: Vec<(usize, u64)> = subscriptions
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.cursor.map(|c| (i, c)))
+                    .collect();
+                put_count(&mut out, overrides.len());
+                for (index, cursor) in overrides {
+                    put_count(&mut out, index);
+                    out.extend_from_slice(&cursor.to_le_bytes());
                 }
                 put_count(&mut out, prefetch.len());
                 for key in prefetch {
@@ -410,8 +410,12 @@ impl Message {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&frame_max.to_le_bytes());
                 put_count(&mut out, verdicts.len());
-                for verdict in verdicts {
-                    out.push(verdict.map_or(0, RefusalReason::code));
+                let refused: Vec<(usize, RefusalReason)> =
+                    verdicts.iter().enumerate().filter_map(|(i, v)| v.map(|r| (i, r))).collect();
+                put_count(&mut out, refused.len());
+                for (index, reason) in refused {
+                    put_count(&mut out, index);
+                    out.push(reason.code());
                 }
                 out.extend_from_slice(&own_seq.to_le_bytes());
             }
@@ -462,36 +466,56 @@ impl Message {
             0x01 => {
                 let version = r.u16("version")?;
                 let role = Role::from_code(r.u8("role")?)?;
-                let node = NodeId(r.array("node id")?);
                 let frame_max = r.u32("frame limit")?;
                 let cursor = r.u64("cursor")?;
                 let n = r.count("subscriptions", NAMESPACES_MAX)?;
                 let mut subscriptions = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let namespace = r.namespace()?;
-                    let cursor = match r.bool("subscription cursor flag")? {
-                        false => None,
-                        true => Some(r.u64("subscription cursor")?),
+                    subscriptions.push(Subscription { namespace: r.namespace()?, cursor: None });
+                }
+                let overrides = r.count("cursor overrides", n)?;
+                for _ in 0..overrides {
+                    let index = r.u32("override index")? as usize;
+                    let cursor = r.u64("override cursor")?;
+                    let Some(s) = subscriptions.get_mut(index) else {
+                        return Err(WireError::BadIndex { what: "cursor override", index });
                     };
-                    subscriptions.push(Subscription { namespace, cursor });
+                    if s.cursor.replace(cursor).is_some() {
+                        return Err(WireError::BadIndex {
+                            what: "repeated cursor override",
+                            index,
+                        });
+                    }
                 }
                 let n = r.count("prefetch members", PREFETCH_MAX)?;
                 let mut prefetch = Vec::with_capacity(n);
                 for _ in 0..n {
                     prefetch.push(r.text("prefetch member")?);
                 }
-                Message::Hello { version, role, node, frame_max, cursor, subscriptions, prefetch }
+                Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch }
             }
             0x02 => {
                 let version = r.u16("version")?;
                 let frame_max = r.u32("frame limit")?;
-                let n = r.count("verdicts", NAMESPACES_MAX)?;
-                let mut verdicts = Vec::with_capacity(n);
-                for _ in 0..n {
-                    verdicts.push(match r.u8("verdict")? {
-                        0 => None,
-                        code => Some(RefusalReason::from_code(code)?),
+                let n = r.u32("subscriptions answered")? as usize;
+                if n > NAMESPACES_MAX {
+                    return Err(WireError::TooMany {
+                        what: "subscriptions answered",
+                        count: n as u64,
+                        max: NAMESPACES_MAX,
                     });
+                }
+                let mut verdicts = vec![None; n];
+                let refused = r.count("refusals", n)?;
+                for _ in 0..refused {
+                    let index = r.u32("refused index")? as usize;
+                    let reason = RefusalReason::from_code(r.u8("refusal reason")?)?;
+                    match verdicts.get_mut(index) {
+                        Some(slot @ None) => *slot = Some(reason),
+                        _ => {
+                            return Err(WireError::BadIndex { what: "refused subscription", index })
+                        }
+                    }
                 }
                 let own_seq = r.u64("own sequence")?;
                 Message::Welcome { version, frame_max, verdicts, own_seq }
@@ -621,6 +645,14 @@ pub enum WireError {
         count: u64,
         /// The limit.
         max: usize,
+    },
+    /// An index that names no element, or one already named.
+    #[error("{what} index {index} is out of range or repeated")]
+    BadIndex {
+        /// Which field.
+        what: &'static str,
+        /// The index.
+        index: usize,
     },
     /// An unknown role code.
     #[error("unknown role code {0}")]

@@ -277,7 +277,6 @@ async fn refusals_and_bad_frames_close_only_their_session() {
     let hello = Message::Hello {
         version: 1,
         role: Role::Clinic,
-        node: d.signer("rogue").node_id(),
         frame_max: 1 << 20,
         cursor: 0,
         subscriptions: vec![Subscription {

@@ -291,7 +291,6 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
     let hello = Message::Hello {
         version: 1,
         role: Role::Clinic,
-        node: w.clinic_signers[0].node_id(),
         frame_max: 1 << 20,
         cursor: 0,
         subscriptions: vec![shikaku_protocol::wire::Subscription {

@@ -73,7 +73,6 @@ fn messages() -> Vec<(&'static str, Message, &'static str)> {
             Message::Hello {
                 version: 1,
                 role: Role::Clinic,
-                node: clinic.node_id(),
                 frame_max: 1 << 20,
                 cursor: 6450,
                 subscriptions: vec![Subscription { namespace: ins, cursor: None }, Subscription { namespace: other_insurer, cursor: Some(0) }, Subscription { namespace: other, cursor: None }],

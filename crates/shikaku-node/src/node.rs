@@ -624,7 +624,6 @@ impl<D: Directory> Node<D> {
             let hello = Message::Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Clinic,
-                node: self.signer.node_id(),
                 frame_max: self.config.frame_max,
                 cursor,
                 subscriptions,
@@ -701,24 +700,9 @@ impl<D: Directory> Node<D> {
         };
         match (&c.state, self.config.role) {
             (SessionState::Handshake, Role::Hub) => match m {
-                Message::Hello {
-                    version,
-                    role,
-                    node,
-                    frame_max,
-                    cursor,
-                    subscriptions,
-                    prefetch,
-                } => self.on_hello(
-                    conn,
-                    version,
-                    role,
-                    node,
-                    frame_max,
-                    cursor,
-                    subscriptions,
-                    prefetch,
-                ),
+                Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch } => {
+                    self.on_hello(conn, version, role, frame_max, cursor, subscriptions, prefetch)
+                }
                 other => unexpected(&other, "before Hello"),
             },
             (SessionState::Handshake, Role::Clinic) => match m {
@@ -772,7 +756,6 @@ impl<D: Directory> Node<D> {
         conn: ConnId,
         version: u16,
         role: Role,
-        node: NodeId,
         frame_max: u32,
         cursor: u64,
         subscriptions: Vec<Subscription>,
@@ -791,12 +774,6 @@ impl<D: Directory> Node<D> {
                     peer.role.name(),
                     role.name()
                 ),
-            ));
-        }
-        if node != peer.node {
-            return Err((
-                ErrorCode::Handshake,
-                "Hello's node id is not the one in the certificate".into(),
             ));
         }
         if frame_max < FRAME_BYTES_FLOOR {
