@@ -22,6 +22,8 @@ pub struct World {
     pub insurers: Vec<InsurerNumber>,
     /// Bytes moved each way (hub→clinic, clinic→hub).
     pub bytes: (u64, u64),
+    /// Members of other insurers clinics prefetch.
+    pub prefetch: Vec<shikaku_core::MemberKey>,
 }
 
 pub fn generated(members: usize, seed: u64) -> (Vec<SignedEvent>, Vec<InsurerNumber>, u64) {
@@ -54,6 +56,7 @@ impl World {
             events,
             insurers,
             bytes: (0, 0),
+            prefetch: Vec::new(),
         };
         for i in 0..clinics {
             let signer = Signer::derived("shikaku test clinic", &[i as u8]);
@@ -70,6 +73,7 @@ impl World {
     pub fn clinic_config(&self, i: usize) -> NodeConfig {
         let mut config = NodeConfig::new(Role::Clinic, &format!("clinic-{i}"));
         config.insurers = [self.insurers[0]].into_iter().collect();
+        config.prefetch = self.prefetch.clone();
         config
     }
 
@@ -371,4 +375,40 @@ fn damaged_ledger_range_is_refetched_from_the_hub_and_verified() {
     assert_eq!(w.clinics[0].namespace_state(&ns), before);
     assert!(w.clinics[0].counters().repaired_events >= 1);
     assert!(w.clinics[0].in_sync());
+}
+
+#[test]
+fn partial_replication_answers_unknown_outside_and_prefetches_appointments() {
+    let mut w = World::new(300, 0);
+    let other = w.insurers[1];
+    let mut members = w.events.iter().filter_map(|e| {
+        e.event().body.membership_subject().filter(|m| m.insurer == other).cloned()
+    });
+    let booked = members.next().unwrap();
+    let walk_in = members.find(|m| *m != booked).unwrap();
+    w.prefetch = vec![booked.clone()];
+    let signer = Signer::derived("shikaku test clinic", b"prefetch");
+    let disk = FaultDirectory::new(FaultConfig::default(), 9);
+    w.clinics.push(Node::open(disk.clone(), signer.clone(), w.clinic_config(0)).unwrap());
+    w.clinic_disks.push(disk);
+    w.clinic_signers.push(signer);
+    w.links.push(None);
+    w.connect(0);
+    w.run();
+    assert!(w.clinics[0].in_sync());
+    let date = Date::from_ymd(2026, 1, 5).unwrap();
+    let now = w.now_ms;
+    let unknown = w.clinics[0].check(now, &CheckQuery::Member(walk_in), date).unwrap();
+    assert_eq!(
+        unknown.code,
+        shikaku_core::AnswerCode::Unknown,
+        "outside what is replicated: unknown, never no match"
+    );
+    let prefetched = w.clinics[0].check(now, &CheckQuery::Member(booked.clone()), date).unwrap();
+    assert_ne!(prefetched.code, shikaku_core::AnswerCode::Unknown);
+    assert!(!prefetched.decided_by.is_empty(), "answered from the prefetched events");
+    // Only that member's events came: the rest of the insurer was not replicated.
+    let held = w.clinics[0].namespace_state(&Namespace::Insurer(other)).count();
+    let all = w.hub.namespace_state(&Namespace::Insurer(other)).count();
+    assert!(held > 0 && held < all, "{held} of {all}");
 }

@@ -125,6 +125,10 @@ pub enum ClinicCommand {
         /// Address of the local check API (HTTP).
         #[arg(long, default_value = "127.0.0.1:7401")]
         api: std::net::SocketAddr,
+        /// A member of an insurer not subscribed to, whose events to fetch anyway (an
+        /// appointment; repeatable).
+        #[arg(long = "prefetch")]
+        prefetch: Vec<String>,
     },
 }
 
@@ -284,9 +288,20 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         Command::Hub(HubCommand::Serve { listen, insurers }) => {
             serve::hub_serve(&cli.data_dir, listen, &parse_insurers(&insurers)?, out).map(|()| 0)
         }
-        Command::Clinic(ClinicCommand::Serve { hub, insurers, api }) => {
-            serve::clinic_serve(&cli.data_dir, hub, &parse_insurers(&insurers)?, api, out)
-                .map(|()| 0)
+        Command::Clinic(ClinicCommand::Serve { hub, insurers, api, prefetch }) => {
+            let prefetch = prefetch
+                .iter()
+                .map(|k| k.parse::<MemberKey>().with_context(|| format!("--prefetch {k}")))
+                .collect::<Result<Vec<_>>>()?;
+            serve::clinic_serve(
+                &cli.data_dir,
+                hub,
+                &parse_insurers(&insurers)?,
+                &prefetch,
+                api,
+                out,
+            )
+            .map(|()| 0)
         }
         Command::Bench(command) => bench::run(&command, out).map(|()| 0),
     }

@@ -106,6 +106,7 @@ pub fn clinic_serve(
     data_dir: &Path,
     hub: SocketAddr,
     insurers: &[InsurerNumber],
+    prefetch: &[shikaku_core::MemberKey],
     api: SocketAddr,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -122,6 +123,7 @@ pub fn clinic_serve(
     }
     let mut config = NodeConfig::new(Role::Clinic, &tls_files.identity.name);
     config.insurers = insurers.iter().copied().collect();
+    config.prefetch = prefetch.to_vec();
     let (node, _lock) = open_node(data_dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {

@@ -280,6 +280,9 @@ struct Evaluation {
 #[derive(Debug, Default)]
 pub struct Projection {
     replication: Replication,
+    /// Members of insurers outside `replication` whose events were fetched individually
+    /// (appointment prefetch): answered from what is held, not "unknown".
+    prefetched: BTreeSet<MemberKey>,
     ids: Vec<EventId>,
     members: Vec<MemberState>,
     member_table: HashTable<u32>,
@@ -304,6 +307,12 @@ impl Projection {
     /// Which insurers this projection holds.
     pub fn replication(&self) -> &Replication {
         &self.replication
+    }
+
+    /// Declares members whose events are held although their insurer is not replicated here
+    /// (a clinic's appointment prefetch).
+    pub fn set_prefetched(&mut self, members: impl IntoIterator<Item = MemberKey>) {
+        self.prefetched = members.into_iter().collect();
     }
 
     /// How many distinct events have been applied.
@@ -947,7 +956,7 @@ impl Projection {
         answer: &mut Answer,
         decided: &mut Vec<u32>,
     ) {
-        let not_held = if self.replication.holds(key.insurer) {
+        let not_held = if self.replication.holds(key.insurer) || self.prefetched.contains(key) {
             AnswerCode::NoMatch
         } else {
             AnswerCode::Unknown

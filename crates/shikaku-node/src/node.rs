@@ -351,8 +351,10 @@ impl<D: Directory> Node<D> {
             Role::Hub => Replication::All,
             Role::Clinic => Replication::Insurers(config.insurers.clone()),
         };
+        let mut projection = Projection::new(replication);
+        projection.set_prefetched(config.prefetch.iter().cloned());
         let mut node = Node {
-            projection: Projection::new(replication),
+            projection,
             signer,
             log,
             clock: HlcClock::new(),
@@ -1355,7 +1357,11 @@ impl<D: Directory> Node<D> {
                 Ok(event) => {
                     let ns = event.event().namespace;
                     let prefetched = matches!(ns, Namespace::Insurer(_))
-                        && event.event().body.membership_subject().is_some();
+                        && event
+                            .event()
+                            .body
+                            .membership_subject()
+                            .is_some_and(|m| self.config.prefetch.contains(m));
                     if !granted.contains(&ns) && !prefetched {
                         self.refuse(
                             RefusalReason::NotWritable,
