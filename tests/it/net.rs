@@ -138,6 +138,23 @@ async fn clinic_syncs_keeps_answering_offline_and_converges_after_the_hub_return
     .await;
     assert_eq!(state(&clinic, ns), state(&hub, ns));
     assert_eq!(state(&hub, own).0, 4, "all four check records reached the hub");
+    // The same projection digest: the clinic's state equals a fold of the hub's events of the
+    // clinic's namespaces.
+    let replication = shikaku_core::Replication::Insurers([insurer].into_iter().collect());
+    let from_hub = hub.with_node(|n, _| {
+        let mut p = shikaku_core::Projection::new(replication);
+        for (_, e) in n.ledger().read_from(1, usize::MAX).unwrap() {
+            if e.event().namespace == ns || e.event().namespace == own {
+                p.apply(&e);
+            }
+        }
+        p.digest()
+    });
+    assert_eq!(
+        clinic.with_node(|n, _| n.projection().digest()),
+        from_hub,
+        "same projection digest"
+    );
     let covered = clinic.with_node(|n, _| n.receipt().map(|(r, ns)| (r.complete, ns.len())));
     assert_eq!(
         covered,
@@ -373,4 +390,58 @@ async fn refusals_and_bad_frames_close_only_their_session() {
 
     good_service.shutdown().await;
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shikaku_check_asks_a_running_clinic_node() {
+    let d = Deployment::new("ask", 100);
+    let insurer = d.insurers[0];
+    let hub_tls = d.issue(Role::Hub, "hub");
+    let clinic_tls = d.issue(Role::Clinic, "clinic-q");
+    let hub = d.runtime(Role::Hub, "hub", &d.insurers);
+    hub.with_node(|n, now| n.import(now, &d.events).unwrap());
+    let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clinic = d.runtime(Role::Clinic, "clinic-q", &[insurer]);
+    let cs =
+        ClinicService::start(clinic.clone(), &clinic_tls, service.local_addr().unwrap()).unwrap();
+    wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let api = tokio::spawn(async move { axum_serve(listener, clinic.clone()).await });
+    let member = member_of(&d.events, insurer).to_string();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let (url, member) = (url.clone(), member.clone());
+        move || {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let args =
+                ["shikaku", "check", "--node", &url, "--member", &member, "--date", "2026-01-05"];
+            let code = shikaku_cli::run(args, &mut out, &mut err);
+            (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&member) && out.contains("0 s ago"), "{out}");
+    // A bad request is a 400 naming the problem.
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = shikaku_cli::run(
+            ["shikaku", "check", "--node", &url, "--member", "nonsense"],
+            &mut out,
+            &mut err,
+        );
+        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("400") && err.contains("INSURER:SYMBOL:NUMBER:BRANCH"), "{err}");
+    api.abort();
+    cs.shutdown().await;
+    service.shutdown().await;
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, rt: Arc<Runtime>) {
+    let _ = shikaku_cli::serve::serve_api(listener, rt).await;
 }

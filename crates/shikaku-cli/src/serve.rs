@@ -139,8 +139,7 @@ pub fn clinic_serve(
             listener.local_addr()?
         )?;
         out.flush()?;
-        let app = api_router(runtime.clone());
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = tokio::spawn(serve_api(listener, runtime.clone()));
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         writeln!(out, "shutting down")?;
         server.abort();
@@ -154,6 +153,14 @@ struct CheckParams {
     card: Option<String>,
     member: Option<String>,
     date: Option<String>,
+}
+
+/// Serves the clinic's local API on `listener` until the task is dropped.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+) -> std::io::Result<()> {
+    axum::serve(listener, api_router(runtime)).await
 }
 
 /// The clinic's local API.
