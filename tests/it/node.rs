@@ -24,6 +24,8 @@ pub struct World {
     pub bytes: (u64, u64),
     /// Members of other insurers clinics prefetch.
     pub prefetch: Vec<shikaku_core::MemberKey>,
+    /// Connections the hub closed.
+    pub closed: Vec<u64>,
 }
 
 pub fn generated(members: usize, seed: u64) -> (Vec<SignedEvent>, Vec<InsurerNumber>, u64) {
@@ -57,6 +59,7 @@ impl World {
             insurers,
             bytes: (0, 0),
             prefetch: Vec::new(),
+            closed: Vec::new(),
         };
         for i in 0..clinics {
             let signer = Signer::derived("shikaku test clinic", &[i as u8]);
@@ -126,7 +129,11 @@ impl World {
                     moved += 1;
                 }
             }
-            while self.hub.poll_event().is_some() {}
+            while let Some(out) = self.hub.poll_event() {
+                if let shikaku_node::Output::Close { conn, .. } = out {
+                    self.closed.push(conn);
+                }
+            }
             for c in &mut self.clinics {
                 while c.poll_event().is_some() {}
             }
@@ -411,4 +418,31 @@ fn partial_replication_answers_unknown_outside_and_prefetches_appointments() {
     let held = w.clinics[0].namespace_state(&Namespace::Insurer(other)).count();
     let all = w.hub.namespace_state(&Namespace::Insurer(other)).count();
     assert!(held > 0 && held < all, "{held} of {all}");
+}
+
+#[test]
+fn a_newer_session_replaces_the_older_and_silent_connections_time_out() {
+    let mut w = World::new(50, 1);
+    w.connect(0);
+    w.run();
+    let old = w.links[0].unwrap();
+    // The clinic reconnects (say, after a network change) before the old connection died.
+    w.connect(0);
+    w.run();
+    assert_eq!(w.closed, vec![old], "only the older session is closed");
+    assert!(w.clinics[0].in_sync());
+    // A connection that never says Hello is closed after the handshake timeout.
+    let silent = 99;
+    let peer = PeerIdentity {
+        role: Role::Clinic,
+        name: "silent".into(),
+        node: shikaku_core::NodeId([5; 32]),
+    };
+    w.hub.handle_connected(w.now_ms, silent, peer);
+    w.hub.handle_tick(w.now_ms + 5_000);
+    assert!(!std::iter::from_fn(|| w.hub.poll_event())
+        .any(|o| matches!(o, shikaku_node::Output::Close { conn: 99, .. })));
+    w.hub.handle_tick(w.now_ms + 11_000);
+    assert!(std::iter::from_fn(|| w.hub.poll_event())
+        .any(|o| matches!(o, shikaku_node::Output::Close { conn: 99, .. })));
 }

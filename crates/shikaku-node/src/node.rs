@@ -298,7 +298,12 @@ struct Conn {
     queue: VecDeque<Vec<u8>>,
     /// Largest frame the peer accepts.
     peer_frame_max: u32,
+    /// When the connection came up.
+    since_ms: u64,
 }
+
+/// A hub closes a connection that has not completed its handshake within this time.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// The cursor a clinic sends when it holds events of a namespace but no receipt for it.
 pub const CURSOR_UNKNOWN: u64 = u64::MAX;
@@ -614,12 +619,13 @@ impl<D: Directory> Node<D> {
 
     /// A connection to `peer` is up (its certificate verified by the runtime). A clinic sends
     /// `Hello` at once.
-    pub fn handle_connected(&mut self, _now_ms: u64, conn: ConnId, peer: PeerIdentity) {
+    pub fn handle_connected(&mut self, now_ms: u64, conn: ConnId, peer: PeerIdentity) {
         let mut c = Conn {
             peer: peer.clone(),
             state: SessionState::Handshake,
             queue: VecDeque::new(),
             peer_frame_max: FRAME_BYTES_FLOOR,
+            since_ms: now_ms,
         };
         if self.config.role == Role::Clinic {
             let (cursor, subscriptions) = self.cursors();
@@ -825,6 +831,23 @@ impl<D: Directory> Node<D> {
                     }
                 }
             }
+        }
+        // One session per clinic: a newer one replaces an older (a reconnect after a network
+        // change, while the old connection has not timed out yet).
+        let older: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(id, c)| {
+                **id != conn && c.peer.node == peer.node && matches!(c.state, SessionState::Hub(_))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for old in older {
+            self.close(
+                old,
+                ErrorCode::Shutdown,
+                format!("clinic {} opened a newer session", peer.name),
+            );
         }
         let own_seq = self.clinic_seq.get(&peer.node).copied().unwrap_or(0);
         let welcome = Message::Welcome {
@@ -1646,10 +1669,25 @@ impl<D: Directory> Node<D> {
         }
     }
 
-    /// Periodic work: persists receipts.
-    pub fn handle_tick(&mut self, _now_ms: u64) {
+    /// Periodic work: persists the receipt; a hub closes connections that have not said
+    /// `Hello` within [`HANDSHAKE_TIMEOUT_MS`].
+    pub fn handle_tick(&mut self, now_ms: u64) {
         if let Err(e) = self.persist_receipts() {
             self.log(Level::Warn, format!("could not persist receipts: {e}"));
+        }
+        if self.config.role == Role::Hub {
+            let stalled: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    matches!(c.state, SessionState::Handshake)
+                        && now_ms.saturating_sub(c.since_ms) > HANDSHAKE_TIMEOUT_MS
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for conn in stalled {
+                self.close(conn, ErrorCode::Handshake, "no Hello within 10 s".into());
+            }
         }
     }
 
