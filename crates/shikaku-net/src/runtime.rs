@@ -25,6 +25,9 @@ use tokio::sync::Notify;
 /// The node type the runtime drives: a ledger on real files.
 pub type FileNode = Node<FileDirectory>;
 
+/// Connections a hub holds at most; further ones are refused at the QUIC level.
+pub const CONNECTIONS_MAX: usize = 16_384;
+
 /// Frames being verified at once per connection.
 pub const VERIFY_PIPELINE: usize = 3;
 
@@ -229,7 +232,20 @@ impl Runtime {
         };
         let (send, recv) = match expect {
             Role::Hub => conn.open_bi().await.context("opening the session stream")?,
-            Role::Clinic => conn.accept_bi().await.context("accepting the session stream")?,
+            Role::Clinic => {
+                match tokio::time::timeout(
+                    Duration::from_millis(shikaku_node::node::HANDSHAKE_TIMEOUT_MS),
+                    conn.accept_bi(),
+                )
+                .await
+                {
+                    Ok(stream) => stream.context("accepting the session stream")?,
+                    Err(_) => {
+                        conn.close(ErrorCode::Handshake.code().into(), b"no session stream");
+                        anyhow::bail!("clinic {} opened no session stream within 10 s", peer.name);
+                    }
+                }
+            }
         };
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
@@ -415,6 +431,15 @@ impl HubService {
             let rt = runtime.clone();
             tokio::spawn(async move {
                 while let Some(incoming) = endpoint.accept().await {
+                    if lock(&rt.conns).len() >= CONNECTIONS_MAX {
+                        rt.with_node(|n, _| {
+                            n.note_refused_connection(&format!(
+                                "{CONNECTIONS_MAX} connections already held"
+                            ))
+                        });
+                        incoming.refuse();
+                        continue;
+                    }
                     let rt = rt.clone();
                     tokio::spawn(async move {
                         match incoming.await {
