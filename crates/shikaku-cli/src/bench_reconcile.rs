@@ -58,15 +58,17 @@ fn ours(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
     })
 }
 
+/// The `negentropy` crate's sealed storage of `items`.
+pub(crate) fn storage(items: &[Item]) -> Result<NegentropyStorageVector> {
+    let mut s = NegentropyStorageVector::with_capacity(items.len());
+    for item in items {
+        s.insert(item.timestamp, Id::from_byte_array(item.id)).map_err(|e| anyhow!("{e}"))?;
+    }
+    s.seal().map_err(|e| anyhow!("{e}"))?;
+    Ok(s)
+}
+
 fn reference(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
-    let storage = |items: &[Item]| -> Result<NegentropyStorageVector> {
-        let mut s = NegentropyStorageVector::with_capacity(items.len());
-        for item in items {
-            s.insert(item.timestamp, Id::from_byte_array(item.id)).map_err(|e| anyhow!("{e}"))?;
-        }
-        s.seal().map_err(|e| anyhow!("{e}"))?;
-        Ok(s)
-    };
     let (a, b) = (storage(client)?, storage(hub)?);
     let watch = Stopwatch::start();
     let err = |e: negentropy::Error| anyhow!("negentropy: {e}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use negentropy::Negentropy;
 use shikaku_core::{Namespace, SignedEvent, Signer};
 use shikaku_gen::Rng;
 use shikaku_log::fs::FileDirectory;
@@ -115,14 +115,7 @@ fn negentropy_crate(
     client: &BTreeMap<Namespace, Vec<Item>>,
     hub: &BTreeMap<Namespace, Vec<Item>>,
 ) -> Result<(u64, u32)> {
-    let storage = |items: &[Item]| -> Result<NegentropyStorageVector> {
-        let mut s = NegentropyStorageVector::with_capacity(items.len());
-        for item in items {
-            s.insert(item.timestamp, Id::from_byte_array(item.id)).map_err(|e| anyhow!("{e}"))?;
-        }
-        s.seal().map_err(|e| anyhow!("{e}"))?;
-        Ok(s)
-    };
+    let storage = crate::bench_reconcile::storage;
     let err = |e: negentropy::Error| anyhow!("negentropy: {e}");
     let (mut bytes, mut max_rounds) = (0u64, 0u32);
     let empty = Vec::new();

@@ -407,6 +407,25 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Stops a service: no more reconnects, every connection closed with `Shutdown`, the endpoint
+/// idle, its tasks finished (or aborted after 2 s), and the node's receipt persisted.
+async fn shutdown(
+    runtime: &Runtime,
+    endpoint: &quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    reason: &[u8],
+) {
+    runtime.stop();
+    endpoint.close(ErrorCode::Shutdown.code().into(), reason);
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    for mut t in tasks {
+        if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+            t.abort();
+        }
+    }
+    runtime.with_node(|n, now| n.handle_tick(now));
+}
+
 /// A running hub: its endpoint and accept loop.
 #[derive(Debug)]
 pub struct HubService {
@@ -469,15 +488,7 @@ impl HubService {
 
     /// Closes every connection and waits for the endpoint to go idle.
     pub async fn shutdown(self) {
-        self.runtime.stop();
-        self.endpoint.close(ErrorCode::Shutdown.code().into(), b"hub shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
-                t.abort();
-            }
-        }
-        self.runtime.with_node(|n, now| n.handle_tick(now));
+        shutdown(&self.runtime, &self.endpoint, self.tasks, b"hub shutting down").await;
     }
 }
 
@@ -547,15 +558,7 @@ impl ClinicService {
 
     /// Stops syncing, closes the connection and waits for the endpoint to go idle.
     pub async fn shutdown(self) {
-        self.runtime.stop();
-        self.endpoint.close(ErrorCode::Shutdown.code().into(), b"clinic shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
-                t.abort();
-            }
-        }
-        self.runtime.with_node(|n, now| n.handle_tick(now));
+        shutdown(&self.runtime, &self.endpoint, self.tasks, b"clinic shutting down").await;
     }
 }
 

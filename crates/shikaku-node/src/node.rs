@@ -310,6 +310,52 @@ pub const CURSOR_UNKNOWN: u64 = u64::MAX;
 
 static EMPTY_INDEX: NsIndex = NsIndex::new();
 
+/// Events gathered into one `Events` frame, within the peer's frame limit and the batch size.
+struct EventBatch {
+    events: Vec<Vec<u8>>,
+    bytes: usize,
+    frame_max: usize,
+    batch_max: usize,
+}
+
+impl EventBatch {
+    fn new(frame_max: usize, batch_max: usize) -> EventBatch {
+        EventBatch {
+            events: Vec::new(),
+            bytes: 16,
+            frame_max,
+            batch_max: batch_max.clamp(1, EVENTS_PER_FRAME_MAX),
+        }
+    }
+
+    /// Adds the event unless the frame is full (a first event always fits: events are far
+    /// below the smallest frame limit).
+    fn try_push(&mut self, event: &SignedEvent) -> bool {
+        let wire =
+            event_to_wire(event.schema_version(), event.canonical_bytes(), &event.signature());
+        let full =
+            self.events.len() >= self.batch_max || self.bytes + wire.len() + 4 > self.frame_max;
+        if full && !self.events.is_empty() {
+            return false;
+        }
+        self.bytes += wire.len() + 4;
+        self.events.push(wire);
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn into_frame(self) -> Vec<u8> {
+        Message::Events { events: self.events }.to_frame()
+    }
+}
+
 /// Name of the clinic's receipt file in its data directory.
 pub const RECEIPTS_FILE: &str = "receipts.shk";
 const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT1";
@@ -904,11 +950,54 @@ impl<D: Directory> Node<D> {
         }
     }
 
-    fn hub_session(&self, conn: ConnId) -> Option<&HubSession> {
-        match &self.conns.get(&conn)?.state {
-            SessionState::Hub(s) => Some(s),
-            _ => None,
+    /// The peer's frame limit, after checking that `ns` was granted in `conn`'s hub session.
+    fn granted(
+        &self,
+        conn: ConnId,
+        ns: &Namespace,
+        what: &str,
+    ) -> Result<Option<usize>, (ErrorCode, String)> {
+        let Some(c) = self.conns.get(&conn) else { return Ok(None) };
+        let SessionState::Hub(s) = &c.state else { return Ok(None) };
+        if !s.granted.contains(ns) {
+            return Err((
+                ErrorCode::Unexpected,
+                format!("{what} for {}, which was not granted", ns_label(ns)),
+            ));
         }
+        Ok(Some(c.peer_frame_max as usize))
+    }
+
+    /// `Events` frames holding the stored events `ids` of namespace `ns` (others skipped).
+    fn event_frames(
+        &mut self,
+        ids: impl IntoIterator<Item = EventId>,
+        ns: &Namespace,
+        frame_max: usize,
+    ) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut batch = EventBatch::new(frame_max, self.config.batch_events);
+        for id in ids {
+            let Some(event) = self.log.position_of(&id).and_then(|p| self.log.read(p).ok()) else {
+                continue;
+            };
+            if event.event().namespace != *ns {
+                continue;
+            }
+            self.counters.events_sent += 1;
+            if !batch.try_push(&event) {
+                let full = std::mem::replace(
+                    &mut batch,
+                    EventBatch::new(frame_max, self.config.batch_events),
+                );
+                frames.push(full.into_frame());
+                batch.try_push(&event);
+            }
+        }
+        if !batch.is_empty() {
+            frames.push(batch.into_frame());
+        }
+        frames
     }
 
     fn on_reconcile(
@@ -917,17 +1006,9 @@ impl<D: Directory> Node<D> {
         ns: Namespace,
         message: &[u8],
     ) -> Result<(), (ErrorCode, String)> {
-        let Some(s) = self.hub_session(conn) else { return Ok(()) };
-        if !s.granted.contains(&ns) {
-            return Err((
-                ErrorCode::Unexpected,
-                format!("Reconcile for {}, which was not granted", ns_label(&ns)),
-            ));
-        }
-        let limit =
-            self.conns.get(&conn).map_or(FRAME_BYTES_FLOOR, |c| c.peer_frame_max) as usize - 64;
+        let Some(frame_max) = self.granted(conn, &ns, "Reconcile")? else { return Ok(()) };
         let items = self.ns.entry(ns).or_default().sorted();
-        let reply = Reconciler::new(items, limit)
+        let reply = Reconciler::new(items, frame_max - 64)
             .and_then(|mut r| r.respond(message))
             .map_err(|e| (ErrorCode::Malformed, format!("reconciliation: {e}")))?;
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -942,38 +1023,8 @@ impl<D: Directory> Node<D> {
         ns: Namespace,
         ids: &[EventId],
     ) -> Result<(), (ErrorCode, String)> {
-        let Some(s) = self.hub_session(conn) else { return Ok(()) };
-        if !s.granted.contains(&ns) {
-            return Err((
-                ErrorCode::Unexpected,
-                format!("Fetch for {}, which was not granted", ns_label(&ns)),
-            ));
-        }
-        let peer_max =
-            self.conns.get(&conn).map_or(FRAME_BYTES_FLOOR, |c| c.peer_frame_max) as usize;
-        let mut frames = Vec::new();
-        let mut batch = Vec::new();
-        let mut bytes = 16;
-        for id in ids {
-            let Some(position) = self.log.position_of(id) else { continue };
-            let Ok(event) = self.log.read(position) else { continue };
-            if event.event().namespace != ns {
-                continue;
-            }
-            let wire =
-                event_to_wire(event.schema_version(), event.canonical_bytes(), &event.signature());
-            if bytes + wire.len() + 4 > peer_max || batch.len() >= self.config.batch_events {
-                frames.push(Message::Events { events: std::mem::take(&mut batch) }.to_frame());
-                bytes = 16;
-            }
-            bytes += wire.len() + 4;
-            batch.push(wire);
-        }
-        if !batch.is_empty() {
-            frames.push(Message::Events { events: batch }.to_frame());
-        }
-        let sent = ids.len() as u64;
-        self.counters.events_sent += sent;
+        let Some(frame_max) = self.granted(conn, &ns, "Fetch")? else { return Ok(()) };
+        let frames = self.event_frames(ids.iter().copied(), &ns, frame_max);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.queue.extend(frames);
             if let SessionState::Hub(s) = &mut c.state {
@@ -1017,21 +1068,17 @@ impl<D: Directory> Node<D> {
         let receipt_every = self.config.receipt_every.max(1);
         let SessionState::Hub(s) = &mut self.conns.get_mut(&conn)?.state else { return None };
         if !s.prefetch.is_empty() {
-            let mut events = Vec::new();
-            while let Some(p) = s.prefetch.pop_front() {
+            let mut batch = EventBatch::new(peer_max, batch_max);
+            while let Some(p) = s.prefetch.front().copied() {
                 if let Ok(e) = self.log.read(p) {
-                    events.push(event_to_wire(
-                        e.schema_version(),
-                        e.canonical_bytes(),
-                        &e.signature(),
-                    ));
+                    if !batch.try_push(&e) {
+                        break;
+                    }
                 }
-                if events.len() >= batch_max {
-                    break;
-                }
+                s.prefetch.pop_front();
             }
-            self.counters.events_sent += events.len() as u64;
-            return Some(Message::Events { events }.to_frame());
+            self.counters.events_sent += batch.len() as u64;
+            return Some(batch.into_frame());
         }
         let indexes: Vec<&NsIndex> = s
             .granted
@@ -1556,26 +1603,13 @@ impl<D: Directory> Node<D> {
         self.counters.repaired_events += need.len() as u64;
         if !have.is_empty() {
             if ns == own_ns {
-                let mut batch = Vec::new();
-                for id in &have {
-                    if let Some(p) = self.log.position_of(&EventId(*id)) {
-                        if let Ok(e) = self.log.read(p) {
-                            batch.push(event_to_wire(
-                                e.schema_version(),
-                                e.canonical_bytes(),
-                                &e.signature(),
-                            ));
-                        }
-                    }
-                    if batch.len() >= self.config.batch_events {
-                        frames.push(
-                            Message::Events { events: std::mem::take(&mut batch) }.to_frame(),
-                        );
-                    }
-                }
-                if !batch.is_empty() {
-                    frames.push(Message::Events { events: batch }.to_frame());
-                }
+                let frame_max =
+                    self.conns.get(&conn).map_or(FRAME_BYTES_FLOOR, |c| c.peer_frame_max) as usize;
+                frames.extend(self.event_frames(
+                    have.iter().map(|id| EventId(*id)),
+                    &ns,
+                    frame_max,
+                ));
             } else {
                 self.log(
                     Level::Warn,
@@ -1626,33 +1660,25 @@ impl<D: Directory> Node<D> {
         let peer_max = self.conns.get(&conn)?.peer_frame_max as usize;
         let s = self.clinic_session_mut(conn)?;
         let from = s.push_next;
-        let mut events = Vec::new();
-        let mut bytes = 16usize;
+        let mut batch = EventBatch::new(peer_max, batch_max);
         let mut next = from;
         for (seq, position) in self.own.range(from..) {
-            if events.len() >= batch_max {
-                break;
+            // An unreadable (damaged) own event is skipped; the hub's copy comes back by repair.
+            if let Ok(e) = self.log.read(*position) {
+                if !batch.try_push(&e) {
+                    break;
+                }
             }
-            let Ok(e) = self.log.read(*position) else {
-                next = seq + 1;
-                continue;
-            };
-            let wire = event_to_wire(e.schema_version(), e.canonical_bytes(), &e.signature());
-            if bytes + wire.len() + 4 > peer_max && !events.is_empty() {
-                break;
-            }
-            bytes += wire.len() + 4;
-            events.push(wire);
             next = seq + 1;
         }
         if let Some(s) = self.clinic_session_mut(conn) {
             s.push_next = next;
         }
-        if events.is_empty() {
+        if batch.is_empty() {
             return None;
         }
-        self.counters.events_sent += events.len() as u64;
-        Some(Message::Events { events }.to_frame())
+        self.counters.events_sent += batch.len() as u64;
+        Some(batch.into_frame())
     }
 
     /// The next frame to send on `conn`, if any: queued replies first, then pumped events and
@@ -1708,9 +1734,6 @@ impl<D: Directory> Node<D> {
         let freshness = self.freshness(now_ms);
         let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
         let answer = self.projection.check(query, service_date, as_of, freshness);
-        let hlc = self.clock.tick(now_ms)?;
-        let me = self.signer.node_id();
-        let seq = self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1;
         let body = EventBody::CheckPerformed {
             query: query.clone(),
             service_date,
@@ -1721,16 +1744,7 @@ impl<D: Directory> Node<D> {
             answer_hash: AnswerHash(answer.hash().0),
             decided_by: answer.decided_by.clone(),
         };
-        let event = Event {
-            namespace: Namespace::Clinic(me),
-            origin: me,
-            origin_seq: seq,
-            hlc,
-            author: self.signer.public(),
-            body,
-        };
-        let signed = self.signer.sign(event)?;
-        self.store(now_ms, &[signed])?;
+        self.record(now_ms, body)?;
         self.counters.checks += 1;
         Ok(answer)
     }
