@@ -474,18 +474,16 @@ impl Message {
                     subscriptions.push(Subscription { namespace: r.namespace()?, cursor: None });
                 }
                 let overrides = r.count("cursor overrides", n)?;
+                let mut next = 0;
                 for _ in 0..overrides {
                     let index = r.u32("override index")? as usize;
                     let cursor = r.u64("override cursor")?;
-                    let Some(s) = subscriptions.get_mut(index) else {
-                        return Err(WireError::BadIndex { what: "cursor override", index });
-                    };
-                    if s.cursor.replace(cursor).is_some() {
-                        return Err(WireError::BadIndex {
-                            what: "repeated cursor override",
-                            index,
-                        });
+                    // Strictly ascending indexes: one encoding per message.
+                    match subscriptions.get_mut(index) {
+                        Some(s) if index >= next => s.cursor = Some(cursor),
+                        _ => return Err(WireError::BadIndex { what: "cursor override", index }),
                     }
+                    next = index + 1;
                 }
                 let n = r.count("prefetch members", PREFETCH_MAX)?;
                 let mut prefetch = Vec::with_capacity(n);
@@ -507,15 +505,17 @@ impl Message {
                 }
                 let mut verdicts = vec![None; n];
                 let refused = r.count("refusals", n)?;
+                let mut next = 0;
                 for _ in 0..refused {
                     let index = r.u32("refused index")? as usize;
                     let reason = RefusalReason::from_code(r.u8("refusal reason")?)?;
                     match verdicts.get_mut(index) {
-                        Some(slot @ None) => *slot = Some(reason),
+                        Some(slot) if index >= next => *slot = Some(reason),
                         _ => {
                             return Err(WireError::BadIndex { what: "refused subscription", index })
                         }
                     }
+                    next = index + 1;
                 }
                 let own_seq = r.u64("own sequence")?;
                 Message::Welcome { version, frame_max, verdicts, own_seq }
@@ -646,8 +646,8 @@ pub enum WireError {
         /// The limit.
         max: usize,
     },
-    /// An index that names no element, or one already named.
-    #[error("{what} index {index} is out of range or repeated")]
+    /// An index that names no element, or is not above the previous one.
+    #[error("{what} index {index} is out of range or not ascending")]
     BadIndex {
         /// Which field.
         what: &'static str,

@@ -173,6 +173,19 @@ fn frame_errors_are_typed() {
     fetch.extend_from_slice(&6_130_018u32.to_le_bytes());
     fetch.extend_from_slice(&0u32.to_le_bytes());
     assert_eq!(Message::decode(&fetch), Err(WireError::BadInsurer(6_130_018)));
+    // Refusals out of index order would give one Welcome two encodings (found by fuzzing).
+    let mut welcome = vec![0x02, 1, 0, 0, 0, 16, 0];
+    welcome.extend_from_slice(&3u32.to_le_bytes()); // three subscriptions answered
+    welcome.extend_from_slice(&2u32.to_le_bytes()); // two refusals
+    welcome.extend_from_slice(&2u32.to_le_bytes());
+    welcome.push(2);
+    welcome.extend_from_slice(&0u32.to_le_bytes());
+    welcome.push(1);
+    welcome.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(
+        Message::decode(&welcome),
+        Err(WireError::BadIndex { what: "refused subscription", index: 0 })
+    );
     let mut splitter = FrameSplitter::new(1 << 20);
     splitter.push(&[0, 0, 0, 0]);
     assert_eq!(splitter.next_frame(), Err(WireError::EmptyFrame));
