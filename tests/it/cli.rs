@@ -354,3 +354,29 @@ fn verify_names_real_file_damage_and_repair_rebuilds() {
     assert!(out.contains(&format!("segment-0000000000.shk offset {}", offsets[12])), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn gen_writes_insurer_keys_that_serve_commands_read() {
+    let dir = temp_dir("keys");
+    let keys = dir.join("keys.txt");
+    let (code, _, err) = run(&[
+        "gen",
+        "--members",
+        "200",
+        "--seed",
+        "4",
+        "--out",
+        dir.join("w.jsonl").to_str().unwrap(),
+        "--keys-out",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let parsed = shikaku_cli::read_insurer_keys(&keys).unwrap();
+    assert!(parsed.len() >= 2, "every generated insurer has a key");
+    std::fs::write(&keys, "06130017=nothex\n").unwrap();
+    let err = shikaku_cli::read_insurer_keys(&keys).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("line 1: the key must be 64 hexadecimal digits"),
+        "{err:#}"
+    );
+}

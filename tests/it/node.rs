@@ -446,3 +446,42 @@ fn a_newer_session_replaces_the_older_and_silent_connections_time_out() {
     assert!(std::iter::from_fn(|| w.hub.poll_event())
         .any(|o| matches!(o, shikaku_node::Output::Close { conn: 99, .. })));
 }
+
+#[test]
+fn insurer_events_must_be_signed_by_the_insurers_registered_key() {
+    let mut w = World::new(150, 0);
+    let insurer = w.insurers[0];
+    let right = shikaku_gen::insurer_signer(11, insurer).public();
+    let wrong = Signer::derived("not the insurer", b"x").public();
+    // A hub with a key registry refuses to import events signed by another key.
+    let mut config = NodeConfig::new(Role::Hub, "strict-hub");
+    config.insurers = w.insurers.iter().copied().collect();
+    config.insurer_keys.insert(insurer, [wrong].into_iter().collect());
+    let mut strict = Node::open(
+        FaultDirectory::new(FaultConfig::default(), 3),
+        Signer::derived("h", b"2"),
+        config,
+    )
+    .unwrap();
+    let err = strict.import(w.now_ms, &w.events).unwrap_err();
+    assert!(err.to_string().contains("not one registered for that insurer"), "{err}");
+    assert_eq!(strict.ledger().len(), 0, "nothing of the refused batch is stored");
+    // A clinic with the registry refuses what the (permissive) hub relays if the key is wrong …
+    for (key, accepted) in [(wrong, false), (right, true)] {
+        let signer = Signer::derived("shikaku test clinic", format!("{accepted}").as_bytes());
+        let disk = FaultDirectory::new(FaultConfig::default(), 4);
+        let mut config = w.clinic_config(0);
+        config.insurer_keys.insert(insurer, [key].into_iter().collect());
+        w.clinics = vec![Node::open(disk.clone(), signer.clone(), config).unwrap()];
+        w.clinic_disks = vec![disk];
+        w.clinic_signers = vec![signer];
+        w.links = vec![None];
+        w.connect(0);
+        w.run();
+        let refused = w.clinics[0].counters().refusals.get("wrong_author").copied().unwrap_or(0);
+        // … and accepts everything with the right one.
+        assert_eq!(refused == 0, accepted, "refusals: {refused}");
+        assert_eq!(w.clinics[0].in_sync(), accepted);
+        w.disconnect(0);
+    }
+}

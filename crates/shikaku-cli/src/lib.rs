@@ -107,6 +107,10 @@ pub enum HubCommand {
         /// An insurer number to serve (repeatable).
         #[arg(long = "insurer")]
         insurers: Vec<String>,
+        /// The insurers' signing keys (`INSURER=KEY` lines, as `gen --keys-out` writes):
+        /// importing an insurer event signed by another key is refused.
+        #[arg(long)]
+        insurer_keys: Option<PathBuf>,
     },
 }
 
@@ -129,6 +133,10 @@ pub enum ClinicCommand {
         /// appointment; repeatable).
         #[arg(long = "prefetch")]
         prefetch: Vec<String>,
+        /// The insurers' signing keys (`INSURER=KEY` lines): an insurer event from the hub
+        /// signed by another key is refused, logged and counted.
+        #[arg(long)]
+        insurer_keys: Option<PathBuf>,
     },
 }
 
@@ -153,6 +161,10 @@ pub struct GenArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
+    /// Also write the insurers' public keys to this file (`INSURER=KEY` lines), for
+    /// `hub serve` / `clinic serve --insurer-keys`.
+    #[arg(long)]
+    pub keys_out: Option<PathBuf>,
 }
 
 /// `shikaku ledger …`.
@@ -285,23 +297,22 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
             serve::ca_issue(&ca_dir, &cli.data_dir, role, &name, out).map(|()| 0)
         }
-        Command::Hub(HubCommand::Serve { listen, insurers }) => {
-            serve::hub_serve(&cli.data_dir, listen, &parse_insurers(&insurers)?, out).map(|()| 0)
+        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys }) => {
+            let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
+            let insurers = parse_insurers(&insurers)?;
+            serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), out)
+                .map(|()| 0)
         }
-        Command::Clinic(ClinicCommand::Serve { hub, insurers, api, prefetch }) => {
+        Command::Clinic(ClinicCommand::Serve { hub, insurers, api, prefetch, insurer_keys }) => {
+            let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let prefetch = prefetch
                 .iter()
                 .map(|k| k.parse::<MemberKey>().with_context(|| format!("--prefetch {k}")))
                 .collect::<Result<Vec<_>>>()?;
-            serve::clinic_serve(
-                &cli.data_dir,
-                hub,
-                &parse_insurers(&insurers)?,
-                &prefetch,
-                api,
-                out,
-            )
-            .map(|()| 0)
+            let insurers = parse_insurers(&insurers)?;
+            let keys = keys.unwrap_or_default();
+            serve::clinic_serve(&cli.data_dir, hub, &insurers, &prefetch, keys, api, out)
+                .map(|()| 0)
         }
         Command::Bench(command) => bench::run(&command, out).map(|()| 0),
     }
@@ -324,7 +335,40 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     sink.flush()?;
+    if let Some(path) = &args.keys_out {
+        let lines: String = generated
+            .insurers
+            .iter()
+            .map(|(insurer, key)| format!("{insurer}={}\n", shikaku_core::hex::encode(&key.0)))
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// Reads an insurer key file: one `INSURER=PUBLIC KEY (64 hex digits)` per line (`#` comments).
+pub fn read_insurer_keys(path: &Path) -> Result<serve::InsurerKeys> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut keys = serve::InsurerKeys::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (insurer, key) = line
+            .split_once('=')
+            .with_context(|| format!("{} line {}: expected INSURER=KEY", path.display(), n + 1))?;
+        let insurer = insurer
+            .trim()
+            .parse::<shikaku_core::InsurerNumber>()
+            .with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let key = shikaku_core::hex::decode_array::<32>(key.trim()).with_context(|| {
+            format!("{} line {}: the key must be 64 hexadecimal digits", path.display(), n + 1)
+        })?;
+        keys.entry(insurer).or_default().insert(shikaku_core::AuthorKey(key));
+    }
+    Ok(keys)
 }
 
 /// A buffered writer to `path` (created) or, without one, to `out`.

@@ -20,6 +20,10 @@ use shikaku_node::{Node, NodeConfig, Role};
 use crate::render;
 use crate::store::{node_identity, take_lock};
 
+/// Registered signing keys per insurer.
+pub type InsurerKeys =
+    std::collections::BTreeMap<InsurerNumber, std::collections::BTreeSet<shikaku_core::AuthorKey>>;
+
 /// Opens the node in `data_dir` (creating its key and ledger if needed), holding its lock.
 pub fn open_node(data_dir: &Path, config: NodeConfig) -> Result<(FileNode, std::fs::File)> {
     let signer = node_identity(data_dir, true)?
@@ -67,6 +71,7 @@ pub fn hub_serve(
     data_dir: &Path,
     listen: SocketAddr,
     insurers: &[InsurerNumber],
+    insurer_keys: InsurerKeys,
     out: &mut dyn Write,
 ) -> Result<()> {
     let tls_files = tls::load(&data_dir.join(tls::TLS_DIR))?;
@@ -79,6 +84,7 @@ pub fn hub_serve(
     }
     let mut config = NodeConfig::new(Role::Hub, &tls_files.identity.name);
     config.insurers = insurers.iter().copied().collect();
+    config.insurer_keys = insurer_keys;
     let (mut node, _lock) = open_node(data_dir, config)?;
     node.serve_held_insurers();
     let served = node.config().insurers.len();
@@ -107,6 +113,7 @@ pub fn clinic_serve(
     hub: SocketAddr,
     insurers: &[InsurerNumber],
     prefetch: &[shikaku_core::MemberKey],
+    insurer_keys: InsurerKeys,
     api: SocketAddr,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -124,6 +131,7 @@ pub fn clinic_serve(
     let mut config = NodeConfig::new(Role::Clinic, &tls_files.identity.name);
     config.insurers = insurers.iter().copied().collect();
     config.prefetch = prefetch.to_vec();
+    config.insurer_keys = insurer_keys;
     let (node, _lock) = open_node(data_dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {

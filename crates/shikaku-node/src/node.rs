@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// Clinic: members of insurers it does not subscribe to whose events it wants anyway
     /// (appointment prefetch).
     pub prefetch: Vec<shikaku_core::MemberKey>,
+    /// The keys each insurer signs with. An insurer event signed by another key is refused
+    /// (hub: on import; clinic: when received). Insurers without an entry are not checked.
+    pub insurer_keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
 }
 
 impl NodeConfig {
@@ -86,6 +89,7 @@ impl NodeConfig {
             repair_attempts: 3,
             queue_frames_max: 256,
             prefetch: Vec::new(),
+            insurer_keys: BTreeMap::new(),
         }
     }
 }
@@ -1264,6 +1268,9 @@ impl<D: Directory> Node<D> {
             return Err(NodeError::Role("only a hub imports insurer events".into()));
         }
         for e in events {
+            if let Some(why) = self.wrong_insurer_key(e) {
+                return Err(NodeError::Refused(why));
+            }
             match e.event().namespace {
                 Namespace::Insurer(insurer) if self.config.insurers.contains(&insurer) => {}
                 other => {
@@ -1276,6 +1283,19 @@ impl<D: Directory> Node<D> {
             }
         }
         Ok(self.store(now_ms, events)?.len())
+    }
+
+    /// Why an insurer event is not signed by a key registered for its insurer, if it is not.
+    fn wrong_insurer_key(&self, event: &SignedEvent) -> Option<String> {
+        let Namespace::Insurer(insurer) = event.event().namespace else { return None };
+        let keys = self.config.insurer_keys.get(&insurer)?;
+        (!keys.contains(&event.event().author)).then(|| {
+            format!(
+                "event {} of insurer {insurer} is signed by key {}, not one registered for that insurer",
+                event.id(),
+                &shikaku_core::hex::encode(&event.event().author.0)[..16]
+            )
+        })
     }
 
     // ---------------------------------------------------------------- clinic side
@@ -1441,6 +1461,8 @@ impl<D: Directory> Node<D> {
                                 ns_label(&ns)
                             ),
                         );
+                    } else if let Some(why) = self.wrong_insurer_key(&event) {
+                        self.refuse(RefusalReason::WrongAuthor, why);
                     } else if matches!(ns, Namespace::Clinic(c) if c == own)
                         && event.event().author.0 != own.0
                     {
