@@ -18,6 +18,7 @@ mod node;
 mod reconcile;
 mod reference;
 mod scenarios;
+mod sim;
 mod story;
 mod sync_vectors;
 mod vectors;

@@ -15,6 +15,7 @@ pub mod jsonl;
 pub mod ledger;
 pub mod render;
 pub mod serve;
+pub mod sim;
 pub mod store;
 
 use std::ffi::OsString;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Run a clinic node.
     #[command(subcommand)]
     Clinic(ClinicCommand),
+    /// The deterministic simulator: partitions, crashes, disk faults and clock skew from a seed.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 /// `shikaku ca …`.
@@ -315,6 +319,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 .map(|()| 0)
         }
         Command::Bench(command) => bench::run(&command, out).map(|()| 0),
+        Command::Sim(command) => sim::run_command(&command, out),
     }
 }
 

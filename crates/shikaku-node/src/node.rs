@@ -74,6 +74,8 @@ pub struct NodeConfig {
     /// The keys each insurer signs with. An insurer event signed by another key is refused
     /// (hub: on import; clinic: when received). Insurers without an entry are not checked.
     pub insurer_keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
+    /// Preallocated size of each ledger segment (the simulator uses small ones).
+    pub segment_bytes: u64,
 }
 
 impl NodeConfig {
@@ -90,6 +92,7 @@ impl NodeConfig {
             queue_frames_max: 256,
             prefetch: Vec::new(),
             insurer_keys: BTreeMap::new(),
+            segment_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -401,7 +404,9 @@ impl<D: Directory> std::fmt::Debug for Node<D> {
 impl<D: Directory> Node<D> {
     /// Opens (or creates) the node's ledger in `dir`, rebuilding its indexes and projection.
     pub fn open(dir: D, signer: Signer, config: NodeConfig) -> Result<Node<D>, NodeError> {
-        let log = Log::open(dir, LogConfig::new(signer.node_id()))?;
+        let mut log_config = LogConfig::new(signer.node_id());
+        log_config.segment_bytes = config.segment_bytes;
+        let log = Log::open(dir, log_config)?;
         let replication = match config.role {
             Role::Hub => Replication::All,
             Role::Clinic => Replication::Insurers(config.insurers.clone()),
