@@ -20,4 +20,4 @@
 pub mod check;
 pub mod run;
 
-pub use run::{run, Faults, Outcome, SimConfig};
+pub use run::{run, Faults, Outcome, Plant, Scripted, SimConfig};

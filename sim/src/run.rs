@@ -150,6 +150,19 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Scripted events at simulated offsets from the start.
     pub script: Vec<(u64, Scripted)>,
+    /// A known bug to plant (tests show the checkers catch each).
+    pub plant: Option<Plant>,
+}
+
+/// Known bugs the simulator must find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// In the node (clinics): a merge that loses concurrent events.
+    MergeDropsConcurrent,
+    /// In the node (clinics): a check that ignores what the node knows.
+    CheckIgnoresKnowledge,
+    /// In the hub's recovery: acknowledged data truncated on restart (its disk's fsync lies).
+    RecoveryLosesAcknowledged,
 }
 
 /// A scripted fault.
@@ -185,6 +198,7 @@ impl SimConfig {
             checks_per_day: 60.0,
             faults: Faults::hostile(),
             script: Vec::new(),
+            plant: None,
         }
     }
 }
@@ -917,7 +931,17 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         "hub",
         Signer::derived("shikaku sim hub", &seed.to_le_bytes()),
         insurers.iter().copied().collect(),
-        FaultDirectory::new(FaultConfig::default(), seed ^ 1),
+        FaultDirectory::new(
+            FaultConfig {
+                lying_fsync: if cfg.plant == Some(Plant::RecoveryLosesAcknowledged) {
+                    1.0
+                } else {
+                    0.0
+                },
+                ..FaultConfig::default()
+            },
+            seed ^ 1,
+        ),
         hub_clock,
     );
     let mut clinics = Vec::new();
@@ -934,14 +958,24 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         );
         let disk = FaultDirectory::new(cfg.faults.clinic_disk.clone(), seed ^ (0x100 + i as u64));
         let clock = clock_for(&mut clock_rng);
-        clinics.push(site(
+        let mut clinic = site(
             Role::Clinic,
             &format!("clinic-{i}"),
             signer,
             subscribed.iter().copied().collect(),
             disk,
             clock,
-        ));
+        );
+        clinic.config.planted = match cfg.plant {
+            Some(Plant::MergeDropsConcurrent) => {
+                Some(shikaku_node::PlantedBug::MergeDropsConcurrent)
+            }
+            Some(Plant::CheckIgnoresKnowledge) => {
+                Some(shikaku_node::PlantedBug::CheckIgnoresKnowledge)
+            }
+            _ => None,
+        };
+        clinics.push(clinic);
         cstate.push(ClinicState {
             link: None,
             cut_up: None,

@@ -39,3 +39,24 @@ fn a_calm_run_has_no_offline_answers() {
     let workload = outcome.lines.iter().find(|l| l.starts_with("workload:")).unwrap();
     assert!(workload.ends_with("(0 offline)"), "{workload}");
 }
+
+#[test]
+fn planted_bugs_are_caught_within_a_few_seeds() {
+    use shikaku_sim::{Plant, Scripted};
+    for plant in [
+        Plant::MergeDropsConcurrent,
+        Plant::CheckIgnoresKnowledge,
+        Plant::RecoveryLosesAcknowledged,
+    ] {
+        let caught = (1..=3).find_map(|seed| {
+            let mut cfg = small(seed);
+            cfg.plant = Some(plant);
+            cfg.script.push((3_600_000, Scripted::Crash(None)));
+            let outcome = run(&cfg);
+            outcome.violations.first().map(|v| (seed, v.invariant))
+        });
+        let (seed, invariant) =
+            caught.unwrap_or_else(|| panic!("{plant:?} was not caught within 3 seeds"));
+        println!("{plant:?}: caught at seed {seed} by \"{invariant}\"");
+    }
+}

@@ -17,5 +17,6 @@ pub mod node;
 
 pub use node::{
     prepare, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output, PeerIdentity,
+    PlantedBug,
 };
 pub use shikaku_protocol::wire::Role;

@@ -76,6 +76,21 @@ pub struct NodeConfig {
     pub insurer_keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
     /// Preallocated size of each ledger segment (the simulator uses small ones).
     pub segment_bytes: u64,
+    /// A known bug to plant, so tests can show the simulator catches it. Never set outside
+    /// tests.
+    #[doc(hidden)]
+    pub planted: Option<PlantedBug>,
+}
+
+/// Bugs the simulator's tests plant on purpose (see `tests/it/sim.rs`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The merge drops a received event stamped in the same second as one already held in
+    /// its namespace (loses concurrent events).
+    MergeDropsConcurrent,
+    /// Checks answer from an empty record-time cut-off instead of what the node holds.
+    CheckIgnoresKnowledge,
 }
 
 impl NodeConfig {
@@ -93,6 +108,7 @@ impl NodeConfig {
             prefetch: Vec::new(),
             insurer_keys: BTreeMap::new(),
             segment_bytes: 64 * 1024 * 1024,
+            planted: None,
         }
     }
 }
@@ -1242,6 +1258,28 @@ impl<D: Directory> Node<D> {
 
     /// Stores verified events durably and indexes the new ones; returns their positions.
     fn store(&mut self, now_ms: u64, events: &[SignedEvent]) -> Result<Vec<u64>, NodeError> {
+        let planted: Vec<SignedEvent>;
+        let events = if self.config.planted == Some(PlantedBug::MergeDropsConcurrent) {
+            let second = |ns: Namespace, hlc: u64| (ns, (hlc >> 16) / 1000);
+            let mut held: BTreeSet<(Namespace, u64)> = self
+                .ns
+                .iter()
+                .flat_map(|(ns, ix)| {
+                    ix.by_position().iter().map(move |(_, item)| second(*ns, item.timestamp))
+                })
+                .collect();
+            planted = events
+                .iter()
+                .filter(|e| {
+                    self.log.position_of(&e.id()).is_some()
+                        || held.insert(second(e.event().namespace, e.event().hlc.0))
+                })
+                .cloned()
+                .collect();
+            &planted[..]
+        } else {
+            events
+        };
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -1760,7 +1798,13 @@ impl<D: Directory> Node<D> {
         let online = self.in_sync();
         let freshness = self.freshness(now_ms);
         let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
-        let answer = self.projection.check(query, service_date, as_of, freshness);
+        let cutoff = if self.config.planted == Some(PlantedBug::CheckIgnoresKnowledge) {
+            Hlc(0)
+        } else {
+            as_of
+        };
+        let mut answer = self.projection.check(query, service_date, cutoff, freshness);
+        answer.knowledge.as_of = as_of;
         let body = EventBody::CheckPerformed {
             query: query.clone(),
             service_date,
