@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// No faults at all (a baseline).
     #[arg(long)]
     pub calm: bool,
+    /// A scenario file (TOML; see sim/README.md and sim/scenarios/): scripted partitions,
+    /// crashes and clock jumps at simulated times, and the fault preset.
+    #[arg(long)]
+    pub scenario: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub shape: Shape,
 }
@@ -91,6 +95,12 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             if args.calm {
                 cfg.faults = Faults::none();
             }
+            if let Some(path) = &args.scenario {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                apply_scenario(&mut cfg, &text)
+                    .with_context(|| format!("scenario {}", path.display()))?;
+            }
             let outcome = run(&cfg);
             for line in &outcome.lines {
                 writeln!(out, "{line}")?;
@@ -134,4 +144,131 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             Ok(if failing.is_empty() { 0 } else { 1 })
         }
     }
+}
+
+/// A scenario file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    /// `hostile` (default) or `calm`: the random faults around the scripted ones.
+    #[serde(default)]
+    faults: Option<String>,
+    /// Clinics, overriding `--clinics`.
+    #[serde(default)]
+    clinics: Option<usize>,
+    /// Safety-phase length, overriding `--duration`.
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    partition: Vec<ScenarioPartition>,
+    #[serde(default)]
+    crash: Vec<ScenarioCrash>,
+    #[serde(default)]
+    clock: Vec<ScenarioClock>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioPartition {
+    /// From (`HH:MM` after the start, or a duration such as `90m`).
+    from: String,
+    /// Until.
+    until: String,
+    /// Clinics cut off from the hub (empty or absent: all).
+    #[serde(default)]
+    clinics: Vec<usize>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioCrash {
+    at: String,
+    /// `hub` or a clinic index.
+    node: toml::Value,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioClock {
+    at: String,
+    clinic: usize,
+    /// `+10m`, `-30s`, …
+    jump: String,
+}
+
+/// `HH:MM` (after the start) or a duration (`90m`, `2h`, `3600s`).
+fn parse_at(text: &str) -> Result<u64> {
+    if let Some((h, m)) = text.split_once(':') {
+        let (h, m): (u64, u64) = (
+            h.parse().with_context(|| format!("time {text:?}"))?,
+            m.parse().with_context(|| format!("time {text:?}"))?,
+        );
+        if m >= 60 {
+            bail!("time {text:?}: minutes must be below 60");
+        }
+        return Ok((h * 60 + m) * 60_000);
+    }
+    parse_duration(text)
+}
+
+/// Applies a scenario (TOML) to a run's configuration.
+pub fn apply_scenario(cfg: &mut SimConfig, text: &str) -> Result<()> {
+    use shikaku_sim::Scripted;
+    let scenario: Scenario = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match scenario.faults.as_deref() {
+        None | Some("hostile") => {}
+        Some("calm") => cfg.faults = Faults::none(),
+        Some(other) => bail!("faults = {other:?}: expected \"hostile\" or \"calm\""),
+    }
+    if let Some(n) = scenario.clinics {
+        if n == 0 {
+            bail!("clinics must be at least 1");
+        }
+        cfg.clinics = n;
+    }
+    if let Some(d) = &scenario.duration {
+        cfg.duration_ms = parse_duration(d)?;
+    }
+    for p in &scenario.partition {
+        let (from, until) = (parse_at(&p.from)?, parse_at(&p.until)?);
+        if until <= from {
+            bail!("partition from {} until {}: the end must come after the start", p.from, p.until);
+        }
+        if let Some(bad) = p.clinics.iter().find(|c| **c >= cfg.clinics) {
+            bail!(
+                "partition names clinic {bad}, but there are {} clinics (0..{})",
+                cfg.clinics,
+                cfg.clinics
+            );
+        }
+        cfg.script.push((
+            from,
+            Scripted::Partition { clinics: p.clinics.clone(), duration_ms: until - from },
+        ));
+    }
+    for c in &scenario.crash {
+        let who = match &c.node {
+            toml::Value::String(s) if s == "hub" => None,
+            toml::Value::Integer(i) if *i >= 0 && (*i as usize) < cfg.clinics => Some(*i as usize),
+            other => bail!(
+                "crash node = {other:?}: expected \"hub\" or a clinic index below {}",
+                cfg.clinics
+            ),
+        };
+        cfg.script.push((parse_at(&c.at)?, Scripted::Crash(who)));
+    }
+    for c in &scenario.clock {
+        if c.clinic >= cfg.clinics {
+            bail!("clock names clinic {}, but there are {} clinics", c.clinic, cfg.clinics);
+        }
+        let (sign, rest) = match c.jump.strip_prefix('-') {
+            Some(rest) => (-1i64, rest),
+            None => (1, c.jump.trim_start_matches('+')),
+        };
+        cfg.script.push((
+            parse_at(&c.at)?,
+            Scripted::ClockJump { clinic: c.clinic, by_ms: sign * parse_duration(rest)? as i64 },
+        ));
+    }
+    Ok(())
 }

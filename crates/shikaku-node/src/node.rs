@@ -302,7 +302,13 @@ struct ClinicSession {
     in_sync: bool,
     /// Repair round trips per namespace in this session (Reconcile frames and Fetch waves).
     rounds: BTreeMap<Namespace, u32>,
+    /// The hub refused some of our events (a clock too far ahead): push again from the last
+    /// acknowledged sequence at this local time.
+    retry_at_ms: Option<u64>,
 }
+
+/// How long a clinic waits before pushing events the hub refused once more.
+pub const REFUSED_RETRY_MS: u64 = 60_000;
 
 #[derive(Debug)]
 enum SessionState {
@@ -404,6 +410,9 @@ pub struct Node<D: Directory> {
     own: BTreeMap<u64, u64>,
     /// Hub: highest origin sequence held per clinic.
     clinic_seq: BTreeMap<NodeId, u64>,
+    /// Clinic: how far its clock runs ahead of the hub's (from receipts), when it does; event
+    /// timestamps are taken from the hub-aligned time so the hub does not refuse them.
+    ahead_of_hub_ms: u64,
 }
 
 impl<D: Directory> std::fmt::Debug for Node<D> {
@@ -444,6 +453,7 @@ impl<D: Directory> Node<D> {
             last_sync_ms: None,
             own: BTreeMap::new(),
             clinic_seq: BTreeMap::new(),
+            ahead_of_hub_ms: 0,
             config,
         };
         let mut from = 1;
@@ -811,7 +821,7 @@ impl<D: Directory> Node<D> {
             (SessionState::Clinic(_), _) => match m {
                 Message::Receipt(r) => self.on_receipt(now_ms, conn, r),
                 Message::Ack { own_seq, stored, refused } => {
-                    self.on_ack(conn, own_seq, stored, refused);
+                    self.on_ack(now_ms, conn, own_seq, stored, refused);
                     Ok(())
                 }
                 Message::ReconcileReply { namespace, message } => {
@@ -1408,6 +1418,7 @@ impl<D: Directory> Node<D> {
             repairs: BTreeMap::new(),
             in_sync: false,
             rounds: BTreeMap::new(),
+            retry_at_ms: None,
         };
         let mut first = Vec::new();
         let unknown: Vec<Namespace> = std::iter::once((own_ns, own_cursor))
@@ -1551,6 +1562,19 @@ impl<D: Directory> Node<D> {
             return Err((ErrorCode::Malformed, "receipt signature does not verify".into()));
         }
         self.counters.receipts += 1;
+        // The hub signed this moments ago: a local clock far ahead of it would stamp events the
+        // hub refuses; follow the hub's time for timestamps instead (and say so).
+        let ahead = now_ms.saturating_sub(r.issued_ms);
+        if ahead > 60_000 && self.ahead_of_hub_ms == 0 {
+            self.log(
+                Level::Warn,
+                format!(
+                    "this clock runs {} s ahead of the hub's; timestamps follow the hub's time",
+                    ahead / 1000
+                ),
+            );
+        }
+        self.ahead_of_hub_ms = if ahead > 60_000 { ahead } else { 0 };
         self.receipt = Some((r, granted.clone()));
         self.receipts_dirty = true;
         if !r.complete {
@@ -1610,9 +1634,20 @@ impl<D: Directory> Node<D> {
         Ok(())
     }
 
-    fn on_ack(&mut self, conn: ConnId, own_seq: u64, stored: u32, refused: Vec<Refusal>) {
+    fn on_ack(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        own_seq: u64,
+        stored: u32,
+        refused: Vec<Refusal>,
+    ) {
+        let any_refused = !refused.is_empty();
         if let Some(s) = self.clinic_session_mut(conn) {
             s.acked = s.acked.max(own_seq);
+            if any_refused && s.retry_at_ms.is_none() {
+                s.retry_at_ms = Some(now_ms + REFUSED_RETRY_MS);
+            }
         }
         for r in refused {
             self.log(
@@ -1766,6 +1801,17 @@ impl<D: Directory> Node<D> {
         if let Err(e) = self.persist_receipts() {
             self.log(Level::Warn, format!("could not persist receipts: {e}"));
         }
+        let mut retry = Vec::new();
+        for (id, c) in &mut self.conns {
+            if let SessionState::Clinic(s) = &mut c.state {
+                if s.retry_at_ms.is_some_and(|at| now_ms >= at) {
+                    s.retry_at_ms = None;
+                    s.push_next = s.push_next.min(s.acked + 1);
+                    retry.push(*id);
+                }
+            }
+        }
+        self.dirty.extend(retry);
         if self.config.role == Role::Hub {
             let stalled: Vec<ConnId> = self
                 .conns
@@ -1835,7 +1881,7 @@ impl<D: Directory> Node<D> {
     /// self-declaration; it is pushed to the hub like check records.
     pub fn record(&mut self, now_ms: u64, body: EventBody) -> Result<SignedEvent, NodeError> {
         let me = self.signer.node_id();
-        let hlc = self.clock.tick(now_ms)?;
+        let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
         let seq = self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1;
         let event = Event {
             namespace: Namespace::Clinic(me),
