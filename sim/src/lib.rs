@@ -11,6 +11,7 @@
 //!   idle timeout, and the clinic reconnects with backoff.
 //! - Nodes crash (unsynced writes lost or torn) and restart through recovery; clinics' disks
 //!   can misdirect writes and rot bits. Clocks are skewed, drift and jump.
+//! - [`report::html`]: the run as an HTML page with an SVG timeline.
 //! - A safety phase with faults is followed by a liveness phase with faults healed; the
 //!   checkers ([`check`]) verify DESIGN.md's invariants continuously and at quiescence.
 //!
@@ -18,6 +19,8 @@
 //! container; the same seed gives the same run, byte for byte.
 
 pub mod check;
+pub mod report;
 pub mod run;
 
-pub use run::{run, Faults, Outcome, Plant, Scripted, SimConfig};
+pub use report::html;
+pub use run::{run, Faults, Mark, Outcome, Plant, Scripted, SimConfig, Who};

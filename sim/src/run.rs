@@ -203,9 +203,34 @@ impl SimConfig {
     }
 }
 
+/// Something to draw on the report's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mark {
+    /// Cut off from the hub until this simulated time.
+    Partition {
+        /// End.
+        until_ms: u64,
+    },
+    /// The node crashed.
+    Crash,
+    /// A check: its staleness and whether it was answered in sync.
+    Check {
+        /// Seconds since the last hub sync (`None` = never synced).
+        staleness_s: Option<u64>,
+        /// In sync when answered.
+        online: bool,
+    },
+}
+
 /// What a run produced.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// Timeline marks: (simulated ms, node, mark).
+    pub timeline: Vec<(u64, Who, Mark)>,
+    /// When the faults were healed.
+    pub healed_at_ms: u64,
+    /// Clinics in the run.
+    pub clinics: usize,
     /// The report, line by line (deterministic for a seed).
     pub lines: Vec<String>,
     /// Invariant violations found (empty = the run passed).
@@ -333,6 +358,7 @@ struct Sim {
     checker: Checker,
     trace: Vec<String>,
     base_ms: u64,
+    timeline: Vec<(u64, Who, Mark)>,
 }
 
 fn stream(seed: u64, name: u64) -> Rng {
@@ -625,6 +651,11 @@ impl Sim {
         let as_of = answer.knowledge.as_of;
         let reference: Answer = site.reference.check(&query, date, as_of, freshness);
         self.stats.checks += 1;
+        self.timeline.push((
+            self.now,
+            Who::Clinic(i),
+            Mark::Check { staleness_s: answer.knowledge.staleness_s, online },
+        ));
         if !online {
             self.stats.offline_checks += 1;
         }
@@ -643,6 +674,7 @@ impl Sim {
             return;
         }
         self.stats.crashes += 1;
+        self.timeline.push((self.now, who, Mark::Crash));
         self.note(format!("{who:?} crashes"));
         let site = self.site(who);
         site.node = None;
@@ -758,6 +790,11 @@ impl Sim {
                     return;
                 }
                 self.stats.partitions += 1;
+                self.timeline.push((
+                    self.now,
+                    Who::Clinic(clinic),
+                    Mark::Partition { until_ms: until },
+                ));
                 self.note(format!(
                     "clinic {clinic} partitioned (up {up}, down {down}) for {} s",
                     (until - self.now) / 1000
@@ -872,6 +909,9 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             Ok(g) => g,
             Err(e) => {
                 return Outcome {
+                    timeline: Vec::new(),
+                    healed_at_ms: 0,
+                    clinics: cfg.clinics,
                     lines: vec![format!("seed {seed}"), format!("workload generation failed: {e}")],
                     violations: Vec::new(),
                     simulated_ms: 0,
@@ -1015,6 +1055,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         checker: Checker::default(),
         trace: Vec::new(),
         base_ms,
+        timeline: Vec::new(),
     };
     // Nodes run on the simulated clock, offset to just after the generated history.
     for site in std::iter::once(&mut sim.hub).chain(sim.clinics.iter_mut()) {
@@ -1175,5 +1216,12 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         lines.push("trace (last events):".into());
         lines.extend(sim.trace.iter().rev().take(20).rev().cloned());
     }
-    Outcome { lines, violations, simulated_ms: end }
+    Outcome {
+        timeline: sim.timeline,
+        healed_at_ms: duration,
+        clinics: cfg.clinics,
+        lines,
+        violations,
+        simulated_ms: end,
+    }
 }

@@ -60,3 +60,35 @@ fn planted_bugs_are_caught_within_a_few_seeds() {
         println!("{plant:?}: caught at seed {seed} by \"{invariant}\"");
     }
 }
+
+#[test]
+fn scenario_files_script_faults_and_the_html_report_draws_them() {
+    let mut cfg = small(5);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/scenarios/hub-outage.toml"
+    ))
+    .unwrap();
+    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
+    cfg.duration_ms = 16 * 3_600_000;
+    let outcome = run(&cfg);
+    assert!(outcome.violations.is_empty(), "{}", outcome.lines.join("\n"));
+    let workload = outcome.lines.iter().find(|l| l.starts_with("workload:")).unwrap();
+    assert!(!workload.ends_with("(0 offline)"), "the outage forces offline answers: {workload}");
+    let html = shikaku_sim::html(&outcome);
+    assert!(
+        html.starts_with("<!doctype html>")
+            && html.contains("<svg")
+            && html.contains("partitioned")
+            && html.contains("crash at")
+    );
+    // Bad scenarios are refused with the reason.
+    let err = shikaku_cli::sim::apply_scenario(
+        &mut small(1),
+        "[[partition]]\nfrom = \"10:00\"\nuntil = \"09:00\"\n",
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("the end must come after the start"), "{err:#}");
+    let err = shikaku_cli::sim::apply_scenario(&mut small(1), "colour = \"red\"\n").unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+}

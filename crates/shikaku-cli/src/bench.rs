@@ -57,6 +57,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         clinics: usize,
     },
+    /// Simulator speed: one hub + N clinics over a simulated day (simulated time per wall
+    /// second), and seeds per minute in swarm mode.
+    Sim {
+        /// Clinics.
+        #[arg(long, default_value_t = 50)]
+        clinics: usize,
+        /// Swarm seeds to time (5 clinics, 6 h each).
+        #[arg(long, default_value_t = 20)]
+        swarm_seeds: u64,
+    },
     /// Opening a large ledger: with the index checkpoint and projection snapshot against a
     /// full scan and fold of the same ledger, in the same run.
     Open {
@@ -102,6 +112,7 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
         BenchCommand::Reconcile { items, frame_bytes } => {
             crate::bench_reconcile::run(*items, *frame_bytes, out)
         }
+        BenchCommand::Sim { clinics, swarm_seeds } => sim_speed(*clinics, *swarm_seeds, out),
         BenchCommand::Sync { dir, events, week, random, clinics } => {
             crate::bench_sync::run(dir, *events, *week, *random, *clinics, out)
         }
@@ -294,5 +305,35 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     )?;
     writeln!(out, "{:<34} {:>16} {:>16}", "valid answers (sanity)", valid, naive_valid)?;
     writeln!(out, "\n{} member keys, {} events ({:.2} per key); targets: fold ≥ 1,000,000 events/s, check p99 ≤ 5 µs, ≤ 200 bytes per member", projection.members_len(), events.len(), n / people)?;
+    Ok(())
+}
+
+/// `shikaku bench sim`.
+fn sim_speed(clinics: usize, swarm_seeds: u64, out: &mut dyn Write) -> Result<()> {
+    let cfg = shikaku_sim::SimConfig::new(1, clinics);
+    let watch = crate::clock::Stopwatch::start();
+    let outcome = shikaku_sim::run(&cfg);
+    let seconds = watch.seconds();
+    writeln!(
+        out,
+        "one hub + {clinics} clinics, hostile faults, {:.1} h simulated in {seconds:.2} s: {:.0}x real time ({} invariant violations)",
+        outcome.simulated_ms as f64 / 3_600_000.0,
+        outcome.simulated_ms as f64 / 1000.0 / seconds,
+        outcome.violations.len()
+    )?;
+    let watch = crate::clock::Stopwatch::start();
+    let mut failing = 0;
+    for seed in 0..swarm_seeds {
+        let mut cfg = shikaku_sim::SimConfig::new(1000 + seed, 5);
+        cfg.duration_ms = 6 * 3_600_000;
+        cfg.faults = shikaku_sim::Faults::random(&mut shikaku_gen::Rng::new(seed));
+        failing += usize::from(!shikaku_sim::run(&cfg).violations.is_empty());
+    }
+    let seconds = watch.seconds();
+    writeln!(
+        out,
+        "swarm: {swarm_seeds} seeds (5 clinics, 6 h each, random fault mixes) in {seconds:.1} s = {:.0} seeds per minute ({failing} failing)",
+        swarm_seeds as f64 * 60.0 / seconds
+    )?;
     Ok(())
 }

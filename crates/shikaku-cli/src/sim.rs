@@ -35,6 +35,12 @@ pub struct RunArgs {
     /// No faults at all (a baseline).
     #[arg(long)]
     pub calm: bool,
+    /// Also write the report as an HTML page with an SVG timeline.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
+    /// The fault mix `sim swarm` draws for this seed (to replay a failing swarm seed).
+    #[arg(long, conflicts_with = "calm")]
+    pub random_faults: bool,
     /// A scenario file (TOML; see sim/README.md and sim/scenarios/): scripted partitions,
     /// crashes and clock jumps at simulated times, and the fault preset.
     #[arg(long)]
@@ -76,6 +82,11 @@ pub fn parse_duration(text: &str) -> Result<u64> {
     })
 }
 
+/// The fault mix swarm mode draws for a seed.
+fn swarm_faults(seed: u64) -> Faults {
+    Faults::random(&mut shikaku_gen::Rng::new(seed ^ 0x5741_524d))
+}
+
 fn config(seed: u64, shape: &Shape) -> Result<SimConfig> {
     let mut cfg = SimConfig::new(seed, shape.clinics);
     if shape.clinics == 0 {
@@ -95,6 +106,9 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             if args.calm {
                 cfg.faults = Faults::none();
             }
+            if args.random_faults {
+                cfg.faults = swarm_faults(args.seed);
+            }
             if let Some(path) = &args.scenario {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -104,6 +118,11 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             let outcome = run(&cfg);
             for line in &outcome.lines {
                 writeln!(out, "{line}")?;
+            }
+            if let Some(path) = &args.html {
+                std::fs::write(path, shikaku_sim::html(&outcome))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                writeln!(out, "report: {}", path.display())?;
             }
             Ok(if outcome.violations.is_empty() { 0 } else { 1 })
         }
@@ -119,14 +138,16 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             let mut failing = Vec::new();
             for seed in a..b {
                 let mut cfg = config(seed, shape)?;
-                let mut mix = shikaku_gen::Rng::new(seed ^ 0x5741_524d);
-                cfg.faults = Faults::random(&mut mix);
+                cfg.faults = swarm_faults(seed);
                 let outcome = run(&cfg);
                 let verdict = match outcome.violations.first() {
                     None => "ok".to_string(),
                     Some(v) => {
                         failing.push(seed);
-                        format!("FAILED: {} — {}", v.invariant, v.detail)
+                        format!(
+                            "FAILED: {} — {} (replay: shikaku sim run --seed {seed} --random-faults --clinics {} --duration {} --members {})",
+                            v.invariant, v.detail, shape.clinics, shape.duration, shape.members
+                        )
                     }
                 };
                 writeln!(out, "seed {seed}: {verdict}")?;
