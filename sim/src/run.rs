@@ -163,6 +163,8 @@ pub enum Plant {
     CheckIgnoresKnowledge,
     /// In the hub's recovery: acknowledged data truncated on restart (its disk's fsync lies).
     RecoveryLosesAcknowledged,
+    /// In the hub: a session resumes one position past the clinic's cursor.
+    CursorOffByOne,
 }
 
 /// A scripted fault.
@@ -966,7 +968,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         }
     };
     let hub_clock = NodeClock { skew_ms: 0, drift_ppm: 0, jumps_ms: 0 };
-    let hub = site(
+    let mut hub = site(
         Role::Hub,
         "hub",
         Signer::derived("shikaku sim hub", &seed.to_le_bytes()),
@@ -984,6 +986,9 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         ),
         hub_clock,
     );
+    if cfg.plant == Some(Plant::CursorOffByOne) {
+        hub.config.planted = Some(shikaku_node::PlantedBug::CursorOffByOne);
+    }
     let mut clinics = Vec::new();
     let mut cstate = Vec::new();
     for i in 0..cfg.clinics {
@@ -1177,6 +1182,20 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         })
         .collect();
     sim.checker.at_quiescence(end, sim.hub.node.as_ref(), &views);
+    // Without disk damage or crashes, a complete receipt never disagrees with the clinic: the
+    // fast path alone must have delivered everything (repairs are for damage and restores).
+    if stats.crashes == 0 && stats.bit_flips == 0 {
+        for (i, site) in sim.clinics.iter().enumerate() {
+            let mismatches = site.node.as_ref().map_or(0, |n| n.counters().receipt_mismatches);
+            if mismatches > 0 {
+                sim.checker.violation(
+                    end,
+                    "the fast path is complete without damage",
+                    format!("clinic {i} needed {mismatches} repairs with no crash or damage"),
+                );
+            }
+        }
+    }
     let report = sim.checker.report(&stats.staleness_s);
     let mut lines = vec![format!("seed {seed}")];
     lines.push(format!(

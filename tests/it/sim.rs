@@ -47,11 +47,21 @@ fn planted_bugs_are_caught_within_a_few_seeds() {
         Plant::MergeDropsConcurrent,
         Plant::CheckIgnoresKnowledge,
         Plant::RecoveryLosesAcknowledged,
+        Plant::CursorOffByOne,
     ] {
         let caught = (1..=3).find_map(|seed| {
             let mut cfg = small(seed);
             cfg.plant = Some(plant);
-            cfg.script.push((3_600_000, Scripted::Crash(None)));
+            if plant == Plant::CursorOffByOne {
+                // Clean reconnects, no damage: any repair betrays the fast path.
+                cfg.faults = Faults::none();
+                cfg.script.push((
+                    3_600_000,
+                    Scripted::Partition { clinics: vec![], duration_ms: 600_000 },
+                ));
+            } else {
+                cfg.script.push((3_600_000, Scripted::Crash(None)));
+            }
             let outcome = run(&cfg);
             outcome.violations.first().map(|v| (seed, v.invariant))
         });

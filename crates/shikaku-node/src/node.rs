@@ -91,6 +91,8 @@ pub enum PlantedBug {
     MergeDropsConcurrent,
     /// Checks answer from an empty record-time cut-off instead of what the node holds.
     CheckIgnoresKnowledge,
+    /// The hub resumes a session one position past the clinic's cursor.
+    CursorOffByOne,
 }
 
 impl NodeConfig {
@@ -964,7 +966,13 @@ impl<D: Directory> Node<D> {
     /// A pump over `granted` namespaces, each held by the clinic up to its cursor: it starts
     /// at the lowest cursor (the entries below are accounted for without being walked).
     fn start_pump(&self, granted: &[Namespace], cursors: &[u64]) -> Pump {
-        let start = cursors.iter().copied().min().unwrap_or(0);
+        let mut start = cursors.iter().copied().min().unwrap_or(0);
+        if self.config.planted == Some(PlantedBug::CursorOffByOne)
+            && start > 0
+            && start != CURSOR_UNKNOWN
+        {
+            start += 1;
+        }
         let mut next = Vec::with_capacity(granted.len());
         let mut acc = Accumulator::default();
         for ns in granted {
@@ -1595,8 +1603,13 @@ impl<D: Directory> Node<D> {
             self.last_sync_ms = Some(now_ms);
             return Ok(());
         }
-        // Our own events still on their way to the hub explain a difference.
-        let unacked = session.acked < local_own_max;
+        // Our own events still on their way to the hub may explain the difference: wait for the
+        // receipt that follows their acknowledgement before reconciling anything (found by the
+        // simulator: reconciling every namespace here was pure waste).
+        if session.acked < local_own_max {
+            return Ok(());
+        }
+        let unacked = false;
         self.counters.receipt_mismatches += 1;
         self.log(
             Level::Info,
