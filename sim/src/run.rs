@@ -165,6 +165,8 @@ pub enum Plant {
     RecoveryLosesAcknowledged,
     /// In the hub: a session resumes one position past the clinic's cursor.
     CursorOffByOne,
+    /// In the node (clinics): checks ignore voids.
+    CheckIgnoresVoids,
 }
 
 /// A scripted fault.
@@ -331,6 +333,7 @@ struct Stats {
     published: u64,
     checks: u64,
     offline_checks: u64,
+    declarations: u64,
     staleness_s: Vec<u64>,
     refusals: u64,
 }
@@ -667,6 +670,28 @@ impl Sim {
         let partitioned_for =
             self.cstate[i].partitioned_since.map(|since| self.now.saturating_sub(since));
         self.checker.answer(self.now, i, &answer, &reference, partitioned_for);
+        // A patient told "invalid" who says they just changed jobs: reception records a
+        // self-declaration (pushed to the hub like every clinic event).
+        if matches!(
+            answer.code,
+            shikaku_core::AnswerCode::Invalid | shikaku_core::AnswerCode::InvalidNewerExists
+        ) && self.work.chance(0.5)
+        {
+            let body = shikaku_core::EventBody::SelfDeclarationRecorded {
+                query: query.clone(),
+                declared_insurer: None,
+                declared_start: date,
+            };
+            let local = self.clinics[i].clock.local(self.now);
+            if let Some(node) = self.clinics[i].node.as_mut() {
+                match node.record(local, body) {
+                    Ok(_) => self.stats.declarations += 1,
+                    Err(e) => {
+                        self.note(format!("clinic {i} could not record a self-declaration: {e}"))
+                    }
+                }
+            }
+        }
         self.checker.record_check(i, query, date, answer);
         self.fold_new(Who::Clinic(i));
     }
@@ -1018,6 +1043,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             Some(Plant::CheckIgnoresKnowledge) => {
                 Some(shikaku_node::PlantedBug::CheckIgnoresKnowledge)
             }
+            Some(Plant::CheckIgnoresVoids) => Some(shikaku_node::PlantedBug::CheckIgnoresVoids),
             _ => None,
         };
         clinics.push(clinic);
@@ -1215,8 +1241,8 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         stats.crashes, stats.restarts, stats.bit_flips, stats.clock_jumps, stats.refusals
     ));
     lines.push(format!(
-        "workload: {} events published, {} checks ({} offline)",
-        stats.published, stats.checks, stats.offline_checks
+        "workload: {} events published, {} checks ({} offline), {} self-declarations",
+        stats.published, stats.checks, stats.offline_checks, stats.declarations
     ));
     lines.extend(report);
     let violations = sim.checker.violations().to_vec();

@@ -283,6 +283,8 @@ pub struct Projection {
     /// Members of insurers outside `replication` whose events were fetched individually
     /// (appointment prefetch): answered from what is held, not "unknown".
     prefetched: BTreeSet<MemberKey>,
+    /// A bug the simulator's tests plant on purpose: voids are ignored. Never set otherwise.
+    planted_ignore_voids: bool,
     ids: Vec<EventId>,
     members: Vec<MemberState>,
     member_table: HashTable<u32>,
@@ -307,6 +309,12 @@ impl Projection {
     /// Which insurers this projection holds.
     pub fn replication(&self) -> &Replication {
         &self.replication
+    }
+
+    /// Plants a known bug (voids ignored) so the simulator's tests can show they catch it.
+    #[doc(hidden)]
+    pub fn plant_ignore_voids(&mut self) {
+        self.planted_ignore_voids = true;
     }
 
     /// Declares members whose events are held although their insurer is not replicated here
@@ -561,6 +569,9 @@ impl Projection {
     /// Whether an event is void at the cut-off: some visible void or supersession targets it
     /// and is not itself void (a void of a void restores the original).
     fn is_voided(&self, event: u32, cutoff: Hlc, depth: u32) -> bool {
+        if self.planted_ignore_voids {
+            return false;
+        }
         let id = &self.ids[event as usize];
         let bit = void_filter_bit(id);
         if self.void_filter.get(bit / 64).is_none_or(|word| word & (1 << (bit % 64)) == 0) {

@@ -93,6 +93,8 @@ pub enum PlantedBug {
     CheckIgnoresKnowledge,
     /// The hub resumes a session one position past the clinic's cursor.
     CursorOffByOne,
+    /// Checks ignore voids (corrections).
+    CheckIgnoresVoids,
 }
 
 impl NodeConfig {
@@ -440,6 +442,9 @@ impl<D: Directory> Node<D> {
         };
         let mut projection = Projection::new(replication);
         projection.set_prefetched(config.prefetch.iter().cloned());
+        if config.planted == Some(PlantedBug::CheckIgnoresVoids) {
+            projection.plant_ignore_voids();
+        }
         let mut node = Node {
             projection,
             signer,
