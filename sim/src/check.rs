@@ -50,6 +50,10 @@ pub struct Checker {
     violations: Vec<Violation>,
     answers_checked: u64,
     lost_to_media: u64,
+    /// Nodes whose disk may lie about fsync: what they lose in a crash is counted, not a
+    /// violation (the hub's copy, if any, comes back by repair).
+    lying: BTreeSet<Who>,
+    lost_to_lying_disk: u64,
     contradicted: Option<(u64, u64)>,
 }
 
@@ -66,6 +70,11 @@ impl Checker {
     /// Violations so far.
     pub fn violations(&self) -> &[Violation] {
         &self.violations
+    }
+
+    /// Declares that `who`'s disk may lie about fsync.
+    pub fn disk_may_lie(&mut self, who: Who) {
+        self.lying.insert(who);
     }
 
     /// `who` stored `event` durably.
@@ -85,6 +94,10 @@ impl Checker {
             return;
         }
         if damaged && matches!(who, Who::Clinic(_)) {
+            return;
+        }
+        if self.lying.contains(&who) {
+            self.lost_to_lying_disk += missing.len() as u64;
             return;
         }
         self.violation(
@@ -307,6 +320,9 @@ impl Checker {
         )];
         if let Some((contradicted, offline)) = self.contradicted {
             lines.push(format!("offline answers later contradicted by the converged truth: {contradicted} of {offline}"));
+        }
+        if self.lost_to_lying_disk > 0 {
+            lines.push(format!("acknowledged events lost to a disk that lied about fsync (then re-fetched where the hub had them): {}", self.lost_to_lying_disk));
         }
         if self.lost_to_media > 0 {
             lines.push(format!(

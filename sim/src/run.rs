@@ -98,6 +98,7 @@ impl Faults {
                 // Silent misdirected writes under a running node are detected only when the
                 // ledger is reopened (see the closing note of issue 5): not in the default mix.
                 misdirected_write: 0.0,
+                lying_fsync: 0.002,
                 ..FaultConfig::default()
             },
             bit_flips_per_day: 0.5,
@@ -123,6 +124,7 @@ impl Faults {
         f.downtime_mean_ms = 1_000 + rng.below(30 * 60_000);
         f.clinic_disk.torn_write = rng.unit();
         f.clinic_disk.unsynced_survives = rng.unit() * 0.5;
+        f.clinic_disk.lying_fsync = if rng.chance(0.3) { rng.unit() * 0.01 } else { 0.0 };
         f.bit_flips_per_day = rng.unit() * 3.0;
         f.skew_max_ms = rng.below(240_000);
         f.drift_max_ppm = rng.below(500);
@@ -1091,6 +1093,11 @@ pub fn run(cfg: &SimConfig) -> Outcome {
     // Nodes run on the simulated clock, offset to just after the generated history.
     for site in std::iter::once(&mut sim.hub).chain(sim.clinics.iter_mut()) {
         site.clock.skew_ms += base_ms as i64;
+    }
+    if cfg.faults.clinic_disk.lying_fsync > 0.0 {
+        for i in 0..cfg.clinics {
+            sim.checker.disk_may_lie(Who::Clinic(i));
+        }
     }
     if let Err(e) = sim.open(Who::Hub) {
         sim.checker.violation(0, "ledger opens", e);
