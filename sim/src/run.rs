@@ -183,6 +183,11 @@ pub enum Scripted {
     },
     /// A node crashes (clinic index, or `None` for the hub).
     Crash(Option<usize>),
+    /// The insurer publishes this many of the next changes at once (a burst of job changes).
+    Burst {
+        /// Events.
+        events: usize,
+    },
     /// A clinic's clock jumps by this much.
     ClockJump {
         /// The clinic.
@@ -269,6 +274,7 @@ enum Ev {
     BitFlip(usize),
     Tick,
     Heal,
+    Burst(usize),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -774,6 +780,21 @@ impl Sim {
             Ev::Frame { clinic, conn, to_hub, bytes } => self.deliver(clinic, conn, to_hub, bytes),
             Ev::Connect(i) => self.connect(i),
             Ev::LinkDown { clinic, conn } => self.link_down(clinic, conn),
+            Ev::Burst(n) => {
+                // The next `n` unpublished events (in record-time order) go out now.
+                let mut taken = Vec::new();
+                for batch in self.batches.iter_mut().skip(1) {
+                    if taken.len() >= n {
+                        break;
+                    }
+                    let k = (n - taken.len()).min(batch.len());
+                    taken.extend(batch.drain(..k));
+                }
+                self.note(format!("burst: the insurer publishes {} changes at once", taken.len()));
+                self.batches.push(taken);
+                let b = self.batches.len() - 1;
+                self.handle(Ev::Publish(b));
+            }
             Ev::Publish(b) => {
                 let events = std::mem::take(&mut self.batches[b]);
                 let local = self.hub.clock.local(self.now);
@@ -1189,6 +1210,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             Scripted::ClockJump { clinic, by_ms } => {
                 sim.schedule(*at, Ev::ClockJump { who: Who::Clinic(*clinic), by_ms: *by_ms })
             }
+            Scripted::Burst { events } => sim.schedule(*at, Ev::Burst(*events)),
         }
     }
     sim.schedule(duration, Ev::Heal);

@@ -64,6 +64,10 @@ pub struct Shape {
     /// Checks per clinic per simulated day.
     #[arg(long, default_value_t = 60.0)]
     pub checks_per_day: f64,
+    /// Bound on the liveness phase: after the faults heal, everything must have converged
+    /// within this much simulated time.
+    #[arg(long, default_value = "15m")]
+    pub liveness: String,
 }
 
 /// Parses `24h`, `90m`, `3600s` or milliseconds.
@@ -95,6 +99,7 @@ fn config(seed: u64, shape: &Shape) -> Result<SimConfig> {
     cfg.duration_ms = parse_duration(&shape.duration)?;
     cfg.members = shape.members;
     cfg.checks_per_day = shape.checks_per_day;
+    cfg.liveness_ms = parse_duration(&shape.liveness)?;
     Ok(cfg)
 }
 
@@ -186,6 +191,16 @@ struct Scenario {
     crash: Vec<ScenarioCrash>,
     #[serde(default)]
     clock: Vec<ScenarioClock>,
+    #[serde(default)]
+    burst: Vec<ScenarioBurst>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioBurst {
+    at: String,
+    /// How many of the insurer's next changes land at once.
+    events: usize,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -277,6 +292,9 @@ pub fn apply_scenario(cfg: &mut SimConfig, text: &str) -> Result<()> {
             ),
         };
         cfg.script.push((parse_at(&c.at)?, Scripted::Crash(who)));
+    }
+    for b in &scenario.burst {
+        cfg.script.push((parse_at(&b.at)?, Scripted::Burst { events: b.events }));
     }
     for c in &scenario.clock {
         if c.clinic >= cfg.clinics {
