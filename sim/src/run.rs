@@ -45,6 +45,10 @@ pub struct Faults {
     pub clinic_disk: FaultConfig,
     /// Bit flips per clinic per simulated day (in durable data).
     pub bit_flips_per_day: f64,
+    /// Times per clinic per simulated day its disk fills up (for `disk_full_ms`).
+    pub disk_full_per_day: f64,
+    /// How long a full disk stays full.
+    pub disk_full_ms: u64,
     /// Largest clock skew (either way).
     pub skew_max_ms: u64,
     /// Largest clock drift, parts per million.
@@ -71,6 +75,8 @@ impl Faults {
             downtime_mean_ms: 0,
             clinic_disk: FaultConfig::default(),
             bit_flips_per_day: 0.0,
+            disk_full_per_day: 0.0,
+            disk_full_ms: 0,
             skew_max_ms: 0,
             drift_max_ppm: 0,
             clock_jumps_per_day: 0.0,
@@ -102,6 +108,8 @@ impl Faults {
                 ..FaultConfig::default()
             },
             bit_flips_per_day: 0.5,
+            disk_full_per_day: 0.5,
+            disk_full_ms: 20 * 60_000,
             skew_max_ms: 120_000,
             drift_max_ppm: 200,
             clock_jumps_per_day: 0.5,
@@ -126,6 +134,8 @@ impl Faults {
         f.clinic_disk.unsynced_survives = rng.unit() * 0.5;
         f.clinic_disk.lying_fsync = if rng.chance(0.3) { rng.unit() * 0.01 } else { 0.0 };
         f.bit_flips_per_day = rng.unit() * 3.0;
+        f.disk_full_per_day = rng.unit() * 2.0;
+        f.disk_full_ms = 1_000 + rng.below(3_600_000);
         f.skew_max_ms = rng.below(240_000);
         f.drift_max_ppm = rng.below(500);
         f.clock_jumps_per_day = rng.unit() * 2.0;
@@ -275,6 +285,7 @@ enum Ev {
     Tick,
     Heal,
     Burst(usize),
+    DiskFull { clinic: usize, full: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +305,8 @@ impl NodeClock {
 #[derive(Debug)]
 struct Link {
     conn: u64,
+    /// When the session started (a session that lasted resets the reconnect backoff).
+    since: u64,
     /// Next time each direction is free (bandwidth), and the last arrival (in-order stream).
     up_free: u64,
     down_free: u64,
@@ -336,6 +349,7 @@ struct Stats {
     crashes: u64,
     restarts: u64,
     bit_flips: u64,
+    disk_full: u64,
     clock_jumps: u64,
     sessions: u64,
     published: u64,
@@ -588,7 +602,6 @@ impl Sim {
             self.schedule(self.now + backoff.max(100), Ev::Connect(i));
             return;
         }
-        self.cstate[i].backoff_ms = 100;
         self.next_conn += 1;
         let conn = self.next_conn;
         let rtt = 2 * self.latency();
@@ -601,8 +614,14 @@ impl Sim {
             node: self.clinics[i].signer.node_id(),
         };
         let t = self.now + rtt;
-        self.cstate[i].link =
-            Some(Link { conn, up_free: t, down_free: t, up_last: t, down_last: t });
+        self.cstate[i].link = Some(Link {
+            conn,
+            since: self.now,
+            up_free: t,
+            down_free: t,
+            up_last: t,
+            down_last: t,
+        });
         let hub_now = self.hub.clock.local(self.now);
         let clinic_now = self.clinics[i].clock.local(self.now);
         if let Some(n) = self.hub.node.as_mut() {
@@ -618,6 +637,11 @@ impl Sim {
         if link.conn != conn {
             return;
         }
+        // Backoff resets only after a session that lasted; one that fails at once (say, the
+        // clinic's disk is full) backs off further instead of reconnecting in a storm.
+        let lasted = self.now.saturating_sub(link.since) >= 30_000;
+        let backoff = self.cstate[i].backoff_ms;
+        self.cstate[i].backoff_ms = if lasted { 100 } else { (backoff * 2).clamp(100, 5_000) };
         self.cstate[i].link = None;
         let hub_now = self.hub.clock.local(self.now);
         let clinic_now = self.clinics[i].clock.local(self.now);
@@ -780,6 +804,23 @@ impl Sim {
             Ev::Frame { clinic, conn, to_hub, bytes } => self.deliver(clinic, conn, to_hub, bytes),
             Ev::Connect(i) => self.connect(i),
             Ev::LinkDown { clinic, conn } => self.link_down(clinic, conn),
+            Ev::DiskFull { clinic, full } => {
+                if full && self.healed {
+                    return;
+                }
+                let mut config = self.cfg.faults.clinic_disk.clone();
+                if self.healed {
+                    config = FaultConfig::default();
+                }
+                // Full: no file may grow (writes inside preallocated segments still land).
+                config.capacity_bytes = full.then_some(0);
+                self.clinics[clinic].disk.set_config(config);
+                self.stats.disk_full += u64::from(full);
+                self.note(format!(
+                    "clinic {clinic}: disk {}",
+                    if full { "full" } else { "has room again" }
+                ));
+            }
             Ev::Burst(n) => {
                 // The next `n` unpublished events (in record-time order) go out now.
                 let mut taken = Vec::new();
@@ -1173,6 +1214,14 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             let t = exp(&mut sim.disk_rng, DAY_MS / f.bit_flips_per_day);
             sim.schedule(t, Ev::BitFlip(i));
         }
+        if f.disk_full_per_day > 0.0 {
+            let mut t = exp(&mut sim.disk_rng, DAY_MS / f.disk_full_per_day);
+            while t < duration {
+                sim.schedule(t, Ev::DiskFull { clinic: i, full: true });
+                sim.schedule(t + f.disk_full_ms, Ev::DiskFull { clinic: i, full: false });
+                t += f.disk_full_ms + exp(&mut sim.disk_rng, DAY_MS / f.disk_full_per_day);
+            }
+        }
         if f.clock_jumps_per_day > 0.0 && f.skew_max_ms > 0 {
             let mut t = exp(&mut sim.clock_rng, DAY_MS / f.clock_jumps_per_day);
             while t < duration {
@@ -1266,8 +1315,8 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         stats.frames, stats.bytes, stats.lost, stats.duplicated, stats.reordered, stats.sessions, stats.partitions
     ));
     lines.push(format!(
-        "nodes: {} crashes, {} restarts, {} bit flips, {} clock jumps, {} refusals logged",
-        stats.crashes, stats.restarts, stats.bit_flips, stats.clock_jumps, stats.refusals
+        "nodes: {} crashes, {} restarts, {} bit flips, {} full disks, {} clock jumps, {} refusals logged",
+        stats.crashes, stats.restarts, stats.bit_flips, stats.disk_full, stats.clock_jumps, stats.refusals
     ));
     lines.push(format!(
         "workload: {} events published, {} checks ({} offline), {} self-declarations",

@@ -529,11 +529,17 @@ impl ClinicService {
                     match endpoint.connect(hub, "shikaku-hub") {
                         Ok(connecting) => match connecting.await {
                             Ok(conn) => {
-                                backoff = Duration::from_millis(100);
+                                let started = tokio::time::Instant::now();
                                 if let Err(e) = rt.serve_connection(conn, Role::Hub).await {
                                     rt.with_node(|n, _| {
                                         n.note_refused_connection(&format!("{e:#}"))
                                     });
+                                }
+                                // Only a session that lasted resets the backoff: one that
+                                // fails at once (a full disk, a refused handshake) must not
+                                // turn into a reconnect storm.
+                                if started.elapsed() >= Duration::from_secs(30) {
+                                    backoff = Duration::from_millis(100);
                                 }
                             }
                             Err(e) => rt.with_node(|n, _| {
