@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Also write the report as an HTML page with an SVG timeline.
     #[arg(long)]
     pub html: Option<std::path::PathBuf>,
+    /// Chance per write that a clinic's disk misdirects it (off by default: such silent
+    /// corruption under a running node is detected only when its ledger is reopened, a known
+    /// limitation this knob demonstrates — see sim/README.md).
+    #[arg(long, default_value_t = 0.0)]
+    pub misdirected_writes: f64,
     /// The fault mix `sim swarm` draws for this seed (to replay a failing swarm seed).
     #[arg(long, conflicts_with = "calm")]
     pub random_faults: bool,
@@ -114,6 +119,10 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             if args.random_faults {
                 cfg.faults = swarm_faults(args.seed);
             }
+            if !(0.0..=1.0).contains(&args.misdirected_writes) {
+                bail!("--misdirected-writes must be a probability in [0, 1]");
+            }
+            cfg.faults.clinic_disk.misdirected_write = args.misdirected_writes;
             if let Some(path) = &args.scenario {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
