@@ -420,6 +420,7 @@ impl Sim {
     /// Feeds newly stored log entries into the site's reference projection and records the
     /// site's acknowledged events (everything stored is durable: appends return after fsync).
     fn fold_new(&mut self, who: Who) {
+        let now = self.now;
         let checker = &mut self.checker;
         let site = match who {
             Who::Hub => &mut self.hub,
@@ -439,7 +440,7 @@ impl Sim {
                 // Damage found when the ledger was opened: reported, never served, re-fetched.
                 Err(shikaku_log::LogError::Damaged { .. }) => {}
                 Err(e) => checker.violation(
-                    0,
+                    now,
                     "acknowledged records read back",
                     format!(
                         "{who:?}: position {position} unreadable right after it was stored: {e}"
