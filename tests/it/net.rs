@@ -424,6 +424,7 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&member) && out.contains("0 s ago"), "{out}");
     // A bad request is a 400 naming the problem.
+    let metrics_url = url.clone();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = shikaku_cli::run(
@@ -437,6 +438,27 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     .unwrap();
     assert_eq!(code, 2);
     assert!(err.contains("400") && err.contains("INSURER:SYMBOL:NUMBER:BRANCH"), "{err}");
+    // Prometheus metrics: the check above is counted by result and mode; no member data.
+    let host = metrics_url.trim_start_matches("http://").to_owned();
+    let metrics = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(
+        metrics.contains("shikaku_checks_total{result=") && metrics.contains("mode=\"online\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shikaku_in_sync 1") && metrics.contains("shikaku_staleness_seconds 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&member), "no member data in metrics");
     api.abort();
     cs.shutdown().await;
     service.shutdown().await;

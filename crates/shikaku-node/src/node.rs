@@ -171,6 +171,8 @@ pub struct Counters {
     pub repaired_events: u64,
     /// Checks answered (clinic).
     pub checks: u64,
+    /// Checks answered by answer code and mode (clinic), for metrics.
+    pub checks_by: BTreeMap<(shikaku_core::AnswerCode, bool), u64>,
     /// Failed attempts to reach the hub (clinic).
     pub connect_failures: u64,
 }
@@ -1881,6 +1883,7 @@ impl<D: Directory> Node<D> {
         };
         self.record(now_ms, body)?;
         self.counters.checks += 1;
+        *self.counters.checks_by.entry((answer.code, online)).or_default() += 1;
         Ok(answer)
     }
 
