@@ -459,6 +459,27 @@ async fn shikaku_check_asks_a_running_clinic_node() {
         "{metrics}"
     );
     assert!(!metrics.contains(&member), "no member data in metrics");
+    // A self-declaration is recorded (201) and reaches the hub; a bad date is a 400 naming it.
+    let post = |body: String| {
+        let host = metrics_url.trim_start_matches("http://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(host).unwrap();
+            write!(stream, "POST /v1/declarations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let own = Namespace::Clinic(d.signer("clinic-q").node_id());
+    let before = state(&hub, own).0;
+    let created =
+        post(format!(r#"{{"member":"{member}","declared_start":"2026-01-04"}}"#)).await.unwrap();
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    wait_for("declaration at the hub", || state(&hub, own).0 == before + 1).await;
+    let refused =
+        post(format!(r#"{{"member":"{member}","declared_start":"2026-13-40"}}"#)).await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400") && refused.contains("declared_start"), "{refused}");
     api.abort();
     cs.shutdown().await;
     service.shutdown().await;

@@ -156,6 +156,18 @@ pub fn clinic_serve(
     })
 }
 
+/// `POST /v1/declarations`: a patient told "invalid" says they just changed insurer.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclarationBody {
+    card: Option<String>,
+    member: Option<String>,
+    /// The insurer the patient says they joined, if known.
+    declared_insurer: Option<String>,
+    /// The date the new coverage started (YYYY-MM-DD).
+    declared_start: String,
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct CheckParams {
     card: Option<String>,
@@ -195,6 +207,37 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         Ok(Json(serde_json::json!({ "answer": answer, "text": text })))
     }
 
+    async fn declare(
+        State(rt): State<Arc<Runtime>>,
+        Json(d): Json<DeclarationBody>,
+    ) -> Result<(StatusCode, Json<serde_json::Value>), (StatusCode, String)> {
+        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
+        let query = crate::parse_query(d.card.as_deref(), d.member.as_deref()).map_err(bad)?;
+        let declared_start = d
+            .declared_start
+            .parse::<Date>()
+            .map_err(|e| bad(anyhow::Error::from(e).context("declared_start")))?;
+        let declared_insurer = match d.declared_insurer.as_deref() {
+            Some(text) => Some(
+                text.parse::<InsurerNumber>()
+                    .map_err(|e| bad(anyhow::Error::from(e).context("declared_insurer")))?,
+            ),
+            None => None,
+        };
+        let body = shikaku_core::EventBody::SelfDeclarationRecorded {
+            query,
+            declared_insurer,
+            declared_start,
+        };
+        let event = rt
+            .with_node(|n, now| n.record(now, body))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+        Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "declaration": event.id().to_string() })),
+        ))
+    }
+
     async fn health(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
         let value = rt.with_node(|n, now| {
             let f = n.freshness(now);
@@ -223,6 +266,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/v1/check", get(check))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/declarations", axum::routing::post(declare))
         .with_state(runtime)
 }
 
