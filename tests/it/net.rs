@@ -480,6 +480,25 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     let refused =
         post(format!(r#"{{"member":"{member}","declared_start":"2026-13-40"}}"#)).await.unwrap();
     assert!(refused.starts_with("HTTP/1.1 400") && refused.contains("declared_start"), "{refused}");
+    // The reception page is served from the binary.
+    let host = metrics_url.trim_start_matches("http://").to_owned();
+    let page = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap();
+    assert!(
+        page.starts_with("HTTP/1.1 200")
+            && page.contains("/v1/check")
+            && page.contains("Offline since"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
     api.abort();
     cs.shutdown().await;
     service.shutdown().await;

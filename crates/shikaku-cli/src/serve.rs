@@ -1,7 +1,8 @@
 //! Running nodes from the command line: `shikaku ca init|issue`, `shikaku hub serve`,
 //! `shikaku clinic serve` (with its local check API), and `shikaku check --node URL`.
 //!
-//! The clinic's local API (loopback by default) is plain HTTP/1.1 JSON:
+//! The clinic's local API (loopback by default) is plain HTTP/1.1 JSON, plus the reception page
+//! at `/`:
 //! `GET /v1/check?member=KEY|card=TOKEN&date=YYYY-MM-DD` answers from the clinic's ledger with
 //! freshness and records the check; `GET /v1/health` reports sync state.
 
@@ -183,6 +184,11 @@ pub async fn serve_api(
     axum::serve(listener, api_router(runtime)).await
 }
 
+/// The reception page (plain HTML and JavaScript, served from the binary): check a card or a
+/// member key, a large clear result, a freshness banner that turns amber then red offline, and
+/// the self-declaration flow.
+pub const RECEPTION_PAGE: &str = include_str!("reception.html");
+
 /// The clinic's local API.
 pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
     use axum::extract::{Query, State};
@@ -266,6 +272,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/v1/check", get(check))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Html(RECEPTION_PAGE) }))
         .route("/v1/declarations", axum::routing::post(declare))
         .with_state(runtime)
 }
