@@ -231,7 +231,6 @@ impl Checker {
             }
             // 1, for the clinic (its own events must be at the clinic and at the hub).
             if let Some(acked) = self.acked.get(&Who::Clinic(i)) {
-                let own = Namespace::Clinic(node.node_id());
                 let mut missing = 0;
                 for id in acked {
                     let here = node.ledger().position_of(id).is_some();
@@ -243,7 +242,6 @@ impl Checker {
                         missing += 1;
                     }
                 }
-                let _ = own;
                 if missing > 0 {
                     self.violation(
                         at_ms,

@@ -409,47 +409,16 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let api = tokio::spawn(async move { axum_serve(listener, clinic.clone()).await });
     let member = member_of(&d.events, insurer).to_string();
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (url, member) = (url.clone(), member.clone());
-        move || {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let args =
-                ["shikaku", "check", "--node", &url, "--member", &member, "--date", "2026-01-05"];
-            let code = shikaku_cli::run(args, &mut out, &mut err);
-            (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
-        }
-    })
-    .await
-    .unwrap();
+    let (code, out, err) =
+        cli(&["check", "--node", &url, "--member", &member, "--date", "2026-01-05"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&member) && out.contains("0 s ago"), "{out}");
     // A bad request is a 400 naming the problem.
-    let metrics_url = url.clone();
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = shikaku_cli::run(
-            ["shikaku", "check", "--node", &url, "--member", "nonsense"],
-            &mut out,
-            &mut err,
-        );
-        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
-    })
-    .await
-    .unwrap();
+    let (code, _, err) = cli(&["check", "--node", &url, "--member", "nonsense"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("400") && err.contains("INSURER:SYMBOL:NUMBER:BRANCH"), "{err}");
     // Prometheus metrics: the check above is counted by result and mode; no member data.
-    let host = metrics_url.trim_start_matches("http://").to_owned();
-    let metrics = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
+    let metrics = http(&url, "GET /metrics", "").await;
     assert!(
         metrics.contains("shikaku_checks_total{result=") && metrics.contains("mode=\"online\"} 1"),
         "{metrics}"
@@ -460,38 +429,17 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     );
     assert!(!metrics.contains(&member), "no member data in metrics");
     // A self-declaration is recorded (201) and reaches the hub; a bad date is a 400 naming it.
-    let post = |body: String| {
-        let host = metrics_url.trim_start_matches("http://").to_owned();
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(host).unwrap();
-            write!(stream, "POST /v1/declarations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        })
-    };
     let own = Namespace::Clinic(d.signer("clinic-q").node_id());
     let before = state(&hub, own).0;
-    let created =
-        post(format!(r#"{{"member":"{member}","declared_start":"2026-01-04"}}"#)).await.unwrap();
+    let body = format!(r#"{{"member":"{member}","declared_start":"2026-01-04"}}"#);
+    let created = http(&url, "POST /v1/declarations", &body).await;
     assert!(created.starts_with("HTTP/1.1 201"), "{created}");
     wait_for("declaration at the hub", || state(&hub, own).0 == before + 1).await;
-    let refused =
-        post(format!(r#"{{"member":"{member}","declared_start":"2026-13-40"}}"#)).await.unwrap();
+    let body = format!(r#"{{"member":"{member}","declared_start":"2026-13-40"}}"#);
+    let refused = http(&url, "POST /v1/declarations", &body).await;
     assert!(refused.starts_with("HTTP/1.1 400") && refused.contains("declared_start"), "{refused}");
     // The reception page is served from the binary.
-    let host = metrics_url.trim_start_matches("http://").to_owned();
-    let page = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
+    let page = http(&url, "GET /", "").await;
     assert!(
         page.starts_with("HTTP/1.1 200")
             && page.contains("/v1/check")
@@ -502,6 +450,42 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     api.abort();
     cs.shutdown().await;
     service.shutdown().await;
+}
+
+/// Runs the `shikaku` command line with `args` off the async runtime: (status, stdout, stderr).
+async fn cli(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> =
+        std::iter::once("shikaku").chain(args.iter().copied()).map(String::from).collect();
+    tokio::task::spawn_blocking(move || {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = shikaku_cli::run(args, &mut out, &mut err);
+        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+/// Sends one HTTP/1.1 request (`"METHOD /path"`, a JSON body when not empty) to `url` and
+/// returns the whole response.
+async fn http(url: &str, request: &str, body: &str) -> String {
+    let host = url.trim_start_matches("http://").to_owned();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    };
+    let message =
+        format!("{request} HTTP/1.1\r\nHost: x\r\n{content}Connection: close\r\n\r\n{body}");
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        stream.write_all(message.as_bytes()).unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    })
+    .await
+    .unwrap()
 }
 
 async fn axum_serve(listener: tokio::net::TcpListener, rt: Arc<Runtime>) {

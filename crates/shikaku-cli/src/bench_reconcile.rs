@@ -10,11 +10,18 @@ use shikaku_protocol::negentropy::{Item, Reconciler, ID_BYTES};
 
 use crate::clock::Stopwatch;
 
-struct Outcome {
-    bytes: usize,
-    round_trips: usize,
-    differences: usize,
-    seconds: f64,
+/// What one reconciliation cost.
+pub(crate) struct Outcome {
+    /// Bytes of every message, both ways.
+    pub(crate) bytes: usize,
+    /// Answers the responder gave.
+    pub(crate) round_trips: usize,
+    /// Ids found on one side only.
+    pub(crate) differences: usize,
+    /// Ids the initiator lacks (to fetch afterwards).
+    pub(crate) missing: usize,
+    /// Wall time.
+    pub(crate) seconds: f64,
 }
 
 /// Runs initiator/responder rounds until the initiator is done, counting bytes both ways.
@@ -54,12 +61,13 @@ fn ours(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
         bytes,
         round_trips,
         differences: have.len() + need.len(),
+        missing: need.len(),
         seconds: watch.seconds(),
     })
 }
 
 /// The `negentropy` crate's sealed storage of `items`.
-pub(crate) fn storage(items: &[Item]) -> Result<NegentropyStorageVector> {
+fn storage(items: &[Item]) -> Result<NegentropyStorageVector> {
     let mut s = NegentropyStorageVector::with_capacity(items.len());
     for item in items {
         s.insert(item.timestamp, Id::from_byte_array(item.id)).map_err(|e| anyhow!("{e}"))?;
@@ -68,7 +76,8 @@ pub(crate) fn storage(items: &[Item]) -> Result<NegentropyStorageVector> {
     Ok(s)
 }
 
-fn reference(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
+/// The `negentropy` crate reconciling `client` (initiator) against `hub`.
+pub(crate) fn reference(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
     let (a, b) = (storage(client)?, storage(hub)?);
     let watch = Stopwatch::start();
     let err = |e: negentropy::Error| anyhow!("negentropy: {e}");
@@ -85,6 +94,7 @@ fn reference(client: &[Item], hub: &[Item], frame: usize) -> Result<Outcome> {
         bytes,
         round_trips,
         differences: have.len() + need.len(),
+        missing: need.len(),
         seconds: watch.seconds(),
     })
 }

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use negentropy::Negentropy;
+use anyhow::{bail, Context, Result};
 use shikaku_core::{Namespace, SignedEvent, Signer};
 use shikaku_gen::Rng;
 use shikaku_log::fs::FileDirectory;
@@ -115,35 +114,13 @@ fn negentropy_crate(
     client: &BTreeMap<Namespace, Vec<Item>>,
     hub: &BTreeMap<Namespace, Vec<Item>>,
 ) -> Result<(u64, u32)> {
-    let storage = crate::bench_reconcile::storage;
-    let err = |e: negentropy::Error| anyhow!("negentropy: {e}");
     let (mut bytes, mut max_rounds) = (0u64, 0u32);
-    let empty = Vec::new();
     for (ns, hub_items) in hub {
-        let a = storage(client.get(ns).unwrap_or(&empty))?;
-        let b = storage(hub_items)?;
-        let mut initiator = Negentropy::borrowed(&a, 0).map_err(err)?;
-        let mut responder = Negentropy::borrowed(&b, 0).map_err(err)?;
-        let mut message = initiator.initiate().map_err(err)?;
-        bytes += message.len() as u64;
-        let (mut have, mut need) = (Vec::new(), Vec::new());
-        let mut rounds = 0;
-        loop {
-            let answer = responder.reconcile(&message).map_err(err)?;
-            bytes += answer.len() as u64;
-            rounds += 1;
-            match initiator.reconcile_with_ids(&answer, &mut have, &mut need).map_err(err)? {
-                Some(next) => {
-                    bytes += next.len() as u64;
-                    message = next;
-                }
-                None => break,
-            }
-        }
-        if !need.is_empty() {
-            rounds += 1;
-        }
-        max_rounds = max_rounds.max(rounds);
+        let client_items = client.get(ns).map_or(&[][..], Vec::as_slice);
+        let outcome = crate::bench_reconcile::reference(client_items, hub_items, 0)?;
+        bytes += outcome.bytes as u64;
+        let rounds = outcome.round_trips + usize::from(outcome.missing > 0);
+        max_rounds = max_rounds.max(rounds as u32);
     }
     Ok((bytes, max_rounds))
 }

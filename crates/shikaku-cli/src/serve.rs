@@ -67,6 +67,21 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The node's TLS files from `<data-dir>/tls/`, refused unless the certificate is for `role`.
+fn load_tls(data_dir: &Path, role: Role) -> Result<tls::TlsFiles> {
+    let dir = data_dir.join(tls::TLS_DIR);
+    let tls_files = tls::load(&dir)?;
+    if tls_files.identity.role != role {
+        bail!(
+            "the certificate in {} is for a {}, not a {}",
+            dir.display(),
+            tls_files.identity.role.name(),
+            role.name()
+        );
+    }
+    Ok(tls_files)
+}
+
 /// `shikaku hub serve`: serves the insurers given plus every insurer in the ledger.
 pub fn hub_serve(
     data_dir: &Path,
@@ -75,14 +90,7 @@ pub fn hub_serve(
     insurer_keys: InsurerKeys,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let tls_files = tls::load(&data_dir.join(tls::TLS_DIR))?;
-    if tls_files.identity.role != Role::Hub {
-        bail!(
-            "the certificate in {} is for a {}, not a hub",
-            data_dir.join(tls::TLS_DIR).display(),
-            tls_files.identity.role.name()
-        );
-    }
+    let tls_files = load_tls(data_dir, Role::Hub)?;
     let mut config = NodeConfig::new(Role::Hub, &tls_files.identity.name);
     config.insurers = insurers.iter().copied().collect();
     config.insurer_keys = insurer_keys;
@@ -118,14 +126,7 @@ pub fn clinic_serve(
     api: SocketAddr,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let tls_files = tls::load(&data_dir.join(tls::TLS_DIR))?;
-    if tls_files.identity.role != Role::Clinic {
-        bail!(
-            "the certificate in {} is for a {}, not a clinic",
-            data_dir.join(tls::TLS_DIR).display(),
-            tls_files.identity.role.name()
-        );
-    }
+    let tls_files = load_tls(data_dir, Role::Clinic)?;
     if insurers.is_empty() {
         bail!("a clinic must subscribe to at least one insurer (--insurer NUMBER)");
     }

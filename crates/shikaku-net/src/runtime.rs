@@ -252,7 +252,8 @@ impl Runtime {
         lock(&self.conns).insert(id, ConnEntry { notify: notify.clone(), closing: None });
         self.with_node(|n, now| n.handle_connected(now, id, peer.clone()));
         let writer = tokio::spawn(write_loop(self.clone(), id, send, notify, conn.clone()));
-        let read_result = self.read_loop(id, recv).await;
+        // A reader error (a verifier task that failed) ends the session like a closed stream.
+        let _ = self.read_loop(id, recv).await;
         // The reader ended (peer closed, error, or we are closing): let the writer finish.
         if let Some(entry) = lock(&self.conns).get(&id) {
             entry.notify.notify_one();
@@ -266,7 +267,6 @@ impl Runtime {
         let quic = conn.stats();
         self.stats.udp_bytes_sent.fetch_add(quic.udp_tx.bytes, Ordering::Relaxed);
         self.stats.udp_bytes_received.fetch_add(quic.udp_rx.bytes, Ordering::Relaxed);
-        let _ = read_result;
         Ok(())
     }
 

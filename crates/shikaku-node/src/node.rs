@@ -335,6 +335,9 @@ struct Conn {
     peer_frame_max: u32,
     /// When the connection came up.
     since_ms: u64,
+    /// Clinic: the session cursor and subscriptions its `Hello` sent (the `Welcome`'s verdicts
+    /// answer exactly these).
+    hello: Option<(u64, Vec<Subscription>)>,
 }
 
 /// A hub closes a connection that has not completed its handshake within this time.
@@ -716,6 +719,7 @@ impl<D: Directory> Node<D> {
             queue: VecDeque::new(),
             peer_frame_max: FRAME_BYTES_FLOOR,
             since_ms: now_ms,
+            hello: None,
         };
         if self.config.role == Role::Clinic {
             let (cursor, subscriptions) = self.cursors();
@@ -724,10 +728,11 @@ impl<D: Directory> Node<D> {
                 role: Role::Clinic,
                 frame_max: self.config.frame_max,
                 cursor,
-                subscriptions,
+                subscriptions: subscriptions.clone(),
                 prefetch: self.config.prefetch.iter().map(ToString::to_string).collect(),
             };
             c.queue.push_back(hello.to_frame());
+            c.hello = Some((cursor, subscriptions));
             self.dirty.insert(conn);
         }
         self.log(Level::Info, format!("connection {conn}: {} {} up", peer.role.name(), peer.name));
@@ -1396,7 +1401,9 @@ impl<D: Directory> Node<D> {
                 format!("hub frame limit {frame_max} is below the floor of {FRAME_BYTES_FLOOR}"),
             ));
         }
-        let (cursor, subscriptions) = self.cursors();
+        // What our Hello said, not what the cursors would be now: an event stored while the
+        // handshake was under way must not change which namespaces count as "unknown".
+        let (cursor, subscriptions) = c.hello.clone().unwrap_or_default();
         let own_ns = Namespace::Clinic(self.signer.node_id());
         let own_cursor = cursor;
         if verdicts.len() != subscriptions.len() {
@@ -1616,7 +1623,6 @@ impl<D: Directory> Node<D> {
         if session.acked < local_own_max {
             return Ok(());
         }
-        let unacked = false;
         self.counters.receipt_mismatches += 1;
         self.log(
             Level::Info,
@@ -1642,9 +1648,6 @@ impl<D: Directory> Node<D> {
         };
         let mut frames = Vec::new();
         for ns in &granted {
-            if unacked && *ns == Namespace::Clinic(own) {
-                continue;
-            }
             frames.extend(self.start_repair(&mut session_taken, *ns));
         }
         if let Some(c) = self.conns.get_mut(&conn) {
