@@ -11,8 +11,10 @@ pub mod bench_reconcile;
 pub mod bench_sync;
 pub mod clock;
 pub mod demo;
+pub mod fhir;
 pub mod jsonl;
 pub mod ledger;
+pub mod reconcile;
 pub mod render;
 pub mod serve;
 pub mod sim;
@@ -70,6 +72,20 @@ pub enum Command {
     /// Run a clinic node.
     #[command(subcommand)]
     Clinic(ClinicCommand),
+    /// The insurer's reconciliation report from the hub's ledger: checks the converged truth
+    /// contradicts (with refunds due), self-declarations, retroactive changes, conflicts, and
+    /// clinics by staleness. Reads --data-dir (hub stopped), or asks a running hub's API.
+    Reconcile {
+        /// table, json or html.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Write the report to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A running hub's API (`http://HOST:PORT`, as given to `hub serve --api`).
+        #[arg(long)]
+        hub: Option<String>,
+    },
     /// The deterministic simulator: partitions, crashes, disk faults and clock skew from a seed.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -115,7 +131,33 @@ pub enum HubCommand {
         /// importing an insurer event signed by another key is refused.
         #[arg(long)]
         insurer_keys: Option<PathBuf>,
+        /// Address of the insurer's HTTP API (reconciliation report, health, metrics); off
+        /// unless given.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
     },
+    /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
+    /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
+    /// reported as `line N: reason` and nothing else is lost. Run it while the hub is stopped.
+    Import {
+        /// The JSON Lines file.
+        file: String,
+        /// The insurers' signing keys (`INSURER=KEY` lines): events signed by another key are
+        /// refused.
+        #[arg(long)]
+        insurer_keys: Option<PathBuf>,
+    },
+}
+
+/// Output formats of `shikaku reconcile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Terminal tables.
+    Table,
+    /// JSON (every field).
+    Json,
+    /// A self-contained HTML page.
+    Html,
 }
 
 /// `shikaku clinic …`.
@@ -301,11 +343,47 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
             serve::ca_issue(&ca_dir, &cli.data_dir, role, &name, out).map(|()| 0)
         }
-        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys }) => {
+        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys, api }) => {
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let insurers = parse_insurers(&insurers)?;
-            serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), out)
+            serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), api, out)
                 .map(|()| 0)
+        }
+        Command::Hub(HubCommand::Import { file, insurer_keys }) => {
+            use std::io::IsTerminal as _;
+            let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
+            let terminal = std::io::stderr().is_terminal();
+            let mut progress = std::io::stderr();
+            let summary = serve::hub_import(
+                &cli.data_dir,
+                &file,
+                keys.unwrap_or_default(),
+                err,
+                &mut progress,
+                terminal,
+            )?;
+            writeln!(out, "{summary}")?;
+            Ok(if summary.rejected > 0 { 1 } else { 0 })
+        }
+        Command::Reconcile { format, out: path, hub } => {
+            let name = match format {
+                ReportFormat::Table => "table",
+                ReportFormat::Json => "json",
+                ReportFormat::Html => "html",
+            };
+            let text = match hub {
+                Some(url) => serve::http_get(&url, &format!("/v1/reconcile?format={name}"))?,
+                None => {
+                    let store = Store::open_existing(&cli.data_dir)?;
+                    let events = store.log().read_from(1, usize::MAX)?;
+                    let report = reconcile::compute(&events, &Default::default(), clock::now_ms());
+                    reconcile::render(&report, name)?
+                }
+            };
+            let mut sink = output(path.as_deref(), out)?;
+            sink.write_all(text.as_bytes())?;
+            sink.flush()?;
+            Ok(0)
         }
         Command::Clinic(ClinicCommand::Serve { hub, insurers, api, prefetch, insurer_keys }) => {
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
@@ -480,13 +558,36 @@ pub fn import_from(
     ack: &mut dyn FnMut(u64),
 ) -> Result<ImportSummary> {
     let mut store = Store::open(data_dir)?;
+    let summary = import_stream(
+        reader,
+        err,
+        &|_| None,
+        &mut |good| Ok(store.append(good)?.new as u64),
+        &mut |summary, _| ack(summary.imported + summary.duplicates),
+    )?;
+    store.checkpoint_if_due()?;
+    Ok(summary)
+}
+
+/// The import loop shared by `ledger import` and `hub import`: reads JSON Lines, verifies ids
+/// and signatures in parallel batches, refuses what `screen` names a reason for, and hands the
+/// good events to `sink` (which returns how many were new). Refused lines are reported on `err`
+/// as `line N: reason`, in line order; `progress` sees the running summary and the bytes read
+/// after every batch.
+pub fn import_stream(
+    reader: impl BufRead,
+    err: &mut dyn Write,
+    screen: &dyn Fn(&SignedEvent) -> Option<String>,
+    sink: &mut dyn FnMut(&[SignedEvent]) -> Result<u64>,
+    progress: &mut dyn FnMut(&ImportSummary, u64),
+) -> Result<ImportSummary> {
     let now_ms = clock::now_ms();
     let mut summary = ImportSummary::default();
+    let mut bytes = 0u64;
     let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
     let mut errors: Vec<(u64, String)> = Vec::new();
     let mut flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
                      errors: &mut Vec<(u64, String)>,
-                     store: &mut Store,
                      summary: &mut ImportSummary,
                      err: &mut dyn Write|
      -> Result<()> {
@@ -494,9 +595,12 @@ pub fn import_from(
         let events = pending.drain(..).map(|(_, e)| e).collect();
         let mut good: Vec<SignedEvent> = Vec::new();
         for (number, result) in numbers.into_iter().zip(verify_all(events)) {
-            match result {
+            match result.map_err(|e| e.to_string()).and_then(|event| match screen(&event) {
+                Some(why) => Err(why),
+                None => Ok(event),
+            }) {
                 Ok(event) => good.push(event),
-                Err(e) => errors.push((number, e.to_string())),
+                Err(e) => errors.push((number, e)),
             }
         }
         // Report this chunk's refusals in line order, whichever check caught them.
@@ -506,10 +610,9 @@ pub fn import_from(
             writeln!(err, "line {number}: {reason}")?;
         }
         let offered = good.len() as u64;
-        let new = store.append(&good)?.new as u64;
+        let new = sink(&good)?;
         summary.imported += new;
         summary.duplicates += offered - new;
-        ack(summary.imported + summary.duplicates);
         Ok(())
     };
     for (index, line) in reader.lines().enumerate() {
@@ -522,6 +625,7 @@ pub fn import_from(
                 continue;
             }
         };
+        bytes += line.len() as u64 + 1;
         if line.trim().is_empty() {
             continue;
         }
@@ -531,11 +635,12 @@ pub fn import_from(
             Err(e) => errors.push((number, e.to_string())),
         }
         if pending.len() + errors.len() >= IMPORT_CHUNK_LINES {
-            flush(&mut pending, &mut errors, &mut store, &mut summary, err)?;
+            flush(&mut pending, &mut errors, &mut summary, err)?;
+            progress(&summary, bytes);
         }
     }
-    flush(&mut pending, &mut errors, &mut store, &mut summary, err)?;
-    store.checkpoint_if_due()?;
+    flush(&mut pending, &mut errors, &mut summary, err)?;
+    progress(&summary, bytes);
     Ok(summary)
 }
 

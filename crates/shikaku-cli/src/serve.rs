@@ -88,6 +88,7 @@ pub fn hub_serve(
     listen: SocketAddr,
     insurers: &[InsurerNumber],
     insurer_keys: InsurerKeys,
+    api: Option<SocketAddr>,
     out: &mut dyn Write,
 ) -> Result<()> {
     let tls_files = load_tls(data_dir, Role::Hub)?;
@@ -108,9 +109,27 @@ pub fn hub_serve(
             tls_files.identity.name,
             service.local_addr()?
         )?;
+        let server = match api {
+            Some(api) => {
+                let listener = tokio::net::TcpListener::bind(api)
+                    .await
+                    .with_context(|| format!("binding the insurer API on {api}"))?;
+                writeln!(
+                    out,
+                    "insurer API on http://{} (reconciliation report at /v1/reconcile?format=html)",
+                    listener.local_addr()?
+                )?;
+                let router = hub_router(service.runtime.clone());
+                Some(tokio::spawn(async move { axum::serve(listener, router).await }))
+            }
+            None => None,
+        };
         out.flush()?;
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         writeln!(out, "shutting down")?;
+        if let Some(server) = server {
+            server.abort();
+        }
         service.shutdown().await;
         Ok(())
     })
@@ -171,10 +190,13 @@ struct DeclarationBody {
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CheckParams {
     card: Option<String>,
     member: Option<String>,
     date: Option<String>,
+    /// `json` (default): shikaku's answer; `fhir`: a FHIR R4 CoverageEligibilityResponse.
+    format: Option<String>,
 }
 
 /// Serves the clinic's local API on `listener` until the task is dropped.
@@ -200,18 +222,34 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
     async fn check(
         State(rt): State<Arc<Runtime>>,
         Query(p): Query<CheckParams>,
-    ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    ) -> Result<axum::response::Response, (StatusCode, String)> {
+        use axum::response::IntoResponse;
         let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
+        let fhir = match p.format.as_deref() {
+            None | Some("json") => false,
+            Some("fhir") => true,
+            Some(other) => {
+                return Err(bad(anyhow::anyhow!("format must be json or fhir, got {other:?}")))
+            }
+        };
         let query = crate::parse_query(p.card.as_deref(), p.member.as_deref()).map_err(bad)?;
         let date = match p.date.as_deref() {
             Some(text) => text.parse::<Date>().map_err(|e| bad(e.into()))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
         };
-        let answer = rt
-            .with_node(|n, now| n.check(now, &query, date))
+        let (answer, now) = rt
+            .with_node(|n, now| n.check(now, &query, date).map(|a| (a, now)))
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+        if fhir {
+            let resource = crate::fhir::coverage_eligibility_response(&answer, now);
+            return Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
+                resource.to_string(),
+            )
+                .into_response());
+        }
         let text = render::answer(&answer);
-        Ok(Json(serde_json::json!({ "answer": answer, "text": text })))
+        Ok(Json(serde_json::json!({ "answer": answer, "text": text })).into_response())
     }
 
     async fn declare(
@@ -380,10 +418,6 @@ pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
 
 /// `shikaku check --node URL`: asks a running clinic node.
 pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> Result<()> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("--node must be an http:// URL, got {url}"))?;
-    let host = rest.trim_end_matches('/');
     let mut query = String::new();
     if let Some(card) = &args.card {
         query.push_str(&format!("card={card}"));
@@ -397,24 +431,212 @@ pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> 
     if args.as_of.is_some() {
         bail!("--as-of is answered from a local ledger only (omit --node)");
     }
-    let mut stream = std::net::TcpStream::connect(host)
-        .with_context(|| format!("connecting to the node at {host}"))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(stream, "GET /v1/check?{query} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
-    let mut response = Vec::new();
-    stream.take(4 << 20).read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").context("the node sent no HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("the node answered {status}: {}", body.trim());
-    }
+    let body = http_get(url, &format!("/v1/check?{query}"))?;
     let value: serde_json::Value =
-        serde_json::from_str(body).context("the node's answer is not JSON")?;
+        serde_json::from_str(&body).context("the node's answer is not JSON")?;
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&value["answer"])?)?;
     } else {
         write!(out, "{}", value["text"].as_str().unwrap_or_default())?;
     }
     Ok(())
+}
+
+/// A progress bar on a terminal (redrawn in place), or a line every 10% elsewhere.
+pub struct Progress<'a> {
+    out: &'a mut dyn Write,
+    terminal: bool,
+    total_bytes: Option<u64>,
+    watch: crate::clock::Stopwatch,
+    last_decile: u64,
+}
+
+impl<'a> Progress<'a> {
+    /// A bar for a job of `total_bytes` (unknown for standard input).
+    pub fn new(out: &'a mut dyn Write, terminal: bool, total_bytes: Option<u64>) -> Progress<'a> {
+        Progress {
+            out,
+            terminal,
+            total_bytes,
+            watch: crate::clock::Stopwatch::start(),
+            last_decile: 0,
+        }
+    }
+
+    /// Shows the state after `bytes` of input and `events` handled.
+    pub fn update(&mut self, bytes: u64, events: u64, done: bool) {
+        let rate = events as f64 / self.watch.seconds().max(1e-3);
+        let fraction = match self.total_bytes {
+            Some(total) if total > 0 => (bytes as f64 / total as f64).min(1.0),
+            _ => 0.0,
+        };
+        let line = if self.total_bytes.is_some() {
+            let filled = (fraction * 30.0).round() as usize;
+            format!(
+                "[{}{}] {:>3.0}%  {events} events  {:.1}k events/s",
+                "#".repeat(filled),
+                "-".repeat(30 - filled),
+                fraction * 100.0,
+                rate / 1000.0
+            )
+        } else {
+            format!("{events} events  {:.1}k events/s", rate / 1000.0)
+        };
+        if self.terminal {
+            let _ = write!(self.out, "\r{line}");
+            if done {
+                let _ = writeln!(self.out);
+            }
+        } else {
+            let decile = (fraction * 10.0) as u64;
+            if done || decile > self.last_decile {
+                self.last_decile = decile;
+                let _ = writeln!(self.out, "{line}");
+            }
+        }
+        let _ = self.out.flush();
+    }
+}
+
+/// `shikaku hub import`: imports an insurer roster or change stream (JSON Lines) into the hub's
+/// ledger through the hub's own import path (namespaces served, insurer key registry), with a
+/// progress bar on `progress_out`. The hub must not be serving (its ledger is locked).
+pub fn hub_import(
+    data_dir: &Path,
+    file: &str,
+    insurer_keys: InsurerKeys,
+    err: &mut dyn Write,
+    progress_out: &mut dyn Write,
+    terminal: bool,
+) -> Result<crate::ImportSummary> {
+    let name = tls::load(&data_dir.join(tls::TLS_DIR))
+        .map(|t| t.identity.name)
+        .unwrap_or_else(|_| "hub".to_owned());
+    let mut config = NodeConfig::new(Role::Hub, &name);
+    config.insurer_keys = insurer_keys;
+    let (mut node, _lock) = open_node(data_dir, config)?;
+    node.serve_held_insurers();
+    let (reader, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    let mut bar = Progress::new(progress_out, terminal, total);
+    let node = std::cell::RefCell::new(&mut node);
+    let summary = crate::import_stream(
+        std::io::BufReader::new(reader),
+        err,
+        &|e| node.borrow().import_refusal(e),
+        &mut |good| {
+            let mut n = node.borrow_mut();
+            for e in good {
+                if let shikaku_core::Namespace::Insurer(i) = e.event().namespace {
+                    n.serve_insurer(i);
+                }
+            }
+            let now = crate::clock::now_ms();
+            Ok(n.import(now, good).context("storing the batch")? as u64)
+        },
+        &mut |s, bytes| bar.update(bytes, s.imported + s.duplicates + s.rejected, false),
+    )?;
+    bar.update(total.unwrap_or(0), summary.imported + summary.duplicates + summary.rejected, true);
+    Ok(summary)
+}
+
+/// A plain HTTP/1.1 GET of `path` on the node at `url` (`http://HOST:PORT`); the body of a 200
+/// answer, else an error naming the status and the node's message. Answers are capped at 64 MiB.
+pub fn http_get(url: &str, path: &str) -> Result<String> {
+    let host = url
+        .strip_prefix("http://")
+        .with_context(|| format!("the node's address must be an http:// URL, got {url}"))?
+        .trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host)
+        .with_context(|| format!("connecting to the node at {host}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.take(64 << 20).read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").context("the node sent no HTTP response")?;
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("the node answered {status}: {}", body.trim());
+    }
+    Ok(body.to_owned())
+}
+
+/// The reconciliation report of a running hub (clinic names from the certificates seen).
+pub fn hub_report(n: &FileNode, now_ms: u64) -> Result<crate::reconcile::Report> {
+    let events = n.ledger().read_from(1, usize::MAX)?;
+    Ok(crate::reconcile::compute(&events, n.peer_names(), now_ms))
+}
+
+/// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `/v1/health`,
+/// `/metrics`.
+pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ReportParams {
+        format: Option<String>,
+    }
+
+    async fn report(
+        State(rt): State<Arc<Runtime>>,
+        Query(p): Query<ReportParams>,
+    ) -> Result<axum::response::Response, (StatusCode, String)> {
+        let format = p.format.unwrap_or_else(|| "html".to_owned());
+        let kind = match format.as_str() {
+            "html" => "text/html; charset=utf-8",
+            "json" => "application/json",
+            "table" => "text/plain; charset=utf-8",
+            other => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("format must be html, json or table, got {other:?}\n"),
+                ))
+            }
+        };
+        let rt2 = rt.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            let report = rt2.with_node(|n, now| hub_report(n, now))?;
+            crate::reconcile::render(&report, &format)
+        })
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
+    }
+
+    async fn health(State(rt): State<Arc<Runtime>>) -> axum::Json<serde_json::Value> {
+        axum::Json(rt.with_node(|n, _| {
+            serde_json::json!({
+                "role": n.role().name(),
+                "name": n.config().name,
+                "events": n.ledger().len(),
+                "head": n.ledger().head(),
+                "connections": n.connections(),
+                "insurers": n.config().insurers.len(),
+            })
+        }))
+    }
+
+    async fn metrics(
+        State(rt): State<Arc<Runtime>>,
+    ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+        let text = rt.with_node(|n, now| metrics_text(n, now));
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    }
+
+    axum::Router::new()
+        .route("/v1/reconcile", get(report))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(runtime)
 }

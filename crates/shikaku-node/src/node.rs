@@ -343,6 +343,9 @@ struct Conn {
 /// A hub closes a connection that has not completed its handshake within this time.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
+/// Peer names remembered for reports (one per clinic; a hub holds at most 16,384 sessions).
+pub const PEER_NAMES_MAX: usize = 100_000;
+
 /// The cursor a clinic sends when it holds events of a namespace but no receipt for it.
 pub const CURSOR_UNKNOWN: u64 = u64::MAX;
 
@@ -401,6 +404,8 @@ const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT1";
 /// A hub or clinic node.
 pub struct Node<D: Directory> {
     config: NodeConfig,
+    /// Names of the peers seen since start (from their certificates), for reports.
+    peer_names: BTreeMap<NodeId, String>,
     signer: Signer,
     log: Log<D>,
     projection: Projection,
@@ -451,6 +456,7 @@ impl<D: Directory> Node<D> {
             projection.plant_ignore_voids();
         }
         let mut node = Node {
+            peer_names: BTreeMap::new(),
             projection,
             signer,
             log,
@@ -562,6 +568,29 @@ impl<D: Directory> Node<D> {
                 self.config.insurers.insert(*insurer);
             }
         }
+    }
+
+    /// Hub: serves `insurer` from now on (an import of its roster).
+    pub fn serve_insurer(&mut self, insurer: InsurerNumber) {
+        self.config.insurers.insert(insurer);
+    }
+
+    /// Hub: why `event` may not be imported here, if it may not — it is not an insurer event,
+    /// or it is signed by a key not registered for its insurer.
+    pub fn import_refusal(&self, event: &SignedEvent) -> Option<String> {
+        match event.event().namespace {
+            Namespace::Insurer(_) => self.wrong_insurer_key(event),
+            other => Some(format!(
+                "event {} is in {}: only insurer events are imported",
+                event.id(),
+                ns_label(&other)
+            )),
+        }
+    }
+
+    /// The names of peers seen since this node was opened (their certificates' names).
+    pub fn peer_names(&self) -> &BTreeMap<NodeId, String> {
+        &self.peer_names
     }
 
     /// This node's id.
@@ -713,6 +742,9 @@ impl<D: Directory> Node<D> {
     /// A connection to `peer` is up (its certificate verified by the runtime). A clinic sends
     /// `Hello` at once.
     pub fn handle_connected(&mut self, now_ms: u64, conn: ConnId, peer: PeerIdentity) {
+        if self.peer_names.len() < PEER_NAMES_MAX {
+            self.peer_names.insert(peer.node, peer.name.clone());
+        }
         let mut c = Conn {
             peer: peer.clone(),
             state: SessionState::Handshake,

@@ -1,0 +1,163 @@
+//! A check answer as a FHIR R4 (4.0.1) `CoverageEligibilityResponse`.
+//!
+//! Mapping (also in the README's API section):
+//! - `status` `active`, `purpose` `[validation]`, `servicedDate` = the service date asked about,
+//!   `created` = when the answer was given (JST offset);
+//! - `patient`: a logical reference by identifier — the member key
+//!   (`urn:shikaku:member-key`, `INSURER:SYMBOL:NUMBER:BRANCH`) when one was identified, else
+//!   the card token asked with (`urn:shikaku:card-token`); never a name, never a My Number;
+//! - `request`: the answer hash (`urn:shikaku:answer-hash`), which the clinic's check record
+//!   carries, so the response can be tied to the audit trail;
+//! - `insurer`: the insurer number (保険者番号, JP Core's `urn:oid:1.2.392.100495.20.3.61`), or
+//!   a display-only reference when no insurer could be identified;
+//! - `outcome` `complete` when the ledger decided (valid, invalid, newer coverage exists,
+//!   pending successor), `error` with an `error` entry when it could not (no match, multiple
+//!   matches, insurer not replicated here);
+//! - `insurance[0]`: the coverage found (`inforce` true only for a valid answer), its
+//!   `benefitPeriod` (FHIR periods are inclusive: the end is the day before the loss date), and
+//!   the copay ratio as a `copay-percent` benefit;
+//! - extensions carry what FHIR has no element for: the shikaku validity code, staleness,
+//!   last hub sync, hub position, the events that decided the answer, the successor key.
+
+use serde_json::{json, Value};
+use shikaku_core::{Answer, AnswerCode, CheckQuery, Date};
+
+/// Base of the extension URLs.
+pub const EXTENSION_BASE: &str = "urn:shikaku:fhir:extension:";
+
+/// The system of Japanese insurer numbers (JP Core).
+pub const INSURER_NUMBER_SYSTEM: &str = "urn:oid:1.2.392.100495.20.3.61";
+
+fn ext(name: &str, kind: &str, value: Value) -> Value {
+    let mut e = serde_json::Map::new();
+    e.insert("url".into(), Value::String(format!("{EXTENSION_BASE}{name}")));
+    e.insert(kind.into(), value);
+    Value::Object(e)
+}
+
+fn code_name(code: AnswerCode) -> String {
+    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// FHIR `dateTime` in JST of a Unix millisecond.
+pub fn date_time_jst(ms: u64) -> String {
+    let date = Date::from_unix_ms_jst(ms);
+    let in_day = (ms + 9 * 3_600_000) % 86_400_000;
+    let (h, m, s) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60);
+    format!("{date}T{h:02}:{m:02}:{s:02}+09:00")
+}
+
+/// The answer as a `CoverageEligibilityResponse` resource, created at `created_ms`.
+pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value {
+    let hash = answer.hash().to_string();
+    let patient = match (&answer.member, &answer.query) {
+        (Some(member), _) | (None, CheckQuery::Member(member)) => json!({
+            "identifier": { "system": "urn:shikaku:member-key", "value": member.to_string() }
+        }),
+        (None, CheckQuery::Card(card)) => json!({
+            "identifier": { "system": "urn:shikaku:card-token", "value": card.to_string() }
+        }),
+    };
+    let insurer = match answer.insurer {
+        Some(insurer) => json!({
+            "identifier": { "system": INSURER_NUMBER_SYSTEM, "value": insurer.to_string() }
+        }),
+        None => json!({ "display": "insurer not identified" }),
+    };
+    let (outcome, error) = match answer.code {
+        AnswerCode::Valid
+        | AnswerCode::Invalid
+        | AnswerCode::InvalidNewerExists
+        | AnswerCode::PendingSuccessor => ("complete", None),
+        AnswerCode::NoMatch => {
+            ("error", Some(("no-match", "nothing is known under this card or key")))
+        }
+        AnswerCode::MultipleMatches => (
+            "error",
+            Some(("multiple-matches", "more than one coverage claims the person on that date")),
+        ),
+        AnswerCode::Unknown => (
+            "error",
+            Some(("not-replicated", "this member's insurer is not replicated on this node")),
+        ),
+    };
+    let mut extension = vec![ext("validity-code", "valueCode", json!(code_name(answer.code)))];
+    let k = &answer.knowledge;
+    if let Some(s) = k.staleness_s {
+        extension.push(ext("staleness-seconds", "valueDecimal", json!(s)));
+    }
+    if let Some(ms) = k.last_hub_sync_ms {
+        extension.push(ext("last-hub-sync", "valueDateTime", json!(date_time_jst(ms))));
+    }
+    if let Some(p) = k.hub_position {
+        extension.push(ext("hub-position", "valueString", json!(p.to_string())));
+    }
+    extension.push(ext("knowledge-as-of", "valueString", json!(k.as_of.0.to_string())));
+    for id in &answer.decided_by {
+        extension.push(ext("decided-by", "valueString", json!(id.to_string())));
+    }
+    if let Some(successor) = &answer.successor {
+        extension.push(ext("successor-member-key", "valueString", json!(successor.to_string())));
+    }
+    if let Some(declaration) = &answer.declaration {
+        extension.push(ext("self-declaration", "valueString", json!(declaration.to_string())));
+    }
+    if !answer.conflicts.is_empty() {
+        extension.push(ext("conflicts", "valueUnsignedInt", json!(answer.conflicts.len())));
+    }
+    let mut resource = json!({
+        "resourceType": "CoverageEligibilityResponse",
+        "id": &hash[..32],
+        "extension": extension,
+        "status": "active",
+        "purpose": ["validation"],
+        "patient": patient,
+        "servicedDate": answer.service_date.to_string(),
+        "created": date_time_jst(created_ms),
+        "request": { "identifier": { "system": "urn:shikaku:answer-hash", "value": hash } },
+        "outcome": outcome,
+        "disposition": crate::render::code_text(answer.code),
+        "insurer": insurer,
+    });
+    if let (Some(member), Some(coverage)) = (&answer.member, &answer.coverage) {
+        let mut period = serde_json::Map::new();
+        period.insert("start".into(), json!(coverage.start.to_string()));
+        if let Some(end) = coverage.end {
+            period.insert("end".into(), json!(end.add_days(-1).to_string()));
+        }
+        let mut insurance = json!({
+            "coverage": {
+                "identifier": { "system": "urn:shikaku:member-key", "value": member.to_string() }
+            },
+            "inforce": answer.code == AnswerCode::Valid,
+            "benefitPeriod": Value::Object(period),
+        });
+        if let Some(tenths) = answer.copay_tenths {
+            insurance["item"] = json!([{
+                "category": { "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/ex-benefitcategory",
+                    "code": "30",
+                    "display": "Health Benefit Plan Coverage"
+                }]},
+                "benefit": [{
+                    "type": { "coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/benefit-type",
+                        "code": "copay-percent",
+                        "display": "Copayment Percent per service"
+                    }]},
+                    "allowedUnsignedInt": u32::from(tenths) * 10
+                }]
+            }]);
+        }
+        resource["insurance"] = json!([insurance]);
+    }
+    if let Some((code, text)) = error {
+        resource["error"] = json!([{
+            "code": {
+                "coding": [{ "system": "urn:shikaku:fhir:error", "code": code }],
+                "text": text
+            }
+        }]);
+    }
+    resource
+}

@@ -1,0 +1,938 @@
+//! `shikaku reconcile`: the insurer's view of what happened while clinics were offline.
+//!
+//! Input: the hub's ledger (every insurer namespace and every clinic's check records and
+//! self-declarations) with the hub's log positions. For each clinic the report
+//! 1. **re-derives every answer the clinic gave**: the projection of the insurer events up to the
+//!    hub position the check recorded, plus the clinic's own earlier records, asked the same
+//!    question with the same knowledge cut-off; the re-derivation counts only when its hash equals
+//!    the answer hash in the check record (otherwise the check is listed as not re-derivable,
+//!    which is itself a finding: DESIGN.md's invariant 3 says offline answers are explainable);
+//! 2. compares it with the **converged truth** (all events, as known now) and lists the checks
+//!    the truth contradicts, with what the patient paid, what was due, and the refund or the
+//!    claim adjustment (in tenths of the visit's fee: the ledger knows ratios, not fees);
+//! 3. lists self-declarations, resolved (the new insurer's coverage now exists, or an explicit
+//!    resolution was recorded) and unresolved; retroactive changes (events recorded after a
+//!    check that decide its answer now and change it); conflicts waiting for an insurer's
+//!    decision; and the clinics ordered by how stale their knowledge was at their last check.
+//!
+//! The computation is a pure function of the events (no clock: `now_ms` is an input); rendering
+//! is plain text, JSON or a self-contained HTML page.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use shikaku_core::{
+    Answer, AnswerCode, CheckMode, CheckQuery, Conflict, Date, EventBody, EventId, Freshness, Hlc,
+    InsurerNumber, MemberKey, Namespace, NodeId, Projection, Replication, SignedEvent,
+};
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When it was computed (Unix ms).
+    pub generated_ms: u64,
+    /// Events in the hub's ledger.
+    pub hub_events: u64,
+    /// Totals.
+    pub totals: Totals,
+    /// Checks the converged truth contradicts, offline ones first.
+    pub contradicted: Vec<Contradiction>,
+    /// Checks whose recorded answer hash could not be re-derived from the hub's events.
+    pub not_rederivable: Vec<CheckRef>,
+    /// Self-declarations, unresolved first.
+    pub declarations: Vec<Declaration>,
+    /// Events recorded after checks that decide those checks' answers now and change them.
+    pub retroactive: Vec<Retroactive>,
+    /// Conflicts waiting for an insurer's decision.
+    pub conflicts: Vec<Conflict>,
+    /// Clinics, stalest first.
+    pub clinics: Vec<ClinicRow>,
+}
+
+/// Headline numbers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Check records at the hub.
+    pub checks: u64,
+    /// Of which answered offline.
+    pub offline_checks: u64,
+    /// Checks whose answer was re-derived exactly (hash match).
+    pub rederived: u64,
+    /// Checks the truth contradicts.
+    pub contradicted: u64,
+    /// Of which answered offline.
+    pub contradicted_offline: u64,
+    /// Sum of refunds due to patients, in tenths of a visit's fee.
+    pub refund_tenths: u64,
+    /// Sum of what patients still owe, in tenths of a visit's fee.
+    pub owed_tenths: u64,
+    /// Self-declarations recorded / still unresolved.
+    pub declarations: u64,
+    /// Unresolved self-declarations.
+    pub unresolved_declarations: u64,
+}
+
+/// A check record, identified.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRef {
+    /// The check record's event id.
+    pub check: EventId,
+    /// The clinic's display name.
+    pub clinic: String,
+    /// When the check was answered (Unix ms, the record's hlc).
+    pub at_ms: u64,
+    /// Online or offline.
+    pub mode: CheckMode,
+    /// What was asked.
+    pub query: CheckQuery,
+    /// The service date.
+    pub service_date: Date,
+    /// The code the clinic answered.
+    pub answered: AnswerCode,
+}
+
+/// Who pays what, as an answer implies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Billing {
+    /// The insurer billed, `None` when the patient pays everything.
+    pub insurer: Option<InsurerNumber>,
+    /// The patient's share in tenths of the fee.
+    pub patient_tenths: u8,
+}
+
+/// A check the converged truth contradicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contradiction {
+    /// The check.
+    #[serde(flatten)]
+    pub check: CheckRef,
+    /// The answer the truth gives now.
+    pub truth: AnswerCode,
+    /// The member the truth identifies.
+    pub truth_member: Option<MemberKey>,
+    /// Billing as answered (`None` when the answer could not be re-derived).
+    pub billed: Option<Billing>,
+    /// Billing as due.
+    pub due: Option<Billing>,
+    /// Patient paid minus patient owes, in tenths of the fee: > 0 is a refund to the patient.
+    pub refund_tenths: Option<i16>,
+    /// What to do, in words.
+    pub action: String,
+    /// The events that decide the truth and were recorded after the check.
+    pub decided_later_by: Vec<EventId>,
+}
+
+/// A self-declaration and its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Declaration {
+    /// The declaration event.
+    pub declaration: EventId,
+    /// The clinic.
+    pub clinic: String,
+    /// When it was recorded (Unix ms).
+    pub at_ms: u64,
+    /// The card or key presented.
+    pub query: CheckQuery,
+    /// The insurer the patient named.
+    pub declared_insurer: Option<InsurerNumber>,
+    /// The start date they declared.
+    pub declared_start: Date,
+    /// Whether the facts now settle it.
+    pub resolved: bool,
+    /// How: the new coverage found, or the recorded resolution.
+    pub resolution: String,
+    /// Days open (to the report's time) while unresolved.
+    pub open_days: Option<u64>,
+}
+
+/// A retroactive change and the checks whose answers it changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Retroactive {
+    /// The event.
+    pub event: EventId,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Its insurer.
+    pub insurer: Option<InsurerNumber>,
+    /// When it was recorded (Unix ms).
+    pub recorded_ms: u64,
+    /// The checks (answered before it was recorded) whose answer it changes.
+    pub checks: Vec<EventId>,
+}
+
+/// One clinic's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClinicRow {
+    /// Display name.
+    pub clinic: String,
+    /// Node id (hex).
+    pub node: String,
+    /// Check records.
+    pub checks: u64,
+    /// Of which offline.
+    pub offline_checks: u64,
+    /// Contradicted checks.
+    pub contradicted: u64,
+    /// Unresolved self-declarations.
+    pub unresolved_declarations: u64,
+    /// Time of its last check (Unix ms).
+    pub last_check_ms: Option<u64>,
+    /// Hub position its knowledge had reached at its last check.
+    pub last_hub_position: Option<u64>,
+    /// At its last check: seconds since the first hub event it had not yet received.
+    pub staleness_at_last_check_s: u64,
+    /// The worst such staleness over all its checks.
+    pub max_staleness_s: u64,
+}
+
+/// What an answer bills: `None` when it decides nothing (unknown, multiple matches) or is
+/// provisional (pending successor — the self-declaration section follows those).
+pub fn billing(
+    code: AnswerCode,
+    insurer: Option<InsurerNumber>,
+    copay: Option<u8>,
+) -> Option<Billing> {
+    match code {
+        AnswerCode::Valid => Some(Billing { insurer, patient_tenths: copay.unwrap_or(3) }),
+        AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => {
+            Some(Billing { insurer: None, patient_tenths: 10 })
+        }
+        AnswerCode::PendingSuccessor | AnswerCode::Unknown | AnswerCode::MultipleMatches => None,
+    }
+}
+
+fn answer_billing(a: &Answer) -> Option<Billing> {
+    billing(a.code, a.insurer, a.copay_tenths)
+}
+
+fn is_valid_class(code: AnswerCode) -> Option<bool> {
+    match code {
+        AnswerCode::Valid => Some(true),
+        AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => Some(false),
+        _ => None,
+    }
+}
+
+fn action_text(billed: Option<Billing>, due: Billing) -> String {
+    let who = |b: Billing| match b.insurer {
+        Some(i) => format!("insurer {i} covers {}/10", 10 - b.patient_tenths),
+        None => "not covered: the patient pays 10/10".to_owned(),
+    };
+    match billed {
+        None => format!("re-bill: {}", who(due)),
+        Some(b) => {
+            let diff = i16::from(b.patient_tenths) - i16::from(due.patient_tenths);
+            let money = match diff.cmp(&0) {
+                std::cmp::Ordering::Greater => {
+                    format!("refund {diff}/10 of the fee to the patient")
+                }
+                std::cmp::Ordering::Less => {
+                    format!("the patient owes {}/10 of the fee more", -diff)
+                }
+                std::cmp::Ordering::Equal => "patient's share unchanged".to_owned(),
+            };
+            let claim = match (b.insurer, due.insurer) {
+                (Some(a), Some(d)) if a != d => format!("; move the claim from insurer {a} to {d}"),
+                (Some(a), None) => format!("; withdraw the claim to insurer {a}"),
+                (None, Some(d)) => {
+                    format!("; claim {}/10 from insurer {d}", 10 - due.patient_tenths)
+                }
+                _ => String::new(),
+            };
+            format!("{money}{claim}")
+        }
+    }
+}
+
+struct CheckRec {
+    event: SignedEvent,
+    knowledge: Hlc,
+    code: AnswerCode,
+    mode: CheckMode,
+    query: CheckQuery,
+    service_date: Date,
+    then: Option<Answer>,
+}
+
+/// Display name of a clinic: from `names`, else `clinic <8 hex digits>`.
+pub fn clinic_name(names: &BTreeMap<NodeId, String>, node: &NodeId) -> String {
+    names
+        .get(node)
+        .cloned()
+        .unwrap_or_else(|| format!("clinic {}", &shikaku_core::hex::encode(&node.0)[..8]))
+}
+
+/// Computes the report from the hub's events with their log positions (any order).
+pub fn compute(
+    events: &[(u64, SignedEvent)],
+    names: &BTreeMap<NodeId, String>,
+    now_ms: u64,
+) -> Report {
+    let mut insurer: Vec<(u64, &SignedEvent)> = Vec::new();
+    let mut clinics: BTreeMap<NodeId, Vec<&SignedEvent>> = BTreeMap::new();
+    let mut insurer_of: HashMap<EventId, InsurerNumber> = HashMap::new();
+    let mut hlc_of: HashMap<EventId, Hlc> = HashMap::new();
+    for (position, e) in events {
+        match e.event().namespace {
+            Namespace::Insurer(i) => {
+                insurer.push((*position, e));
+                insurer_of.insert(e.id(), i);
+                hlc_of.insert(e.id(), e.event().hlc);
+            }
+            Namespace::Clinic(node) => clinics.entry(node).or_default().push(e),
+        }
+    }
+    insurer.sort_by_key(|(p, _)| *p);
+    // suffix_min[i]: the earliest record time among insurer events i.. (by position).
+    let mut suffix_min = vec![u64::MAX; insurer.len() + 1];
+    for i in (0..insurer.len()).rev() {
+        suffix_min[i] = suffix_min[i + 1].min(insurer[i].1.event().hlc.0);
+    }
+    let mut global = Projection::new(Replication::All);
+    for (_, e) in &insurer {
+        global.apply(e);
+    }
+    let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
+    let mut report = Report {
+        generated_ms: now_ms,
+        hub_events: events.len() as u64,
+        totals: Totals::default(),
+        contradicted: Vec::new(),
+        not_rederivable: Vec::new(),
+        declarations: Vec::new(),
+        retroactive: Vec::new(),
+        conflicts: global.conflicts(Hlc(u64::MAX)),
+        clinics: Vec::new(),
+    };
+    let mut retro: BTreeMap<EventId, BTreeSet<EventId>> = BTreeMap::new();
+    for (node, mut own) in clinics {
+        let name = clinic_name(names, &node);
+        own.sort_by_key(|e| e.event().origin_seq);
+        // Which insurers this clinic evidently held: those whose events decided its answers.
+        let mut held: BTreeSet<InsurerNumber> = BTreeSet::new();
+        for e in &own {
+            if let EventBody::CheckPerformed { decided_by, .. } = &e.event().body {
+                held.extend(decided_by.iter().filter_map(|id| insurer_of.get(id)));
+            }
+        }
+        let mut all = Projection::new(Replication::All);
+        let mut subset = Projection::new(Replication::Insurers(held));
+        let mut next = 0usize;
+        let mut checks: Vec<CheckRec> = Vec::new();
+        let mut declarations: Vec<(&SignedEvent, CheckQuery, Option<InsurerNumber>, Date)> =
+            Vec::new();
+        let mut resolutions: HashMap<EventId, String> = HashMap::new();
+        let mut row = ClinicRow {
+            clinic: name.clone(),
+            node: shikaku_core::hex::encode(&node.0),
+            checks: 0,
+            offline_checks: 0,
+            contradicted: 0,
+            unresolved_declarations: 0,
+            last_check_ms: None,
+            last_hub_position: None,
+            staleness_at_last_check_s: 0,
+            max_staleness_s: 0,
+        };
+        for e in own {
+            match &e.event().body {
+                EventBody::CheckPerformed {
+                    query,
+                    service_date,
+                    mode,
+                    knowledge,
+                    hub_position,
+                    code,
+                    answer_hash,
+                    ..
+                } => {
+                    while next < insurer.len() && insurer[next].0 <= *hub_position {
+                        all.apply(insurer[next].1);
+                        subset.apply(insurer[next].1);
+                        next += 1;
+                    }
+                    let then = [&all, &subset]
+                        .into_iter()
+                        .map(|p| p.check(query, *service_date, *knowledge, fresh))
+                        .find(|a| a.hash() == *answer_hash);
+                    let at = e.event().hlc.physical_ms();
+                    // The first hub event it had not received, if recorded before this check.
+                    let missed_since = suffix_min[next];
+                    let stale = if missed_since < e.event().hlc.0 {
+                        at.saturating_sub(Hlc(missed_since).physical_ms()) / 1000
+                    } else {
+                        0
+                    };
+                    row.checks += 1;
+                    row.offline_checks += u64::from(*mode == CheckMode::Offline);
+                    row.last_check_ms = Some(at);
+                    row.last_hub_position = Some(*hub_position);
+                    row.staleness_at_last_check_s = stale;
+                    row.max_staleness_s = row.max_staleness_s.max(stale);
+                    checks.push(CheckRec {
+                        event: e.clone(),
+                        knowledge: *knowledge,
+                        code: *code,
+                        mode: *mode,
+                        query: query.clone(),
+                        service_date: *service_date,
+                        then,
+                    });
+                }
+                EventBody::SelfDeclarationRecorded { query, declared_insurer, declared_start } => {
+                    declarations.push((e, query.clone(), *declared_insurer, *declared_start));
+                }
+                EventBody::SelfDeclarationResolved { declaration, outcome, .. } => {
+                    resolutions
+                        .insert(*declaration, format!("resolved by the clinic: {outcome:?}"));
+                }
+                _ => {}
+            }
+            all.apply(e);
+            subset.apply(e);
+        }
+        // The converged truth for this clinic: every insurer event and all its own records.
+        while next < insurer.len() {
+            all.apply(insurer[next].1);
+            next += 1;
+        }
+        let truth = all;
+        for c in checks {
+            report.totals.checks += 1;
+            report.totals.offline_checks += u64::from(c.mode == CheckMode::Offline);
+            let check = CheckRef {
+                check: c.event.id(),
+                clinic: name.clone(),
+                at_ms: c.event.event().hlc.physical_ms(),
+                mode: c.mode,
+                query: c.query.clone(),
+                service_date: c.service_date,
+                answered: c.code,
+            };
+            let now = truth.check(&c.query, c.service_date, Hlc(u64::MAX), fresh);
+            let decided_later_by: Vec<EventId> = now
+                .decided_by
+                .iter()
+                .copied()
+                .filter(|id| insurer_of.contains_key(id))
+                .filter(|id| hlc_of.get(id).is_some_and(|h| *h > c.knowledge))
+                .collect();
+            let (billed, contradicted) = match &c.then {
+                Some(then) => {
+                    report.totals.rederived += 1;
+                    let (b, d) = (answer_billing(then), answer_billing(&now));
+                    (b, b.is_some() && d.is_some() && b != d)
+                }
+                None => {
+                    report.not_rederivable.push(check.clone());
+                    let differs = match (is_valid_class(c.code), is_valid_class(now.code)) {
+                        (Some(a), Some(b)) => a != b,
+                        _ => false,
+                    };
+                    (None, differs)
+                }
+            };
+            if !contradicted {
+                continue;
+            }
+            let Some(due) = answer_billing(&now) else { continue };
+            for id in &decided_later_by {
+                retro.entry(*id).or_default().insert(check.check);
+            }
+            let refund =
+                billed.map(|b| i16::from(b.patient_tenths) - i16::from(due.patient_tenths));
+            match refund {
+                Some(r) if r > 0 => report.totals.refund_tenths += r as u64,
+                Some(r) if r < 0 => report.totals.owed_tenths += (-r) as u64,
+                _ => {}
+            }
+            report.totals.contradicted += 1;
+            report.totals.contradicted_offline += u64::from(c.mode == CheckMode::Offline);
+            row.contradicted += 1;
+            report.contradicted.push(Contradiction {
+                action: action_text(billed, due),
+                check,
+                truth: now.code,
+                truth_member: now.member.clone(),
+                billed,
+                due: Some(due),
+                refund_tenths: refund,
+                decided_later_by,
+            });
+        }
+        for (e, query, declared_insurer, declared_start) in declarations {
+            let now = truth.check(&query, declared_start, Hlc(u64::MAX), fresh);
+            let explicit = resolutions.get(&e.id()).cloned();
+            let found = (now.code == AnswerCode::Valid).then(|| {
+                format!(
+                    "covered from {declared_start}: member {} of insurer {}",
+                    now.member.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    now.insurer.map(|i| i.to_string()).unwrap_or_default()
+                )
+            });
+            let resolution = explicit.or(found);
+            let at_ms = e.event().hlc.physical_ms();
+            let resolved = resolution.is_some();
+            report.totals.declarations += 1;
+            if !resolved {
+                report.totals.unresolved_declarations += 1;
+                row.unresolved_declarations += 1;
+            }
+            report.declarations.push(Declaration {
+                declaration: e.id(),
+                clinic: name.clone(),
+                at_ms,
+                query,
+                declared_insurer,
+                declared_start,
+                resolved,
+                resolution: resolution
+                    .unwrap_or_else(|| "no coverage from the declared date yet".to_owned()),
+                open_days: (!resolved).then(|| now_ms.saturating_sub(at_ms) / 86_400_000),
+            });
+        }
+        report.clinics.push(row);
+    }
+    let index: HashMap<EventId, &SignedEvent> = insurer.iter().map(|(_, e)| (e.id(), *e)).collect();
+    for (event, checks) in retro {
+        let Some(e) = index.get(&event) else { continue };
+        report.retroactive.push(Retroactive {
+            event,
+            kind: e.event().body.type_name(),
+            insurer: insurer_of.get(&event).copied(),
+            recorded_ms: e.event().hlc.physical_ms(),
+            checks: checks.into_iter().collect(),
+        });
+    }
+    report.contradicted.sort_by_key(|c| (c.check.mode != CheckMode::Offline, c.check.at_ms));
+    report.declarations.sort_by_key(|d| (d.resolved, d.at_ms));
+    report.clinics.sort_by(|a, b| {
+        (b.staleness_at_last_check_s, b.max_staleness_s, &a.clinic).cmp(&(
+            a.staleness_at_last_check_s,
+            a.max_staleness_s,
+            &b.clinic,
+        ))
+    });
+    report
+}
+
+fn query_text(q: &CheckQuery) -> String {
+    match q {
+        CheckQuery::Card(card) => format!("card {}…", &card.to_string()[..12]),
+        CheckQuery::Member(member) => format!("member {member}"),
+    }
+}
+
+fn code_name(code: AnswerCode) -> String {
+    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn short(id: &EventId) -> String {
+    id.to_string()[..12].to_owned()
+}
+
+fn mode_name(mode: CheckMode) -> &'static str {
+    match mode {
+        CheckMode::Online => "online",
+        CheckMode::Offline => "offline",
+    }
+}
+
+fn billing_text(b: Option<Billing>) -> String {
+    match b {
+        None => "—".to_owned(),
+        Some(Billing { insurer: Some(i), patient_tenths }) => format!("{i} {patient_tenths}/10"),
+        Some(Billing { insurer: None, patient_tenths }) => format!("self-pay {patient_tenths}/10"),
+    }
+}
+
+/// A plain-text table layout: pads every column to its widest cell.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    use std::fmt::Write as _;
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::from("  ");
+        for (cell, w) in cells.iter().zip(&width) {
+            s.push_str(cell);
+            s.push_str(&" ".repeat(w - cell.chars().count() + 2));
+        }
+        s.trim_end().to_owned()
+    };
+    let _ = writeln!(out, "{}", line(header.iter().map(|h| h.to_string()).collect()));
+    let _ = writeln!(out, "{}", line(width.iter().map(|w| "─".repeat(*w)).collect()));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.clone()));
+    }
+}
+
+/// The report as terminal tables.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let t = &r.totals;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Reconciliation at {} over {} hub events",
+        crate::render::jst(r.generated_ms),
+        r.hub_events
+    );
+    let _ = writeln!(
+        s,
+        "{} checks ({} offline), {} re-derived exactly from their recorded hash; {} contradicted by the converged truth ({} of them offline): refunds due {}/10, patients owe {}/10 of a visit's fee",
+        t.checks, t.offline_checks, t.rederived, t.contradicted, t.contradicted_offline, t.refund_tenths, t.owed_tenths
+    );
+    let _ = writeln!(
+        s,
+        "{} self-declarations, {} unresolved; {} retroactive changes affect past checks; {} conflicts wait for a decision",
+        t.declarations,
+        t.unresolved_declarations,
+        r.retroactive.len(),
+        r.conflicts.len()
+    );
+    let _ = writeln!(s, "\nChecks the converged truth contradicts");
+    let rows: Vec<Vec<String>> = r
+        .contradicted
+        .iter()
+        .map(|c| {
+            vec![
+                crate::render::jst(c.check.at_ms),
+                c.check.clinic.clone(),
+                mode_name(c.check.mode).to_owned(),
+                query_text(&c.check.query),
+                c.check.service_date.to_string(),
+                code_name(c.check.answered),
+                code_name(c.truth),
+                billing_text(c.billed),
+                billing_text(c.due),
+                c.action.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        let _ = writeln!(s, "  none");
+    } else {
+        table(
+            &mut s,
+            &[
+                "answered", "clinic", "mode", "asked", "service", "answer", "truth", "billed",
+                "due", "action",
+            ],
+            &rows,
+        );
+    }
+    if !r.not_rederivable.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nChecks whose recorded answer could not be re-derived from the hub's events"
+        );
+        let rows: Vec<Vec<String>> = r
+            .not_rederivable
+            .iter()
+            .map(|c| {
+                vec![
+                    short(&c.check),
+                    c.clinic.clone(),
+                    mode_name(c.mode).to_owned(),
+                    query_text(&c.query),
+                    c.service_date.to_string(),
+                    code_name(c.answered),
+                ]
+            })
+            .collect();
+        table(&mut s, &["check", "clinic", "mode", "asked", "service", "answer"], &rows);
+    }
+    let _ = writeln!(s, "\nSelf-declarations");
+    let rows: Vec<Vec<String>> = r
+        .declarations
+        .iter()
+        .map(|d| {
+            vec![
+                crate::render::jst(d.at_ms),
+                d.clinic.clone(),
+                query_text(&d.query),
+                d.declared_insurer.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
+                d.declared_start.to_string(),
+                if d.resolved { "resolved".into() } else { "UNRESOLVED".into() },
+                d.resolution.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        let _ = writeln!(s, "  none");
+    } else {
+        table(
+            &mut s,
+            &["recorded", "clinic", "presented", "insurer", "from", "state", "how"],
+            &rows,
+        );
+    }
+    let _ = writeln!(s, "\nRetroactive changes that affect past checks");
+    let rows: Vec<Vec<String>> = r
+        .retroactive
+        .iter()
+        .map(|x| {
+            vec![
+                short(&x.event),
+                x.kind.to_owned(),
+                x.insurer.map(|i| i.to_string()).unwrap_or_default(),
+                crate::render::jst(x.recorded_ms),
+                x.checks.len().to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        let _ = writeln!(s, "  none");
+    } else {
+        table(&mut s, &["event", "kind", "insurer", "recorded", "checks changed"], &rows);
+    }
+    let _ = writeln!(s, "\nConflicts waiting for a decision: {}", r.conflicts.len());
+    for c in r.conflicts.iter().take(20) {
+        let _ = writeln!(s, "  {}", conflict_text(c));
+    }
+    if r.conflicts.len() > 20 {
+        let _ = writeln!(s, "  … and {} more (see the JSON report)", r.conflicts.len() - 20);
+    }
+    let _ = writeln!(s, "\nClinics by staleness (at their last check)");
+    let rows: Vec<Vec<String>> = r
+        .clinics
+        .iter()
+        .map(|c| {
+            vec![
+                c.clinic.clone(),
+                c.checks.to_string(),
+                c.offline_checks.to_string(),
+                c.contradicted.to_string(),
+                c.unresolved_declarations.to_string(),
+                c.last_check_ms.map(crate::render::jst).unwrap_or_else(|| "—".into()),
+                format!("{} s", c.staleness_at_last_check_s),
+                format!("{} s", c.max_staleness_s),
+            ]
+        })
+        .collect();
+    table(
+        &mut s,
+        &[
+            "clinic",
+            "checks",
+            "offline",
+            "contradicted",
+            "open decl.",
+            "last check",
+            "stale then",
+            "worst",
+        ],
+        &rows,
+    );
+    s
+}
+
+fn conflict_text(c: &Conflict) -> String {
+    let ids = |v: &[EventId]| v.iter().map(short).collect::<Vec<_>>().join(", ");
+    match c {
+        Conflict::OverlappingCoverage { member, events } => {
+            format!("overlapping coverage of {member}: {}", ids(events))
+        }
+        Conflict::CompetingEnds { member, events } => {
+            format!("competing coverage ends for {member}: {}", ids(events))
+        }
+        Conflict::CompetingValues { member, field, events } => {
+            format!("competing {field} for {member}: {}", ids(events))
+        }
+        Conflict::CompetingCorrections { target, events } => {
+            format!("competing corrections of {}: {}", short(target), ids(events))
+        }
+        Conflict::MultipleMembers { card, members } => format!(
+            "card {}… resolves to {}",
+            &card.to_string()[..12],
+            members.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn html_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    use std::fmt::Write as _;
+    if rows.is_empty() {
+        out.push_str("<p class=none>none</p>\n");
+        return;
+    }
+    out.push_str("<table><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{}</th>", esc(h));
+    }
+    out.push_str("</tr>\n");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", esc(cell));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// The report as one self-contained HTML page (no scripts, no external resources).
+pub fn render_html(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let t = &r.totals;
+    let mut s = String::from(
+        "<!doctype html><html lang=en><meta charset=utf-8><title>shikaku reconciliation</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:90em}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;font-size:.9em}th{background:#eee}.k{font-size:1.6em;font-weight:bold}.cards{display:flex;gap:2em;flex-wrap:wrap}.cards div{border:1px solid #ccc;border-radius:.4em;padding:.6em 1em}.none{color:#666}</style>\n",
+    );
+    let _ = writeln!(
+        s,
+        "<h1>Reconciliation</h1><p>At {} over {} hub events.</p>",
+        esc(&crate::render::jst(r.generated_ms)),
+        r.hub_events
+    );
+    let _ = writeln!(
+        s,
+        "<div class=cards><div><div class=k id=contradicted>{}</div>checks contradicted ({} offline)</div><div><div class=k>{}/10</div>refunds due (fee tenths)</div><div><div class=k>{}/10</div>patients owe</div><div><div class=k id=unresolved>{}</div>unresolved of {} self-declarations</div><div><div class=k>{}</div>retroactive changes</div><div><div class=k>{}</div>conflicts</div><div><div class=k>{} / {}</div>checks re-derived exactly ({} offline)</div></div>",
+        t.contradicted, t.contradicted_offline, t.refund_tenths, t.owed_tenths, t.unresolved_declarations,
+        t.declarations, r.retroactive.len(), r.conflicts.len(), t.rederived, t.checks, t.offline_checks
+    );
+    s.push_str("<h2>Checks the converged truth contradicts</h2>\n");
+    let rows: Vec<Vec<String>> = r
+        .contradicted
+        .iter()
+        .map(|c| {
+            vec![
+                crate::render::jst(c.check.at_ms),
+                c.check.clinic.clone(),
+                mode_name(c.check.mode).to_owned(),
+                query_text(&c.check.query),
+                c.check.service_date.to_string(),
+                code_name(c.check.answered),
+                code_name(c.truth),
+                billing_text(c.billed),
+                billing_text(c.due),
+                c.action.clone(),
+                c.decided_later_by.iter().map(short).collect::<Vec<_>>().join(" "),
+            ]
+        })
+        .collect();
+    html_table(
+        &mut s,
+        &[
+            "answered",
+            "clinic",
+            "mode",
+            "asked",
+            "service",
+            "answer",
+            "truth",
+            "billed",
+            "due",
+            "action",
+            "decided later by",
+        ],
+        &rows,
+    );
+    if !r.not_rederivable.is_empty() {
+        s.push_str("<h2>Checks not re-derivable from the hub's events</h2>\n");
+        let rows: Vec<Vec<String>> = r
+            .not_rederivable
+            .iter()
+            .map(|c| {
+                vec![
+                    short(&c.check),
+                    c.clinic.clone(),
+                    mode_name(c.mode).into(),
+                    query_text(&c.query),
+                    c.service_date.to_string(),
+                    code_name(c.answered),
+                ]
+            })
+            .collect();
+        html_table(&mut s, &["check", "clinic", "mode", "asked", "service", "answer"], &rows);
+    }
+    s.push_str("<h2>Self-declarations</h2>\n");
+    let rows: Vec<Vec<String>> = r
+        .declarations
+        .iter()
+        .map(|d| {
+            vec![
+                crate::render::jst(d.at_ms),
+                d.clinic.clone(),
+                query_text(&d.query),
+                d.declared_insurer.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
+                d.declared_start.to_string(),
+                if d.resolved { "resolved".into() } else { "unresolved".into() },
+                d.resolution.clone(),
+            ]
+        })
+        .collect();
+    html_table(
+        &mut s,
+        &["recorded", "clinic", "presented", "insurer", "from", "state", "how"],
+        &rows,
+    );
+    s.push_str("<h2>Retroactive changes that affect past checks</h2>\n");
+    let rows: Vec<Vec<String>> = r
+        .retroactive
+        .iter()
+        .map(|x| {
+            vec![
+                short(&x.event),
+                x.kind.to_owned(),
+                x.insurer.map(|i| i.to_string()).unwrap_or_default(),
+                crate::render::jst(x.recorded_ms),
+                x.checks.iter().map(short).collect::<Vec<_>>().join(" "),
+            ]
+        })
+        .collect();
+    html_table(&mut s, &["event", "kind", "insurer", "recorded", "checks changed"], &rows);
+    s.push_str("<h2>Conflicts waiting for a decision</h2>\n");
+    let rows: Vec<Vec<String>> = r.conflicts.iter().map(|c| vec![conflict_text(c)]).collect();
+    html_table(&mut s, &["conflict"], &rows);
+    s.push_str("<h2>Clinics by staleness</h2>\n");
+    let rows: Vec<Vec<String>> = r
+        .clinics
+        .iter()
+        .map(|c| {
+            vec![
+                c.clinic.clone(),
+                c.checks.to_string(),
+                c.offline_checks.to_string(),
+                c.contradicted.to_string(),
+                c.unresolved_declarations.to_string(),
+                c.last_check_ms.map(crate::render::jst).unwrap_or_else(|| "—".into()),
+                format!("{} s", c.staleness_at_last_check_s),
+                format!("{} s", c.max_staleness_s),
+            ]
+        })
+        .collect();
+    html_table(
+        &mut s,
+        &[
+            "clinic",
+            "checks",
+            "offline",
+            "contradicted",
+            "open declarations",
+            "last check",
+            "stale at last check",
+            "worst",
+        ],
+        &rows,
+    );
+    s.push_str("</html>\n");
+    s
+}
+
+/// The report in `format`: `table`, `json` or `html`.
+pub fn render(report: &Report, format: &str) -> anyhow::Result<String> {
+    Ok(match format {
+        "table" => render_text(report),
+        "json" => format!("{}\n", serde_json::to_string_pretty(report)?),
+        "html" => render_html(report),
+        other => anyhow::bail!("format must be table, json or html, got {other:?}"),
+    })
+}
