@@ -1,23 +1,33 @@
-//! `shikaku demo`: the ledger story on embedded defaults, narrated.
+//! `shikaku demo`: a hub and three clinics on loopback QUIC, one scripted day, narrated.
 //!
-//! Generate an S-tier insurer world → import it through the real import path → check a card on
-//! several service dates and record times (including a patient who just changed jobs and whose
-//! new insurer has not registered them yet) → an insurer publishes a retroactive termination →
-//! the re-check shows the difference and which earlier answer it contradicts.
+//! Generate an S-tier world (20,000 members) → a throwaway CA issues certificates → the hub
+//! imports the insurers' events → three clinics (each with its reception page and API) sync
+//! over QUIC with mutual TLS → online checks; an insurer publishes a job change, pushed live →
+//! the hub becomes unreachable; insurers keep publishing (a late retirement report, a copay
+//! correction) → offline checks, including the patient who just changed jobs (invalid → a
+//! self-declaration → pending successor) → the hub is back; the new insurer registers the
+//! patient → every clinic converges (namespace fingerprints equal to the hub's) → the
+//! reconciliation report says which offline answers were wrong and what is owed.
+//!
+//! Every check goes through a clinic's HTTP API, the same one the reception page uses. The
+//! demo's clock is shifted so the day reads 08:50–13:00 JST today; all nodes share it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use shikaku_core::{
-    Answer, AnswerCode, CardToken, CheckQuery, Date, EndReason, Event, EventBody, Freshness, Hlc,
-    HlcClock, MemberKey, Namespace, Projection, Replication, SignedEvent,
+    AnswerCode, CardToken, CheckQuery, Date, EndReason, Event, EventBody, Freshness, Hlc, HlcClock,
+    InsurerNumber, MemberKey, Namespace, NodeId, Person, Projection, Replication, SignedEvent,
 };
+use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
+use shikaku_node::{Level, NodeConfig, Role};
 
 use crate::clock::{self, Stopwatch};
-use crate::store::Store;
-use crate::{import, jsonl, render};
+use crate::serve;
 
 /// Arguments of `shikaku demo`.
 #[derive(Debug, Args)]
@@ -28,96 +38,52 @@ pub struct DemoArgs {
     /// Seed of the generated world.
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
-    /// Working directory for the demo's ledger (default: a fresh temporary directory that is
-    /// removed afterwards).
+    /// Working directory for the nodes' ledgers, certificates and the report (default: a fresh
+    /// temporary directory, removed afterwards unless --keep-running).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Stay up after the story (hub, clinics, reception pages, report) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
 }
+
+/// The clinics of the story.
+const CLINICS: [&str; 3] = ["sakura-clinic", "midori-pharmacy", "aoba-hospital"];
 
 struct Narrator<'a> {
     out: &'a mut dyn Write,
     step: u32,
+    clock: Arc<Clock>,
 }
 
 impl Narrator<'_> {
     fn step(&mut self, title: &str) -> Result<()> {
         self.step += 1;
-        writeln!(self.out, "\n── {}. {title}", self.step)?;
+        let time = hhmm(self.clock.now_ms());
+        writeln!(self.out, "\n── {}. [{time}] {title}", self.step)?;
+        self.out.flush()?;
         Ok(())
     }
 
     fn say(&mut self, text: &str) -> Result<()> {
         writeln!(self.out, "   {text}")?;
+        self.out.flush()?;
         Ok(())
     }
 
-    fn answer(&mut self, caption: &str, answer: &Answer) -> Result<()> {
+    fn block(&mut self, caption: &str, text: &str) -> Result<()> {
         writeln!(self.out, "\n   ▶ {caption}")?;
-        for line in render::answer(answer).lines() {
+        for line in text.lines() {
             writeln!(self.out, "     {line}")?;
         }
+        self.out.flush()?;
         Ok(())
     }
 }
 
-fn end_of_day(date: Date) -> Hlc {
-    Hlc::end_of_ms(date.add_days(1).start_unix_ms_jst().saturating_sub(1))
-}
-
-/// The job-change story found in the generated data.
-struct JobChange {
-    card: CardToken,
-    old: MemberKey,
-    new: MemberKey,
-    day: Date,
-    end_recorded: Hlc,
-    registered: Hlc,
-}
-
-fn find_job_change(events: &[SignedEvent]) -> Option<JobChange> {
-    use std::collections::HashMap;
-    let mut card_of: HashMap<&MemberKey, CardToken> = HashMap::new();
-    let mut ended: HashMap<&MemberKey, (Date, Hlc)> = HashMap::new();
-    let mut started: HashMap<&MemberKey, (Date, Hlc)> = HashMap::new();
-    for event in events {
-        match &event.event().body {
-            EventBody::CardLinked { card, member } => {
-                card_of.entry(member).or_insert(*card);
-            }
-            EventBody::CoverageEnded { member, loss_date, reason: EndReason::JobChange } => {
-                ended.insert(member, (*loss_date, event.event().hlc));
-            }
-            EventBody::CoverageStarted { member, start, .. } => {
-                started.insert(member, (*start, event.event().hlc));
-            }
-            _ => {}
-        }
-    }
-    let mut best: Option<JobChange> = None;
-    for event in events {
-        let EventBody::CardLinked { card, member: new } = &event.event().body else { continue };
-        let Some((start, registered)) = started.get(new) else { continue };
-        for (old, (loss, end_recorded)) in &ended {
-            if card_of.get(old) != Some(card) || *old == new || loss != start {
-                continue;
-            }
-            let end_day = Date::from_unix_ms_jst(end_recorded.physical_ms());
-            let registered_day = Date::from_unix_ms_jst(registered.physical_ms());
-            let lag = registered_day.0 - end_day.0.max(loss.0);
-            let dependant_free = old.branch == 0;
-            if lag >= 10 && dependant_free && best.as_ref().is_none_or(|b| b.old > **old) {
-                best = Some(JobChange {
-                    card: *card,
-                    old: (*old).clone(),
-                    new: new.clone(),
-                    day: *loss,
-                    end_recorded: *end_recorded,
-                    registered: *registered,
-                });
-            }
-        }
-    }
-    best
+fn hhmm(ms: u64) -> String {
+    let minutes = ((ms + 9 * 3_600_000) % 86_400_000) / 60_000;
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
 /// Runs the demo.
@@ -134,10 +100,18 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32> {
             (dir, true)
         }
     };
+    if workdir.join("hub").exists() {
+        bail!("{} already holds a demo; give an empty or new --workdir", workdir.display());
+    }
     std::fs::create_dir_all(&workdir)
         .with_context(|| format!("creating demo directory {}", workdir.display()))?;
-    let result = story(args, &workdir, out);
-    if temporary {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = story(args, &workdir, &rt, out);
+    drop(rt);
+    if temporary && !args.keep_running {
         let _ = std::fs::remove_dir_all(&workdir);
     }
     result?;
@@ -145,223 +119,555 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32> {
     Ok(0)
 }
 
-fn story(args: &DemoArgs, workdir: &std::path::Path, out: &mut dyn Write) -> Result<()> {
-    let mut n = Narrator { out, step: 0 };
-    writeln!(n.out, "shikaku demo — an offline-first eligibility ledger, ledger-only story")?;
-    writeln!(n.out, "(ledger in {}; nothing here is real personal data)", workdir.display())?;
+struct ClinicNode {
+    name: &'static str,
+    runtime: Arc<Runtime>,
+    service: Option<ClinicService>,
+    url: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
 
-    n.step("An insurer world is generated (S tier)")?;
+/// The patients of the story, found in the generated world.
+struct Cast {
+    /// Valid, checked online.
+    regular: (CardToken, MemberKey),
+    /// Changes jobs: loses coverage at A before the outage, registered by B after it.
+    job_changer: (CardToken, MemberKey, Person),
+    /// Retirement reported late, during the outage.
+    retired: (CardToken, MemberKey),
+    /// Copay ratio corrected during the outage.
+    copay: (CardToken, MemberKey),
+    /// No coverage today; declares a new employer that never registers them.
+    uncovered: MemberKey,
+}
+
+fn find_cast(events: &[SignedEvent], today: Date) -> Result<Cast> {
+    let mut projection = Projection::new(Replication::All);
+    let mut persons: BTreeMap<MemberKey, Person> = BTreeMap::new();
+    for e in events {
+        projection.apply(e);
+        if let EventBody::MemberRegistered { member, person, .. } = &e.event().body {
+            persons.insert(member.clone(), person.clone());
+        }
+    }
+    let fresh = Freshness::default();
+    let mut valid: Vec<(CardToken, MemberKey)> = Vec::new();
+    let mut uncovered = None;
+    let mut seen = std::collections::BTreeSet::new();
+    for e in events {
+        let EventBody::CardLinked { card, member } = &e.event().body else { continue };
+        if !seen.insert(*card) {
+            continue;
+        }
+        let a = projection.check(&CheckQuery::Card(*card), today, Hlc(u64::MAX), fresh);
+        if uncovered.is_none() && member.branch == 0 {
+            let by_key = CheckQuery::Member(member.clone());
+            let k = projection.check(&by_key, today, Hlc(u64::MAX), fresh);
+            if k.code == AnswerCode::Invalid && k.conflicts.is_empty() {
+                uncovered = Some(member.clone());
+            }
+        }
+        let employer = !member.insurer.is_late_stage_elderly()
+            && !member.insurer.is_national_health_insurance();
+        if a.code == AnswerCode::Valid
+            && a.member.as_ref() == Some(member)
+            && member.branch == 0
+            && employer
+            && a.copay_tenths == Some(3)
+            && a.conflicts.is_empty()
+            && a.dependant == Some(false)
+            && valid.iter().all(|(_, m)| m != member)
+        {
+            valid.push((*card, member.clone()));
+        }
+        if valid.len() >= 4 && uncovered.is_some() {
+            break;
+        }
+    }
+    if valid.len() < 4 {
+        bail!("the generated world has too few valid employees' cards; try another --seed");
+    }
+    let uncovered =
+        uncovered.ok_or_else(|| anyhow!("no uncovered member in the generated world"))?;
+    let job = valid[1].clone();
+    let person = persons
+        .get(&job.1)
+        .cloned()
+        .ok_or_else(|| anyhow!("no registration found for {}", job.1))?;
+    Ok(Cast {
+        regular: valid[0].clone(),
+        job_changer: (job.0, job.1, person),
+        retired: valid[2].clone(),
+        copay: valid[3].clone(),
+        uncovered,
+    })
+}
+
+/// Signs insurer events as the insurers do (their keys from the world's seed).
+struct Publisher {
+    seed: u64,
+    origin: NodeId,
+    seq: u64,
+    clock: HlcClock,
+}
+
+impl Publisher {
+    fn sign(
+        &mut self,
+        now_ms: u64,
+        insurer: InsurerNumber,
+        body: EventBody,
+    ) -> Result<SignedEvent> {
+        let signer = shikaku_gen::insurer_signer(self.seed, insurer);
+        self.seq += 1;
+        Ok(signer.sign(Event {
+            namespace: Namespace::Insurer(insurer),
+            origin: self.origin,
+            origin_seq: self.seq,
+            hlc: self.clock.tick(now_ms)?,
+            author: signer.public(),
+            body,
+        })?)
+    }
+}
+
+fn wait_until(what: &str, seconds: f64, mut done: impl FnMut() -> bool) -> Result<f64> {
+    let watch = Stopwatch::start();
+    while !done() {
+        if watch.seconds() > seconds {
+            bail!("timed out after {seconds} s waiting until {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(watch.seconds())
+}
+
+/// What reception types or scans: a card token or a member key.
+enum Presented<'a> {
+    Card(&'a CardToken),
+    Key(&'a MemberKey),
+}
+
+/// Asks a clinic's API; returns the answer's code and its text.
+fn ask(clinic: &ClinicNode, who: Presented<'_>, date: Date) -> Result<(String, String)> {
+    let query = match who {
+        Presented::Card(card) => format!("card={card}"),
+        Presented::Key(key) => format!("member={}", key.to_string().replace(':', "%3A")),
+    };
+    let body = serve::http_get(&clinic.url, &format!("/v1/check?{query}&date={date}"))?;
+    let value: serde_json::Value = serde_json::from_str(&body).context("the answer is not JSON")?;
+    let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
+    let text = value["text"].as_str().unwrap_or_default().to_owned();
+    Ok((code, text))
+}
+
+fn story(
+    args: &DemoArgs,
+    workdir: &Path,
+    rt: &tokio::runtime::Runtime,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let _enter = rt.enter();
+    // The demo day: today (JST), starting 08:50; every node reads this shifted clock.
+    let wall = clock::now_ms();
+    let today = Date::from_unix_ms_jst(wall);
+    let clock = Clock::wall();
+    let start = today.start_unix_ms_jst() + (8 * 60 + 50) * 60_000;
+    clock.advance(start as i64 - wall as i64);
+    let level = match std::env::var("SHIKAKU_LOG") {
+        Ok(_) => shikaku_net::runtime::log_level_from_env(),
+        Err(_) => Level::Warn,
+    };
+    let mut n = Narrator { out, step: 0, clock: clock.clone() };
+    writeln!(n.out, "shikaku demo — an insurer hub and three clinics on loopback QUIC, one day")?;
+    writeln!(n.out, "(work directory {}; nothing here is real personal data)", workdir.display())?;
+
+    n.step("An S-tier insurer world is generated")?;
     let watch = Stopwatch::start();
     let config = shikaku_gen::GenConfig::new(args.members, args.seed);
     let generated = shikaku_gen::generate(&config)?;
     n.say(&format!(
-        "{} members across {} insurers → {} signed events from {} to {} ({:.1} s)",
+        "{} members across {} insurers → {} signed events ({:.1} s)",
         args.members,
         generated.insurers.len(),
         generated.events.len(),
-        config.start,
-        config.end,
         watch.seconds()
     ))?;
-    let stream = workdir.join("insurer-stream.jsonl");
-    {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&stream)?);
-        for event in &generated.events {
-            writeln!(file, "{}", jsonl::encode(event))?;
-        }
-        file.flush()?;
+    let cast = find_cast(&generated.events, today)?;
+
+    n.step("A throwaway CA certifies the hub and three clinics (mutual TLS)")?;
+    let ca_dir = workdir.join("ca");
+    tls::ca_init(&ca_dir)?;
+    let mut sink = Vec::new();
+    serve::ca_issue(&ca_dir, &workdir.join("hub"), Role::Hub, "hub", &mut sink)?;
+    for name in CLINICS {
+        serve::ca_issue(&ca_dir, &workdir.join(name), Role::Clinic, name, &mut sink)?;
     }
+    n.say(&format!("CA in {}; node keys and certificates in each node's tls/", ca_dir.display()))?;
 
-    n.step("The clinic imports the stream into its ledger")?;
+    n.step("The hub imports the insurers' events")?;
     let watch = Stopwatch::start();
-    let mut rejected = Vec::new();
-    let summary = import(workdir, &stream.to_string_lossy(), &mut rejected)?;
-    n.say(&format!("{summary}; every signature and id verified ({:.1} s)", watch.seconds()))?;
-    let mut store = Store::open(workdir)?;
-    let projection = store.projection(Replication::All)?;
-    let now_ms = clock::now_ms();
-    let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
-
-    n.step("A patient who just changed jobs")?;
-    let story = find_job_change(&store.events()?).ok_or_else(|| {
-        anyhow!("the generated world has no job change with registration lag; try another --seed")
-    })?;
-    let card = CheckQuery::Card(story.card);
-    let end_day = Date::from_unix_ms_jst(story.end_recorded.physical_ms()).max(story.day);
-    let registered_day = Date::from_unix_ms_jst(story.registered.physical_ms());
+    let hub_dir = workdir.join("hub");
+    let hub_tls = serve::load_tls(&hub_dir, Role::Hub)?;
+    let mut hub_config = NodeConfig::new(Role::Hub, "hub");
+    hub_config.insurers = generated.insurers.iter().map(|(i, _)| *i).collect();
+    hub_config.insurer_keys =
+        generated.insurers.iter().map(|(i, k)| (*i, [*k].into_iter().collect())).collect();
+    let (mut hub_node, _hub_lock) = serve::open_node(&hub_dir, hub_config)?;
+    for chunk in generated.events.chunks(8_192) {
+        hub_node.import(clock.now_ms(), chunk)?;
+    }
     n.say(&format!(
-        "Left employer insurer {} on {}; the new insurer {} registered them only on {} ({} days later).",
-        story.old.insurer,
-        story.day,
-        story.new.insurer,
-        registered_day,
-        registered_day.0 - story.day.0
+        "{} events verified and stored durably ({:.1} s); insurer keys registered for {} insurers",
+        hub_node.ledger().len(),
+        watch.seconds(),
+        generated.insurers.len()
     ))?;
-    let before = story.day.add_days(-7);
-    n.answer(
-        &format!("Card check for a visit on {before}, as the ledger knows it today"),
-        &projection.check(&card, before, Hlc(u64::MAX), fresh),
-    )?;
-    let lag_as_of = end_of_day(end_day);
-    let during_lag = projection.check(&card, end_day, lag_as_of, fresh);
-    n.answer(
-        &format!(
-            "Visit on {end_day}, as known that day (the new insurer has not registered them yet)"
-        ),
-        &during_lag,
-    )?;
+    let hub_rt = Runtime::new(hub_node, clock.clone(), level);
+    let hub_service = HubService::start(hub_rt.clone(), &hub_tls, "127.0.0.1:0".parse()?)?;
+    let hub_addr = hub_service.local_addr()?;
+    let hub_api = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let report_url = format!("http://{}/v1/reconcile", hub_api.local_addr()?);
+    let hub_server = {
+        let router = serve::hub_router(hub_rt.clone());
+        tokio::spawn(async move { axum::serve(hub_api, router).await })
+    };
+    n.say(&format!(
+        "hub listening on {hub_addr} (QUIC, ALPN shikaku/1); insurer API at {report_url}"
+    ))?;
 
-    n.step("Reception records the patient's self-declaration")?;
-    let clinic = shikaku_core::Signer::derived("shikaku demo clinic", &args.seed.to_le_bytes());
-    let mut clinic_clock = HlcClock::new();
-    let declared_at = clinic_clock.tick(lag_as_of.physical_ms().saturating_sub(3_600_000))?;
-    let declaration = clinic.sign(Event {
-        namespace: Namespace::Clinic(clinic.node_id()),
-        origin: clinic.node_id(),
-        origin_seq: 1,
-        hlc: declared_at,
-        author: clinic.public(),
-        body: EventBody::SelfDeclarationRecorded {
-            query: card.clone(),
-            declared_insurer: Some(story.new.insurer),
-            declared_start: story.day,
-        },
+    n.step("Three clinics start, each with its reception page, and sync")?;
+    let watch = Stopwatch::start();
+    let all_insurers: std::collections::BTreeSet<InsurerNumber> =
+        generated.insurers.iter().map(|(i, _)| *i).collect();
+    let mut clinics: Vec<ClinicNode> = Vec::new();
+    let mut locks = Vec::new();
+    for name in CLINICS {
+        let dir = workdir.join(name);
+        let tls_files = serve::load_tls(&dir, Role::Clinic)?;
+        let mut config = NodeConfig::new(Role::Clinic, name);
+        config.insurers = all_insurers.clone();
+        config.insurer_keys =
+            generated.insurers.iter().map(|(i, k)| (*i, [*k].into_iter().collect())).collect();
+        let (node, lock) = serve::open_node(&dir, config)?;
+        locks.push(lock);
+        let runtime = Runtime::new(node, clock.clone(), level);
+        let service = ClinicService::start(runtime.clone(), &tls_files, hub_addr)?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(serve::serve_api(listener, runtime.clone()));
+        clinics.push(ClinicNode { name, runtime, service: Some(service), url, server });
+    }
+    wait_until("every clinic is in sync", 300.0, || {
+        clinics.iter().all(|c| c.runtime.with_node(|n, _| n.in_sync()))
     })?;
-    let mut projection = projection;
-    projection.apply(&declaration);
-    store.append(std::slice::from_ref(&declaration))?;
-    n.answer(
-        &format!("Visit on {end_day}, as known that day, after the self-declaration"),
-        &projection.check(&card, end_day, lag_as_of, fresh),
-    )?;
-    let now_answer = projection.check(&card, end_day, Hlc(u64::MAX), fresh);
-    n.answer(
-        &format!(
-            "The same visit ({end_day}) as known today: the new insurer registered retroactively"
-        ),
-        &now_answer,
-    )?;
-    n.answer(
-        "The old paper card's member key for that visit, as known today",
-        &projection.check(&CheckQuery::Member(story.old.clone()), end_day, Hlc(u64::MAX), fresh),
-    )?;
+    for c in &clinics {
+        let events = c.runtime.with_node(|n, _| n.ledger().len());
+        n.say(&format!("{:<16} reception page {}/   {events} events, in sync", c.name, c.url))?;
+    }
+    n.say(&format!(
+        "all three verified every signature and hold a signed completeness receipt ({:.1} s)",
+        watch.seconds()
+    ))?;
 
-    n.step("A retroactive termination arrives")?;
-    let config_end = config.end;
-    let service = config_end.add_days(-20);
-    let (target_card, target) = find_valid_card(&projection, &generated.events, service, fresh)
-        .ok_or_else(|| anyhow!("no valid insured card found for the retroactive story"))?;
-    let earlier_as_of = end_of_day(config_end.add_days(-1));
-    let earlier = projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
-    n.answer(
-        &format!(
-            "The clinic's check on {service}, answered on {} with what it knew then",
-            config_end.add_days(-1)
-        ),
-        &earlier,
-    )?;
-    let insurer_signer = shikaku_gen::insurer_signer(args.seed, target.insurer);
-    let mut insurer_clock = HlcClock::resume(generated.last_hlc);
-    let recorded = insurer_clock.tick(now_ms)?;
-    let loss = service.add_days(-10);
-    let retro = insurer_signer.sign(Event {
-        namespace: Namespace::Insurer(target.insurer),
+    clock.advance(20 * 60_000);
+    n.step("Morning: checks online")?;
+    let (_, text) = ask(&clinics[0], Presented::Card(&cast.regular.0), today)?;
+    n.block(&format!("{}: a regular patient's card", clinics[0].name), &text)?;
+    let (_, text) = ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
+    n.block(&format!("{}: another patient", clinics[2].name), &text)?;
+
+    clock.advance(30 * 60_000);
+    n.step("An insurer reports a job change; the hub pushes it live")?;
+    let mut publisher = Publisher {
+        seed: args.seed,
         origin: generated.hub,
-        origin_seq: u64::MAX / 2,
-        hlc: recorded,
-        author: insurer_signer.public(),
-        body: EventBody::CoverageEnded {
-            member: target.clone(),
-            loss_date: loss,
-            reason: EndReason::Retirement,
+        seq: generated.events.iter().map(|e| e.event().origin_seq).max().unwrap_or(0),
+        clock: HlcClock::resume(generated.last_hlc),
+    };
+    let (job_card, old_key, person) = cast.job_changer.clone();
+    let job_day = today.add_days(-4);
+    let ended = publisher.sign(
+        clock.now_ms(),
+        old_key.insurer,
+        EventBody::CoverageEnded {
+            member: old_key.clone(),
+            loss_date: job_day,
+            reason: EndReason::JobChange,
         },
-    })?;
-    // One writer at a time: release the ledger before the import opens it.
-    drop(store);
-    let retro_file = workdir.join("retroactive.jsonl");
-    std::fs::write(&retro_file, format!("{}\n", jsonl::encode(&retro)))?;
-    let mut rejected = Vec::new();
-    let summary = import(workdir, &retro_file.to_string_lossy(), &mut rejected)?;
-    n.say(&format!(
-        "Insurer {} reports, on {}, that coverage ended on {loss} (retirement reported late): {summary}",
-        target.insurer,
-        render::jst(recorded.physical_ms())
-    ))?;
-    let store = Store::open(workdir)?;
-    let projection = store.projection(Replication::All)?;
-    let again_then =
-        projection.check(&CheckQuery::Card(target_card), service, earlier_as_of, fresh);
-    let again_now = projection.check(&CheckQuery::Card(target_card), service, Hlc(u64::MAX), fresh);
-    n.answer(
-        &format!("Re-check of the {service} visit as known then (unchanged: history is kept)"),
-        &again_then,
     )?;
-    n.answer(&format!("Re-check of the {service} visit as known now"), &again_now)?;
-    if earlier.code == AnswerCode::Valid && again_now.code != AnswerCode::Valid {
-        n.say(&format!(
-            "→ The earlier VALID answer is contradicted by event {}: the claim for the {service} visit needs adjusting (copay was {} tenths; the insurer's share is not due).",
-            &retro.id().to_string()[..12],
-            earlier.copay_tenths.unwrap_or(0)
-        ))?;
-    }
-    let same = again_then.hash() == earlier.hash();
+    publish(&hub_rt, std::slice::from_ref(&ended))?;
+    let pushed = wait_until("every clinic holds the job change", 30.0, || {
+        clinics
+            .iter()
+            .all(|c| c.runtime.with_node(|n, _| n.ledger().position_of(&ended.id()).is_some()))
+    })?;
     n.say(&format!(
-        "→ Bitemporal: the answer \"as known then\" has the same hash as the original ({}).",
-        if same { "identical" } else { "DIFFERENT — this would be a bug" }
+        "insurer {} ended {}'s coverage on {job_day} (job change); all three clinics had it {:.2} s later",
+        old_key.insurer, old_key, pushed
     ))?;
 
-    n.step("Across the ledger")?;
-    let watch = Stopwatch::start();
-    let mut tally: std::collections::BTreeMap<AnswerCode, u64> = Default::default();
-    let cards: Vec<CardToken> = store
-        .events()?
+    clock.advance(10 * 60_000);
+    n.step("Outage: the hub becomes unreachable")?;
+    hub_rt.stop();
+    let outage_ms = clock.now_ms();
+    rt.block_on(hub_service.shutdown());
+    wait_until("every clinic notices", 30.0, || {
+        clinics.iter().all(|c| c.runtime.with_node(|n, _| !n.in_sync()))
+    })?;
+    n.say("the hub's QUIC endpoint is closed; the clinics keep retrying in the background")?;
+    n.say("insurers keep publishing to the hub meanwhile:")?;
+    let retired_key = cast.retired.1.clone();
+    let retro_loss = today.add_days(-10);
+    let copay_key = cast.copay.1.clone();
+    let copay_from = today.add_days(-2);
+    clock.advance(5 * 60_000);
+    let during = vec![
+        publisher.sign(
+            clock.now_ms(),
+            retired_key.insurer,
+            EventBody::CoverageEnded {
+                member: retired_key.clone(),
+                loss_date: retro_loss,
+                reason: EndReason::Retirement,
+            },
+        )?,
+        publisher.sign(
+            clock.now_ms(),
+            copay_key.insurer,
+            EventBody::CopayRatioSet {
+                member: copay_key.clone(),
+                effective: copay_from,
+                copay_tenths: 2,
+            },
+        )?,
+    ];
+    publish(&hub_rt, &during)?;
+    n.say(&format!(
+        "  · insurer {}: {retired_key} retired on {retro_loss} (reported late, today)",
+        retired_key.insurer
+    ))?;
+    n.say(&format!(
+        "  · insurer {}: {copay_key}'s copay ratio is 2 tenths from {copay_from} (correction)",
+        copay_key.insurer
+    ))?;
+
+    clock.advance(35 * 60_000);
+    n.step("Offline checks (answers say how old they are)")?;
+    let (_, text) = ask(&clinics[0], Presented::Card(&cast.retired.0), today)?;
+    n.block(
+        &format!("{}: the patient whose retirement the clinic has not heard of", clinics[0].name),
+        &text,
+    )?;
+    let (_, text) = ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
+    n.block(&format!("{}: the patient whose copay was corrected", clinics[2].name), &text)?;
+    let health = serve::http_get(&clinics[1].url, "/v1/health")?;
+    let health: serde_json::Value = serde_json::from_str(&health)?;
+    n.say(&format!(
+        "{}'s reception banner: amber, \"Offline since {}\" (staleness {} s)",
+        clinics[1].name,
+        hhmm(health["last_hub_sync_ms"].as_u64().unwrap_or(outage_ms)),
+        health["staleness_s"]
+    ))?;
+
+    clock.advance(10 * 60_000);
+    n.step("The patient who just changed jobs, offline")?;
+    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
+    n.block(
+        &format!("{}: the card of the patient who changed jobs (this clinic replicates 8 insurers, not all of Japan's, so a newer coverage could exist elsewhere)", clinics[1].name),
+        &text,
+    )?;
+    let (code, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    n.block("their eligibility certificate (資格確認書), by member key", &text)?;
+    if code != "invalid" {
+        bail!("the job changer's old member key answered {code}, not invalid");
+    }
+    let new_insurer = generated
+        .insurers
         .iter()
-        .filter_map(|e| match &e.event().body {
-            EventBody::CardLinked { card, .. } => Some(*card),
-            _ => None,
+        .map(|(i, _)| *i)
+        .find(|i| {
+            *i != old_key.insurer && !i.is_national_health_insurance() && !i.is_late_stage_elderly()
         })
-        .collect();
-    for card in &cards {
-        let answer = projection.check(&CheckQuery::Card(*card), service, Hlc(u64::MAX), fresh);
-        *tally.entry(answer.code).or_default() += 1;
+        .ok_or_else(|| anyhow!("the world has a single employer insurer"))?;
+    let body = serde_json::json!({
+        "member": old_key.to_string(),
+        "declared_insurer": new_insurer.to_string(),
+        "declared_start": job_day.to_string(),
+    });
+    let (status, reply) =
+        serve::http_request(&clinics[1].url, "POST", "/v1/declarations", Some(&body.to_string()))?;
+    if status != 201 {
+        bail!("the self-declaration was refused ({status}): {reply}");
     }
-    let per_check_us = watch.seconds() * 1e6 / cards.len().max(1) as f64;
     n.say(&format!(
-        "{} card checks for {service} in {:.2} s ({per_check_us:.1} µs each):",
-        cards.len(),
-        watch.seconds()
+        "the patient says they joined insurer {new_insurer} on {job_day}: reception records a self-declaration (POST /v1/declarations → {status})"
     ))?;
-    for (code, count) in tally {
+    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    n.block("checked again", &text)?;
+    let body = serde_json::json!({
+        "member": cast.uncovered.to_string(),
+        "declared_start": today.add_days(-1).to_string(),
+    });
+    let (code, _) = ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
+    let (status, reply) =
+        serve::http_request(&clinics[2].url, "POST", "/v1/declarations", Some(&body.to_string()))?;
+    if status != 201 {
+        bail!("the second self-declaration was refused ({status}): {reply}");
+    }
+    n.say(&format!(
+        "{}: another patient answers {code} and declares a new employer, who never registers them",
+        clinics[2].name
+    ))?;
+
+    clock.advance(70 * 60_000);
+    n.step("Recovery: the hub is reachable again; the new insurer registers the patient")?;
+    let hub_service = {
+        hub_rt.resume();
+        HubService::start(hub_rt.clone(), &hub_tls, hub_addr)?
+    };
+    let new_key = MemberKey {
+        insurer: new_insurer,
+        symbol: "8801".to_owned(),
+        number: format!("{}", 40_000 + args.seed % 10_000),
+        branch: 0,
+    };
+    let registered = vec![
+        publisher.sign(
+            clock.now_ms(),
+            new_insurer,
+            EventBody::MemberRegistered {
+                member: new_key.clone(),
+                person,
+                relationship: shikaku_core::Relationship::Insured,
+            },
+        )?,
+        publisher.sign(
+            clock.now_ms(),
+            new_insurer,
+            EventBody::CoverageStarted {
+                member: new_key.clone(),
+                start: job_day,
+                copay_tenths: 3,
+                elderly_certificate: false,
+            },
+        )?,
+        publisher.sign(
+            clock.now_ms(),
+            new_insurer,
+            EventBody::CardLinked { card: job_card, member: new_key.clone() },
+        )?,
+    ];
+    publish(&hub_rt, &registered)?;
+    n.say(&format!(
+        "insurer {new_insurer} registers them as {new_key}, covered from {job_day} (retroactively)"
+    ))?;
+    let waited = wait_until("every clinic is back in sync", 120.0, || {
+        clinics.iter().all(|c| c.runtime.with_node(|n, _| n.in_sync()))
+    })?;
+    n.say(&format!(
+        "all three clinics reconnected and synced {waited:.1} s after the hub came back"
+    ))?;
+
+    n.step("Convergence")?;
+    wait_until("the hub holds every clinic's records", 60.0, || {
+        clinics.iter().all(|c| {
+            let (me, own) = c.runtime.with_node(|n, _| {
+                let me = Namespace::Clinic(n.node_id());
+                (me, n.namespace_state(&me))
+            });
+            hub_rt.with_node(|h, _| h.namespace_state(&me)) == own
+        })
+    })?;
+    for c in &clinics {
+        let (namespaces, same, own, offline) = c.runtime.with_node(|n, _| {
+            let namespaces = n.namespaces();
+            let same = namespaces
+                .iter()
+                .filter(|ns| {
+                    hub_rt.with_node(|h, _| h.namespace_state(ns)) == n.namespace_state(ns)
+                })
+                .count();
+            let me = Namespace::Clinic(n.node_id());
+            let own = n.namespace_state(&me);
+            (
+                namespaces.len(),
+                same,
+                own,
+                n.counters()
+                    .checks_by
+                    .iter()
+                    .filter(|((_, online), _)| !online)
+                    .map(|(_, c)| *c)
+                    .sum::<u64>(),
+            )
+        });
         n.say(&format!(
-            "  {:<36} {count}",
-            render::code_text(code).split(" (").next().unwrap_or("")
+            "{:<16} {same}/{namespaces} namespaces with the hub's fingerprint; its {} records (incl. {offline} offline checks) at the hub",
+            c.name, own.count()
         ))?;
+        if same != namespaces {
+            bail!("{} has not converged with the hub", c.name);
+        }
     }
-    let conflicts = projection.conflicts(Hlc(u64::MAX));
+    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
+    n.block(&format!("{}: the job changer's card, online again", clinics[1].name), &text)?;
+    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    n.block("and their old member key", &text)?;
+
+    clock.advance(10 * 60_000);
+    n.step("Reconciliation at the insurer")?;
+    let names: BTreeMap<NodeId, String> = clinics
+        .iter()
+        .map(|c| c.runtime.with_node(|n, _| (n.node_id(), c.name.to_owned())))
+        .collect();
+    let report = hub_rt.with_node(|h, now| -> Result<crate::reconcile::Report> {
+        let events = h.ledger().read_from(1, usize::MAX)?;
+        Ok(crate::reconcile::compute(&events, &names, now))
+    })?;
+    for line in crate::reconcile::render_text(&report).lines() {
+        writeln!(n.out, "   {line}")?;
+    }
+    let html = workdir.join("reconciliation.html");
+    let json = workdir.join("reconciliation.json");
+    std::fs::write(&html, crate::reconcile::render_html(&report))?;
+    std::fs::write(&json, crate::reconcile::render(&report, "json")?)?;
+    if report.totals.contradicted_offline == 0 {
+        bail!("the reconciliation found no contradicted offline answer; the story went wrong");
+    }
+    n.say("")?;
     n.say(&format!(
-        "{} conflicts waiting for an insurer's decision; projection digest {}",
-        conflicts.len(),
-        &shikaku_core::hex::encode(&projection.digest())[..16]
+        "report: {report_url}?format=html (also {} and {})",
+        html.display(),
+        json.display()
     ))?;
+    for c in &clinics {
+        n.say(&format!("reception page of {:<16} {}/", c.name, c.url))?;
+    }
+
+    if args.keep_running {
+        n.say("")?;
+        n.say("Everything stays up until Ctrl-C (the day's clock keeps running).")?;
+        rt.block_on(tokio::signal::ctrl_c()).context("waiting for Ctrl-C")?;
+    }
+    n.step("Shutting down cleanly")?;
+    for c in &mut clinics {
+        c.server.abort();
+        if let Some(service) = c.service.take() {
+            rt.block_on(service.shutdown());
+        }
+    }
+    hub_server.abort();
+    rt.block_on(hub_service.shutdown());
+    n.say("clinics and hub closed their sessions and persisted their receipts")?;
+    drop(locks);
     Ok(())
 }
 
-fn find_valid_card(
-    projection: &Projection,
-    events: &[SignedEvent],
-    service: Date,
-    fresh: Freshness,
-) -> Option<(CardToken, MemberKey)> {
-    events.iter().find_map(|event| {
-        let EventBody::CardLinked { card, member } = &event.event().body else { return None };
-        if member.branch != 0
-            || member.insurer.is_late_stage_elderly()
-            || member.insurer.is_national_health_insurance()
-        {
-            return None;
-        }
-        let answer = projection.check(&CheckQuery::Card(*card), service, Hlc(u64::MAX), fresh);
-        (answer.code == AnswerCode::Valid && answer.member.as_ref() == Some(member))
-            .then(|| (*card, member.clone()))
-    })
+/// Stores insurer events at the running hub (its import path: keys and namespaces checked),
+/// which pushes them live to connected clinics.
+fn publish(hub: &Runtime, events: &[SignedEvent]) -> Result<()> {
+    hub.with_node(|h, now| h.import(now, events))
+        .context("the hub refused the insurer's events")?;
+    Ok(())
 }

@@ -41,7 +41,8 @@ pub struct Report {
     pub not_rederivable: Vec<CheckRef>,
     /// Self-declarations, unresolved first.
     pub declarations: Vec<Declaration>,
-    /// Events recorded after checks that decide those checks' answers now and change them.
+    /// Events the clinics did not have when they answered (recorded later, or not yet
+    /// received) that decide those checks' answers now and change them.
     pub retroactive: Vec<Retroactive>,
     /// Conflicts waiting for an insurer's decision.
     pub conflicts: Vec<Conflict>,
@@ -118,7 +119,8 @@ pub struct Contradiction {
     pub refund_tenths: Option<i16>,
     /// What to do, in words.
     pub action: String,
-    /// The events that decide the truth and were recorded after the check.
+    /// The events that decide the truth and that the clinic did not have when it answered
+    /// (recorded after the check, or not yet received).
     pub decided_later_by: Vec<EventId>,
 }
 
@@ -145,7 +147,7 @@ pub struct Declaration {
     pub open_days: Option<u64>,
 }
 
-/// A retroactive change and the checks whose answers it changes.
+/// A late or retroactive change and the checks whose answers it changes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Retroactive {
     /// The event.
@@ -201,7 +203,16 @@ pub fn billing(
     }
 }
 
-fn answer_billing(a: &Answer) -> Option<Billing> {
+/// What an answer bills, following `invalid_newer_exists` to the successor's coverage (the
+/// clinic bills the successor insurer at its copay).
+fn answer_billing(p: &Projection, a: &Answer, cutoff: Hlc) -> Option<Billing> {
+    if let (AnswerCode::InvalidNewerExists, Some(successor)) = (a.code, &a.successor) {
+        let fresh = Freshness::default();
+        let s = p.check(&CheckQuery::Member(successor.clone()), a.service_date, cutoff, fresh);
+        if s.code == AnswerCode::Valid {
+            return billing(s.code, s.insurer, s.copay_tenths);
+        }
+    }
     billing(a.code, a.insurer, a.copay_tenths)
 }
 
@@ -246,12 +257,14 @@ fn action_text(billed: Option<Billing>, due: Billing) -> String {
 
 struct CheckRec {
     event: SignedEvent,
+    hub_position: u64,
     knowledge: Hlc,
     code: AnswerCode,
     mode: CheckMode,
     query: CheckQuery,
     service_date: Date,
-    then: Option<Answer>,
+    /// The re-derived answer (hash-verified) and what it billed.
+    then: Option<(Answer, Option<Billing>)>,
 }
 
 /// Display name of a clinic: from `names`, else `clinic <8 hex digits>`.
@@ -271,13 +284,13 @@ pub fn compute(
     let mut insurer: Vec<(u64, &SignedEvent)> = Vec::new();
     let mut clinics: BTreeMap<NodeId, Vec<&SignedEvent>> = BTreeMap::new();
     let mut insurer_of: HashMap<EventId, InsurerNumber> = HashMap::new();
-    let mut hlc_of: HashMap<EventId, Hlc> = HashMap::new();
+    let mut hlc_of: HashMap<EventId, (Hlc, u64)> = HashMap::new();
     for (position, e) in events {
         match e.event().namespace {
             Namespace::Insurer(i) => {
                 insurer.push((*position, e));
                 insurer_of.insert(e.id(), i);
-                hlc_of.insert(e.id(), e.event().hlc);
+                hlc_of.insert(e.id(), (e.event().hlc, *position));
             }
             Namespace::Clinic(node) => clinics.entry(node).or_default().push(e),
         }
@@ -351,10 +364,13 @@ pub fn compute(
                         subset.apply(insurer[next].1);
                         next += 1;
                     }
-                    let then = [&all, &subset]
-                        .into_iter()
-                        .map(|p| p.check(query, *service_date, *knowledge, fresh))
-                        .find(|a| a.hash() == *answer_hash);
+                    let then = [&all, &subset].into_iter().find_map(|p| {
+                        let a = p.check(query, *service_date, *knowledge, fresh);
+                        (a.hash() == *answer_hash).then(|| {
+                            let billed = answer_billing(p, &a, *knowledge);
+                            (a, billed)
+                        })
+                    });
                     let at = e.event().hlc.physical_ms();
                     // The first hub event it had not received, if recorded before this check.
                     let missed_since = suffix_min[next];
@@ -371,6 +387,7 @@ pub fn compute(
                     row.max_staleness_s = row.max_staleness_s.max(stale);
                     checks.push(CheckRec {
                         event: e.clone(),
+                        hub_position: *hub_position,
                         knowledge: *knowledge,
                         code: *code,
                         mode: *mode,
@@ -415,13 +432,18 @@ pub fn compute(
                 .iter()
                 .copied()
                 .filter(|id| insurer_of.contains_key(id))
-                .filter(|id| hlc_of.get(id).is_some_and(|h| *h > c.knowledge))
+                .filter(|id| {
+                    // Recorded after the check, or not yet received by the clinic then.
+                    hlc_of.get(id).is_some_and(|(hlc, position)| {
+                        *hlc > c.knowledge || *position > c.hub_position
+                    })
+                })
                 .collect();
+            let due = answer_billing(&truth, &now, Hlc(u64::MAX));
             let (billed, contradicted) = match &c.then {
-                Some(then) => {
+                Some((_, b)) => {
                     report.totals.rederived += 1;
-                    let (b, d) = (answer_billing(then), answer_billing(&now));
-                    (b, b.is_some() && d.is_some() && b != d)
+                    (*b, b.is_some() && due.is_some() && *b != due)
                 }
                 None => {
                     report.not_rederivable.push(check.clone());
@@ -435,7 +457,7 @@ pub fn compute(
             if !contradicted {
                 continue;
             }
-            let Some(due) = answer_billing(&now) else { continue };
+            let Some(due) = due else { continue };
             for id in &decided_later_by {
                 retro.entry(*id).or_default().insert(check.check);
             }
@@ -463,12 +485,13 @@ pub fn compute(
         for (e, query, declared_insurer, declared_start) in declarations {
             let now = truth.check(&query, declared_start, Hlc(u64::MAX), fresh);
             let explicit = resolutions.get(&e.id()).cloned();
-            let found = (now.code == AnswerCode::Valid).then(|| {
-                format!(
-                    "covered from {declared_start}: member {} of insurer {}",
-                    now.member.as_ref().map(ToString::to_string).unwrap_or_default(),
-                    now.insurer.map(|i| i.to_string()).unwrap_or_default()
-                )
+            let covered_as = match now.code {
+                AnswerCode::Valid => now.member.clone(),
+                AnswerCode::InvalidNewerExists => now.successor.clone(),
+                _ => None,
+            };
+            let found = covered_as.map(|key| {
+                format!("covered from {declared_start} as member {key} of insurer {}", key.insurer)
             });
             let resolution = explicit.or(found);
             let at_ms = e.event().hlc.physical_ms();
@@ -588,7 +611,7 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{} self-declarations, {} unresolved; {} retroactive changes affect past checks; {} conflicts wait for a decision",
+        "{} self-declarations, {} unresolved; {} late or retroactive changes affect past checks; {} conflicts wait for a decision",
         t.declarations,
         t.unresolved_declarations,
         r.retroactive.len(),
@@ -671,7 +694,7 @@ pub fn render_text(r: &Report) -> String {
             &rows,
         );
     }
-    let _ = writeln!(s, "\nRetroactive changes that affect past checks");
+    let _ = writeln!(s, "\nLate or retroactive changes that affect past checks");
     let rows: Vec<Vec<String>> = r
         .retroactive
         .iter()

@@ -68,7 +68,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// The node's TLS files from `<data-dir>/tls/`, refused unless the certificate is for `role`.
-fn load_tls(data_dir: &Path, role: Role) -> Result<tls::TlsFiles> {
+pub fn load_tls(data_dir: &Path, role: Role) -> Result<tls::TlsFiles> {
     let dir = data_dir.join(tls::TLS_DIR);
     let tls_files = tls::load(&dir)?;
     if tls_files.identity.role != role {
@@ -546,8 +546,23 @@ pub fn hub_import(
 }
 
 /// A plain HTTP/1.1 GET of `path` on the node at `url` (`http://HOST:PORT`); the body of a 200
-/// answer, else an error naming the status and the node's message. Answers are capped at 64 MiB.
+/// answer, else an error naming the status and the node's message.
 pub fn http_get(url: &str, path: &str) -> Result<String> {
+    let (status, body) = http_request(url, "GET", path, None)?;
+    if status != 200 {
+        bail!("the node answered {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request (`body` sent as JSON) to the node at `url` (`http://HOST:PORT`);
+/// returns the status and the body. Answers are capped at 64 MiB.
+pub fn http_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let host = url
         .strip_prefix("http://")
         .with_context(|| format!("the node's address must be an http:// URL, got {url}"))?
@@ -555,16 +570,26 @@ pub fn http_get(url: &str, path: &str) -> Result<String> {
     let mut stream = std::net::TcpStream::connect(host)
         .with_context(|| format!("connecting to the node at {host}"))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    let body = body.unwrap_or("");
+    let head = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Connection: close\r\n\r\n{body}"
+    )?;
     let mut response = Vec::new();
     stream.take(64 << 20).read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n").context("the node sent no HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("the node answered {status}: {}", body.trim());
-    }
-    Ok(body.to_owned())
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .context("the node's HTTP status line is malformed")?;
+    Ok((status, body.to_owned()))
 }
 
 /// The reconciliation report of a running hub (clinic names from the certificates seen).
