@@ -1,5 +1,7 @@
 //! shikaku's integration tests, in one binary (each `tests/*.rs` file would link separately).
 //!
+//! - `api`: the clinic's HTTP API (snapshots, FHIR validated by fhir.resources), hub import,
+//!   reconcile;
 //! - `story`: a small builder for signed event histories used by the other modules;
 //! - `scenarios`: insta snapshots of the eligibility rules, one story each;
 //! - `laws`: property tests (order independence, duplicates, encoding round trips);
@@ -8,6 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
 
+mod api;
 mod bad_input;
 mod cli;
 mod crash;

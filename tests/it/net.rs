@@ -21,32 +21,32 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-struct Deployment {
-    root: PathBuf,
-    events: Vec<SignedEvent>,
-    insurers: Vec<InsurerNumber>,
+pub(crate) struct Deployment {
+    pub(crate) root: PathBuf,
+    pub(crate) events: Vec<SignedEvent>,
+    pub(crate) insurers: Vec<InsurerNumber>,
 }
 
 impl Deployment {
-    fn new(name: &str, members: usize) -> Deployment {
+    pub(crate) fn new(name: &str, members: usize) -> Deployment {
         let root = temp_dir(name);
         tls::ca_init(&root.join("ca")).unwrap();
         let (events, insurers, _) = crate::node::generated(members, 21);
         Deployment { root, events, insurers }
     }
 
-    fn signer(&self, name: &str) -> Signer {
+    pub(crate) fn signer(&self, name: &str) -> Signer {
         Signer::derived("shikaku net test", name.as_bytes())
     }
 
-    fn issue(&self, role: Role, name: &str) -> tls::TlsFiles {
+    pub(crate) fn issue(&self, role: Role, name: &str) -> tls::TlsFiles {
         let out = self.root.join(name).join("tls");
         tls::ca_issue(&self.root.join("ca"), role, name, self.signer(name).node_id(), &out)
             .unwrap();
         tls::load(&out).unwrap()
     }
 
-    fn runtime(&self, role: Role, name: &str, insurers: &[InsurerNumber]) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self, role: Role, name: &str, insurers: &[InsurerNumber]) -> Arc<Runtime> {
         let mut config = NodeConfig::new(role, name);
         config.insurers = insurers.iter().copied().collect();
         let dir = FileDirectory::new(self.root.join(name).join("log")).unwrap();
@@ -57,7 +57,7 @@ impl Deployment {
     }
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..400 {
         if cond() {
             return;
@@ -67,14 +67,14 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn state(rt: &Runtime, ns: Namespace) -> (u64, [u8; 16]) {
+pub(crate) fn state(rt: &Runtime, ns: Namespace) -> (u64, [u8; 16]) {
     rt.with_node(|n, _| {
         let acc = n.namespace_state(&ns);
         (acc.count(), acc.fingerprint())
     })
 }
 
-fn member_of(events: &[SignedEvent], insurer: InsurerNumber) -> MemberKey {
+pub(crate) fn member_of(events: &[SignedEvent], insurer: InsurerNumber) -> MemberKey {
     events
         .iter()
         .find_map(|e| e.event().body.membership_subject().filter(|m| m.insurer == insurer).cloned())
@@ -453,7 +453,7 @@ async fn shikaku_check_asks_a_running_clinic_node() {
 }
 
 /// Runs the `shikaku` command line with `args` off the async runtime: (status, stdout, stderr).
-async fn cli(args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn cli(args: &[&str]) -> (i32, String, String) {
     let args: Vec<String> =
         std::iter::once("shikaku").chain(args.iter().copied()).map(String::from).collect();
     tokio::task::spawn_blocking(move || {
@@ -467,7 +467,7 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
 
 /// Sends one HTTP/1.1 request (`"METHOD /path"`, a JSON body when not empty) to `url` and
 /// returns the whole response.
-async fn http(url: &str, request: &str, body: &str) -> String {
+pub(crate) async fn http(url: &str, request: &str, body: &str) -> String {
     let host = url.trim_start_matches("http://").to_owned();
     let content = if body.is_empty() {
         String::new()
@@ -488,6 +488,6 @@ async fn http(url: &str, request: &str, body: &str) -> String {
     .unwrap()
 }
 
-async fn axum_serve(listener: tokio::net::TcpListener, rt: Arc<Runtime>) {
+pub(crate) async fn axum_serve(listener: tokio::net::TcpListener, rt: Arc<Runtime>) {
     let _ = shikaku_cli::serve::serve_api(listener, rt).await;
 }

@@ -199,6 +199,14 @@ struct CheckParams {
     format: Option<String>,
 }
 
+/// The card or member key of an API request (exactly one of them).
+fn api_query(card: Option<&str>, member: Option<&str>) -> Result<shikaku_core::CheckQuery> {
+    match (card, member) {
+        (Some(_), None) | (None, Some(_)) => crate::parse_query(card, member),
+        _ => bail!("give exactly one of card (a 64-hex card token) or member (INSURER:SYMBOL:NUMBER:BRANCH)"),
+    }
+}
+
 /// Serves the clinic's local API on `listener` until the task is dropped.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
@@ -232,7 +240,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 return Err(bad(anyhow::anyhow!("format must be json or fhir, got {other:?}")))
             }
         };
-        let query = crate::parse_query(p.card.as_deref(), p.member.as_deref()).map_err(bad)?;
+        let query = api_query(p.card.as_deref(), p.member.as_deref()).map_err(bad)?;
         let date = match p.date.as_deref() {
             Some(text) => text.parse::<Date>().map_err(|e| bad(e.into()))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
@@ -257,7 +265,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         Json(d): Json<DeclarationBody>,
     ) -> Result<(StatusCode, Json<serde_json::Value>), (StatusCode, String)> {
         let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
-        let query = crate::parse_query(d.card.as_deref(), d.member.as_deref()).map_err(bad)?;
+        let query = api_query(d.card.as_deref(), d.member.as_deref()).map_err(bad)?;
         let declared_start = d
             .declared_start
             .parse::<Date>()
