@@ -28,6 +28,8 @@ pub(crate) struct Running {
     pub(crate) clinic_service: Option<ClinicService>,
     pub(crate) url: String,
     api: tokio::task::JoinHandle<()>,
+    hub_tls: shikaku_net::tls::TlsFiles,
+    hub_addr: std::net::SocketAddr,
 }
 
 impl Running {
@@ -40,9 +42,8 @@ impl Running {
         let hub_service =
             HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
         let clinic = d.runtime(Role::Clinic, "front-desk", &d.insurers[..1]);
-        let clinic_service =
-            ClinicService::start(clinic.clone(), &clinic_tls, hub_service.local_addr().unwrap())
-                .unwrap();
+        let hub_addr = hub_service.local_addr().unwrap();
+        let clinic_service = ClinicService::start(clinic.clone(), &clinic_tls, hub_addr).unwrap();
         wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -56,7 +57,23 @@ impl Running {
             clinic_service: Some(clinic_service),
             url,
             api,
+            hub_tls,
+            hub_addr,
         }
+    }
+
+    /// Starts the hub again on its address; waits until the clinic's records reached it.
+    pub(crate) async fn restart_hub(&mut self) {
+        self.hub.resume();
+        self.hub_service =
+            Some(HubService::start(self.hub.clone(), &self.hub_tls, self.hub_addr).unwrap());
+        let (hub, clinic) = (self.hub.clone(), self.clinic.clone());
+        let own = shikaku_core::Namespace::Clinic(self.d.signer("front-desk").node_id());
+        wait_for("the clinic is back in sync", || {
+            clinic.with_node(|n, _| n.in_sync())
+                && crate::net::state(&hub, own) == crate::net::state(&clinic, own)
+        })
+        .await;
     }
 
     /// Stops the hub (the clinic goes offline).
@@ -118,6 +135,10 @@ pub(crate) fn cast(d: &Deployment, date: Date) -> (CardToken, MemberKey, MemberK
 /// Replaces what depends on the clock or on timing (record-time cut-offs, sync times, hub
 /// positions that move as check records arrive, hashes over cut-offs) by a marker.
 fn redact(value: &mut Value) {
+    if let Value::String(text) = value {
+        *text = mask_times(text);
+        return;
+    }
     const VOLATILE: [&str; 3] = ["last-hub-sync", "knowledge-as-of", "hub-position"];
     match value {
         Value::Object(map) => {
@@ -145,6 +166,34 @@ fn redact(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }
+}
+
+/// "2026-11-26 07:47 JST" → "[time] JST" (the rendered text's knowledge line).
+fn mask_times(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(" JST") {
+        let (before, after) = rest.split_at(at);
+        let stamp = before.len().checked_sub(16).map(|i| &before[i..]);
+        let is_stamp = stamp.is_some_and(|s| {
+            s.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b' ',
+                13 => b == b':',
+                _ => b.is_ascii_digit(),
+            })
+        });
+        if is_stamp {
+            out.push_str(&before[..before.len() - 16]);
+            out.push_str("[time]");
+        } else {
+            out.push_str(before);
+        }
+        out.push_str(" JST");
+        rest = &after[4..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn body(response: &str) -> (u16, &str) {
@@ -296,4 +345,166 @@ async fn api_answers_are_snapshotted_and_fhir_validates_with_an_independent_libr
     assert_eq!(parsed[2]["error"], "no-match");
     assert_eq!(parsed[3]["error"], "not-replicated");
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts() {
+    let mut running = Running::start("reconcile", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let (card, member, _) = cast(&running.d, date);
+    let q = CheckQuery::Card(card);
+    let online = running.clinic.with_node(|n, now| n.check(now, &q, date).unwrap());
+    assert_eq!(online.code, AnswerCode::Valid);
+    running.stop_hub().await;
+    // While the clinic is cut off, the insurer reports that this member retired before the
+    // service date; the clinic keeps answering VALID from what it has.
+    let signer = shikaku_gen::insurer_signer(21, member.insurer);
+    let hub_id = running.hub.with_node(|n, _| n.node_id());
+    let retired = running.hub.with_node(|n, now| {
+        let event = signer
+            .sign(shikaku_core::Event {
+                namespace: shikaku_core::Namespace::Insurer(member.insurer),
+                origin: hub_id,
+                origin_seq: 1 << 40,
+                hlc: Hlc::end_of_ms(now),
+                author: signer.public(),
+                body: EventBody::CoverageEnded {
+                    member: member.clone(),
+                    loss_date: date.add_days(-20),
+                    reason: shikaku_core::EndReason::Retirement,
+                },
+            })
+            .unwrap();
+        n.import(now, std::slice::from_ref(&event)).unwrap();
+        event
+    });
+    // Ten minutes pass (on both nodes' clocks).
+    running.clinic.clock().advance(600_000);
+    running.hub.clock().advance(600_000);
+    let offline = running.clinic.with_node(|n, now| n.check(now, &q, date).unwrap());
+    assert_eq!(offline.code, AnswerCode::Valid, "the clinic has not heard of the retirement");
+    running.restart_hub().await;
+
+    let report = running.hub.with_node(|n, now| shikaku_cli::serve::hub_report(n, now).unwrap());
+    let t = &report.totals;
+    assert_eq!((t.checks, t.offline_checks, t.rederived), (2, 1, 2), "{t:?}");
+    // Both VALID answers are contradicted now; the offline one is listed first.
+    assert_eq!((t.contradicted, t.contradicted_offline), (2, 1), "{t:?}");
+    let c = &report.contradicted[0];
+    assert_eq!(c.check.mode, shikaku_core::CheckMode::Offline);
+    assert_eq!(c.check.clinic, "front-desk", "named from its certificate");
+    assert_eq!((c.check.answered, c.truth), (AnswerCode::Valid, AnswerCode::Invalid));
+    assert_eq!(c.refund_tenths, Some(-7), "the patient owes the insurer's 7 tenths");
+    assert!(c.action.contains("withdraw the claim"), "{}", c.action);
+    assert_eq!(c.decided_later_by, vec![retired.id()]);
+    assert_eq!(report.retroactive.len(), 1);
+    assert_eq!(report.retroactive[0].checks.len(), 2);
+    assert_eq!(report.clinics.len(), 1);
+    assert!(report.clinics[0].max_staleness_s >= 600, "{:?}", report.clinics[0]);
+    assert!(report.not_rederivable.is_empty());
+
+    // The same report from the hub's insurer API, in the three formats.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let api = tokio::spawn(shikaku_cli::serve::serve_hub_api(listener, running.hub.clone()));
+    let (code, table, err) = crate::net::cli(&["reconcile", "--hub", &api_url]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("Checks the converged truth contradicts"), "{table}");
+    assert!(table.contains("front-desk") && table.contains("withdraw the claim"), "{table}");
+    let (code, json, _) =
+        crate::net::cli(&["reconcile", "--hub", &api_url, "--format", "json"]).await;
+    assert_eq!(code, 0);
+    let value: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["totals"]["contradicted_offline"], 1);
+    let html = http(&api_url, "GET /v1/reconcile?format=html", "").await;
+    assert!(
+        html.starts_with("HTTP/1.1 200")
+            && html.contains("<h2>Checks the converged truth contradicts</h2>")
+    );
+    let bad = http(&api_url, "GET /v1/reconcile?format=pdf", "").await;
+    assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("format must be"), "{bad}");
+    api.abort();
+    running.shutdown().await;
+}
+
+#[test]
+fn hub_import_shows_progress_refuses_bad_lines_and_reconcile_reads_the_ledger() {
+    let dir = std::env::temp_dir().join(format!("shikaku-hub-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stream = dir.join("roster.jsonl");
+    let keys = dir.join("keys.txt");
+    let data = dir.join("hub");
+    let run = |args: &[&str]| {
+        let args: Vec<String> =
+            std::iter::once("shikaku").chain(args.iter().copied()).map(String::from).collect();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = shikaku_cli::run(args, &mut out, &mut err);
+        (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
+    };
+    let (code, _, err) = run(&[
+        "gen",
+        "--members",
+        "3000",
+        "--seed",
+        "5",
+        "--malformed",
+        "0.001",
+        "--out",
+        stream.to_str().unwrap(),
+        "--keys-out",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines = std::fs::read_to_string(&stream).unwrap().lines().count() as u64;
+    let d = data.to_str().unwrap();
+    let (code, out, err) = run(&[
+        "--data-dir",
+        d,
+        "hub",
+        "import",
+        stream.to_str().unwrap(),
+        "--insurer-keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "bad lines make the exit status 1: {err}");
+    // Progress (not a terminal here: a line per 10%), ending at 100%.
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(progress.len() >= 2, "{err}");
+    assert!(progress.last().unwrap().contains("100%"), "{err}");
+    let refused: Vec<&str> = err.lines().filter(|l| l.starts_with("line ")).collect();
+    assert!(!refused.is_empty(), "{err}");
+    let imported: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(imported + refused.len() as u64, lines, "{out}");
+    // Importing again stores nothing twice.
+    let (_, out, _) = run(&["--data-dir", d, "hub", "import", stream.to_str().unwrap()]);
+    assert!(out.starts_with("imported 0 new events"), "{out}");
+    // An event signed by the wrong key for its insurer is refused when keys are registered.
+    let other_keys = dir.join("other-keys.txt");
+    let text = std::fs::read_to_string(&keys).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    let (insurer, _) = first.split_once('=').unwrap();
+    let (_, second_key) = rest.lines().next().unwrap().split_once('=').unwrap();
+    std::fs::write(&other_keys, format!("{insurer}={second_key}\n")).unwrap();
+    let (code, _, err) = run(&[
+        "--data-dir",
+        d,
+        "hub",
+        "import",
+        stream.to_str().unwrap(),
+        "--insurer-keys",
+        other_keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not one registered for that insurer"), "{err}");
+    // The report reads the hub's ledger directly (no clinic records yet: nothing to refund).
+    let (code, out, err) = run(&["--data-dir", d, "reconcile", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["totals"]["checks"], 0);
+    assert_eq!(report["hub_events"], imported);
+    let (code, _, err) = run(&["--data-dir", dir.join("none").to_str().unwrap(), "reconcile"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no ledger"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

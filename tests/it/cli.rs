@@ -182,14 +182,31 @@ fn demo_runs_to_completion() {
     let (code, out, err) = run(&["demo", "--members", "3000", "--workdir", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}\n{out}");
     for needle in [
+        "in sync",
+        "all three clinics had it",
+        "Offline since",
         "PENDING SUCCESSOR",
         "INVALID — A NEWER COVERAGE EXISTS",
-        "is contradicted by event",
-        "(identical)",
+        "namespaces with the hub's fingerprint",
+        "Checks the converged truth contradicts",
+        "offline  card",
+        "refund 1/10 of the fee to the patient",
+        "withdraw the claim",
+        "UNRESOLVED",
+        "Conflicts waiting for a decision",
+        "reception page of aoba-hospital",
         "Demo finished",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
+    // The reports stay in the work directory given.
+    let json = std::fs::read_to_string(dir.join("reconciliation.json")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["totals"]["contradicted_offline"], 3, "{json}");
+    assert_eq!(report["totals"]["unresolved_declarations"], 1, "{json}");
+    assert_eq!(report["totals"]["rederived"], report["totals"]["checks"], "{json}");
+    let html = std::fs::read_to_string(dir.join("reconciliation.html")).unwrap();
+    assert!(html.contains("<h1>Reconciliation</h1>"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

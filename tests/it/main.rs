@@ -2,6 +2,7 @@
 //!
 //! - `api`: the clinic's HTTP API (snapshots, FHIR validated by fhir.resources), hub import,
 //!   reconcile;
+//! - `browser`: the reception page in headless Chromium (DevTools protocol on a pipe);
 //! - `story`: a small builder for signed event histories used by the other modules;
 //! - `scenarios`: insta snapshots of the eligibility rules, one story each;
 //! - `laws`: property tests (order independence, duplicates, encoding round trips);
@@ -12,6 +13,7 @@
 
 mod api;
 mod bad_input;
+mod browser;
 mod cli;
 mod crash;
 mod laws;

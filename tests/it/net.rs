@@ -46,7 +46,12 @@ impl Deployment {
         tls::load(&out).unwrap()
     }
 
-    pub(crate) fn runtime(&self, role: Role, name: &str, insurers: &[InsurerNumber]) -> Arc<Runtime> {
+    pub(crate) fn runtime(
+        &self,
+        role: Role,
+        name: &str,
+        insurers: &[InsurerNumber],
+    ) -> Arc<Runtime> {
         let mut config = NodeConfig::new(role, name);
         config.insurers = insurers.iter().copied().collect();
         let dir = FileDirectory::new(self.root.join(name).join("log")).unwrap();

@@ -328,10 +328,7 @@ fn story(
     let hub_addr = hub_service.local_addr()?;
     let hub_api = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let report_url = format!("http://{}/v1/reconcile", hub_api.local_addr()?);
-    let hub_server = {
-        let router = serve::hub_router(hub_rt.clone());
-        tokio::spawn(async move { axum::serve(hub_api, router).await })
-    };
+    let hub_server = tokio::spawn(serve::serve_hub_api(hub_api, hub_rt.clone()));
     n.say(&format!(
         "hub listening on {hub_addr} (QUIC, ALPN shikaku/1); insurer API at {report_url}"
     ))?;
@@ -560,7 +557,7 @@ fn story(
     ];
     publish(&hub_rt, &registered)?;
     n.say(&format!(
-        "insurer {new_insurer} registers them as {new_key}, covered from {job_day} (retroactively)"
+        "insurer {new_insurer} registers them as {new_key}, covered from {job_day} (retroactively: reported four days late)"
     ))?;
     let waited = wait_until("every clinic is back in sync", 120.0, || {
         clinics.iter().all(|c| c.runtime.with_node(|n, _| n.in_sync()))

@@ -353,15 +353,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             use std::io::IsTerminal as _;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let terminal = std::io::stderr().is_terminal();
-            let mut progress = std::io::stderr();
-            let summary = serve::hub_import(
-                &cli.data_dir,
-                &file,
-                keys.unwrap_or_default(),
-                err,
-                &mut progress,
-                terminal,
-            )?;
+            let summary =
+                serve::hub_import(&cli.data_dir, &file, keys.unwrap_or_default(), err, terminal)?;
             writeln!(out, "{summary}")?;
             Ok(if summary.rejected > 0 { 1 } else { 0 })
         }

@@ -15,7 +15,7 @@ pub fn code_text(code: AnswerCode) -> &'static str {
         AnswerCode::PendingSuccessor => {
             "PENDING SUCCESSOR (self-declared, new insurer not yet registered)"
         }
-        AnswerCode::Unknown => "UNKNOWN — this member's insurer is not replicated here",
+        AnswerCode::Unknown => "UNKNOWN — not decidable from the insurers replicated here",
     }
 }
 

@@ -119,8 +119,7 @@ pub fn hub_serve(
                     "insurer API on http://{} (reconciliation report at /v1/reconcile?format=html)",
                     listener.local_addr()?
                 )?;
-                let router = hub_router(service.runtime.clone());
-                Some(tokio::spawn(async move { axum::serve(listener, router).await }))
+                Some(tokio::spawn(serve_hub_api(listener, service.runtime.clone())))
             }
             None => None,
         };
@@ -450,6 +449,20 @@ pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> 
     Ok(())
 }
 
+/// One writer shared by two users that never write at the same time (the progress bar and the
+/// refused-line report of an import).
+struct SharedWrite<'a>(std::cell::RefCell<&'a mut dyn Write>);
+
+impl Write for &SharedWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
 /// A progress bar on a terminal (redrawn in place), or a line every 10% elsewhere.
 pub struct Progress<'a> {
     out: &'a mut dyn Write,
@@ -508,13 +521,13 @@ impl<'a> Progress<'a> {
 
 /// `shikaku hub import`: imports an insurer roster or change stream (JSON Lines) into the hub's
 /// ledger through the hub's own import path (namespaces served, insurer key registry), with a
-/// progress bar on `progress_out`. The hub must not be serving (its ledger is locked).
+/// progress bar on `err` (where refused lines are reported too). The hub must not be serving
+/// (its ledger is locked).
 pub fn hub_import(
     data_dir: &Path,
     file: &str,
     insurer_keys: InsurerKeys,
     err: &mut dyn Write,
-    progress_out: &mut dyn Write,
     terminal: bool,
 ) -> Result<crate::ImportSummary> {
     let name = tls::load(&data_dir.join(tls::TLS_DIR))
@@ -531,11 +544,14 @@ pub fn hub_import(
         let size = f.metadata().ok().map(|m| m.len());
         (Box::new(f), size)
     };
-    let mut bar = Progress::new(progress_out, terminal, total);
+    let shared = SharedWrite(std::cell::RefCell::new(err));
+    let mut bar_out = &shared;
+    let mut line_out = &shared;
+    let mut bar = Progress::new(&mut bar_out, terminal, total);
     let node = std::cell::RefCell::new(&mut node);
     let summary = crate::import_stream(
         std::io::BufReader::new(reader),
-        err,
+        &mut line_out,
         &|e| node.borrow().import_refusal(e),
         &mut |good| {
             let mut n = node.borrow_mut();
@@ -604,6 +620,14 @@ pub fn http_request(
 pub fn hub_report(n: &FileNode, now_ms: u64) -> Result<crate::reconcile::Report> {
     let events = n.ledger().read_from(1, usize::MAX)?;
     Ok(crate::reconcile::compute(&events, n.peer_names(), now_ms))
+}
+
+/// Serves the hub's insurer API on `listener` until the task is dropped.
+pub async fn serve_hub_api(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+) -> std::io::Result<()> {
+    axum::serve(listener, hub_router(runtime)).await
 }
 
 /// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `/v1/health`,

@@ -1,0 +1,275 @@
+//! The reception page in a real browser: headless Chromium (Debian package `chromium`), driven
+//! over the Chrome DevTools Protocol on a pipe (`--remote-debugging-pipe`: fd 3 in, fd 4 out,
+//! NUL-terminated JSON). The page is served by a real clinic node synced from a real hub over
+//! QUIC: a check online, the hub stopped, the banner turning amber and then red with "Offline
+//! since HH:MM", a check still answering offline with its age, and the self-declaration flow.
+//!
+//! When no Chromium is installed and this runs as root on Debian, the test installs it with
+//! apt-get (as `.ci/run` does); otherwise it fails saying how to install it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use shikaku_core::Date;
+
+use crate::api::{cast, Running};
+
+fn find_chromium() -> Option<String> {
+    if let Ok(path) = std::env::var("CHROME") {
+        return Some(path);
+    }
+    ["chromium", "chromium-browser", "google-chrome"].into_iter().map(String::from).find(|name| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+fn chromium() -> String {
+    if let Some(path) = find_chromium() {
+        return path;
+    }
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root && std::path::Path::new("/usr/bin/apt-get").exists() {
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "apt-get install chromium failed");
+    }
+    find_chromium()
+        .expect("the reception page test needs headless Chromium: apt-get install chromium")
+}
+
+/// A headless Chromium and one page, spoken to over the DevTools pipe.
+struct Browser {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    next_id: u64,
+    session: Option<String>,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    fn launch(profile: std::path::PathBuf) -> Browser {
+        // fd 3 ← our stdin pipe, fd 4 → our stdout pipe; the browser's own stdio goes nowhere.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null 2>/dev/null"#)
+            .arg(chromium())
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Browser { child, input, output, next_id: 0, session: None, profile }
+    }
+
+    /// Sends one command and waits for its reply (events in between are skipped).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            message["sessionId"] = json!(session);
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.input.write_all(&bytes).unwrap();
+        self.input.flush().unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.output.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "the browser closed its DevTools pipe");
+            buf.pop();
+            let reply: Value = serde_json::from_slice(&buf).unwrap();
+            if reply["id"] == json!(id) {
+                assert!(reply.get("error").is_none(), "{method} failed: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    fn open(&mut self, url: &str) {
+        let target = self.call("Target.createTarget", json!({ "url": url }));
+        let attached = self.call(
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        );
+        self.session = Some(attached["sessionId"].as_str().unwrap().to_owned());
+    }
+
+    /// Evaluates JavaScript in the page (awaiting promises) and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
+        );
+        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is true, for at most `seconds` (an exception, e.g. while
+    /// the page is still loading, counts as false).
+    fn wait(&mut self, what: &str, expression: &str, seconds: u64) {
+        let guarded =
+            format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()");
+        for _ in 0..seconds * 10 {
+            if self.eval(&guarded) == json!(true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let banner = self.eval("document.getElementById('banner')?.textContent");
+        let code = self.eval("document.getElementById('code')?.textContent");
+        panic!("timed out waiting for {what} (banner {banner}, result {code})");
+    }
+
+    fn text(&mut self, id: &str) -> String {
+        self.eval(&format!("document.getElementById('{id}').textContent"))
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Types into an input and submits its form the way a user does (the button).
+    fn check(&mut self, who: &str, date: Date) {
+        self.eval(&format!(
+            "document.getElementById('who').value = {who:?}; \
+             document.getElementById('date').value = '{date}'; \
+             document.getElementById('code').textContent = ''; \
+             document.querySelector('#check button').click(); true"
+        ));
+        self.wait("an answer", "document.getElementById('code').textContent !== ''", 10);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reception_page_in_headless_chromium_online_offline_and_self_declaration() {
+    let mut running = Running::start("browser", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let (card, member, invalid) = cast(&running.d, date);
+    let url = format!("{}/", running.url);
+    let profile = running.d.root.join("chromium-profile");
+    let mut b = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(profile);
+        b.open(&url);
+        b.wait(
+            "the page and its banner",
+            "document.getElementById('banner').textContent.startsWith('Online')",
+            20,
+        );
+        b
+    })
+    .await
+    .unwrap();
+
+    // Online: a card check answers VALID with insurer, copay and coverage, and is current.
+    let card_text = card.to_string();
+    let mut b = tokio::task::spawn_blocking(move || {
+        b.check(&card_text, date);
+        b
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.text("code"), "VALID 有効");
+    assert_eq!(b.text("insurer"), member.insurer.to_string());
+    assert_eq!(b.text("copay"), "30%");
+    assert!(b.text("coverage").contains('→'), "{}", b.text("coverage"));
+    assert_eq!(b.text("knowledge"), "current (in sync with the hub)");
+    assert_eq!(b.eval("document.getElementById('banner').className"), json!(""));
+
+    // The hub stops: the page's own health polling turns the banner amber, "Offline since".
+    running.stop_hub().await;
+    let mut b = tokio::task::spawn_blocking(move || {
+        b.wait("the amber banner", "document.getElementById('banner').className === 'amber'", 15);
+        b
+    })
+    .await
+    .unwrap();
+    let banner = b.text("banner");
+    assert!(banner.starts_with("Offline since "), "{banner}");
+    // Two hours later it is red; a check still answers, from the local ledger, with its age.
+    running.clinic.clock().advance(2 * 3_600_000);
+    let card_text = card.to_string();
+    let mut b = tokio::task::spawn_blocking(move || {
+        b.wait("the red banner", "document.getElementById('banner').className === 'red'", 15);
+        b.check(&card_text, date);
+        b
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.text("code"), "VALID 有効", "offline answers still come");
+    let knowledge = b.text("knowledge");
+    assert!(knowledge.starts_with("as of ") && knowledge.contains(" s ago"), "{knowledge}");
+    let staleness: u64 = knowledge
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(staleness >= 7_200, "{knowledge}");
+    assert!(b.text("banner").contains("Offline since"), "{}", b.text("banner"));
+
+    // The self-declaration flow: INVALID → the form appears → recorded → PENDING SUCCESSOR.
+    let invalid_text = invalid.to_string();
+    let mut b = tokio::task::spawn_blocking(move || {
+        b.check(&invalid_text, date);
+        b
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.text("code"), "INVALID 無効");
+    assert_eq!(
+        b.eval("getComputedStyle(document.getElementById('declare')).display"),
+        json!("block")
+    );
+    let before = running.clinic.with_node(|n, _| n.ledger().len());
+    let invalid_text = invalid.to_string();
+    let b = tokio::task::spawn_blocking(move || {
+        b.eval(&format!(
+            "document.getElementById('decl-start').value = '{}'; \
+             document.querySelector('#declaration button').click(); true",
+            date.add_days(-3)
+        ));
+        b.wait(
+            "the declaration to be recorded",
+            "document.getElementById('declared').textContent.startsWith('Self-declaration recorded')",
+            10,
+        );
+        b.check(&invalid_text, date);
+        b
+    })
+    .await
+    .unwrap();
+    let mut b = b;
+    assert_eq!(b.text("code"), "PENDING SUCCESSOR (self-declared)");
+    assert_eq!(running.clinic.with_node(|n, _| n.ledger().len()), before + 2, "declaration, check");
+    drop(b);
+    running.shutdown().await;
+}
