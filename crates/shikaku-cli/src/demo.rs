@@ -109,7 +109,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = story(args, &workdir, &rt, out);
+    let result = story(args, &workdir, temporary && !args.keep_running, &rt, out);
     drop(rt);
     if temporary && !args.keep_running {
         let _ = std::fs::remove_dir_all(&workdir);
@@ -264,6 +264,7 @@ fn ask(clinic: &ClinicNode, who: Presented<'_>, date: Date) -> Result<(String, S
 fn story(
     args: &DemoArgs,
     workdir: &Path,
+    removed_on_exit: bool,
     rt: &tokio::runtime::Runtime,
     out: &mut dyn Write,
 ) -> Result<()> {
@@ -634,9 +635,14 @@ fn story(
     }
     n.say("")?;
     n.say(&format!(
-        "report: {report_url}?format=html (also {} and {})",
+        "report: {report_url}?format=html (also {} and {}{})",
         html.display(),
-        json.display()
+        json.display(),
+        if removed_on_exit {
+            "; the work directory is removed on exit: give --workdir to keep it"
+        } else {
+            ""
+        }
     ))?;
     for c in &clinics {
         n.say(&format!("reception page of {:<16} {}/", c.name, c.url))?;

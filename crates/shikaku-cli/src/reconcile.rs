@@ -593,6 +593,149 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// One table of the report.
+struct Section {
+    title: &'static str,
+    header: &'static [&'static str],
+    rows: Vec<Vec<String>>,
+    /// Rows shown in the terminal (the JSON and HTML carry them all).
+    terminal_rows: usize,
+}
+
+/// The report's tables, in order; shared by the terminal and HTML renderings.
+fn sections(r: &Report) -> Vec<Section> {
+    let jst = crate::render::jst;
+    let section = |title, header, rows: Vec<Vec<String>>| Section {
+        title,
+        header,
+        terminal_rows: rows.len(),
+        rows,
+    };
+    let mut out = vec![section(
+        "Checks the converged truth contradicts",
+        &[
+            "answered",
+            "clinic",
+            "mode",
+            "asked",
+            "service",
+            "answer",
+            "truth",
+            "billed",
+            "due",
+            "action",
+            "decided later by",
+        ],
+        r.contradicted
+            .iter()
+            .map(|c| {
+                vec![
+                    jst(c.check.at_ms),
+                    c.check.clinic.clone(),
+                    mode_name(c.check.mode).to_owned(),
+                    query_text(&c.check.query),
+                    c.check.service_date.to_string(),
+                    code_name(c.check.answered),
+                    code_name(c.truth),
+                    billing_text(c.billed),
+                    billing_text(c.due),
+                    c.action.clone(),
+                    c.decided_later_by.iter().map(short).collect::<Vec<_>>().join(" "),
+                ]
+            })
+            .collect(),
+    )];
+    if !r.not_rederivable.is_empty() {
+        out.push(section(
+            "Checks whose recorded answer could not be re-derived from the hub's events",
+            &["check", "clinic", "mode", "asked", "service", "answer"],
+            r.not_rederivable
+                .iter()
+                .map(|c| {
+                    vec![
+                        short(&c.check),
+                        c.clinic.clone(),
+                        mode_name(c.mode).to_owned(),
+                        query_text(&c.query),
+                        c.service_date.to_string(),
+                        code_name(c.answered),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    out.push(section(
+        "Self-declarations",
+        &["recorded", "clinic", "presented", "insurer", "from", "state", "how"],
+        r.declarations
+            .iter()
+            .map(|d| {
+                vec![
+                    jst(d.at_ms),
+                    d.clinic.clone(),
+                    query_text(&d.query),
+                    d.declared_insurer.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
+                    d.declared_start.to_string(),
+                    if d.resolved { "resolved".into() } else { "UNRESOLVED".into() },
+                    d.resolution.clone(),
+                ]
+            })
+            .collect(),
+    ));
+    out.push(section(
+        "Late or retroactive changes that affect past checks",
+        &["event", "kind", "insurer", "recorded", "checks changed"],
+        r.retroactive
+            .iter()
+            .map(|x| {
+                vec![
+                    short(&x.event),
+                    x.kind.to_owned(),
+                    x.insurer.map(|i| i.to_string()).unwrap_or_default(),
+                    jst(x.recorded_ms),
+                    x.checks.iter().map(short).collect::<Vec<_>>().join(" "),
+                ]
+            })
+            .collect(),
+    ));
+    let mut conflicts = section(
+        "Conflicts waiting for a decision",
+        &["conflict"],
+        r.conflicts.iter().map(|c| vec![conflict_text(c)]).collect(),
+    );
+    conflicts.terminal_rows = conflicts.rows.len().min(20);
+    out.push(conflicts);
+    out.push(section(
+        "Clinics by staleness (at their last check)",
+        &[
+            "clinic",
+            "checks",
+            "offline",
+            "contradicted",
+            "open decl.",
+            "last check",
+            "stale then",
+            "worst",
+        ],
+        r.clinics
+            .iter()
+            .map(|c| {
+                vec![
+                    c.clinic.clone(),
+                    c.checks.to_string(),
+                    c.offline_checks.to_string(),
+                    c.contradicted.to_string(),
+                    c.unresolved_declarations.to_string(),
+                    c.last_check_ms.map(jst).unwrap_or_else(|| "—".into()),
+                    format!("{} s", c.staleness_at_last_check_s),
+                    format!("{} s", c.max_staleness_s),
+                ]
+            })
+            .collect(),
+    ));
+    out
+}
+
 /// The report as terminal tables.
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write as _;
@@ -617,140 +760,31 @@ pub fn render_text(r: &Report) -> String {
         r.retroactive.len(),
         r.conflicts.len()
     );
-    let _ = writeln!(s, "\nChecks the converged truth contradicts");
-    let rows: Vec<Vec<String>> = r
-        .contradicted
-        .iter()
-        .map(|c| {
-            vec![
-                crate::render::jst(c.check.at_ms),
-                c.check.clinic.clone(),
-                mode_name(c.check.mode).to_owned(),
-                query_text(&c.check.query),
-                c.check.service_date.to_string(),
-                code_name(c.check.answered),
-                code_name(c.truth),
-                billing_text(c.billed),
-                billing_text(c.due),
-                c.action.clone(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        let _ = writeln!(s, "  none");
-    } else {
-        table(
-            &mut s,
-            &[
-                "answered", "clinic", "mode", "asked", "service", "answer", "truth", "billed",
-                "due", "action",
-            ],
-            &rows,
-        );
-    }
-    if !r.not_rederivable.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nChecks whose recorded answer could not be re-derived from the hub's events"
-        );
-        let rows: Vec<Vec<String>> = r
-            .not_rederivable
+    for section in sections(r) {
+        let _ = writeln!(s, "\n{}", section.title);
+        if section.rows.is_empty() {
+            let _ = writeln!(s, "  none");
+            continue;
+        }
+        // The terminal leaves out the list of deciding events (in the JSON and HTML).
+        let columns = if section.header.last() == Some(&"decided later by") {
+            section.header.len() - 1
+        } else {
+            section.header.len()
+        };
+        let rows: Vec<Vec<String>> = section.rows[..section.terminal_rows]
             .iter()
-            .map(|c| {
-                vec![
-                    short(&c.check),
-                    c.clinic.clone(),
-                    mode_name(c.mode).to_owned(),
-                    query_text(&c.query),
-                    c.service_date.to_string(),
-                    code_name(c.answered),
-                ]
-            })
+            .map(|row| row[..columns].to_vec())
             .collect();
-        table(&mut s, &["check", "clinic", "mode", "asked", "service", "answer"], &rows);
+        table(&mut s, &section.header[..columns], &rows);
+        if section.terminal_rows < section.rows.len() {
+            let _ = writeln!(
+                s,
+                "  … and {} more (see the JSON or HTML report)",
+                section.rows.len() - section.terminal_rows
+            );
+        }
     }
-    let _ = writeln!(s, "\nSelf-declarations");
-    let rows: Vec<Vec<String>> = r
-        .declarations
-        .iter()
-        .map(|d| {
-            vec![
-                crate::render::jst(d.at_ms),
-                d.clinic.clone(),
-                query_text(&d.query),
-                d.declared_insurer.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
-                d.declared_start.to_string(),
-                if d.resolved { "resolved".into() } else { "UNRESOLVED".into() },
-                d.resolution.clone(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        let _ = writeln!(s, "  none");
-    } else {
-        table(
-            &mut s,
-            &["recorded", "clinic", "presented", "insurer", "from", "state", "how"],
-            &rows,
-        );
-    }
-    let _ = writeln!(s, "\nLate or retroactive changes that affect past checks");
-    let rows: Vec<Vec<String>> = r
-        .retroactive
-        .iter()
-        .map(|x| {
-            vec![
-                short(&x.event),
-                x.kind.to_owned(),
-                x.insurer.map(|i| i.to_string()).unwrap_or_default(),
-                crate::render::jst(x.recorded_ms),
-                x.checks.len().to_string(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        let _ = writeln!(s, "  none");
-    } else {
-        table(&mut s, &["event", "kind", "insurer", "recorded", "checks changed"], &rows);
-    }
-    let _ = writeln!(s, "\nConflicts waiting for a decision: {}", r.conflicts.len());
-    for c in r.conflicts.iter().take(20) {
-        let _ = writeln!(s, "  {}", conflict_text(c));
-    }
-    if r.conflicts.len() > 20 {
-        let _ = writeln!(s, "  … and {} more (see the JSON report)", r.conflicts.len() - 20);
-    }
-    let _ = writeln!(s, "\nClinics by staleness (at their last check)");
-    let rows: Vec<Vec<String>> = r
-        .clinics
-        .iter()
-        .map(|c| {
-            vec![
-                c.clinic.clone(),
-                c.checks.to_string(),
-                c.offline_checks.to_string(),
-                c.contradicted.to_string(),
-                c.unresolved_declarations.to_string(),
-                c.last_check_ms.map(crate::render::jst).unwrap_or_else(|| "—".into()),
-                format!("{} s", c.staleness_at_last_check_s),
-                format!("{} s", c.max_staleness_s),
-            ]
-        })
-        .collect();
-    table(
-        &mut s,
-        &[
-            "clinic",
-            "checks",
-            "offline",
-            "contradicted",
-            "open decl.",
-            "last check",
-            "stale then",
-            "worst",
-        ],
-        &rows,
-    );
     s
 }
 
@@ -817,135 +851,14 @@ pub fn render_html(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "<div class=cards><div><div class=k id=contradicted>{}</div>checks contradicted ({} offline)</div><div><div class=k>{}/10</div>refunds due (fee tenths)</div><div><div class=k>{}/10</div>patients owe</div><div><div class=k id=unresolved>{}</div>unresolved of {} self-declarations</div><div><div class=k>{}</div>retroactive changes</div><div><div class=k>{}</div>conflicts</div><div><div class=k>{} / {}</div>checks re-derived exactly ({} offline)</div></div>",
+        "<div class=cards><div><div class=k id=contradicted>{}</div>checks contradicted ({} offline)</div><div><div class=k>{}/10</div>refunds due (fee tenths)</div><div><div class=k>{}/10</div>patients owe</div><div><div class=k id=unresolved>{}</div>unresolved of {} self-declarations</div><div><div class=k>{}</div>late or retroactive changes</div><div><div class=k>{}</div>conflicts</div><div><div class=k>{} / {}</div>checks re-derived exactly ({} offline)</div></div>",
         t.contradicted, t.contradicted_offline, t.refund_tenths, t.owed_tenths, t.unresolved_declarations,
         t.declarations, r.retroactive.len(), r.conflicts.len(), t.rederived, t.checks, t.offline_checks
     );
-    s.push_str("<h2>Checks the converged truth contradicts</h2>\n");
-    let rows: Vec<Vec<String>> = r
-        .contradicted
-        .iter()
-        .map(|c| {
-            vec![
-                crate::render::jst(c.check.at_ms),
-                c.check.clinic.clone(),
-                mode_name(c.check.mode).to_owned(),
-                query_text(&c.check.query),
-                c.check.service_date.to_string(),
-                code_name(c.check.answered),
-                code_name(c.truth),
-                billing_text(c.billed),
-                billing_text(c.due),
-                c.action.clone(),
-                c.decided_later_by.iter().map(short).collect::<Vec<_>>().join(" "),
-            ]
-        })
-        .collect();
-    html_table(
-        &mut s,
-        &[
-            "answered",
-            "clinic",
-            "mode",
-            "asked",
-            "service",
-            "answer",
-            "truth",
-            "billed",
-            "due",
-            "action",
-            "decided later by",
-        ],
-        &rows,
-    );
-    if !r.not_rederivable.is_empty() {
-        s.push_str("<h2>Checks not re-derivable from the hub's events</h2>\n");
-        let rows: Vec<Vec<String>> = r
-            .not_rederivable
-            .iter()
-            .map(|c| {
-                vec![
-                    short(&c.check),
-                    c.clinic.clone(),
-                    mode_name(c.mode).into(),
-                    query_text(&c.query),
-                    c.service_date.to_string(),
-                    code_name(c.answered),
-                ]
-            })
-            .collect();
-        html_table(&mut s, &["check", "clinic", "mode", "asked", "service", "answer"], &rows);
+    for section in sections(r) {
+        let _ = writeln!(s, "<h2>{}</h2>", esc(section.title));
+        html_table(&mut s, section.header, &section.rows);
     }
-    s.push_str("<h2>Self-declarations</h2>\n");
-    let rows: Vec<Vec<String>> = r
-        .declarations
-        .iter()
-        .map(|d| {
-            vec![
-                crate::render::jst(d.at_ms),
-                d.clinic.clone(),
-                query_text(&d.query),
-                d.declared_insurer.map(|i| i.to_string()).unwrap_or_else(|| "—".into()),
-                d.declared_start.to_string(),
-                if d.resolved { "resolved".into() } else { "unresolved".into() },
-                d.resolution.clone(),
-            ]
-        })
-        .collect();
-    html_table(
-        &mut s,
-        &["recorded", "clinic", "presented", "insurer", "from", "state", "how"],
-        &rows,
-    );
-    s.push_str("<h2>Retroactive changes that affect past checks</h2>\n");
-    let rows: Vec<Vec<String>> = r
-        .retroactive
-        .iter()
-        .map(|x| {
-            vec![
-                short(&x.event),
-                x.kind.to_owned(),
-                x.insurer.map(|i| i.to_string()).unwrap_or_default(),
-                crate::render::jst(x.recorded_ms),
-                x.checks.iter().map(short).collect::<Vec<_>>().join(" "),
-            ]
-        })
-        .collect();
-    html_table(&mut s, &["event", "kind", "insurer", "recorded", "checks changed"], &rows);
-    s.push_str("<h2>Conflicts waiting for a decision</h2>\n");
-    let rows: Vec<Vec<String>> = r.conflicts.iter().map(|c| vec![conflict_text(c)]).collect();
-    html_table(&mut s, &["conflict"], &rows);
-    s.push_str("<h2>Clinics by staleness</h2>\n");
-    let rows: Vec<Vec<String>> = r
-        .clinics
-        .iter()
-        .map(|c| {
-            vec![
-                c.clinic.clone(),
-                c.checks.to_string(),
-                c.offline_checks.to_string(),
-                c.contradicted.to_string(),
-                c.unresolved_declarations.to_string(),
-                c.last_check_ms.map(crate::render::jst).unwrap_or_else(|| "—".into()),
-                format!("{} s", c.staleness_at_last_check_s),
-                format!("{} s", c.max_staleness_s),
-            ]
-        })
-        .collect();
-    html_table(
-        &mut s,
-        &[
-            "clinic",
-            "checks",
-            "offline",
-            "contradicted",
-            "open declarations",
-            "last check",
-            "stale at last check",
-            "worst",
-        ],
-        &rows,
-    );
     s.push_str("</html>\n");
     s
 }
