@@ -311,7 +311,9 @@ async fn api_answers_are_snapshotted_and_fhir_validates_with_an_independent_libr
     }
     insta::assert_json_snapshot!("clinic_api_answers", Value::Object(snapshot));
 
-    // Health and metrics, online.
+    // Health, online, once the hub has acknowledged every check record.
+    let clinic = running.clinic.clone();
+    wait_for("the records acknowledged", || clinic.with_node(|n, _| n.unacked_own() == 0)).await;
     let response = http(&running.url, "GET /v1/health", "").await;
     let (status, text) = body(&response);
     assert_eq!(status, 200);
@@ -355,6 +357,8 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
     let q = CheckQuery::Card(card);
     let online = running.clinic.with_node(|n, now| n.check(now, &q, date).unwrap());
     assert_eq!(online.code, AnswerCode::Valid);
+    let clinic = running.clinic.clone();
+    wait_for("the record acknowledged", || clinic.with_node(|n, _| n.unacked_own() == 0)).await;
     running.stop_hub().await;
     // While the clinic is cut off, the insurer reports that this member retired before the
     // service date; the clinic keeps answering VALID from what it has.
@@ -383,6 +387,8 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
     running.hub.clock().advance(600_000);
     let offline = running.clinic.with_node(|n, now| n.check(now, &q, date).unwrap());
     assert_eq!(offline.code, AnswerCode::Valid, "the clinic has not heard of the retirement");
+    let metrics = http(&running.url, "GET /metrics", "").await;
+    assert!(metrics.contains("shikaku_sync_unacked_records 1"), "{metrics}");
     running.restart_hub().await;
 
     let report = running.hub.with_node(|n, now| shikaku_cli::serve::hub_report(n, now).unwrap());

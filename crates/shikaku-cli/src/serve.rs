@@ -302,6 +302,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 "hub_position": f.hub_position,
                 "events": n.ledger().len(),
                 "connections": n.connections(),
+                "unacked_records": n.unacked_own(),
             })
         });
         Json(value)
@@ -366,6 +367,12 @@ pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
         "gauge",
         "Seconds since the last completed hub sync (0 before the first).",
         vec![(String::new(), staleness.unwrap_or(0))],
+    );
+    metric(
+        "shikaku_sync_unacked_records",
+        "gauge",
+        "This clinic's records (checks, declarations) not yet acknowledged by the hub: the upload lag.",
+        vec![(String::new(), n.unacked_own())],
     );
     metric(
         "shikaku_hub_position",

@@ -406,6 +406,8 @@ pub struct Node<D: Directory> {
     config: NodeConfig,
     /// Names of the peers seen since start (from their certificates), for reports.
     peer_names: BTreeMap<NodeId, String>,
+    /// Clinic: the highest own sequence the hub last said it holds (0 before any session).
+    hub_acked: u64,
     signer: Signer,
     log: Log<D>,
     projection: Projection,
@@ -457,6 +459,7 @@ impl<D: Directory> Node<D> {
         }
         let mut node = Node {
             peer_names: BTreeMap::new(),
+            hub_acked: 0,
             projection,
             signer,
             log,
@@ -586,6 +589,13 @@ impl<D: Directory> Node<D> {
                 ns_label(&other)
             )),
         }
+    }
+
+    /// Clinic: its own records (checks, declarations) the hub has not acknowledged yet, as of
+    /// the last session (all of them before the first).
+    pub fn unacked_own(&self) -> u64 {
+        let last = self.own.keys().next_back().copied().unwrap_or(0);
+        last.saturating_sub(self.hub_acked)
     }
 
     /// The names of peers seen since this node was opened (their certificates' names).
@@ -1463,6 +1473,7 @@ impl<D: Directory> Node<D> {
             }
         }
         let damaged = !self.log.recovery().damaged.is_empty();
+        self.hub_acked = own_seq;
         let mut session = ClinicSession {
             hub: peer.node,
             scope: shikaku_protocol::wire::scope_digest(&granted),
@@ -1698,6 +1709,7 @@ impl<D: Directory> Node<D> {
         refused: Vec<Refusal>,
     ) {
         let any_refused = !refused.is_empty();
+        self.hub_acked = self.hub_acked.max(own_seq);
         if let Some(s) = self.clinic_session_mut(conn) {
             s.acked = s.acked.max(own_seq);
             if any_refused && s.retry_at_ms.is_none() {
