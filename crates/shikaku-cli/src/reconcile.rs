@@ -841,7 +841,7 @@ pub fn render_html(r: &Report) -> String {
     use std::fmt::Write as _;
     let t = &r.totals;
     let mut s = String::from(
-        "<!doctype html><html lang=en><meta charset=utf-8><title>shikaku reconciliation</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:90em}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;font-size:.9em}th{background:#eee}.k{font-size:1.6em;font-weight:bold}.cards{display:flex;gap:2em;flex-wrap:wrap}.cards div{border:1px solid #ccc;border-radius:.4em;padding:.6em 1em}.none{color:#666}</style>\n",
+        "<!doctype html><html lang=en><meta charset=utf-8><title>shikaku reconciliation</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:90em}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;font-size:.9em}th{background:#eee}.k{font-size:1.6em;font-weight:bold}.cards{display:flex;gap:2em;flex-wrap:wrap}.cards>div{border:1px solid #ccc;border-radius:.4em;padding:.6em 1em}.none{color:#666}</style>\n",
     );
     let _ = writeln!(
         s,
