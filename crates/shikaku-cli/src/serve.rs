@@ -516,9 +516,10 @@ impl<'a> Progress<'a> {
                 let _ = writeln!(self.out);
             }
         } else {
+            // A line per 10% (the final state once, however it is reached).
             let decile = (fraction * 10.0) as u64;
-            if done || decile > self.last_decile {
-                self.last_decile = decile;
+            if decile > self.last_decile || (done && self.last_decile < 10) {
+                self.last_decile = if done { 10 } else { decile };
                 let _ = writeln!(self.out, "{line}");
             }
         }
