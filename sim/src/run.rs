@@ -258,6 +258,10 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// Simulated milliseconds covered.
     pub simulated_ms: u64,
+    /// The hub's ledger at the end, with log positions (for the insurer's reconciliation).
+    pub hub_events: Vec<(u64, SignedEvent)>,
+    /// The clinics' names by node id.
+    pub clinic_names: BTreeMap<shikaku_core::NodeId, String>,
 }
 
 /// Which node: the hub or a clinic.
@@ -1007,6 +1011,8 @@ pub fn run(cfg: &SimConfig) -> Outcome {
                     lines: vec![format!("seed {seed}"), format!("workload generation failed: {e}")],
                     violations: Vec::new(),
                     simulated_ms: 0,
+                    hub_events: Vec::new(),
+                    clinic_names: BTreeMap::new(),
                 };
             }
         };
@@ -1340,6 +1346,14 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         lines.push("trace (last events):".into());
         lines.extend(sim.trace.iter().rev().take(20).rev().cloned());
     }
+    let hub_events = sim
+        .hub
+        .node
+        .as_ref()
+        .and_then(|n| n.ledger().read_from(1, usize::MAX).ok())
+        .unwrap_or_default();
+    let clinic_names =
+        sim.clinics.iter().map(|c| (c.signer.node_id(), c.config.name.clone())).collect();
     Outcome {
         timeline: sim.timeline,
         healed_at_ms: duration,
@@ -1347,5 +1361,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         lines,
         violations,
         simulated_ms: end,
+        hub_events,
+        clinic_names,
     }
 }

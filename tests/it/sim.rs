@@ -107,3 +107,54 @@ fn scenario_files_script_faults_and_the_html_report_draws_them() {
     let err = shikaku_cli::sim::apply_scenario(&mut small(1), "colour = \"red\"\n").unwrap_err();
     assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
 }
+
+#[test]
+fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
+    // Invariant 3 seen from the insurer's side: after crashes, partitions, bit rot, lying and
+    // full disks and skewed clocks, every check record at the hub re-derives, from the hub's
+    // events, to exactly the answer hash the clinic recorded. And the report is deterministic.
+    for seed in 1..=3 {
+        let outcome = run(&small(seed));
+        assert!(outcome.violations.is_empty(), "seed {seed}");
+        let now = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
+        let report = shikaku_cli::reconcile::compute(
+            &outcome.hub_events,
+            &outcome.clinic_names,
+            now.unwrap(),
+        );
+        let t = &report.totals;
+        assert!(t.checks > 50, "seed {seed}: {t:?}");
+        assert!(report.not_rederivable.is_empty(), "seed {seed}: {:?}", report.not_rederivable);
+        assert_eq!(t.rederived, t.checks, "seed {seed}");
+        assert_eq!(report.clinics.len(), 4, "seed {seed}");
+        let again = run(&small(seed));
+        let twice =
+            shikaku_cli::reconcile::compute(&again.hub_events, &again.clinic_names, now.unwrap());
+        assert_eq!(
+            shikaku_cli::reconcile::render_text(&report),
+            shikaku_cli::reconcile::render_text(&twice)
+        );
+    }
+}
+
+#[test]
+fn the_hub_outage_scenario_reconciles_to_a_snapshotted_report() {
+    let mut cfg = small(5);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/scenarios/hub-outage.toml"
+    ))
+    .unwrap();
+    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
+    cfg.duration_ms = 16 * 3_600_000;
+    let outcome = run(&cfg);
+    let now = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
+    let report =
+        shikaku_cli::reconcile::compute(&outcome.hub_events, &outcome.clinic_names, now.unwrap());
+    assert!(report.not_rederivable.is_empty(), "{:?}", report.not_rederivable);
+    assert!(report.totals.contradicted_offline > 0, "{:?}", report.totals);
+    insta::assert_snapshot!(
+        "hub_outage_reconciliation",
+        shikaku_cli::reconcile::render_text(&report)
+    );
+}

@@ -267,6 +267,13 @@ struct CheckRec {
     then: Option<(Answer, Option<Billing>)>,
 }
 
+fn insurer_of_event(e: &SignedEvent) -> Option<InsurerNumber> {
+    match e.event().namespace {
+        Namespace::Insurer(i) => Some(i),
+        Namespace::Clinic(_) => None,
+    }
+}
+
 /// Display name of a clinic: from `names`, else `clinic <8 hex digits>`.
 pub fn clinic_name(names: &BTreeMap<NodeId, String>, node: &NodeId) -> String {
     names
@@ -329,7 +336,9 @@ pub fn compute(
             }
         }
         let mut all = Projection::new(Replication::All);
-        let mut subset = Projection::new(Replication::Insurers(held));
+        // What the clinic held: only the insurers it evidently subscribed to (it never
+        // received the others' events), tried first; then everything.
+        let mut subset = Projection::new(Replication::Insurers(held.clone()));
         let mut next = 0usize;
         let mut checks: Vec<CheckRec> = Vec::new();
         let mut declarations: Vec<(&SignedEvent, CheckQuery, Option<InsurerNumber>, Date)> =
@@ -361,10 +370,12 @@ pub fn compute(
                 } => {
                     while next < insurer.len() && insurer[next].0 <= *hub_position {
                         all.apply(insurer[next].1);
-                        subset.apply(insurer[next].1);
+                        if insurer_of_event(insurer[next].1).is_some_and(|i| held.contains(&i)) {
+                            subset.apply(insurer[next].1);
+                        }
                         next += 1;
                     }
-                    let then = [&all, &subset].into_iter().find_map(|p| {
+                    let then = [&subset, &all].into_iter().find_map(|p| {
                         let a = p.check(query, *service_date, *knowledge, fresh);
                         (a.hash() == *answer_hash).then(|| {
                             let billed = answer_billing(p, &a, *knowledge);

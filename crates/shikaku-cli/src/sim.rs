@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Also write the report as an HTML page with an SVG timeline.
     #[arg(long)]
     pub html: Option<std::path::PathBuf>,
+    /// After the run, print the insurer's reconciliation report over the hub's ledger (the same
+    /// report as `shikaku reconcile`: offline answers the truth contradicts, refunds,
+    /// self-declarations, late changes, clinics by staleness).
+    #[arg(long)]
+    pub reconcile: bool,
     /// Chance per write that a clinic's disk misdirects it (off by default: such silent
     /// corruption under a running node is detected only when its ledger is reopened, a known
     /// limitation this knob demonstrates — see sim/README.md).
@@ -132,6 +137,17 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             let outcome = run(&cfg);
             for line in &outcome.lines {
                 writeln!(out, "{line}")?;
+            }
+            if args.reconcile {
+                // "Now" is the last record time at the hub: the report is deterministic too.
+                let last = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms());
+                let report = crate::reconcile::compute(
+                    &outcome.hub_events,
+                    &outcome.clinic_names,
+                    last.max().unwrap_or(0),
+                );
+                writeln!(out)?;
+                write!(out, "{}", crate::reconcile::render_text(&report))?;
             }
             if let Some(path) = &args.html {
                 std::fs::write(path, shikaku_sim::html(&outcome))
