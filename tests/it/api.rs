@@ -509,6 +509,15 @@ fn hub_import_shows_progress_refuses_bad_lines_and_reconcile_reads_the_ledger() 
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["totals"]["checks"], 0);
     assert_eq!(report["hub_events"], imported);
+    // Clinic names the hub saw in certificates are remembered next to its ledger.
+    let id = shikaku_core::NodeId([7; 32]);
+    let names = [(id, "clinic-7".to_owned())].into_iter().collect();
+    shikaku_cli::serve::save_clinic_names(&data, &names).unwrap();
+    assert_eq!(shikaku_cli::serve::load_clinic_names(&data).unwrap(), names);
+    std::fs::write(data.join("clinic-names"), "nonsense\n").unwrap();
+    let (code, _, err) = run(&["--data-dir", d, "reconcile"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("clinic-names line 1: expected NODE-ID-HEX NAME"), "{err}");
     let (code, _, err) = run(&["--data-dir", dir.join("none").to_str().unwrap(), "reconcile"]);
     assert_eq!(code, 2);
     assert!(err.contains("no ledger"), "{err}");

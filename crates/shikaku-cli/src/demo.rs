@@ -619,6 +619,7 @@ fn story(
         .iter()
         .map(|c| c.runtime.with_node(|n, _| (n.node_id(), c.name.to_owned())))
         .collect();
+    serve::save_clinic_names(&hub_dir, &names)?;
     let report = hub_rt.with_node(|h, now| -> Result<crate::reconcile::Report> {
         let events = h.ledger().read_from(1, usize::MAX)?;
         Ok(crate::reconcile::compute(&events, &names, now))

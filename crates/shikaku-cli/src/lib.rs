@@ -369,7 +369,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 None => {
                     let store = Store::open_existing(&cli.data_dir)?;
                     let events = store.log().read_from(1, usize::MAX)?;
-                    let report = reconcile::compute(&events, &Default::default(), clock::now_ms());
+                    let names = serve::load_clinic_names(&cli.data_dir)?;
+                    let report = reconcile::compute(&events, &names, clock::now_ms());
                     reconcile::render(&report, name)?
                 }
             };

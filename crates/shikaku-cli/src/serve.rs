@@ -129,9 +129,59 @@ pub fn hub_serve(
         if let Some(server) = server {
             server.abort();
         }
+        let runtime = service.runtime.clone();
         service.shutdown().await;
+        let names = runtime.with_node(|n, _| n.peer_names().clone());
+        save_clinic_names(data_dir, &names)?;
         Ok(())
     })
+}
+
+/// The file in a hub's data directory that remembers its clinics' certificate names (for
+/// `reconcile` on a stopped hub): `NODE-ID-HEX NAME` lines.
+pub const CLINIC_NAMES_FILE: &str = "clinic-names";
+
+/// Clinic names remembered by the hub in `data_dir` (none when the file does not exist).
+pub fn load_clinic_names(
+    data_dir: &Path,
+) -> Result<std::collections::BTreeMap<shikaku_core::NodeId, String>> {
+    let path = data_dir.join(CLINIC_NAMES_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut names = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad =
+            || anyhow::anyhow!("{} line {}: expected NODE-ID-HEX NAME", path.display(), n + 1);
+        let (id, name) = line.split_once(' ').ok_or_else(bad)?;
+        let id: [u8; 32] = shikaku_core::hex::decode_array(id).ok_or_else(bad)?;
+        tls::check_name(name).map_err(|_| bad())?;
+        names.insert(shikaku_core::NodeId(id), name.to_owned());
+    }
+    Ok(names)
+}
+
+/// Adds `names` to the hub's remembered clinic names (atomically: a temporary file renamed).
+pub fn save_clinic_names(
+    data_dir: &Path,
+    names: &std::collections::BTreeMap<shikaku_core::NodeId, String>,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut all = load_clinic_names(data_dir)?;
+    all.extend(names.iter().map(|(k, v)| (*k, v.clone())));
+    let text: String = all
+        .iter()
+        .map(|(id, name)| format!("{} {name}\n", shikaku_core::hex::encode(&id.0)))
+        .collect();
+    let path = data_dir.join(CLINIC_NAMES_FILE);
+    let tmp = data_dir.join(format!("{CLINIC_NAMES_FILE}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 /// `shikaku clinic serve`: background sync with the hub and the local check API.
