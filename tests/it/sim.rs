@@ -11,6 +11,19 @@ fn small(seed: u64) -> SimConfig {
     cfg
 }
 
+/// `sim/scenarios/hub-outage.toml` on the small shape, 16 simulated hours.
+fn hub_outage() -> SimConfig {
+    let mut cfg = small(5);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/scenarios/hub-outage.toml"
+    ))
+    .unwrap();
+    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
+    cfg.duration_ms = 16 * 3_600_000;
+    cfg
+}
+
 #[test]
 fn the_same_seed_gives_byte_identical_output() {
     let a = run(&small(7));
@@ -78,15 +91,7 @@ fn planted_bugs_are_caught_within_a_few_seeds() {
 
 #[test]
 fn scenario_files_script_faults_and_the_html_report_draws_them() {
-    let mut cfg = small(5);
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../sim/scenarios/hub-outage.toml"
-    ))
-    .unwrap();
-    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
-    cfg.duration_ms = 16 * 3_600_000;
-    let outcome = run(&cfg);
+    let outcome = run(&hub_outage());
     assert!(outcome.violations.is_empty(), "{}", outcome.lines.join("\n"));
     let workload = outcome.lines.iter().find(|l| l.starts_with("workload:")).unwrap();
     assert!(!workload.contains("(0 offline)"), "the outage forces offline answers: {workload}");
@@ -139,15 +144,7 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
 
 #[test]
 fn the_hub_outage_scenario_reconciles_to_a_snapshotted_report() {
-    let mut cfg = small(5);
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../sim/scenarios/hub-outage.toml"
-    ))
-    .unwrap();
-    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
-    cfg.duration_ms = 16 * 3_600_000;
-    let outcome = run(&cfg);
+    let outcome = run(&hub_outage());
     let now = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
     let report =
         shikaku_cli::reconcile::compute(&outcome.hub_events, &outcome.clinic_names, now.unwrap());

@@ -712,7 +712,7 @@ fn sections(r: &Report) -> Vec<Section> {
     let mut conflicts = section(
         "Conflicts waiting for a decision",
         &["conflict"],
-        r.conflicts.iter().map(|c| vec![conflict_text(c)]).collect(),
+        r.conflicts.iter().map(|c| vec![crate::render::conflict_text(c)]).collect(),
     );
     conflicts.terminal_rows = conflicts.rows.len().min(20);
     out.push(conflicts);
@@ -797,29 +797,6 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     s
-}
-
-fn conflict_text(c: &Conflict) -> String {
-    let ids = |v: &[EventId]| v.iter().map(short).collect::<Vec<_>>().join(", ");
-    match c {
-        Conflict::OverlappingCoverage { member, events } => {
-            format!("overlapping coverage of {member}: {}", ids(events))
-        }
-        Conflict::CompetingEnds { member, events } => {
-            format!("competing coverage ends for {member}: {}", ids(events))
-        }
-        Conflict::CompetingValues { member, field, events } => {
-            format!("competing {field} for {member}: {}", ids(events))
-        }
-        Conflict::CompetingCorrections { target, events } => {
-            format!("competing corrections of {}: {}", short(target), ids(events))
-        }
-        Conflict::MultipleMembers { card, members } => format!(
-            "card {}… resolves to {}",
-            &card.to_string()[..12],
-            members.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-        ),
-    }
 }
 
 fn esc(s: &str) -> String {
