@@ -523,3 +523,23 @@ fn hub_import_shows_progress_refuses_bad_lines_and_reconcile_reads_the_ledger() 
     assert!(err.contains("no ledger"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_api_measures_every_way_on_a_small_world() {
+    let args =
+        ["shikaku", "bench", "api", "--members", "400", "--requests", "40", "--clients", "2"];
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = shikaku_cli::run(args, &mut out, &mut err);
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    for needle in [
+        "baseline: projection check",
+        "node check (answer + durable record)",
+        "GET /v1/check, JSON",
+        "format=fhir",
+        "2 concurrent HTTP clients",
+        "checks/s",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+}

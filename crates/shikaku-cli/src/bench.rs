@@ -88,6 +88,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         scan_events: usize,
     },
+    /// Reception's view: check latency at a clinic node answered four ways in the same run —
+    /// the projection alone (baseline), the node's check with its durable record, the HTTP
+    /// API in JSON and in FHIR — and throughput with concurrent HTTP clients.
+    Api {
+        /// Members on the generated roster (S tier: 20,000).
+        #[arg(long, default_value_t = 20_000)]
+        members: usize,
+        /// Checks per way.
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+        /// Concurrent HTTP clients for the throughput run.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// Projection fold throughput, check latency and memory per member.
     Projection {
         /// Members on the generated roster.
@@ -109,6 +123,9 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
             projection(*members, *seed, *checks, out)
         }
         BenchCommand::Open { dir, events } => crate::bench_log::open(dir, *events, out),
+        BenchCommand::Api { members, requests, clients } => {
+            crate::bench_api::run(*members, *requests, *clients, out)
+        }
         BenchCommand::Reconcile { items, frame_bytes } => {
             crate::bench_reconcile::run(*items, *frame_bytes, out)
         }

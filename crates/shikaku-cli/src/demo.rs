@@ -23,11 +23,11 @@ use shikaku_core::{
     AnswerCode, CardToken, CheckQuery, Date, EndReason, Event, EventBody, Freshness, Hlc, HlcClock,
     InsurerNumber, MemberKey, Namespace, NodeId, Person, Projection, Replication, SignedEvent,
 };
-use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
-use shikaku_node::{Level, NodeConfig, Role};
+use shikaku_net::{Clock, Runtime};
+use shikaku_node::Level;
 
 use crate::clock::{self, Stopwatch};
-use crate::serve;
+use crate::{cluster, serve};
 
 /// Arguments of `shikaku demo`.
 #[derive(Debug, Args)]
@@ -117,14 +117,6 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32> {
     result?;
     writeln!(out, "\nDemo finished in {:.1} s.", total.seconds())?;
     Ok(0)
-}
-
-struct ClinicNode {
-    name: &'static str,
-    runtime: Arc<Runtime>,
-    service: Option<ClinicService>,
-    url: String,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// The patients of the story, found in the generated world.
@@ -231,17 +223,6 @@ impl Publisher {
     }
 }
 
-fn wait_until(what: &str, seconds: f64, mut done: impl FnMut() -> bool) -> Result<f64> {
-    let watch = Stopwatch::start();
-    while !done() {
-        if watch.seconds() > seconds {
-            bail!("timed out after {seconds} s waiting until {what}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(watch.seconds())
-}
-
 /// What reception types or scans: a card token or a member key.
 enum Presented<'a> {
     Card(&'a CardToken),
@@ -249,7 +230,7 @@ enum Presented<'a> {
 }
 
 /// Asks a clinic's API; returns the answer's code and its text.
-fn ask(clinic: &ClinicNode, who: Presented<'_>, date: Date) -> Result<(String, String)> {
+fn ask(clinic: &cluster::Clinic, who: Presented<'_>, date: Date) -> Result<(String, String)> {
     let query = match who {
         Presented::Card(card) => format!("card={card}"),
         Presented::Key(key) => format!("member={}", key.to_string().replace(':', "%3A")),
@@ -298,35 +279,21 @@ fn story(
 
     n.step("A throwaway CA certifies the hub and three clinics (mutual TLS)")?;
     let ca_dir = workdir.join("ca");
-    tls::ca_init(&ca_dir)?;
-    let mut sink = Vec::new();
-    serve::ca_issue(&ca_dir, &workdir.join("hub"), Role::Hub, "hub", &mut sink)?;
-    for name in CLINICS {
-        serve::ca_issue(&ca_dir, &workdir.join(name), Role::Clinic, name, &mut sink)?;
-    }
+    cluster::certify(workdir, &ca_dir, &CLINICS)?;
     n.say(&format!("CA in {}; node keys and certificates in each node's tls/", ca_dir.display()))?;
 
     n.step("The hub imports the insurers' events")?;
     let watch = Stopwatch::start();
     let hub_dir = workdir.join("hub");
-    let hub_tls = serve::load_tls(&hub_dir, Role::Hub)?;
-    let mut hub_config = NodeConfig::new(Role::Hub, "hub");
-    hub_config.insurers = generated.insurers.iter().map(|(i, _)| *i).collect();
-    hub_config.insurer_keys =
-        generated.insurers.iter().map(|(i, k)| (*i, [*k].into_iter().collect())).collect();
-    let (mut hub_node, _hub_lock) = serve::open_node(&hub_dir, hub_config)?;
-    for chunk in generated.events.chunks(8_192) {
-        hub_node.import(clock.now_ms(), chunk)?;
-    }
+    let local = cluster::Local { root: workdir, clock: &clock, level };
+    let mut hub = cluster::start_hub(&local, &generated)?;
     n.say(&format!(
         "{} events verified and stored durably ({:.1} s); insurer keys registered for {} insurers",
-        hub_node.ledger().len(),
+        hub.runtime.with_node(|h, _| h.ledger().len()),
         watch.seconds(),
         generated.insurers.len()
     ))?;
-    let hub_rt = Runtime::new(hub_node, clock.clone(), level);
-    let hub_service = HubService::start(hub_rt.clone(), &hub_tls, "127.0.0.1:0".parse()?)?;
-    let hub_addr = hub_service.local_addr()?;
+    let (hub_rt, hub_addr) = (hub.runtime.clone(), hub.addr);
     let hub_api = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let report_url = format!("http://{}/v1/reconcile", hub_api.local_addr()?);
     let hub_server = tokio::spawn(serve::serve_hub_api(hub_api, hub_rt.clone()));
@@ -338,25 +305,18 @@ fn story(
     let watch = Stopwatch::start();
     let all_insurers: std::collections::BTreeSet<InsurerNumber> =
         generated.insurers.iter().map(|(i, _)| *i).collect();
-    let mut clinics: Vec<ClinicNode> = Vec::new();
-    let mut locks = Vec::new();
+    let mut clinics: Vec<cluster::Clinic> = Vec::new();
     for name in CLINICS {
-        let dir = workdir.join(name);
-        let tls_files = serve::load_tls(&dir, Role::Clinic)?;
-        let mut config = NodeConfig::new(Role::Clinic, name);
-        config.insurers = all_insurers.clone();
-        config.insurer_keys =
-            generated.insurers.iter().map(|(i, k)| (*i, [*k].into_iter().collect())).collect();
-        let (node, lock) = serve::open_node(&dir, config)?;
-        locks.push(lock);
-        let runtime = Runtime::new(node, clock.clone(), level);
-        let service = ClinicService::start(runtime.clone(), &tls_files, hub_addr)?;
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(serve::serve_api(listener, runtime.clone()));
-        clinics.push(ClinicNode { name, runtime, service: Some(service), url, server });
+        clinics.push(cluster::start_clinic(
+            rt,
+            &local,
+            name,
+            all_insurers.clone(),
+            cluster::keys_of(&generated),
+            hub_addr,
+        )?);
     }
-    wait_until("every clinic is in sync", 300.0, || {
+    cluster::wait_until("every clinic is in sync", 300.0, || {
         clinics.iter().all(|c| c.runtime.with_node(|n, _| n.in_sync()))
     })?;
     for c in &clinics {
@@ -395,7 +355,7 @@ fn story(
         },
     )?;
     publish(&hub_rt, std::slice::from_ref(&ended))?;
-    let pushed = wait_until("every clinic holds the job change", 30.0, || {
+    let pushed = cluster::wait_until("every clinic holds the job change", 30.0, || {
         clinics
             .iter()
             .all(|c| c.runtime.with_node(|n, _| n.ledger().position_of(&ended.id()).is_some()))
@@ -407,10 +367,9 @@ fn story(
 
     clock.advance(10 * 60_000);
     n.step("Outage: the hub becomes unreachable")?;
-    hub_rt.stop();
     let outage_ms = clock.now_ms();
-    rt.block_on(hub_service.shutdown());
-    wait_until("every clinic notices", 30.0, || {
+    hub.stop(rt);
+    cluster::wait_until("every clinic notices", 30.0, || {
         clinics.iter().all(|c| c.runtime.with_node(|n, _| !n.in_sync()))
     })?;
     n.say("the hub's QUIC endpoint is closed; the clinics keep retrying in the background")?;
@@ -520,10 +479,7 @@ fn story(
 
     clock.advance(70 * 60_000);
     n.step("Recovery: the hub is reachable again; the new insurer registers the patient")?;
-    let hub_service = {
-        hub_rt.resume();
-        HubService::start(hub_rt.clone(), &hub_tls, hub_addr)?
-    };
+    hub.restart()?;
     let new_key = MemberKey {
         insurer: new_insurer,
         symbol: "8801".to_owned(),
@@ -560,7 +516,7 @@ fn story(
     n.say(&format!(
         "insurer {new_insurer} registers them as {new_key}, covered from {job_day} (retroactively: reported four days late)"
     ))?;
-    let waited = wait_until("every clinic is back in sync", 120.0, || {
+    let waited = cluster::wait_until("every clinic is back in sync", 120.0, || {
         clinics.iter().all(|c| c.runtime.with_node(|n, _| n.in_sync()))
     })?;
     n.say(&format!(
@@ -568,7 +524,7 @@ fn story(
     ))?;
 
     n.step("Convergence")?;
-    wait_until("the hub holds every clinic's records", 60.0, || {
+    cluster::wait_until("the hub holds every clinic's records", 60.0, || {
         clinics.iter().all(|c| {
             let (me, own) = c.runtime.with_node(|n, _| {
                 let me = Namespace::Clinic(n.node_id());
@@ -656,15 +612,11 @@ fn story(
     }
     n.step("Shutting down cleanly")?;
     for c in &mut clinics {
-        c.server.abort();
-        if let Some(service) = c.service.take() {
-            rt.block_on(service.shutdown());
-        }
+        c.shutdown(rt);
     }
     hub_server.abort();
-    rt.block_on(hub_service.shutdown());
+    hub.stop(rt);
     n.say("clinics and hub closed their sessions and persisted their receipts")?;
-    drop(locks);
     Ok(())
 }
 

@@ -6,10 +6,12 @@
 
 pub mod alloc_counter;
 pub mod bench;
+pub mod bench_api;
 pub mod bench_log;
 pub mod bench_reconcile;
 pub mod bench_sync;
 pub mod clock;
+pub mod cluster;
 pub mod demo;
 pub mod fhir;
 pub mod jsonl;

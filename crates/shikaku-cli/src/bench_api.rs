@@ -1,0 +1,175 @@
+//! `shikaku bench api`: how fast reception gets an answer from a clinic node.
+//!
+//! A hub and one clinic run in this process on loopback QUIC (a generated world, every insurer
+//! replicated), and the same random card and member-key checks are answered four ways in the
+//! same run: the projection alone (the baseline: no recording, no HTTP), the node's `check`
+//! (answer + the durable `check_performed` record), `GET /v1/check` over HTTP (a new TCP
+//! connection per request, as `shikaku check --node` does), and the same with `format=fhir`;
+//! then N concurrent HTTP clients for throughput.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use shikaku_core::{CheckQuery, Date, EventBody, Hlc};
+
+use crate::clock::Stopwatch;
+use crate::cluster;
+use crate::serve;
+
+fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()> {
+    micros.sort_unstable();
+    let p = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    writeln!(
+        out,
+        "  {label:<44} p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    )?;
+    Ok(())
+}
+
+fn path(q: &CheckQuery, fhir: bool) -> String {
+    let who = match q {
+        CheckQuery::Card(card) => format!("card={card}"),
+        CheckQuery::Member(member) => format!("member={}", member.to_string().replace(':', "%3A")),
+    };
+    format!("/v1/check?{who}{}", if fhir { "&format=fhir" } else { "" })
+}
+
+/// Runs the benchmark.
+pub fn run(members: usize, requests: usize, clients: usize, out: &mut dyn Write) -> Result<()> {
+    let root = std::env::temp_dir().join(format!("shikaku-bench-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let result = measure(&root, members, requests.max(1), clients.max(1), out);
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn measure(
+    root: &std::path::Path,
+    members: usize,
+    requests: usize,
+    clients: usize,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let _enter = rt.enter();
+    let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(members, 11))?;
+    cluster::certify(root, &root.join("ca"), &["bench-clinic"])?;
+    let clock = shikaku_net::Clock::wall();
+    let local = cluster::Local { root, clock: &clock, level: shikaku_node::Level::Warn };
+    let mut hub = cluster::start_hub(&local, &generated)?;
+    let insurers = generated.insurers.iter().map(|(i, _)| *i).collect();
+    let mut clinic = cluster::start_clinic(
+        &rt,
+        &local,
+        "bench-clinic",
+        insurers,
+        cluster::keys_of(&generated),
+        hub.addr,
+    )?;
+    cluster::wait_until("the clinic is in sync", 300.0, || {
+        clinic.runtime.with_node(|n, _| n.in_sync())
+    })?;
+    let events = clinic.runtime.with_node(|n, _| n.ledger().len());
+    writeln!(
+        out,
+        "bench api: {members} members, {events} events at the clinic (every insurer replicated), {requests} checks per way, half by card, half by member key"
+    )?;
+    // The questions: random cards and member keys of the world.
+    let mut cards = Vec::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for e in &generated.events {
+        match &e.event().body {
+            EventBody::CardLinked { card, .. } => cards.push(*card),
+            body => {
+                if let Some(m) = body.membership_subject() {
+                    keys.insert(m.clone());
+                }
+            }
+        }
+    }
+    let keys: Vec<_> = keys.into_iter().collect();
+    let mut rng = shikaku_gen::Rng::new(5);
+    let queries: Vec<CheckQuery> = (0..requests)
+        .map(|i| {
+            if i % 2 == 0 && !cards.is_empty() {
+                CheckQuery::Card(cards[rng.below(cards.len() as u64) as usize])
+            } else {
+                CheckQuery::Member(keys[rng.below(keys.len() as u64) as usize].clone())
+            }
+        })
+        .collect();
+    let today = Date::from_unix_ms_jst(clock.now_ms());
+
+    let mut times = Vec::with_capacity(requests);
+    for q in &queries {
+        let watch = Stopwatch::start();
+        clinic.runtime.with_node(|n, now| {
+            n.projection().check(q, today, Hlc::end_of_ms(now), n.freshness(now))
+        });
+        times.push((watch.seconds() * 1e6) as u64);
+    }
+    summary("baseline: projection check (no record, no HTTP)", times, out)?;
+    let mut times = Vec::with_capacity(requests);
+    for q in &queries {
+        let watch = Stopwatch::start();
+        clinic.runtime.with_node(|n, now| n.check(now, q, today))?;
+        times.push((watch.seconds() * 1e6) as u64);
+    }
+    summary("node check (answer + durable record)", times, out)?;
+    for (label, fhir) in
+        [("GET /v1/check, JSON (HTTP, new connection)", false), ("GET /v1/check?format=fhir", true)]
+    {
+        let mut times = Vec::with_capacity(requests);
+        for q in &queries {
+            let watch = Stopwatch::start();
+            serve::http_get(&clinic.url, &path(q, fhir))?;
+            times.push((watch.seconds() * 1e6) as u64);
+        }
+        summary(label, times, out)?;
+    }
+    let watch = Stopwatch::start();
+    let per_client = queries.len().div_ceil(clients);
+    let results: Vec<Result<Vec<u64>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = queries
+            .chunks(per_client)
+            .map(|chunk| {
+                let url = clinic.url.clone();
+                scope.spawn(move || -> Result<Vec<u64>> {
+                    let mut times = Vec::with_capacity(chunk.len());
+                    for q in chunk {
+                        let watch = Stopwatch::start();
+                        serve::http_get(&url, &path(q, false))?;
+                        times.push((watch.seconds() * 1e6) as u64);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked"))))
+            .collect()
+    });
+    let seconds = watch.seconds();
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    let total = all.len();
+    summary(&format!("{clients} concurrent HTTP clients"), all, out)?;
+    writeln!(
+        out,
+        "  throughput with {clients} clients: {:.0} checks/s (each recorded durably)",
+        total as f64 / seconds
+    )?;
+    clinic.shutdown(&rt);
+    hub.stop(&rt);
+    Ok(())
+}
