@@ -576,10 +576,8 @@ fn story(
         .map(|c| c.runtime.with_node(|n, _| (n.node_id(), c.name.to_owned())))
         .collect();
     serve::save_clinic_names(&hub_dir, &names)?;
-    let report = hub_rt.with_node(|h, now| -> Result<crate::reconcile::Report> {
-        let events = h.ledger().read_from(1, usize::MAX)?;
-        Ok(crate::reconcile::compute(&events, &names, now))
-    })?;
+    let (events, now) = hub_rt.with_node(|h, now| (h.ledger().read_from(1, usize::MAX), now));
+    let report = crate::reconcile::compute(&events?, &names, now);
     for line in crate::reconcile::render_text(&report).lines() {
         writeln!(n.out, "   {line}")?;
     }

@@ -675,9 +675,12 @@ pub fn http_request(
 }
 
 /// The reconciliation report of a running hub (clinic names from the certificates seen).
-pub fn hub_report(n: &FileNode, now_ms: u64) -> Result<crate::reconcile::Report> {
-    let events = n.ledger().read_from(1, usize::MAX)?;
-    Ok(crate::reconcile::compute(&events, n.peer_names(), now_ms))
+/// The ledger is read while holding the node; the report is computed after letting it go, so
+/// sync is held up only for the read.
+pub fn hub_report(rt: &Runtime) -> Result<crate::reconcile::Report> {
+    let (events, names, now) =
+        rt.with_node(|n, now| (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now));
+    Ok(crate::reconcile::compute(&events?, &names, now))
 }
 
 /// Serves the hub's insurer API on `listener` until the task is dropped.
@@ -720,7 +723,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
         };
         let rt2 = rt.clone();
         let body = tokio::task::spawn_blocking(move || {
-            let report = rt2.with_node(|n, now| hub_report(n, now))?;
+            let report = hub_report(&rt2)?;
             crate::reconcile::render(&report, &format)
         })
         .await
