@@ -571,13 +571,10 @@ fn story(
 
     clock.advance(10 * 60_000);
     n.step("Reconciliation at the insurer")?;
-    let names: BTreeMap<NodeId, String> = clinics
-        .iter()
-        .map(|c| c.runtime.with_node(|n, _| (n.node_id(), c.name.to_owned())))
-        .collect();
-    serve::save_clinic_names(&hub_dir, &names)?;
-    let (events, now) = hub_rt.with_node(|h, now| (h.ledger().read_from(1, usize::MAX), now));
-    let report = crate::reconcile::compute(&events?, &names, now);
+    // Clinics are named from their certificates, as the hub saw them (and remembered for a
+    // `shikaku reconcile` on its stopped ledger).
+    serve::save_clinic_names(&hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
+    let report = serve::hub_report(&hub_rt)?;
     for line in crate::reconcile::render_text(&report).lines() {
         writeln!(n.out, "   {line}")?;
     }
