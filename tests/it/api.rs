@@ -76,6 +76,11 @@ impl Running {
         .await;
     }
 
+    /// Stops the clinic's API server (the node itself keeps running).
+    pub(crate) fn stop_api(&self) {
+        self.api.abort();
+    }
+
     /// Stops the hub (the clinic goes offline).
     pub(crate) async fn stop_hub(&mut self) {
         if let Some(service) = self.hub_service.take() {

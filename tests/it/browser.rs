@@ -270,6 +270,27 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     let mut b = b;
     assert_eq!(b.text("code"), "PENDING SUCCESSOR (self-declared)");
     assert_eq!(running.clinic.with_node(|n, _| n.ledger().len()), before + 2, "declaration, check");
+    // The node itself stops answering: the page says so instead of failing silently.
+    running.stop_api();
+    let b = tokio::task::spawn_blocking(move || {
+        b.eval(
+            "document.getElementById('error').textContent = ''; \
+             document.querySelector('#check button').click(); true",
+        );
+        b.wait(
+            "the error",
+            "document.getElementById('error').textContent.includes('does not answer')",
+            10,
+        );
+        b.wait(
+            "the banner",
+            "document.getElementById('banner').textContent === 'This clinic node does not answer'",
+            10,
+        );
+        b
+    })
+    .await
+    .unwrap();
     drop(b);
     running.shutdown().await;
 }
