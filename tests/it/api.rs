@@ -548,3 +548,81 @@ fn bench_api_measures_every_way_on_a_small_world() {
         assert!(out.contains(needle), "{needle:?} missing:\n{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_hub_imports_over_its_api_and_pushes_live() {
+    let running = Running::start("remote-import", 300).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let api = tokio::spawn(shikaku_cli::serve::serve_hub_api(listener, running.hub.clone()));
+    // Without a key registry the hub refuses imports over the network.
+    let refused = http(&api_url, "POST /v1/import", "{}").await;
+    assert!(refused.starts_with("HTTP/1.1 403") && refused.contains("--insurer-keys"), "{refused}");
+    let insurer = running.d.insurers[0];
+    let keys = running
+        .d
+        .insurers
+        .iter()
+        .map(|i| (*i, [shikaku_gen::insurer_signer(21, *i).public()].into_iter().collect()))
+        .collect();
+    running.hub.with_node(|n, _| n.set_insurer_keys(keys));
+    // A stream: one good new event, a garbage line, one signed by an unregistered key.
+    let member = crate::net::member_of(&running.d.events, insurer);
+    let hub_id = running.hub.with_node(|n, _| n.node_id());
+    let event = |signer: &shikaku_core::Signer, seq: u64| {
+        let now = running.hub.clock().now_ms();
+        signer
+            .sign(shikaku_core::Event {
+                namespace: shikaku_core::Namespace::Insurer(insurer),
+                origin: hub_id,
+                origin_seq: seq,
+                hlc: Hlc::end_of_ms(now),
+                author: signer.public(),
+                body: EventBody::CopayRatioSet {
+                    member: member.clone(),
+                    effective: Date::from_ymd(2026, 11, 1).unwrap(),
+                    copay_tenths: 2,
+                },
+            })
+            .unwrap()
+    };
+    let good = event(&shikaku_gen::insurer_signer(21, insurer), 1 << 41);
+    let forged = event(&shikaku_gen::insurer_signer(99, insurer), (1 << 41) + 1);
+    let file = running.d.root.join("changes.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\nthis is not an event\n{}\n",
+            shikaku_cli::jsonl::encode(&good),
+            shikaku_cli::jsonl::encode(&forged)
+        ),
+    )
+    .unwrap();
+    let (code, out, err) =
+        crate::net::cli(&["hub", "import", file.to_str().unwrap(), "--hub", &api_url]).await;
+    assert_eq!(code, 1, "refused lines make the exit status 1: {out}{err}");
+    assert!(
+        out.starts_with("imported 1 new events from 3 lines (0 already present, 2 rejected)"),
+        "{out}"
+    );
+    assert!(err.contains("line 2: "), "{err}");
+    assert!(
+        err.contains("line 3: ") && err.contains("not one registered for that insurer"),
+        "{err}"
+    );
+    // The clinic subscribed to that insurer receives it live.
+    let clinic = running.clinic.clone();
+    let id = good.id();
+    wait_for("live push of the imported event", || {
+        clinic.with_node(|n, _| n.ledger().position_of(&id).is_some())
+    })
+    .await;
+    let forged_id = forged.id();
+    assert!(running.hub.with_node(|n, _| n.ledger().position_of(&forged_id).is_none()));
+    // Importing the same file again stores nothing twice.
+    let (_, out, _) =
+        crate::net::cli(&["hub", "import", file.to_str().unwrap(), "--hub", &api_url]).await;
+    assert!(out.starts_with("imported 0 new events from 3 lines (1 already present"), "{out}");
+    api.abort();
+    running.shutdown().await;
+}

@@ -140,14 +140,19 @@ pub enum HubCommand {
     },
     /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
-    /// reported as `line N: reason` and nothing else is lost. Run it while the hub is stopped.
+    /// reported as `line N: reason` and nothing else is lost. Into --data-dir while the hub is
+    /// stopped, or into a running hub with --hub (its clinics receive the events live).
     Import {
         /// The JSON Lines file.
         file: String,
         /// The insurers' signing keys (`INSURER=KEY` lines): events signed by another key are
-        /// refused.
-        #[arg(long)]
+        /// refused. (A running hub uses its own registry.)
+        #[arg(long, conflicts_with = "hub")]
         insurer_keys: Option<PathBuf>,
+        /// A running hub's insurer API (`http://HOST:PORT`, from `hub serve --api`); the hub
+        /// must have been started with --insurer-keys.
+        #[arg(long)]
+        hub: Option<String>,
     },
 }
 
@@ -351,12 +356,20 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), api, out)
                 .map(|()| 0)
         }
-        Command::Hub(HubCommand::Import { file, insurer_keys }) => {
+        Command::Hub(HubCommand::Import { file, insurer_keys, hub }) => {
             use std::io::IsTerminal as _;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let terminal = std::io::stderr().is_terminal();
-            let summary =
-                serve::hub_import(&cli.data_dir, &file, keys.unwrap_or_default(), err, terminal)?;
+            let summary = match hub {
+                Some(url) => serve::hub_import_remote(&url, &file, err, terminal)?,
+                None => serve::hub_import(
+                    &cli.data_dir,
+                    &file,
+                    keys.unwrap_or_default(),
+                    err,
+                    terminal,
+                )?,
+            };
             writeln!(out, "{summary}")?;
             Ok(if summary.rejected > 0 { 1 } else { 0 })
         }

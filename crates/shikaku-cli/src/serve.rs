@@ -611,18 +611,92 @@ pub fn hub_import(
         std::io::BufReader::new(reader),
         &mut line_out,
         &|e| node.borrow().import_refusal(e),
-        &mut |good| {
-            let mut n = node.borrow_mut();
-            for e in good {
-                if let shikaku_core::Namespace::Insurer(i) = e.event().namespace {
-                    n.serve_insurer(i);
-                }
-            }
-            let now = crate::clock::now_ms();
-            Ok(n.import(now, good).context("storing the batch")? as u64)
-        },
+        &mut |good| import_into(&mut node.borrow_mut(), crate::clock::now_ms(), good),
         &mut |s, bytes| bar.update(bytes, s.imported + s.duplicates + s.rejected, false),
     )?;
+    bar.update(total.unwrap_or(0), summary.imported + summary.duplicates + summary.rejected, true);
+    Ok(summary)
+}
+
+/// Stores verified, screened insurer events at a hub, serving their insurers from now on;
+/// returns how many were new.
+fn import_into(n: &mut FileNode, now_ms: u64, good: &[shikaku_core::SignedEvent]) -> Result<u64> {
+    for e in good {
+        if let shikaku_core::Namespace::Insurer(i) = e.event().namespace {
+            n.serve_insurer(i);
+        }
+    }
+    Ok(n.import(now_ms, good).context("storing the batch")? as u64)
+}
+
+/// Lines per request of `hub import --hub` (each request at most [`IMPORT_BODY_MAX`]).
+const IMPORT_CHUNK_LINES_REMOTE: usize = 20_000;
+
+/// The largest JSON Lines body `POST /v1/import` accepts.
+pub const IMPORT_BODY_MAX: usize = 64 << 20;
+
+/// `shikaku hub import --hub URL`: sends the file to a running hub's insurer API in chunks
+/// (`POST /v1/import`), with the same progress bar and refused-line report as a local import;
+/// clinics connected to the hub receive the new events live.
+pub fn hub_import_remote(
+    url: &str,
+    file: &str,
+    err: &mut dyn Write,
+    terminal: bool,
+) -> Result<crate::ImportSummary> {
+    use std::io::BufRead as _;
+    let (reader, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        let size = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), size)
+    };
+    let shared = SharedWrite(std::cell::RefCell::new(err));
+    let mut bar_out = &shared;
+    let mut line_out = &shared;
+    let mut bar = Progress::new(&mut bar_out, terminal, total);
+    let mut summary = crate::ImportSummary::default();
+    let (mut bytes, mut first_line) = (0u64, 1u64);
+    let mut lines = std::io::BufReader::new(reader).lines();
+    loop {
+        let mut chunk = String::new();
+        let mut count = 0u64;
+        for line in lines.by_ref() {
+            let line = line.with_context(|| format!("reading {file}"))?;
+            if chunk.len() + line.len() + 1 > IMPORT_BODY_MAX {
+                bail!("line {} is longer than {IMPORT_BODY_MAX} bytes", first_line + count);
+            }
+            chunk.push_str(&line);
+            chunk.push('\n');
+            count += 1;
+            if count as usize >= IMPORT_CHUNK_LINES_REMOTE || chunk.len() > IMPORT_BODY_MAX / 2 {
+                break;
+            }
+        }
+        if count == 0 {
+            break;
+        }
+        bytes += chunk.len() as u64;
+        let (status, body) = http_request(url, "POST", "/v1/import", Some(&chunk))?;
+        if status != 200 {
+            bail!("the hub refused the import ({status}): {}", body.trim());
+        }
+        let reply: serde_json::Value =
+            serde_json::from_str(&body).context("the hub's import reply is not JSON")?;
+        let field = |name: &str| reply[name].as_u64().unwrap_or(0);
+        summary.lines += field("lines");
+        summary.imported += field("imported");
+        summary.duplicates += field("duplicates");
+        summary.rejected += field("rejected");
+        for refusal in reply["refused"].as_array().into_iter().flatten() {
+            let line = refusal["line"].as_u64().unwrap_or(0) + first_line - 1;
+            let reason = refusal["reason"].as_str().unwrap_or_default();
+            writeln!(line_out, "line {line}: {reason}")?;
+        }
+        first_line += count;
+        bar.update(bytes, summary.imported + summary.duplicates + summary.rejected, false);
+    }
     bar.update(total.unwrap_or(0), summary.imported + summary.duplicates + summary.rejected, true);
     Ok(summary)
 }
@@ -691,8 +765,8 @@ pub async fn serve_hub_api(
     axum::serve(listener, hub_router(runtime)).await
 }
 
-/// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `/v1/health`,
-/// `/metrics`.
+/// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `POST /v1/import`
+/// (JSON Lines, only on a hub with an insurer key registry), `/v1/health`, `/metrics`.
 pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
     use axum::extract::{Query, State};
     use axum::http::{header, StatusCode};
@@ -752,7 +826,49 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
     }
 
+    async fn import(
+        State(rt): State<Arc<Runtime>>,
+        body: String,
+    ) -> Result<axum::Json<serde_json::Value>, (StatusCode, String)> {
+        if rt.with_node(|n, _| n.config().insurer_keys.is_empty()) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "this hub has no insurer key registry (hub serve --insurer-keys): importing over the network needs one\n".into(),
+            ));
+        }
+        let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+            let mut refused = Vec::new();
+            let summary = crate::import_stream(
+                body.as_bytes(),
+                &mut refused,
+                &|e| rt.with_node(|n, _| n.import_refusal(e)),
+                &mut |good| rt.with_node(|n, now| import_into(n, now, good)),
+                &mut |_, _| {},
+            )?;
+            let refused: Vec<serde_json::Value> = String::from_utf8_lossy(&refused)
+                .lines()
+                .filter_map(|l| l.strip_prefix("line ")?.split_once(": "))
+                .map(|(n, reason)| {
+                    serde_json::json!({ "line": n.parse::<u64>().unwrap_or(0), "reason": reason })
+                })
+                .collect();
+            Ok(serde_json::json!({
+                "lines": summary.lines,
+                "imported": summary.imported,
+                "duplicates": summary.duplicates,
+                "rejected": summary.rejected,
+                "refused": refused,
+            }))
+        })
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        Ok(axum::Json(result))
+    }
+
     axum::Router::new()
+        .route("/v1/import", axum::routing::post(import))
+        .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_MAX))
         .route("/v1/reconcile", get(report))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

@@ -573,6 +573,15 @@ impl<D: Directory> Node<D> {
         }
     }
 
+    /// Replaces the insurer key registry (e.g. a reloaded `--insurer-keys` file); events
+    /// already stored are not re-judged.
+    pub fn set_insurer_keys(
+        &mut self,
+        keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
+    ) {
+        self.config.insurer_keys = keys;
+    }
+
     /// Hub: serves `insurer` from now on (an import of its roster).
     pub fn serve_insurer(&mut self, insurer: InsurerNumber) {
         self.config.insurers.insert(insurer);
