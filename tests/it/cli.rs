@@ -202,6 +202,7 @@ fn demo_runs_to_completion() {
     // The reports stay in the work directory given.
     let json = std::fs::read_to_string(dir.join("reconciliation.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["totals"]["checks"], 10, "every check of the day reached the report: {json}");
     assert_eq!(report["totals"]["contradicted_offline"], 3, "{json}");
     assert_eq!(report["totals"]["unresolved_declarations"], 1, "{json}");
     assert_eq!(report["totals"]["rederived"], report["totals"]["checks"], "{json}");

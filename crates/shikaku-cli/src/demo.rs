@@ -524,7 +524,7 @@ fn story(
     ))?;
 
     n.step("Convergence")?;
-    cluster::wait_until("the hub holds every clinic's records", 60.0, || {
+    let records_at_hub = || {
         clinics.iter().all(|c| {
             let (me, own) = c.runtime.with_node(|n, _| {
                 let me = Namespace::Clinic(n.node_id());
@@ -532,7 +532,8 @@ fn story(
             });
             hub_rt.with_node(|h, _| h.namespace_state(&me)) == own
         })
-    })?;
+    };
+    cluster::wait_until("the hub holds every clinic's records", 60.0, records_at_hub)?;
     for c in &clinics {
         let (namespaces, same, own, offline) = c.runtime.with_node(|n, _| {
             let namespaces = n.namespaces();
@@ -571,6 +572,8 @@ fn story(
 
     clock.advance(10 * 60_000);
     n.step("Reconciliation at the insurer")?;
+    // The last checks' records reach the hub asynchronously: the report waits for them.
+    cluster::wait_until("the hub holds every clinic's records", 60.0, records_at_hub)?;
     // Clinics are named from their certificates, as the hub saw them (and remembered for a
     // `shikaku reconcile` on its stopped ledger).
     serve::save_clinic_names(&hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
