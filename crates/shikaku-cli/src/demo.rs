@@ -27,6 +27,7 @@ use shikaku_net::{Clock, Runtime};
 use shikaku_node::Level;
 
 use crate::clock::{self, Stopwatch};
+use crate::render::hhmm;
 use crate::{cluster, serve};
 
 /// Arguments of `shikaku demo`.
@@ -79,11 +80,6 @@ impl Narrator<'_> {
         self.out.flush()?;
         Ok(())
     }
-}
-
-fn hhmm(ms: u64) -> String {
-    let minutes = ((ms + 9 * 3_600_000) % 86_400_000) / 60_000;
-    format!("{:02}:{:02}", minutes / 60, minutes % 60)
 }
 
 /// Runs the demo.

@@ -35,16 +35,10 @@ fn ext(name: &str, kind: &str, value: Value) -> Value {
     Value::Object(e)
 }
 
-fn code_name(code: AnswerCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 /// FHIR `dateTime` in JST of a Unix millisecond.
 pub fn date_time_jst(ms: u64) -> String {
-    let date = Date::from_unix_ms_jst(ms);
-    let in_day = (ms + 9 * 3_600_000) % 86_400_000;
-    let (h, m, s) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60);
-    format!("{date}T{h:02}:{m:02}:{s:02}+09:00")
+    let (h, m, s) = crate::render::jst_clock(ms);
+    format!("{}T{h:02}:{m:02}:{s:02}+09:00", Date::from_unix_ms_jst(ms))
 }
 
 /// The answer as a `CoverageEligibilityResponse` resource, created at `created_ms`.
@@ -81,7 +75,8 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
             Some(("not-replicated", "this member's insurer is not replicated on this node")),
         ),
     };
-    let mut extension = vec![ext("validity-code", "valueCode", json!(code_name(answer.code)))];
+    let mut extension =
+        vec![ext("validity-code", "valueCode", json!(crate::render::code_name(answer.code)))];
     let k = &answer.knowledge;
     if let Some(s) = k.staleness_s {
         extension.push(ext("staleness-seconds", "valueDecimal", json!(s)));

@@ -21,6 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
+
+use crate::render::{code_name, short};
 use shikaku_core::{
     Answer, AnswerCode, CheckMode, CheckQuery, Conflict, Date, EventBody, EventId, Freshness, Hlc,
     InsurerNumber, MemberKey, Namespace, NodeId, Projection, Replication, SignedEvent,
@@ -555,14 +557,6 @@ fn query_text(q: &CheckQuery) -> String {
         CheckQuery::Card(card) => format!("card {}…", &card.to_string()[..12]),
         CheckQuery::Member(member) => format!("member {member}"),
     }
-}
-
-fn code_name(code: AnswerCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
-fn short(id: &EventId) -> String {
-    id.to_string()[..12].to_owned()
 }
 
 fn mode_name(mode: CheckMode) -> &'static str {

@@ -19,11 +19,26 @@ pub fn code_text(code: AnswerCode) -> &'static str {
     }
 }
 
+/// The snake_case name of an answer code, as in the JSON answer (`invalid_newer_exists`).
+pub fn code_name(code: AnswerCode) -> String {
+    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Japanese civil time of day of a Unix millisecond: (hours, minutes, seconds).
+pub fn jst_clock(ms: u64) -> (u64, u64, u64) {
+    let in_day = (ms + 9 * 3_600_000) % 86_400_000;
+    (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60)
+}
+
+/// "HH:MM" in Japanese civil time.
+pub fn hhmm(ms: u64) -> String {
+    let (h, m, _) = jst_clock(ms);
+    format!("{h:02}:{m:02}")
+}
+
 /// Japanese civil time of a Unix millisecond, "YYYY-MM-DD HH:MM JST".
 pub fn jst(ms: u64) -> String {
-    let date = Date::from_unix_ms_jst(ms);
-    let minutes = ((ms + 9 * 3_600_000) % 86_400_000) / 60_000;
-    format!("{date} {:02}:{:02} JST", minutes / 60, minutes % 60)
+    format!("{} {} JST", Date::from_unix_ms_jst(ms), hhmm(ms))
 }
 
 fn reason_text(reason: EndReason) -> &'static str {
@@ -37,7 +52,8 @@ fn reason_text(reason: EndReason) -> &'static str {
     }
 }
 
-fn short(id: &shikaku_core::EventId) -> String {
+/// The first 12 hex digits of an event id, as shown to people.
+pub fn short(id: &shikaku_core::EventId) -> String {
     id.to_string()[..12].to_owned()
 }
 

@@ -389,10 +389,7 @@ pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
         .checks_by
         .iter()
         .map(|((code, online), count)| {
-            let code = serde_json::to_value(code)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let code = render::code_name(*code);
             let mode = if *online { "online" } else { "offline" };
             (format!("{{result=\"{code}\",mode=\"{mode}\"}}"), *count)
         })
