@@ -525,6 +525,13 @@ pub struct ImportSummary {
     pub rejected: u64,
 }
 
+impl ImportSummary {
+    /// Good, duplicate and refused lines so far: what an import has got through.
+    pub fn handled(&self) -> u64 {
+        self.imported + self.duplicates + self.rejected
+    }
+}
+
 impl std::fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -551,12 +558,18 @@ pub fn import_with_acks(
     err: &mut dyn Write,
     ack: &mut dyn FnMut(u64),
 ) -> Result<ImportSummary> {
-    let reader: Box<dyn Read> = if file == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        Box::new(std::fs::File::open(file).with_context(|| format!("opening {file}"))?)
-    };
+    let (reader, _) = open_input(file)?;
     import_from(data_dir, BufReader::new(reader), err, ack)
+}
+
+/// Opens a JSON Lines input: a file (with its size, for progress) or `-` for standard input.
+pub fn open_input(file: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
+    if file == "-" {
+        return Ok((Box::new(std::io::stdin()), None));
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+    let size = f.metadata().ok().map(|m| m.len());
+    Ok((Box::new(f), size))
 }
 
 /// Imports from any reader (see [`import`]).

@@ -503,43 +503,31 @@ pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> 
     Ok(())
 }
 
-/// One writer shared by two users that never write at the same time (the progress bar and the
-/// refused-line report of an import).
-struct SharedWrite<'a>(std::cell::RefCell<&'a mut dyn Write>);
-
-impl Write for &SharedWrite<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.borrow_mut().flush()
-    }
-}
-
-/// A progress bar on a terminal (redrawn in place), or a line every 10% elsewhere.
+/// A progress bar on a terminal (redrawn in place), or a line every 10% elsewhere. Writing
+/// through `&Progress` (refused-line reports) goes to the same output, so one writer serves
+/// the bar and the report.
 pub struct Progress<'a> {
-    out: &'a mut dyn Write,
+    out: std::cell::RefCell<&'a mut dyn Write>,
     terminal: bool,
     total_bytes: Option<u64>,
     watch: crate::clock::Stopwatch,
-    last_decile: u64,
+    last_decile: std::cell::Cell<u64>,
 }
 
 impl<'a> Progress<'a> {
     /// A bar for a job of `total_bytes` (unknown for standard input).
     pub fn new(out: &'a mut dyn Write, terminal: bool, total_bytes: Option<u64>) -> Progress<'a> {
         Progress {
-            out,
+            out: std::cell::RefCell::new(out),
             terminal,
             total_bytes,
             watch: crate::clock::Stopwatch::start(),
-            last_decile: 0,
+            last_decile: std::cell::Cell::new(0),
         }
     }
 
     /// Shows the state after `bytes` of input and `events` handled.
-    pub fn update(&mut self, bytes: u64, events: u64, done: bool) {
+    pub fn update(&self, bytes: u64, events: u64, done: bool) {
         let rate = events as f64 / self.watch.seconds().max(1e-3);
         let fraction = match self.total_bytes {
             Some(total) if total > 0 => (bytes as f64 / total as f64).min(1.0),
@@ -557,20 +545,32 @@ impl<'a> Progress<'a> {
         } else {
             format!("{events} events  {:.1}k events/s", rate / 1000.0)
         };
+        let mut out = self.out.borrow_mut();
         if self.terminal {
-            let _ = write!(self.out, "\r{line}");
+            let _ = write!(out, "\r{line}");
             if done {
-                let _ = writeln!(self.out);
+                let _ = writeln!(out);
             }
         } else {
             // A line per 10% (the final state once, however it is reached).
             let decile = (fraction * 10.0) as u64;
-            if decile > self.last_decile || (done && self.last_decile < 10) {
-                self.last_decile = if done { 10 } else { decile };
-                let _ = writeln!(self.out, "{line}");
+            let last = self.last_decile.get();
+            if decile > last || (done && last < 10) {
+                self.last_decile.set(if done { 10 } else { decile });
+                let _ = writeln!(out, "{line}");
             }
         }
-        let _ = self.out.flush();
+        let _ = out.flush();
+    }
+}
+
+impl Write for &Progress<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.borrow_mut().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.borrow_mut().flush()
     }
 }
 
@@ -592,26 +592,17 @@ pub fn hub_import(
     config.insurer_keys = insurer_keys;
     let (mut node, _lock) = open_node(data_dir, config)?;
     node.serve_held_insurers();
-    let (reader, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
-        (Box::new(std::io::stdin()), None)
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
-        let size = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), size)
-    };
-    let shared = SharedWrite(std::cell::RefCell::new(err));
-    let mut bar_out = &shared;
-    let mut line_out = &shared;
-    let mut bar = Progress::new(&mut bar_out, terminal, total);
+    let (reader, total) = crate::open_input(file)?;
+    let bar = Progress::new(err, terminal, total);
     let node = std::cell::RefCell::new(&mut node);
     let summary = crate::import_stream(
         std::io::BufReader::new(reader),
-        &mut line_out,
+        &mut &bar,
         &|e| node.borrow().import_refusal(e),
         &mut |good| import_into(&mut node.borrow_mut(), crate::clock::now_ms(), good),
-        &mut |s, bytes| bar.update(bytes, s.imported + s.duplicates + s.rejected, false),
+        &mut |s, bytes| bar.update(bytes, s.handled(), false),
     )?;
-    bar.update(total.unwrap_or(0), summary.imported + summary.duplicates + summary.rejected, true);
+    bar.update(total.unwrap_or(0), summary.handled(), true);
     Ok(summary)
 }
 
@@ -642,17 +633,8 @@ pub fn hub_import_remote(
     terminal: bool,
 ) -> Result<crate::ImportSummary> {
     use std::io::BufRead as _;
-    let (reader, total): (Box<dyn Read>, Option<u64>) = if file == "-" {
-        (Box::new(std::io::stdin()), None)
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
-        let size = f.metadata().ok().map(|m| m.len());
-        (Box::new(f), size)
-    };
-    let shared = SharedWrite(std::cell::RefCell::new(err));
-    let mut bar_out = &shared;
-    let mut line_out = &shared;
-    let mut bar = Progress::new(&mut bar_out, terminal, total);
+    let (reader, total) = crate::open_input(file)?;
+    let bar = Progress::new(err, terminal, total);
     let mut summary = crate::ImportSummary::default();
     let (mut bytes, mut first_line) = (0u64, 1u64);
     let mut lines = std::io::BufReader::new(reader).lines();
@@ -689,12 +671,12 @@ pub fn hub_import_remote(
         for refusal in reply["refused"].as_array().into_iter().flatten() {
             let line = refusal["line"].as_u64().unwrap_or(0) + first_line - 1;
             let reason = refusal["reason"].as_str().unwrap_or_default();
-            writeln!(line_out, "line {line}: {reason}")?;
+            writeln!(&bar, "line {line}: {reason}")?;
         }
         first_line += count;
-        bar.update(bytes, summary.imported + summary.duplicates + summary.rejected, false);
+        bar.update(bytes, summary.handled(), false);
     }
-    bar.update(total.unwrap_or(0), summary.imported + summary.duplicates + summary.rejected, true);
+    bar.update(total.unwrap_or(0), summary.handled(), true);
     Ok(summary)
 }
 
