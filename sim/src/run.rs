@@ -164,6 +164,9 @@ pub struct SimConfig {
     pub script: Vec<(u64, Scripted)>,
     /// A known bug to plant (tests show the checkers catch each).
     pub plant: Option<Plant>,
+    /// Hand back the hub's ledger in [`Outcome::hub_events`] (for the insurer's
+    /// reconciliation); off by default, so swarms and benchmarks do not read it.
+    pub keep_hub_ledger: bool,
 }
 
 /// Known bugs the simulator must find.
@@ -220,6 +223,7 @@ impl SimConfig {
             faults: Faults::hostile(),
             script: Vec::new(),
             plant: None,
+            keep_hub_ledger: false,
         }
     }
 }
@@ -258,7 +262,8 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// Simulated milliseconds covered.
     pub simulated_ms: u64,
-    /// The hub's ledger at the end, with log positions (for the insurer's reconciliation).
+    /// The hub's ledger at the end, with log positions (for the insurer's reconciliation);
+    /// empty unless [`SimConfig::keep_hub_ledger`].
     pub hub_events: Vec<(u64, SignedEvent)>,
     /// The clinics' names by node id.
     pub clinic_names: BTreeMap<shikaku_core::NodeId, String>,
@@ -1350,6 +1355,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         .hub
         .node
         .as_ref()
+        .filter(|_| cfg.keep_hub_ledger)
         .and_then(|n| n.ledger().read_from(1, usize::MAX).ok())
         .unwrap_or_default();
     let clinic_names =

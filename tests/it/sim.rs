@@ -119,22 +119,21 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
     // full disks and skewed clocks, every check record at the hub re-derives, from the hub's
     // events, to exactly the answer hash the clinic recorded. And the report is deterministic.
     for seed in 1..=3 {
-        let outcome = run(&small(seed));
+        let cfg = SimConfig { keep_hub_ledger: true, ..small(seed) };
+        let outcome = run(&cfg);
         assert!(outcome.violations.is_empty(), "seed {seed}");
-        let now = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
-        let report = shikaku_cli::reconcile::compute(
+        let report = shikaku_cli::reconcile::compute_at_last_event(
             &outcome.hub_events,
             &outcome.clinic_names,
-            now.unwrap(),
         );
         let t = &report.totals;
         assert!(t.checks > 50, "seed {seed}: {t:?}");
         assert!(report.not_rederivable.is_empty(), "seed {seed}: {:?}", report.not_rederivable);
         assert_eq!(t.rederived, t.checks, "seed {seed}");
         assert_eq!(report.clinics.len(), 4, "seed {seed}");
-        let again = run(&small(seed));
+        let again = run(&cfg);
         let twice =
-            shikaku_cli::reconcile::compute(&again.hub_events, &again.clinic_names, now.unwrap());
+            shikaku_cli::reconcile::compute_at_last_event(&again.hub_events, &again.clinic_names);
         assert_eq!(
             shikaku_cli::reconcile::render_text(&report),
             shikaku_cli::reconcile::render_text(&twice)
@@ -144,10 +143,9 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
 
 #[test]
 fn the_hub_outage_scenario_reconciles_to_a_snapshotted_report() {
-    let outcome = run(&hub_outage());
-    let now = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
+    let outcome = run(&SimConfig { keep_hub_ledger: true, ..hub_outage() });
     let report =
-        shikaku_cli::reconcile::compute(&outcome.hub_events, &outcome.clinic_names, now.unwrap());
+        shikaku_cli::reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
     assert!(report.not_rederivable.is_empty(), "{:?}", report.not_rederivable);
     assert!(report.totals.contradicted_offline > 0, "{:?}", report.totals);
     insta::assert_snapshot!(

@@ -284,6 +284,16 @@ pub fn clinic_name(names: &BTreeMap<NodeId, String>, node: &NodeId) -> String {
         .unwrap_or_else(|| format!("clinic {}", &shikaku_core::hex::encode(&node.0)[..8]))
 }
 
+/// [`compute`] as of the hub's last record time (a replayable "now": the simulator's report
+/// is then deterministic for its seed).
+pub fn compute_at_last_event(
+    events: &[(u64, SignedEvent)],
+    names: &BTreeMap<NodeId, String>,
+) -> Report {
+    let last = events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
+    compute(events, names, last.unwrap_or(0))
+}
+
 /// Computes the report from the hub's events with their log positions (any order).
 pub fn compute(
     events: &[(u64, SignedEvent)],
@@ -292,14 +302,14 @@ pub fn compute(
 ) -> Report {
     let mut insurer: Vec<(u64, &SignedEvent)> = Vec::new();
     let mut clinics: BTreeMap<NodeId, Vec<&SignedEvent>> = BTreeMap::new();
-    let mut insurer_of: HashMap<EventId, InsurerNumber> = HashMap::new();
-    let mut hlc_of: HashMap<EventId, (Hlc, u64)> = HashMap::new();
+    // Insurer events by id, with their hub positions (their insurer and record time are read
+    // from the event).
+    let mut by_id: HashMap<EventId, (u64, &SignedEvent)> = HashMap::new();
     for (position, e) in events {
         match e.event().namespace {
-            Namespace::Insurer(i) => {
+            Namespace::Insurer(_) => {
                 insurer.push((*position, e));
-                insurer_of.insert(e.id(), i);
-                hlc_of.insert(e.id(), (e.event().hlc, *position));
+                by_id.insert(e.id(), (*position, e));
             }
             Namespace::Clinic(node) => clinics.entry(node).or_default().push(e),
         }
@@ -334,7 +344,12 @@ pub fn compute(
         let mut held: BTreeSet<InsurerNumber> = BTreeSet::new();
         for e in &own {
             if let EventBody::CheckPerformed { decided_by, .. } = &e.event().body {
-                held.extend(decided_by.iter().filter_map(|id| insurer_of.get(id)));
+                held.extend(
+                    decided_by
+                        .iter()
+                        .filter_map(|id| by_id.get(id))
+                        .filter_map(|(_, e)| insurer_of_event(e)),
+                );
             }
         }
         let mut all = Projection::new(Replication::All);
@@ -444,11 +459,11 @@ pub fn compute(
                 .decided_by
                 .iter()
                 .copied()
-                .filter(|id| insurer_of.contains_key(id))
                 .filter(|id| {
-                    // Recorded after the check, or not yet received by the clinic then.
-                    hlc_of.get(id).is_some_and(|(hlc, position)| {
-                        *hlc > c.knowledge || *position > c.hub_position
+                    // An insurer event recorded after the check, or not yet received by the
+                    // clinic then.
+                    by_id.get(id).is_some_and(|(position, e)| {
+                        e.event().hlc > c.knowledge || *position > c.hub_position
                     })
                 })
                 .collect();
@@ -529,13 +544,12 @@ pub fn compute(
         }
         report.clinics.push(row);
     }
-    let index: HashMap<EventId, &SignedEvent> = insurer.iter().map(|(_, e)| (e.id(), *e)).collect();
     for (event, checks) in retro {
-        let Some(e) = index.get(&event) else { continue };
+        let Some((_, e)) = by_id.get(&event) else { continue };
         report.retroactive.push(Retroactive {
             event,
             kind: e.event().body.type_name(),
-            insurer: insurer_of.get(&event).copied(),
+            insurer: insurer_of_event(e),
             recorded_ms: e.event().hlc.physical_ms(),
             checks: checks.into_iter().collect(),
         });

@@ -134,17 +134,15 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
                 apply_scenario(&mut cfg, &text)
                     .with_context(|| format!("scenario {}", path.display()))?;
             }
+            cfg.keep_hub_ledger = args.reconcile;
             let outcome = run(&cfg);
             for line in &outcome.lines {
                 writeln!(out, "{line}")?;
             }
             if args.reconcile {
-                // "Now" is the last record time at the hub: the report is deterministic too.
-                let last = outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms());
-                let report = crate::reconcile::compute(
+                let report = crate::reconcile::compute_at_last_event(
                     &outcome.hub_events,
                     &outcome.clinic_names,
-                    last.max().unwrap_or(0),
                 );
                 writeln!(out)?;
                 write!(out, "{}", crate::reconcile::render_text(&report))?;
