@@ -16,7 +16,7 @@ use shikaku_core::{
 use shikaku_net::{ClinicService, HubService, Runtime};
 use shikaku_node::Role;
 
-use crate::net::{axum_serve, http, wait_for, Deployment};
+use crate::net::{http, wait_for, Deployment};
 
 /// A hub with the generated world and one clinic (subscribed to the first insurer) serving its
 /// API on loopback.
@@ -48,7 +48,9 @@ impl Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let rt = clinic.clone();
-        let api = tokio::spawn(async move { axum_serve(listener, rt).await });
+        let api = tokio::spawn(async move {
+            let _ = shikaku_cli::serve::serve_api(listener, rt).await;
+        });
         Running {
             d,
             hub,

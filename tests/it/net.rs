@@ -399,20 +399,9 @@ async fn refusals_and_bad_frames_close_only_their_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shikaku_check_asks_a_running_clinic_node() {
-    let d = Deployment::new("ask", 100);
+    let running = crate::api::Running::start("ask", 100).await;
+    let (d, hub, url) = (&running.d, running.hub.clone(), running.url.clone());
     let insurer = d.insurers[0];
-    let hub_tls = d.issue(Role::Hub, "hub");
-    let clinic_tls = d.issue(Role::Clinic, "clinic-q");
-    let hub = d.runtime(Role::Hub, "hub", &d.insurers);
-    hub.with_node(|n, now| n.import(now, &d.events).unwrap());
-    let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let clinic = d.runtime(Role::Clinic, "clinic-q", &[insurer]);
-    let cs =
-        ClinicService::start(clinic.clone(), &clinic_tls, service.local_addr().unwrap()).unwrap();
-    wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let api = tokio::spawn(async move { axum_serve(listener, clinic.clone()).await });
     let member = member_of(&d.events, insurer).to_string();
     let (code, out, err) =
         cli(&["check", "--node", &url, "--member", &member, "--date", "2026-01-05"]).await;
@@ -434,7 +423,7 @@ async fn shikaku_check_asks_a_running_clinic_node() {
     );
     assert!(!metrics.contains(&member), "no member data in metrics");
     // A self-declaration is recorded (201) and reaches the hub; a bad date is a 400 naming it.
-    let own = Namespace::Clinic(d.signer("clinic-q").node_id());
+    let own = Namespace::Clinic(d.signer("front-desk").node_id());
     let before = state(&hub, own).0;
     let body = format!(r#"{{"member":"{member}","declared_start":"2026-01-04"}}"#);
     let created = http(&url, "POST /v1/declarations", &body).await;
@@ -452,9 +441,7 @@ async fn shikaku_check_asks_a_running_clinic_node() {
         "{}",
         &page[..200.min(page.len())]
     );
-    api.abort();
-    cs.shutdown().await;
-    service.shutdown().await;
+    running.shutdown().await;
 }
 
 /// Runs the `shikaku` command line with `args` off the async runtime: (status, stdout, stderr).
@@ -491,8 +478,4 @@ pub(crate) async fn http(url: &str, request: &str, body: &str) -> String {
     })
     .await
     .unwrap()
-}
-
-pub(crate) async fn axum_serve(listener: tokio::net::TcpListener, rt: Arc<Runtime>) {
-    let _ = shikaku_cli::serve::serve_api(listener, rt).await;
 }
