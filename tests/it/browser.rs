@@ -169,34 +169,23 @@ impl Drop for Browser {
     }
 }
 
+// The browser is driven with blocking calls from the test's own thread: the hub, the clinic
+// and its API run on the runtime's worker threads meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reception_page_in_headless_chromium_online_offline_and_self_declaration() {
     let mut running = Running::start("browser", 800).await;
     let date = Date::from_ymd(2026, 10, 15).unwrap();
     let (card, member, invalid) = cast(&running.d, date);
-    let url = format!("{}/", running.url);
-    let profile = running.d.root.join("chromium-profile");
-    let mut b = tokio::task::spawn_blocking(move || {
-        let mut b = Browser::launch(profile);
-        b.open(&url);
-        b.wait(
-            "the page and its banner",
-            "document.getElementById('banner').textContent.startsWith('Online')",
-            20,
-        );
-        b
-    })
-    .await
-    .unwrap();
+    let mut b = Browser::launch(running.d.root.join("chromium-profile"));
+    b.open(&format!("{}/", running.url));
+    b.wait(
+        "the page and its banner",
+        "document.getElementById('banner').textContent.startsWith('Online')",
+        20,
+    );
 
     // Online: a card check answers VALID with insurer, copay and coverage, and is current.
-    let card_text = card.to_string();
-    let mut b = tokio::task::spawn_blocking(move || {
-        b.check(&card_text, date);
-        b
-    })
-    .await
-    .unwrap();
+    b.check(&card.to_string(), date);
     assert_eq!(b.text("code"), "VALID 有効");
     assert_eq!(b.text("insurer"), member.insurer.to_string());
     assert_eq!(b.text("copay"), "30%");
@@ -206,24 +195,13 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
 
     // The hub stops: the page's own health polling turns the banner amber, "Offline since".
     running.stop_hub().await;
-    let mut b = tokio::task::spawn_blocking(move || {
-        b.wait("the amber banner", "document.getElementById('banner').className === 'amber'", 15);
-        b
-    })
-    .await
-    .unwrap();
+    b.wait("the amber banner", "document.getElementById('banner').className === 'amber'", 15);
     let banner = b.text("banner");
     assert!(banner.starts_with("Offline since "), "{banner}");
     // Two hours later it is red; a check still answers, from the local ledger, with its age.
     running.clinic.clock().advance(2 * 3_600_000);
-    let card_text = card.to_string();
-    let mut b = tokio::task::spawn_blocking(move || {
-        b.wait("the red banner", "document.getElementById('banner').className === 'red'", 15);
-        b.check(&card_text, date);
-        b
-    })
-    .await
-    .unwrap();
+    b.wait("the red banner", "document.getElementById('banner').className === 'red'", 15);
+    b.check(&card.to_string(), date);
     assert_eq!(b.text("code"), "VALID 有効", "offline answers still come");
     let knowledge = b.text("knowledge");
     assert!(knowledge.starts_with("as of ") && knowledge.contains(" s ago"), "{knowledge}");
@@ -237,60 +215,43 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     assert!(b.text("banner").contains("Offline since"), "{}", b.text("banner"));
 
     // The self-declaration flow: INVALID → the form appears → recorded → PENDING SUCCESSOR.
-    let invalid_text = invalid.to_string();
-    let mut b = tokio::task::spawn_blocking(move || {
-        b.check(&invalid_text, date);
-        b
-    })
-    .await
-    .unwrap();
+    b.check(&invalid.to_string(), date);
     assert_eq!(b.text("code"), "INVALID 無効");
     assert_eq!(
         b.eval("getComputedStyle(document.getElementById('declare')).display"),
         json!("block")
     );
     let before = running.clinic.with_node(|n, _| n.ledger().len());
-    let invalid_text = invalid.to_string();
-    let b = tokio::task::spawn_blocking(move || {
-        b.eval(&format!(
-            "document.getElementById('decl-start').value = '{}'; \
-             document.querySelector('#declaration button').click(); true",
-            date.add_days(-3)
-        ));
-        b.wait(
-            "the declaration to be recorded",
-            "document.getElementById('declared').textContent.startsWith('Self-declaration recorded')",
-            10,
-        );
-        b.check(&invalid_text, date);
-        b
-    })
-    .await
-    .unwrap();
-    let mut b = b;
+    b.eval(&format!(
+        "document.getElementById('decl-start').value = '{}'; \
+         document.querySelector('#declaration button').click(); true",
+        date.add_days(-3)
+    ));
+    b.wait(
+        "the declaration to be recorded",
+        "document.getElementById('declared').textContent.startsWith('Self-declaration recorded')",
+        10,
+    );
+    b.check(&invalid.to_string(), date);
     assert_eq!(b.text("code"), "PENDING SUCCESSOR (self-declared)");
     assert_eq!(running.clinic.with_node(|n, _| n.ledger().len()), before + 2, "declaration, check");
+
     // The node itself stops answering: the page says so instead of failing silently.
     running.stop_api();
-    let b = tokio::task::spawn_blocking(move || {
-        b.eval(
-            "document.getElementById('error').textContent = ''; \
-             document.querySelector('#check button').click(); true",
-        );
-        b.wait(
-            "the error",
-            "document.getElementById('error').textContent.includes('does not answer')",
-            10,
-        );
-        b.wait(
-            "the banner",
-            "document.getElementById('banner').textContent === 'This clinic node does not answer'",
-            10,
-        );
-        b
-    })
-    .await
-    .unwrap();
+    b.eval(
+        "document.getElementById('error').textContent = ''; \
+         document.querySelector('#check button').click(); true",
+    );
+    b.wait(
+        "the error",
+        "document.getElementById('error').textContent.includes('does not answer')",
+        10,
+    );
+    b.wait(
+        "the banner",
+        "document.getElementById('banner').textContent === 'This clinic node does not answer'",
+        10,
+    );
     drop(b);
     running.shutdown().await;
 }
