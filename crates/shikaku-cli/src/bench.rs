@@ -139,7 +139,8 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The `p` quantile (0..=1, nearest rank) of sorted samples; 0 when there are none.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

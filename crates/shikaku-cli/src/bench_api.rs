@@ -18,7 +18,7 @@ use crate::serve;
 
 fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()> {
     micros.sort_unstable();
-    let p = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    let p = |q: f64| crate::bench::percentile(&micros, q) as f64 / 1000.0;
     writeln!(
         out,
         "  {label:<44} p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms",

@@ -99,11 +99,9 @@ fn sqlite_rate(root: &Path, events: &[SignedEvent], batch: usize) -> Result<f64>
     Ok(events.len() as f64 / seconds)
 }
 
+/// The `p` quantile of sorted nanosecond samples, in microseconds.
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e3
+    crate::bench::percentile(sorted, p) as f64 / 1e3
 }
 
 /// Runs the benchmark.
