@@ -20,10 +20,6 @@ use crate::clock::Stopwatch;
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Durable append throughput of the ledger at batch sizes 1, 64, 512 and 4096, side by side
-    /// with the raw disk (sequential write + fdatasync of the same bytes) and SQLite (WAL,
-    /// synchronous=FULL, the same events as blobs, the same batches); single-append latency
-    /// against one fdatasync; recovery scan speed.
     /// Set reconciliation in memory (no network yet): bytes and round trips to find the
     /// differences, shikaku's reconciler beside the `negentropy` crate and a naive
     /// send-every-id baseline, for the in-sync, one-new-event, week-offline (newest 100k
@@ -77,6 +73,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
     },
+    /// Durable append throughput of the ledger at batch sizes 1, 64, 512 and 4096, side by side
+    /// with the raw disk (sequential write + fdatasync of the same bytes) and SQLite (WAL,
+    /// synchronous=FULL, the same events as blobs, the same batches); single-append latency
+    /// against one fdatasync; recovery scan speed.
     Log {
         /// Directory for the benchmark's files (on the disk to measure; removed afterwards).
         #[arg(long, default_value = "shikaku-bench-tmp")]

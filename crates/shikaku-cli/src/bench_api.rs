@@ -30,11 +30,7 @@ fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()>
 }
 
 fn path(q: &CheckQuery, fhir: bool) -> String {
-    let who = match q {
-        CheckQuery::Card(card) => format!("card={card}"),
-        CheckQuery::Member(member) => format!("member={}", member.to_string().replace(':', "%3A")),
-    };
-    format!("/v1/check?{who}{}", if fhir { "&format=fhir" } else { "" })
+    crate::serve::check_path_for(q, None, fhir.then_some("fhir"))
 }
 
 /// Runs the benchmark.

@@ -43,7 +43,7 @@ pub struct DemoArgs {
     /// temporary directory, removed afterwards unless --keep-running).
     #[arg(long)]
     pub workdir: Option<PathBuf>,
-    /// Stay up after the story (hub, clinics, reception pages, report) until Ctrl-C.
+    /// Stay up after the story (hub, clinics, reception pages, report) until Ctrl-C or SIGTERM.
     #[arg(long)]
     pub keep_running: bool,
 }
@@ -228,10 +228,10 @@ enum Presented<'a> {
 /// Asks a clinic's API; returns the answer's code and its text.
 fn ask(clinic: &cluster::Clinic, who: Presented<'_>, date: Date) -> Result<(String, String)> {
     let query = match who {
-        Presented::Card(card) => format!("card={card}"),
-        Presented::Key(key) => format!("member={}", key.to_string().replace(':', "%3A")),
+        Presented::Card(card) => shikaku_core::CheckQuery::Card(*card),
+        Presented::Key(key) => shikaku_core::CheckQuery::Member(key.clone()),
     };
-    let body = serve::http_get(&clinic.url, &format!("/v1/check?{query}&date={date}"))?;
+    let body = serve::http_get(&clinic.url, &serve::check_path_for(&query, Some(date), None))?;
     let value: serde_json::Value = serde_json::from_str(&body).context("the answer is not JSON")?;
     let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
     let text = value["text"].as_str().unwrap_or_default().to_owned();
@@ -598,11 +598,15 @@ fn story(
     for c in &clinics {
         n.say(&format!("reception page of {:<16} {}/", c.name, c.url))?;
     }
+    if !args.keep_running {
+        n.say("these pages answer only while the demo runs: `shikaku demo --keep-running` keeps")?;
+        n.say("the hub and clinics up after the story, until Ctrl-C")?;
+    }
 
     if args.keep_running {
         n.say("")?;
         n.say("Everything stays up until Ctrl-C (the day's clock keeps running).")?;
-        rt.block_on(tokio::signal::ctrl_c()).context("waiting for Ctrl-C")?;
+        rt.block_on(crate::serve::shutdown_signal())?;
     }
     n.step("Shutting down cleanly")?;
     for c in &mut clinics {

@@ -72,7 +72,8 @@ pub fn decode_unverified(line: &str, now_ms: Option<u64>) -> Result<UnverifiedEv
     if !line.trim_start().starts_with('{') {
         return Err(LineError::Json("the line is not a JSON object".into()));
     }
-    let parsed: LineIn = serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
+    let parsed: LineIn =
+        serde_json::from_str(line).map_err(|e| LineError::Json(json_reason(&e)))?;
     if parsed.v != shikaku_core::SCHEMA_VERSION {
         return Err(LineError::Event(EventError::UnknownSchemaVersion {
             found: parsed.v,
@@ -82,6 +83,19 @@ pub fn decode_unverified(line: &str, now_ms: Option<u64>) -> Result<UnverifiedEv
     let canonical = parsed.event.canonical_bytes().map_err(LineError::Event)?;
     SignedEvent::decode_unverified(parsed.v, &canonical, parsed.sig, Some(parsed.id), now_ms)
         .map_err(LineError::Event)
+}
+
+/// The JSON parser's complaint without its own "at line 1 column N" (a JSON Lines record is
+/// always line 1 to the parser, which misleads next to the file's line number): the column is
+/// kept.
+fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(reason) if e.column() > 0 => format!("{reason} (column {})", e.column()),
+        Some(reason) => reason.to_owned(),
+        None => text,
+    }
 }
 
 /// Decodes and fully verifies one line.

@@ -52,8 +52,10 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole story on embedded defaults: generate an insurer, import it, check cards on
-    /// several service dates, publish a retroactive change and show how the answer changes.
+    /// Run one scripted day on embedded defaults: a hub and three clinics on loopback QUIC
+    /// (throwaway CA, generated S-tier world), online checks through the clinics' HTTP API, a
+    /// job change pushed live, a hub outage with offline checks and a self-declaration,
+    /// recovery, convergence, and the insurer's reconciliation report.
     Demo(demo::DemoArgs),
     /// Generate a seeded, realistic synthetic insurer event stream as JSON Lines.
     Gen(GenArgs),
@@ -62,6 +64,9 @@ pub enum Command {
     Ledger(LedgerCommand),
     /// Check eligibility by card token or member key on a service date.
     Check(CheckArgs),
+    /// Record at a running clinic node that the patient consents (or no longer consents) to
+    /// reception seeing their limit category (限度額適用区分).
+    Consent(ConsentArgs),
     /// Measure performance against baselines in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -120,7 +125,7 @@ pub enum CaCommand {
 /// `shikaku hub …`.
 #[derive(Debug, Subcommand)]
 pub enum HubCommand {
-    /// Serve clinics over QUIC until Ctrl-C: the insurers given and every insurer the ledger
+    /// Serve clinics over QUIC until Ctrl-C or SIGTERM: the insurers given and every insurer the ledger
     /// holds; each clinic reads only its own namespace and served insurers, writes only its own.
     Serve {
         /// Address to listen on (UDP).
@@ -171,7 +176,7 @@ pub enum ReportFormat {
 #[derive(Debug, Subcommand)]
 pub enum ClinicCommand {
     /// Sync with the hub in the background (reconnecting with backoff) and answer checks from
-    /// the local ledger on the check API until Ctrl-C.
+    /// the local ledger on the check API until Ctrl-C or SIGTERM.
     Serve {
         /// The hub's address.
         #[arg(long, default_value = "127.0.0.1:7400")]
@@ -263,23 +268,44 @@ pub struct CheckArgs {
     /// Card token: 64 hexadecimal characters (never a My Number).
     #[arg(long)]
     pub card: Option<String>,
-    /// Member key: INSURER:SYMBOL:NUMBER:BRANCH, e.g. 06130015:1234:0000012:00.
+    /// Member key: INSURER:SYMBOL:NUMBER:BRANCH, e.g. 06130017:1234:0000012:00.
     #[arg(long)]
     pub member: Option<String>,
     /// Service date (YYYY-MM-DD); default today in Japan.
     #[arg(long)]
     pub date: Option<String>,
-    /// Answer as known at this record time: YYYY-MM-DD (end of that day, JST) or Unix ms.
+    /// Answer as known at this record time: YYYY-MM-DD (end of that day, JST) or an RFC 3339
+    /// time (2026-01-05T10:30:00+09:00).
     /// Default: everything the ledger holds.
     #[arg(long)]
     pub as_of: Option<String>,
-    /// Print the answer as JSON.
+    /// Print the answer as JSON; an error is then JSON too (`{"error": "…"}` on standard
+    /// output, exit status 2).
     #[arg(long)]
     pub json: bool,
     /// Ask a running clinic node (its check API, e.g. http://127.0.0.1:7401) instead of
     /// reading the ledger: the answer then carries the node's freshness and is recorded.
     #[arg(long)]
     pub node: Option<String>,
+}
+
+/// Arguments of `shikaku consent`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("who").required(true).args(["card", "member"]))]
+pub struct ConsentArgs {
+    /// Card token: 64 hexadecimal characters.
+    #[arg(long)]
+    pub card: Option<String>,
+    /// Member key: INSURER:SYMBOL:NUMBER:BRANCH, e.g. 06130017:1234:0000012:00.
+    #[arg(long)]
+    pub member: Option<String>,
+    /// Record a withdrawal of the consent instead.
+    #[arg(long)]
+    pub withdraw: bool,
+    /// The clinic node's check API (e.g. http://127.0.0.1:7401); the consent is recorded in
+    /// the clinic's own namespace and pushed to the hub.
+    #[arg(long)]
+    pub node: String,
 }
 
 /// Runs the command line with `args` (including the program name), writing to `out` and
@@ -301,13 +327,36 @@ where
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    let json_errors = matches!(
+        &cli.command,
+        Command::Check(CheckArgs { json: true, .. })
+            | Command::Ledger(LedgerCommand::Stats { json: true })
+    );
     match dispatch(cli, out, err) {
         Ok(code) => code,
+        // The reader went away (`shikaku … | head`): nothing is wrong, and nobody is left to
+        // tell.
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) if json_errors => {
+            // A program asked for JSON: it gets its error as JSON on the same stream.
+            let body = serde_json::json!({ "error": format!("{e:#}") });
+            let _ = writeln!(out, "{body}");
+            2
+        }
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
             2
         }
     }
+}
+
+/// Whether writing the output failed because its reader closed the pipe (EPIPE).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
@@ -338,8 +387,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         }
         Command::Check(args) => match &args.node {
             Some(url) => serve::check_remote(url, &args, out).map(|()| 0),
-            None => check(&cli.data_dir, &args, out).map(|()| 0),
+            None => check(&cli.data_dir, &args, out, err).map(|()| 0),
         },
+        Command::Consent(args) => serve::consent_remote(&args, out).map(|()| 0),
         Command::Ca(CaCommand::Init { ca_dir }) => {
             let cert = shikaku_net::tls::ca_init(&ca_dir)?;
             writeln!(out, "created a CA in {} ({})", ca_dir.display(), cert.display())?;
@@ -563,13 +613,31 @@ pub fn import_with_acks(
 }
 
 /// Opens a JSON Lines input: a file (with its size, for progress) or `-` for standard input.
+/// Anything that is not a readable file (a directory, above all: reading one fails with
+/// EISDIR forever) is refused here, naming the path, before a data directory is touched.
 pub fn open_input(file: &str) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == "-" {
+        // Standard input redirected from a directory (`< DIR`) is refused the same way.
+        if std::fs::metadata("/dev/stdin").is_ok_and(|m| m.is_dir()) {
+            bail!("cannot import standard input: it is a directory");
+        }
         return Ok((Box::new(std::io::stdin()), None));
     }
-    let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
-    let size = f.metadata().ok().map(|m| m.len());
+    let meta = std::fs::metadata(file).with_context(|| format!("cannot import {file}"))?;
+    if meta.is_dir() {
+        bail!("cannot import {file}: it is a directory, not a JSON Lines file");
+    }
+    let f = std::fs::File::open(file).with_context(|| format!("cannot import {file}"))?;
+    let size = meta.is_file().then_some(meta.len());
     Ok((Box::new(f), size))
+}
+
+/// Removes a data directory this command created itself when the command failed before
+/// storing anything, so a refused import leaves no empty ledger behind.
+pub fn remove_if_created_empty(data_dir: &Path, existed_before: bool, stored_nothing: bool) {
+    if !existed_before && stored_nothing {
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
 }
 
 /// Imports from any reader (see [`import`]).
@@ -579,6 +647,7 @@ pub fn import_from(
     err: &mut dyn Write,
     ack: &mut dyn FnMut(u64),
 ) -> Result<ImportSummary> {
+    let existed_before = data_dir.exists();
     let mut store = Store::open(data_dir)?;
     let summary = import_stream(
         reader,
@@ -586,7 +655,16 @@ pub fn import_from(
         &|_| None,
         &mut |good| Ok(store.append(good)?.new as u64),
         &mut |summary, _| ack(summary.imported + summary.duplicates),
-    )?;
+    );
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(e) => {
+            let stored_nothing = store.is_empty();
+            drop(store);
+            remove_if_created_empty(data_dir, existed_before, stored_nothing);
+            return Err(e);
+        }
+    };
     store.checkpoint_if_due()?;
     Ok(summary)
 }
@@ -639,15 +717,27 @@ pub fn import_stream(
     };
     for (index, line) in reader.lines().enumerate() {
         let number = index as u64 + 1;
-        let line = match line {
+        let mut line = match line {
             Ok(line) => line,
-            Err(e) => {
+            // Invalid UTF-8: the line was consumed, so the next one can still be read.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 summary.lines += 1;
                 errors.push((number, format!("unreadable: {e}")));
                 continue;
             }
+            // Anything else (EISDIR, EIO) would repeat forever: stop, keeping what was stored.
+            Err(e) => {
+                flush(&mut pending, &mut errors, &mut summary, err)?;
+                progress(&summary, bytes);
+                return Err(anyhow::Error::from(e)
+                    .context(format!("reading the input stopped at line {number}")));
+            }
         };
         bytes += line.len() as u64 + 1;
+        // A UTF-8 byte-order mark (as Windows tools write) is not part of the first record.
+        if number == 1 && line.starts_with('\u{feff}') {
+            line.drain(..'\u{feff}'.len_utf8());
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -679,26 +769,131 @@ pub fn export(data_dir: &Path, path: Option<&Path>, out: &mut dyn Write) -> Resu
     Ok(())
 }
 
-/// Parses `--as-of`: a date (end of that day in Japan) or Unix milliseconds.
+/// Parses `--as-of`: a date (end of that day in Japan) or an RFC 3339 time
+/// (`2026-01-05T10:30:00+09:00`, `…Z`). A bare number is refused: Unix seconds and
+/// milliseconds cannot be told apart, and a wrong guess answers as of another decade.
 pub fn parse_as_of(text: &str) -> Result<Hlc> {
-    if let Ok(ms) = text.parse::<u64>() {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(
+            "--as-of {text}: a bare number is not a date; give YYYY-MM-DD or an RFC 3339 time such as 2026-01-05T10:30:00+09:00"
+        );
+    }
+    if text.len() > 10 {
+        let ms = parse_rfc3339_ms(text).with_context(|| {
+            format!("--as-of {text}: expected an RFC 3339 time such as 2026-01-05T10:30:00+09:00")
+        })?;
         return Ok(Hlc::end_of_ms(ms));
     }
-    let date: Date = text.parse().context("--as-of must be YYYY-MM-DD or Unix milliseconds")?;
+    let date: Date = text
+        .parse()
+        .with_context(|| format!("--as-of {text}: expected YYYY-MM-DD or an RFC 3339 time"))?;
     Ok(Hlc::end_of_ms(date.add_days(1).start_unix_ms_jst().saturating_sub(1)))
+}
+
+/// Parses an RFC 3339 time (`YYYY-MM-DDThh:mm:ss[.fraction](Z|±hh:mm)`) to Unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Result<u64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || !matches!(bytes[10], b'T' | b't' | b' ') {
+        bail!("not an RFC 3339 time");
+    }
+    let date: Date = text[..10].parse()?;
+    let field = |at: usize, max: u64| -> Result<u64> {
+        let value: u64 = text
+            .get(at..at + 2)
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .context("not an RFC 3339 time")?;
+        if value > max {
+            bail!("not an RFC 3339 time: a field is out of range");
+        }
+        Ok(value)
+    };
+    if bytes[13] != b':' || bytes[16] != b':' {
+        bail!("not an RFC 3339 time");
+    }
+    let (hour, minute, second) = (field(11, 23)?, field(14, 59)?, field(17, 60)?);
+    let mut rest = &text[19..];
+    let mut millis = 0u64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            bail!("not an RFC 3339 time: empty fraction");
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse().context("not an RFC 3339 time")?;
+        rest = &fraction[digits..];
+    }
+    let offset_s: i64 = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => bail!("not an RFC 3339 time: missing the UTC offset (Z or ±hh:mm)"),
+            };
+            let offset = rest.get(1..).unwrap_or_default();
+            let (h, m) = offset
+                .split_once(':')
+                .filter(|(h, m)| h.len() == 2 && m.len() == 2)
+                .context("not an RFC 3339 time: the offset must be ±hh:mm")?;
+            let (h, m): (i64, i64) = (
+                h.parse().context("not an RFC 3339 time")?,
+                m.parse().context("not an RFC 3339 time")?,
+            );
+            if h > 23 || m > 59 {
+                bail!("not an RFC 3339 time: offset out of range");
+            }
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let utc_midnight_s = i64::from(date.0) * 86_400;
+    let local_s = utc_midnight_s + (hour * 3600 + minute * 60 + second) as i64;
+    let unix_s = local_s - offset_s;
+    if unix_s < 0 {
+        bail!("times before 1970 are not record times");
+    }
+    Ok(unix_s as u64 * 1000 + millis)
 }
 
 /// Parses the query of `shikaku check`.
 pub fn parse_query(card: Option<&str>, member: Option<&str>) -> Result<CheckQuery> {
+    Ok(parse_typed_query(card, member)?.0)
+}
+
+/// Parses a card token or a member key as a person typed it: a member key's full-width digits
+/// become ASCII and spaces around it and its parts are trimmed (see
+/// [`shikaku_core::member::normalize_typed_key`]). Returns the query and sentences saying what
+/// was normalised, for the caller to show.
+pub fn parse_typed_query(
+    card: Option<&str>,
+    member: Option<&str>,
+) -> Result<(CheckQuery, Vec<String>)> {
     match (card, member) {
-        (Some(card), None) => Ok(CheckQuery::Card(card.parse::<CardToken>()?)),
-        (None, Some(member)) => Ok(CheckQuery::Member(member.parse::<MemberKey>()?)),
+        (Some(card), None) => Ok((CheckQuery::Card(card.trim().parse::<CardToken>()?), vec![])),
+        (None, Some(member)) => {
+            let (text, changes) = shikaku_core::member::normalize_typed_key(member);
+            let key = text.parse::<MemberKey>()?;
+            let notes = changes
+                .iter()
+                .map(|change| format!("member key read as {key} ({change})"))
+                .collect();
+            Ok((CheckQuery::Member(key), notes))
+        }
         _ => bail!("give exactly one of --card or --member"),
     }
 }
 
-fn check(data_dir: &Path, args: &CheckArgs, out: &mut dyn Write) -> Result<()> {
-    let query = parse_query(args.card.as_deref(), args.member.as_deref())?;
+fn check(
+    data_dir: &Path,
+    args: &CheckArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<()> {
+    let (query, notes) = parse_typed_query(args.card.as_deref(), args.member.as_deref())?;
+    for note in notes {
+        writeln!(err, "note: {note}")?;
+    }
     let now_ms = clock::now_ms();
     let date = match &args.date {
         Some(text) => text.parse::<Date>()?,
@@ -715,7 +910,8 @@ fn check(data_dir: &Path, args: &CheckArgs, out: &mut dyn Write) -> Result<()> {
             data_dir.display()
         );
     }
-    let projection = store.projection(Replication::All)?;
+    let mut projection = store.projection(Replication::All)?;
+    projection.hold_only_known_insurers();
     let freshness = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
     let answer = projection.check(&query, date, as_of, freshness);
     if args.json {

@@ -77,8 +77,7 @@ pub fn answer(answer: &Answer) -> String {
         let _ = writeln!(s, "  insurer     {insurer}");
     }
     if let Some(coverage) = answer.coverage {
-        let end = coverage.end.map(|d| d.to_string()).unwrap_or_else(|| "open".into());
-        let _ = writeln!(s, "  coverage    {} → {end}", coverage.start);
+        let _ = writeln!(s, "  coverage    {}", coverage_text(coverage));
     }
     if let Some(reason) = answer.end_reason {
         let _ = writeln!(s, "  ended by    {}", reason_text(reason));
@@ -90,9 +89,15 @@ pub fn answer(answer: &Answer) -> String {
         (Some(category), _) => {
             let _ = writeln!(s, "  limit       {category} (shown with the patient's consent)");
         }
-        (None, true) => {
-            let _ = writeln!(s, "  limit       withheld: no consent recorded");
-        }
+        (None, true) => match answer.consent_withdrawn {
+            Some(at) => {
+                let on = Date::from_unix_ms_jst(at.physical_ms());
+                let _ = writeln!(s, "  limit       withheld: consent withdrawn on {on}");
+            }
+            None => {
+                let _ = writeln!(s, "  limit       withheld: no consent recorded");
+            }
+        },
         _ => {}
     }
     if let Some(successor) = &answer.successor {
@@ -118,6 +123,20 @@ pub fn answer(answer: &Answer) -> String {
     };
     let _ = writeln!(s, "  knowledge   {as_of} · {} events held · {sync}", k.events_held);
     s
+}
+
+/// A coverage period for people: the last covered day (inclusive), not the loss date the
+/// half-open interval ends with — "until 2026-01-15" next to INVALID on the 15th reads as
+/// covered on the 15th. The JSON keeps the half-open dates.
+pub fn coverage_text(coverage: shikaku_core::DateRange) -> String {
+    match coverage.end {
+        Some(end) => format!(
+            "{} to {} (last covered day; coverage lost from {end})",
+            coverage.start,
+            end.add_days(-1)
+        ),
+        None => format!("{} onwards (no end recorded)", coverage.start),
+    }
 }
 
 /// One line describing a conflict.

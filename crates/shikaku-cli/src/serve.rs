@@ -82,6 +82,21 @@ pub fn load_tls(data_dir: &Path, role: Role) -> Result<tls::TlsFiles> {
     Ok(tls_files)
 }
 
+/// Waits for a shutdown request: Ctrl-C (SIGINT) or SIGTERM, the signal systemd, Docker and
+/// Kubernetes stop services with. Both lead to the same clean shutdown. Returns the signal's
+/// name.
+pub async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result.context("listening for Ctrl-C")?;
+            Ok("SIGINT")
+        }
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
 /// `shikaku hub serve`: serves the insurers given plus every insurer in the ledger.
 pub fn hub_serve(
     data_dir: &Path,
@@ -124,8 +139,9 @@ pub fn hub_serve(
             None => None,
         };
         out.flush()?;
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        writeln!(out, "shutting down")?;
+        let signal = shutdown_signal().await?;
+        writeln!(out, "shutting down ({signal})")?;
+        out.flush()?;
         if let Some(server) = server {
             server.abort();
         }
@@ -218,41 +234,160 @@ pub fn clinic_serve(
         )?;
         out.flush()?;
         let server = tokio::spawn(serve_api(listener, runtime.clone()));
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        writeln!(out, "shutting down")?;
+        let signal = shutdown_signal().await?;
+        writeln!(out, "shutting down ({signal})")?;
+        out.flush()?;
         server.abort();
         service.shutdown().await;
         Ok(())
     })
 }
 
-/// `POST /v1/declarations`: a patient told "invalid" says they just changed insurer.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeclarationBody {
-    card: Option<String>,
-    member: Option<String>,
-    /// The insurer the patient says they joined, if known.
-    declared_insurer: Option<String>,
-    /// The date the new coverage started (YYYY-MM-DD).
-    declared_start: String,
+/// An API error as every endpoint answers it: `{"error": CODE, "field": NAME?, "message":
+/// TEXT}` with its status (protocol/API.md lists the codes).
+#[derive(Debug)]
+pub struct ApiError {
+    status: axum::http::StatusCode,
+    code: &'static str,
+    field: Option<String>,
+    message: String,
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckParams {
-    card: Option<String>,
-    member: Option<String>,
-    date: Option<String>,
-    /// `json` (default): shikaku's answer; `fhir`: a FHIR R4 CoverageEligibilityResponse.
-    format: Option<String>,
+impl ApiError {
+    /// A 400 about one parameter or body field.
+    fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            field: Some(field.to_owned()),
+            message: format!("{field}: {message}"),
+        }
+    }
+
+    /// An error of `status` with `code`, not about one field.
+    fn new(status: axum::http::StatusCode, code: &'static str, message: String) -> ApiError {
+        ApiError { status, code, field: None, message }
+    }
+
+    fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = code;
+        self
+    }
 }
 
-/// The card or member key of an API request (exactly one of them).
-fn api_query(card: Option<&str>, member: Option<&str>) -> Result<shikaku_core::CheckQuery> {
-    match (card, member) {
-        (Some(_), None) | (None, Some(_)) => crate::parse_query(card, member),
-        _ => bail!("give exactly one of card (a 64-hex card token) or member (INSURER:SYMBOL:NUMBER:BRANCH)"),
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            body["field"] = serde_json::Value::String(field);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// The parameters of a query string, each name at most once and only `allowed` names.
+fn query_params(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut params = std::collections::BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&name.as_ref()) {
+            return Err(ApiError::invalid(
+                &name,
+                format!("unknown parameter (expected {})", allowed.join(", ")),
+            )
+            .with_code("unknown_field"));
+        }
+        if params.insert(name.to_string(), value.into_owned()).is_some() {
+            return Err(ApiError::invalid(&name, "given more than once"));
+        }
+    }
+    Ok(params)
+}
+
+/// A JSON request body: the content type must be `application/json` (415 otherwise), the
+/// body a JSON object with only `allowed` fields, each a string (400 naming the field).
+fn json_body(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    use axum::http::StatusCode;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be application/json, not {content_type:?}"),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body must be a JSON object".to_owned(),
+        ));
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    for (name, value) in object {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                &name,
+                format!("unknown field (expected {})", allowed.join(", ")),
+            )
+            .with_code("unknown_field"));
+        }
+        match value {
+            serde_json::Value::String(text) => {
+                fields.insert(name, text);
+            }
+            serde_json::Value::Null => {}
+            _ => return Err(ApiError::invalid(&name, "must be a string")),
+        }
+    }
+    Ok(fields)
+}
+
+/// The card or member key of an API request (exactly one of them), with notes on what was
+/// normalised in a typed member key.
+fn api_query(
+    fields: &std::collections::BTreeMap<String, String>,
+) -> Result<(shikaku_core::CheckQuery, Vec<String>), ApiError> {
+    match (fields.get("card"), fields.get("member")) {
+        (Some(card), None) => {
+            crate::parse_typed_query(Some(card), None).map_err(|e| ApiError::invalid("card", e))
+        }
+        (None, Some(member)) => crate::parse_typed_query(None, Some(member))
+            .map_err(|e| ApiError::invalid("member", e)),
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "member",
+            "give exactly one of card (a 64-hex card token) or member (INSURER:SYMBOL:NUMBER:BRANCH), not both",
+        )),
+        (None, None) => Err(ApiError::invalid(
+            "member",
+            "missing: give card (a 64-hex card token) or member (INSURER:SYMBOL:NUMBER:BRANCH)",
+        )
+        .with_code("missing_field")),
+    }
+}
+
+/// The member key or card token a refusal names (for a 404).
+fn query_text(query: &shikaku_core::CheckQuery) -> (&'static str, String) {
+    match query {
+        shikaku_core::CheckQuery::Card(card) => ("card", card.to_string()),
+        shikaku_core::CheckQuery::Member(key) => ("member", key.to_string()),
     }
 }
 
@@ -269,34 +404,41 @@ pub async fn serve_api(
 /// the self-declaration flow.
 pub const RECEPTION_PAGE: &str = include_str!("reception.html");
 
+/// The body limit of the clinic API's POST requests.
+pub const CLINIC_BODY_MAX: usize = 2 << 20;
+
 /// The clinic's local API.
 pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
-    use axum::extract::{Query, State};
-    use axum::http::StatusCode;
+    use axum::extract::{RawQuery, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
     use axum::routing::get;
     use axum::Json;
 
     async fn check(
         State(rt): State<Arc<Runtime>>,
-        Query(p): Query<CheckParams>,
-    ) -> Result<axum::response::Response, (StatusCode, String)> {
-        use axum::response::IntoResponse;
-        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
-        let fhir = match p.format.as_deref() {
+        RawQuery(raw): RawQuery,
+    ) -> Result<axum::response::Response, ApiError> {
+        let p = query_params(raw.as_deref(), &["card", "member", "date", "format"])?;
+        let fhir = match p.get("format").map(String::as_str) {
             None | Some("json") => false,
             Some("fhir") => true,
             Some(other) => {
-                return Err(bad(anyhow::anyhow!("format must be json or fhir, got {other:?}")))
+                return Err(ApiError::invalid(
+                    "format",
+                    format!("must be json or fhir, got {other:?}"),
+                ))
             }
         };
-        let query = api_query(p.card.as_deref(), p.member.as_deref()).map_err(bad)?;
-        let date = match p.date.as_deref() {
-            Some(text) => text.parse::<Date>().map_err(|e| bad(e.into()))?,
+        let (query, notes) = api_query(&p)?;
+        let date = match p.get("date") {
+            Some(text) => text.parse::<Date>().map_err(|e| ApiError::invalid("date", e))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
         };
-        let (answer, now) = rt
-            .with_node(|n, now| n.check(now, &query, date).map(|a| (a, now)))
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+        let (answer, now) =
+            rt.with_node(|n, now| n.check(now, &query, date).map(|a| (a, now))).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
         if fhir {
             let resource = crate::fhir::coverage_eligibility_response(&answer, now);
             return Ok((
@@ -306,37 +448,126 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 .into_response());
         }
         let text = render::answer(&answer);
-        Ok(Json(serde_json::json!({ "answer": answer, "text": text })).into_response())
+        let mut body = serde_json::json!({ "answer": answer, "text": text });
+        if !notes.is_empty() {
+            body["notes"] = serde_json::json!(notes);
+        }
+        Ok(Json(body).into_response())
     }
 
     async fn declare(
         State(rt): State<Arc<Runtime>>,
-        Json(d): Json<DeclarationBody>,
-    ) -> Result<(StatusCode, Json<serde_json::Value>), (StatusCode, String)> {
-        let bad = |e: anyhow::Error| (StatusCode::BAD_REQUEST, format!("{e:#}\n"));
-        let query = api_query(d.card.as_deref(), d.member.as_deref()).map_err(bad)?;
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+        let d =
+            json_body(&headers, &body, &["card", "member", "declared_insurer", "declared_start"])?;
+        let (query, _) = api_query(&d)?;
         let declared_start = d
-            .declared_start
+            .get("declared_start")
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "declared_start",
+                    "missing: the date the new coverage started (YYYY-MM-DD)",
+                )
+                .with_code("missing_field")
+            })?
             .parse::<Date>()
-            .map_err(|e| bad(anyhow::Error::from(e).context("declared_start")))?;
-        let declared_insurer = match d.declared_insurer.as_deref() {
+            .map_err(|e| ApiError::invalid("declared_start", e))?;
+        let declared_insurer = match d.get("declared_insurer") {
             Some(text) => Some(
-                text.parse::<InsurerNumber>()
-                    .map_err(|e| bad(anyhow::Error::from(e).context("declared_insurer")))?,
+                text.trim()
+                    .parse::<InsurerNumber>()
+                    .map_err(|e| ApiError::invalid("declared_insurer", e))?,
             ),
             None => None,
         };
         let body = shikaku_core::EventBody::SelfDeclarationRecorded {
-            query,
+            query: query.clone(),
             declared_insurer,
             declared_start,
         };
         let event = rt
-            .with_node(|n, now| n.record(now, body))
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+            .with_node(|n, now| {
+                // A declaration follows a check of a patient who is present: one about a card or
+                // member this clinic has no record of at all is a typing error.
+                if !n.has_record_of(&query)? {
+                    return Ok(None);
+                }
+                n.record(now, body).map(Some)
+            })
+            .map_err(|e: shikaku_node::NodeError| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+        let Some(event) = event else {
+            let (field, text) = query_text(&query);
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "unknown_member",
+                field: Some(field.to_owned()),
+                message: format!(
+                    "{field} {text}: this clinic has no record of it (no event and no check): check the patient first"
+                ),
+            });
+        };
         Ok((
             StatusCode::CREATED,
             Json(serde_json::json!({ "declaration": event.id().to_string() })),
+        ))
+    }
+
+    async fn consent(
+        State(rt): State<Arc<Runtime>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+        let d = json_body(&headers, &body, &["card", "member", "consent"])?;
+        let (query, _) = api_query(&d)?;
+        let given = match d.get("consent").map(String::as_str) {
+            Some("given") => true,
+            Some("withdrawn") => false,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "consent",
+                    format!("must be \"given\" or \"withdrawn\", got {other:?}"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid("consent", "missing: \"given\" or \"withdrawn\"")
+                    .with_code("missing_field"))
+            }
+        };
+        let recorded = rt
+            .with_node(|n, now| {
+                let Some(member) = n.member_of(&query) else { return Ok(None) };
+                let body = if given {
+                    shikaku_core::EventBody::ConsentGiven { member: member.clone() }
+                } else {
+                    shikaku_core::EventBody::ConsentWithdrawn { member: member.clone() }
+                };
+                n.record(now, body).map(|e| Some((e, member)))
+            })
+            .map_err(|e: shikaku_node::NodeError| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+        let Some((event, member)) = recorded else {
+            let (field, text) = query_text(&query);
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "unknown_member",
+                field: Some(field.to_owned()),
+                message: format!(
+                    "{field} {text}: no single member of the insurers held here matches it"
+                ),
+            });
+        };
+        Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({
+                "consent": if given { "given" } else { "withdrawn" },
+                "member": member.to_string(),
+                "event": event.id().to_string(),
+            })),
         ))
     }
 
@@ -371,7 +602,29 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/", get(|| async { axum::response::Html(RECEPTION_PAGE) }))
         .route("/v1/declarations", axum::routing::post(declare))
+        .route("/v1/consents", axum::routing::post(consent))
+        .layer(axum::extract::DefaultBodyLimit::max(CLINIC_BODY_MAX))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(runtime)
+}
+
+/// Every unknown path: a JSON 404 saying what this server is.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {} (see protocol/API.md)", uri.path()),
+    )
+}
+
+/// A known path asked with another method.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not answer {method}", uri.path()),
+    )
 }
 
 /// The node's counters in the Prometheus text format (no member data).
@@ -477,22 +730,53 @@ pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
     out
 }
 
+/// The path of a check API request with its parameters URL-encoded (a symbol may hold `&`,
+/// `+`, `%`, `#` or kanji, none of which may go into a query string as they are).
+pub fn check_path(params: &[(&str, &str)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in params {
+        query.append_pair(name, value);
+    }
+    format!("/v1/check?{}", query.finish())
+}
+
+/// The check API path asking `query` (on `date`, in `format`, when given).
+pub fn check_path_for(
+    query: &shikaku_core::CheckQuery,
+    date: Option<Date>,
+    format: Option<&str>,
+) -> String {
+    let who = match query {
+        shikaku_core::CheckQuery::Card(card) => ("card", card.to_string()),
+        shikaku_core::CheckQuery::Member(key) => ("member", key.to_string()),
+    };
+    let date = date.map(|d| d.to_string());
+    let mut params = vec![(who.0, who.1.as_str())];
+    if let Some(date) = &date {
+        params.push(("date", date));
+    }
+    if let Some(format) = format {
+        params.push(("format", format));
+    }
+    check_path(&params)
+}
+
 /// `shikaku check --node URL`: asks a running clinic node.
 pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> Result<()> {
-    let mut query = String::new();
-    if let Some(card) = &args.card {
-        query.push_str(&format!("card={card}"));
-    }
-    if let Some(member) = &args.member {
-        query.push_str(&format!("member={}", member.replace(':', "%3A")));
-    }
-    if let Some(date) = &args.date {
-        query.push_str(&format!("&date={date}"));
-    }
     if args.as_of.is_some() {
         bail!("--as-of is answered from a local ledger only (omit --node)");
     }
-    let body = http_get(url, &format!("/v1/check?{query}"))?;
+    let mut params = Vec::new();
+    if let Some(card) = &args.card {
+        params.push(("card", card.as_str()));
+    }
+    if let Some(member) = &args.member {
+        params.push(("member", member.as_str()));
+    }
+    if let Some(date) = &args.date {
+        params.push(("date", date.as_str()));
+    }
+    let body = http_get(url, &check_path(&params))?;
     let value: serde_json::Value =
         serde_json::from_str(&body).context("the node's answer is not JSON")?;
     if args.json {
@@ -500,6 +784,31 @@ pub fn check_remote(url: &str, args: &crate::CheckArgs, out: &mut dyn Write) -> 
     } else {
         write!(out, "{}", value["text"].as_str().unwrap_or_default())?;
     }
+    Ok(())
+}
+
+/// `shikaku consent --node URL`: records a consent or its withdrawal at a running clinic.
+pub fn consent_remote(args: &crate::ConsentArgs, out: &mut dyn Write) -> Result<()> {
+    let mut body = serde_json::Map::new();
+    if let Some(card) = &args.card {
+        body.insert("card".into(), card.clone().into());
+    }
+    if let Some(member) = &args.member {
+        body.insert("member".into(), member.clone().into());
+    }
+    let consent = if args.withdraw { "withdrawn" } else { "given" };
+    body.insert("consent".into(), consent.into());
+    let body = serde_json::Value::Object(body).to_string();
+    let (status, reply) = http_request(&args.node, "POST", "/v1/consents", Some(&body))?;
+    if status != 201 {
+        bail!("{}", status_error(&args.node, "/v1/consents", status, &reply));
+    }
+    let reply: serde_json::Value =
+        serde_json::from_str(&reply).context("the node's reply is not JSON")?;
+    let member = reply["member"].as_str().unwrap_or_default();
+    let event = reply["event"].as_str().unwrap_or_default();
+    let what = if args.withdraw { "consent withdrawn" } else { "consent given" };
+    writeln!(out, "{what} for {member} (event {})", event.get(..12).unwrap_or(event))?;
     Ok(())
 }
 
@@ -590,18 +899,29 @@ pub fn hub_import(
         .unwrap_or_else(|_| "hub".to_owned());
     let mut config = NodeConfig::new(Role::Hub, &name);
     config.insurer_keys = insurer_keys;
-    let (mut node, _lock) = open_node(data_dir, config)?;
-    node.serve_held_insurers();
+    // The input first: an unreadable one is refused before the data directory is touched.
     let (reader, total) = crate::open_input(file)?;
+    let existed_before = data_dir.exists();
+    let (mut node, lock) = open_node(data_dir, config)?;
+    node.serve_held_insurers();
     let bar = Progress::new(err, terminal, total);
-    let node = std::cell::RefCell::new(&mut node);
+    let cell = std::cell::RefCell::new(&mut node);
     let summary = crate::import_stream(
         std::io::BufReader::new(reader),
         &mut &bar,
-        &|e| node.borrow().import_refusal(e),
-        &mut |good| import_into(&mut node.borrow_mut(), crate::clock::now_ms(), good),
+        &|e| cell.borrow().import_refusal(e),
+        &mut |good| import_into(&mut cell.borrow_mut(), crate::clock::now_ms(), good),
         &mut |s, bytes| bar.update(bytes, s.handled(), false),
-    )?;
+    );
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(e) => {
+            let stored_nothing = node.ledger().is_empty();
+            drop((node, lock));
+            crate::remove_if_created_empty(data_dir, existed_before, stored_nothing);
+            return Err(e);
+        }
+    };
     bar.update(total.unwrap_or(0), summary.handled(), true);
     Ok(summary)
 }
@@ -659,7 +979,7 @@ pub fn hub_import_remote(
         bytes += chunk.len() as u64;
         let (status, body) = http_request(url, "POST", "/v1/import", Some(&chunk))?;
         if status != 200 {
-            bail!("the hub refused the import ({status}): {}", body.trim());
+            bail!("the hub refused the import: {}", status_error(url, "/v1/import", status, &body));
         }
         let reply: serde_json::Value =
             serde_json::from_str(&body).context("the hub's import reply is not JSON")?;
@@ -685,9 +1005,30 @@ pub fn hub_import_remote(
 pub fn http_get(url: &str, path: &str) -> Result<String> {
     let (status, body) = http_request(url, "GET", path, None)?;
     if status != 200 {
-        bail!("the node answered {status}: {}", body.trim());
+        bail!("{}", status_error(url, path, status, &body));
     }
     Ok(body)
+}
+
+/// What to tell a person about a non-success answer: the URL asked, the status, the server's
+/// message (the `message` of a JSON error body, else its text), and for a 404 that does not
+/// come from a shikaku API, that the address is probably not a shikaku node.
+pub fn status_error(url: &str, path: &str, status: u16, body: &str) -> String {
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let message = json
+        .as_ref()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().chars().take(300).collect());
+    let from_shikaku = json.as_ref().is_some_and(|v| v["error"].is_string());
+    let target = format!("{}{path}", url.trim_end_matches('/'));
+    match status {
+        404 if !from_shikaku || json.as_ref().is_some_and(|v| v["error"] == "not_found") => format!(
+            "{target} answered 404 Not Found: {url} is probably not a shikaku node's API (a clinic's `clinic serve --api` address, or a hub's `hub serve --api`){}",
+            if message.is_empty() { String::new() } else { format!(" ({message})") }
+        ),
+        _ if message.is_empty() => format!("{target} answered {status}"),
+        _ => format!("{target} answered {status}: {message}"),
+    }
 }
 
 /// One HTTP/1.1 request (`body` sent as JSON) to the node at `url` (`http://HOST:PORT`);

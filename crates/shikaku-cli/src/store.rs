@@ -68,7 +68,10 @@ pub fn take_lock(dir: &Path) -> Result<std::fs::File> {
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
-        bail!("the ledger in {} is in use by another shikaku process", dir.display());
+        bail!(
+            "the ledger in {} is in use by another shikaku process; if a clinic node is serving it, ask that node instead: shikaku check --node http://ADDR (its --api address)",
+            dir.display()
+        );
     }
     Ok(lock)
 }

@@ -104,6 +104,11 @@ pub struct Answer {
     pub limit_category: Option<String>,
     /// A limit category exists but is withheld for lack of consent.
     pub limit_category_withheld: bool,
+    /// When withheld because the patient withdrew their consent: the record time of the
+    /// withdrawal (absent when consent was never given). Derived from the events that the
+    /// hash already covers, so it is not hashed itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent_withdrawn: Option<Hlc>,
     /// For `invalid_newer_exists`: the member key of the newer coverage.
     pub successor: Option<MemberKey>,
     /// For `pending_successor`: the self-declaration event.

@@ -685,6 +685,12 @@ fn check_text(field: &'static str, text: &str) -> Result<(), EventError> {
     if text.chars().any(|c| c.is_control()) {
         return Err(field_error(field, "contains control characters"));
     }
+    if text.chars().any(crate::member::is_format_char) {
+        return Err(field_error(
+            field,
+            "contains invisible format characters (bidi overrides or zero-width characters)",
+        ));
+    }
     Ok(())
 }
 

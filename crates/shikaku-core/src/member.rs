@@ -34,7 +34,7 @@ pub enum MemberKeyError {
     #[error("member key {0:?} must be INSURER:SYMBOL:NUMBER:BRANCH (symbol may be empty)")]
     KeyFormat(String),
     /// The symbol or number is too long or holds forbidden characters.
-    #[error("member key {field} {value:?} must be at most 20 characters without ':', spaces or control characters")]
+    #[error("member key {field} {value:?} must be at most 20 characters without ':', spaces, control or invisible format characters")]
     Field {
         /// "symbol" or "number".
         field: &'static str,
@@ -189,7 +189,85 @@ pub struct MemberKey {
 
 fn valid_field(value: &str) -> bool {
     value.chars().count() <= MEMBER_FIELD_CHARS_MAX
-        && !value.chars().any(|c| c == ':' || c.is_whitespace() || c.is_control())
+        && !value
+            .chars()
+            .any(|c| c == ':' || c.is_whitespace() || c.is_control() || is_format_char(c))
+}
+
+/// Whether `c` is an invisible Unicode format character (general category Cf): bidirectional
+/// overrides and isolates (U+202A–U+202E, U+2066–U+2069) that make text display in another
+/// order than it is stored, zero-width characters (U+200B–U+200F, U+2060–U+2064, U+FEFF), the
+/// soft hyphen, and the other Cf code points. Two keys that look the same must be the same, so
+/// keys and names refuse them.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
+/// What [`normalize_typed_key`] changed in a key a person typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyNormalization {
+    /// Full-width digits or colons (`１００`, `：`) became ASCII.
+    FullWidth,
+    /// Spaces around the key or around its parts were removed.
+    Trimmed,
+}
+
+impl fmt::Display for KeyNormalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyNormalization::FullWidth => "full-width digits read as ASCII digits",
+            KeyNormalization::Trimmed => "surrounding spaces removed",
+        })
+    }
+}
+
+/// Normalises a member key as a person types it (reception software, a web form, a
+/// terminal): full-width digits and colons become ASCII, spaces (also the ideographic space
+/// U+3000) around the key and around each of its parts are trimmed. Returns the text to parse
+/// and what was changed, so the caller can say so. Nothing else is touched: a symbol's kanji
+/// stay as they are, and format characters are left for the parser to refuse.
+pub fn normalize_typed_key(text: &str) -> (String, Vec<KeyNormalization>) {
+    let mut changes = Vec::new();
+    let widened: String = text
+        .chars()
+        .map(|c| match c {
+            '\u{FF10}'..='\u{FF19}' => char::from(b'0' + (u32::from(c) - 0xFF10) as u8),
+            '\u{FF1A}' => ':',
+            other => other,
+        })
+        .collect();
+    if widened != text {
+        changes.push(KeyNormalization::FullWidth);
+    }
+    let trimmed: Vec<&str> = widened.split(':').map(str::trim).collect();
+    let joined = trimmed.join(":");
+    if joined != widened {
+        changes.push(KeyNormalization::Trimmed);
+    }
+    (joined, changes)
 }
 
 impl MemberKey {

@@ -257,7 +257,8 @@ struct MemberView {
     periods: Vec<Period>,
     copays: Vec<(Date, u8, u32)>,
     limits: Vec<(Date, [u8; 3], u32)>,
-    consent: Option<(bool, u32)>,
+    /// The latest consent fact: given or withdrawn, its event, its record time.
+    consent: Option<(bool, u32, Hlc)>,
     cards: Vec<u32>,
     conflicts: Vec<Conflict>,
 }
@@ -271,6 +272,7 @@ struct Evaluation {
     copay: Option<u8>,
     limit: Option<[u8; 3]>,
     limit_withheld: bool,
+    consent_withdrawn: Option<Hlc>,
     end_reason: Option<EndReason>,
     decided: Vec<u32>,
     conflicts: Vec<Conflict>,
@@ -309,6 +311,21 @@ impl Projection {
     /// Which insurers this projection holds.
     pub fn replication(&self) -> &Replication {
         &self.replication
+    }
+
+    /// Insurers with at least one member known here (from any event naming one of their
+    /// members).
+    pub fn insurers_known(&self) -> BTreeSet<InsurerNumber> {
+        (0..self.members.len() as u32).filter_map(|m| self.insurer_of(m)).collect()
+    }
+
+    /// Treats the insurers known here as the only ones held: a local ledger imported from
+    /// some insurers' streams then answers `unknown` for a member of any other insurer (it
+    /// never held that insurer, so "no match" would be a claim it cannot make), as a clinic's
+    /// subscription does. The fold itself never filters by replication, so this changes
+    /// only how absences are answered.
+    pub fn hold_only_known_insurers(&mut self) {
+        self.replication = Replication::Insurers(self.insurers_known());
     }
 
     /// Plants a known bug (voids ignored) so the simulator's tests can show they catch it.
@@ -659,7 +676,7 @@ impl Projection {
                         view.cards.push(card);
                     }
                 }
-                FactKind::Consent(given) => view.consent = Some((given, fact.event)),
+                FactKind::Consent(given) => view.consent = Some((given, fact.event, fact.hlc)),
             }
         }
         // Facts are in (hlc, id) order; periods are needed in start-date order, ties by that.
@@ -811,12 +828,16 @@ impl Projection {
                     .max_by(|a, b| a.0.cmp(&b.0).then(Ordering::Less))
                 {
                     match view.consent {
-                        Some((true, consent)) => {
+                        Some((true, consent, _)) => {
                             eval.limit = Some(limit.1);
                             eval.decided.push(limit.2);
                             eval.decided.push(consent);
                         }
-                        _ => eval.limit_withheld = true,
+                        Some((false, _, withdrawn)) => {
+                            eval.limit_withheld = true;
+                            eval.consent_withdrawn = Some(withdrawn);
+                        }
+                        None => eval.limit_withheld = true,
                     }
                 }
             }
@@ -918,6 +939,7 @@ impl Projection {
             copay_tenths: None,
             limit_category: None,
             limit_category_withheld: false,
+            consent_withdrawn: None,
             successor: None,
             declaration: None,
             decided_by: Vec::new(),
@@ -956,6 +978,7 @@ impl Projection {
         answer.limit_category =
             eval.limit.map(|code| String::from_utf8_lossy(&code).trim_end_matches('\0').to_owned());
         answer.limit_category_withheld = eval.limit_withheld;
+        answer.consent_withdrawn = eval.consent_withdrawn;
         answer.conflicts.extend(eval.conflicts.iter().cloned());
     }
 

@@ -15,6 +15,6 @@ mod log;
 pub mod storage;
 
 pub use crate::log::{
-    stream_of, AppendOutcome, Damage, ExpectedVersion, Log, LogConfig, LogError, LogStats,
-    Recovery, Subscription, SubscriptionBatch, VerifyReport,
+    stream_of, stream_of_query, AppendOutcome, Damage, ExpectedVersion, Log, LogConfig, LogError,
+    LogStats, Recovery, Subscription, SubscriptionBatch, VerifyReport,
 };

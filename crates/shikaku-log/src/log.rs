@@ -179,6 +179,15 @@ pub fn stream_of(signed: &SignedEvent) -> String {
     out
 }
 
+/// The stream of everything about the card or member a query names (the stream its check
+/// records and the member's facts go to).
+pub fn stream_of_query(query: &shikaku_core::CheckQuery) -> String {
+    match query {
+        shikaku_core::CheckQuery::Member(member) => format!("member:{member}"),
+        shikaku_core::CheckQuery::Card(card) => format!("card:{card}"),
+    }
+}
+
 /// Writes the stream name of an event into `out` (cleared first), without allocating when
 /// `out` has room.
 fn write_stream(out: &mut String, signed: &SignedEvent) {

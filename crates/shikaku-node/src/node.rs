@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use shikaku_core::event::{AnswerHash, CheckMode};
 use shikaku_core::{
-    verify_all, Answer, CheckQuery, Date, Event, EventBody, EventError, EventId, Freshness, Hlc,
-    HlcClock, InsurerNumber, Namespace, NodeId, Projection, Replication, SignedEvent, Signer,
-    UnverifiedEvent,
+    verify_all, Answer, AnswerCode, CheckQuery, Date, Event, EventBody, EventError, EventId,
+    Freshness, Hlc, HlcClock, InsurerNumber, MemberKey, Namespace, NodeId, Projection, Replication,
+    SignedEvent, Signer, UnverifiedEvent,
 };
 use shikaku_log::storage::Directory;
 use shikaku_log::{Log, LogConfig, LogError};
@@ -671,8 +671,11 @@ impl<D: Directory> Node<D> {
         })
     }
 
-    /// Whether a clinic currently has a session in which every granted namespace's complete
-    /// receipt matched.
+    /// Whether a clinic is *online*: it has a session with the hub whose last complete receipt
+    /// matched this clinic's set of the session's namespaces, where a difference explained by
+    /// this clinic's own records not yet acknowledged keeps the state it had (the receipt that
+    /// follows their acknowledgement decides). Live pushes keep such a session current. This
+    /// is the `online` mode recorded in checks; see protocol/API.md.
     pub fn in_sync(&self) -> bool {
         self.conns.values().any(|c| matches!(&c.state, SessionState::Clinic(s) if s.in_sync))
     }
@@ -1661,8 +1664,8 @@ impl<D: Directory> Node<D> {
         let matches = local.count() == r.count && local.fingerprint() == r.fingerprint;
         let local_own_max = self.own.keys().next_back().copied().unwrap_or(0);
         let Some(session) = self.clinic_session_mut(conn) else { return Ok(()) };
-        session.in_sync = matches;
         if matches {
+            session.in_sync = true;
             for rep in session.repairs.values_mut() {
                 rep.attempts = 0;
             }
@@ -1671,10 +1674,14 @@ impl<D: Directory> Node<D> {
         }
         // Our own events still on their way to the hub may explain the difference: wait for the
         // receipt that follows their acknowledgement before reconciling anything (found by the
-        // simulator: reconciling every namespace here was pure waste).
+        // simulator: reconciling every namespace here was pure waste). Nor does this clinic's
+        // own upload lag make it any less current in what the hub sends it: a session that was
+        // in sync stays so (a check recorded while the previous record was still in flight was
+        // otherwise recorded as offline, with staleness 0).
         if session.acked < local_own_max {
             return Ok(());
         }
+        session.in_sync = false;
         self.counters.receipt_mismatches += 1;
         self.log(
             Level::Info,
@@ -1952,6 +1959,37 @@ impl<D: Directory> Node<D> {
             })
             .max()
             .unwrap_or(0)
+    }
+
+    /// Whether this node holds anything about the card or member `query` names: an event of
+    /// its stream (the member's facts, this clinic's checks and declarations by that card or
+    /// key) or, for a card, a link to a member.
+    pub fn has_record_of(&self, query: &CheckQuery) -> Result<bool, NodeError> {
+        if self.log.stream_version(&shikaku_log::stream_of_query(query))? > 0 {
+            return Ok(true);
+        }
+        Ok(matches!(query, CheckQuery::Card(_)) && self.member_of_card(query).is_some())
+    }
+
+    /// The member a query names, when it names exactly one this node knows: a member key this
+    /// node has a record of, or the member a card is linked to (none for a card linked to
+    /// several members).
+    pub fn member_of(&self, query: &CheckQuery) -> Option<MemberKey> {
+        match query {
+            CheckQuery::Member(key) => {
+                self.has_record_of(query).ok().filter(|known| *known).map(|_| key.clone())
+            }
+            CheckQuery::Card(_) => self.member_of_card(query),
+        }
+    }
+
+    fn member_of_card(&self, query: &CheckQuery) -> Option<MemberKey> {
+        // Links do not depend on the service date: any date answers which member it names.
+        let answer = self.projection.check(query, Date(0), Hlc(u64::MAX), Freshness::default());
+        match answer.code {
+            AnswerCode::MultipleMatches => None,
+            _ => answer.member,
+        }
     }
 
     /// Signs and stores an event in this node's own namespace (clinic), e.g. a
