@@ -130,7 +130,7 @@ pub(crate) fn cast(d: &Deployment, date: Date) -> (CardToken, MemberKey, MemberK
                 continue;
             }
             let a = p.check(&CheckQuery::Member(member.clone()), date, Hlc(u64::MAX), fresh);
-            if a.code == AnswerCode::Invalid && a.conflicts.is_empty() {
+            if a.code == AnswerCode::Invalid && a.conflicts.is_empty() && a.end_reason.is_some() {
                 invalid = Some(member.clone());
             }
         }

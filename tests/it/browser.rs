@@ -189,7 +189,14 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     assert_eq!(b.text("code"), "VALID 有効");
     assert_eq!(b.text("insurer"), member.insurer.to_string());
     assert_eq!(b.text("copay"), "30%");
-    assert!(b.text("coverage").contains('→'), "{}", b.text("coverage"));
+    assert!(b.text("coverage").contains(" – "), "{}", b.text("coverage"));
+    assert_eq!(b.text("end-reason"), "—", "a valid coverage has not ended");
+    assert_eq!(b.text("conflicts"), "—");
+    assert_eq!(
+        b.eval("getComputedStyle(document.getElementById('consent-row')).display"),
+        json!("block"),
+        "the consent checkbox is offered for an identified member"
+    );
     assert_eq!(b.text("knowledge"), "current (in sync with the hub)");
     assert_eq!(b.eval("document.getElementById('banner').className"), json!(""));
 
@@ -217,6 +224,10 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     // The self-declaration flow: INVALID → the form appears → recorded → PENDING SUCCESSOR.
     b.check(&invalid.to_string(), date);
     assert_eq!(b.text("code"), "INVALID 無効");
+    // People read the last covered day, not the (exclusive) loss date, and why it ended.
+    let coverage = b.text("coverage");
+    assert!(coverage.ends_with("(last covered day)"), "{coverage}");
+    assert_ne!(b.text("end-reason"), "—", "the end reason is shown");
     assert_eq!(
         b.eval("getComputedStyle(document.getElementById('declare')).display"),
         json!("block")

@@ -143,6 +143,25 @@ impl World {
         }
     }
 
+    /// Moves at most one frame on every link: clinic → hub when `up`, else hub → clinic
+    /// (frames not moved stay in flight).
+    pub fn step(&mut self, up: bool) {
+        for i in 0..self.clinics.len() {
+            let Some(conn) = self.links[i] else { continue };
+            if up {
+                if let Some(frame) = self.clinics[i].poll_transmit(self.now_ms, conn) {
+                    deliver(&mut self.hub, self.now_ms, conn, &frame);
+                }
+            } else if let Some(frame) = self.hub.poll_transmit(self.now_ms, conn) {
+                deliver(&mut self.clinics[i], self.now_ms, conn, &frame);
+            }
+        }
+        while self.hub.poll_event().is_some() {}
+        for c in &mut self.clinics {
+            while c.poll_event().is_some() {}
+        }
+    }
+
     /// A check at clinic `i` for a member of the subscribed insurer.
     pub fn check(
         &mut self,

@@ -308,6 +308,22 @@ pub struct ConsentArgs {
     pub node: String,
 }
 
+/// Installs the service log: lines on standard error, each with its RFC 3339 time (UTC) and
+/// level, at the level `SHIKAKU_LOG` names (`warn`, `info` (default), `debug`). Call once,
+/// from a binary's `main`.
+pub fn init_logging() {
+    let level = match shikaku_net::runtime::log_level_from_env() {
+        shikaku_node::Level::Warn => tracing::Level::WARN,
+        shikaku_node::Level::Info => tracing::Level::INFO,
+        shikaku_node::Level::Debug => tracing::Level::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .try_init();
+}
+
 /// Runs the command line with `args` (including the program name), writing to `out` and
 /// `err`. Returns the process exit status.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32

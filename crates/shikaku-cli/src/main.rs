@@ -5,6 +5,7 @@ static ALLOCATOR: shikaku_cli::alloc_counter::CountingAllocator =
     shikaku_cli::alloc_counter::CountingAllocator;
 
 fn main() {
+    shikaku_cli::init_logging();
     // Unlocked handles: the running services' tasks log to standard error from other threads,
     // so the main thread must not hold its lock for the process's lifetime.
     let code =

@@ -46,8 +46,12 @@ pub struct Report {
     /// Events the clinics did not have when they answered (recorded later, or not yet
     /// received) that decide those checks' answers now and change them.
     pub retroactive: Vec<Retroactive>,
-    /// Conflicts waiting for an insurer's decision.
+    /// Conflicts waiting for an insurer's decision: those of the insurers' facts, and those
+    /// met by the clinics' checks (a card linked to members of two insurers).
     pub conflicts: Vec<Conflict>,
+    /// Checks that relied on a card link later revoked as a wrong-person linkage: which wrong
+    /// links were actually used, where and when.
+    pub revoked_link_uses: Vec<RevokedLinkUse>,
     /// Clinics, stalest first.
     pub clinics: Vec<ClinicRow>,
 }
@@ -164,6 +168,20 @@ pub struct Retroactive {
     pub checks: Vec<EventId>,
 }
 
+/// A check answered through a card link that was later revoked as a wrong-person linkage.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokedLinkUse {
+    /// The check.
+    #[serde(flatten)]
+    pub check: CheckRef,
+    /// The member the revoked link pointed to (the wrong person).
+    pub linked_member: MemberKey,
+    /// The revocation event.
+    pub revocation: EventId,
+    /// When the link was revoked (Unix ms).
+    pub revoked_ms: u64,
+}
+
 /// One clinic's row.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClinicRow {
@@ -183,7 +201,8 @@ pub struct ClinicRow {
     pub last_check_ms: Option<u64>,
     /// Hub position its knowledge had reached at its last check.
     pub last_hub_position: Option<u64>,
-    /// At its last check: seconds since the first hub event it had not yet received.
+    /// At its last check: for how long the hub had held the first event of this clinic's
+    /// insurers that it had not yet received (0 when it had everything the hub held).
     pub staleness_at_last_check_s: u64,
     /// The worst such staleness over all its checks.
     pub max_staleness_s: u64,
@@ -257,6 +276,18 @@ fn action_text(billed: Option<Billing>, due: Billing) -> String {
     }
 }
 
+/// What to do about a check answered `unknown` that the truth now answers as covered.
+fn unknown_action_text(due: Billing) -> String {
+    match due.insurer {
+        Some(insurer) => format!(
+            "answered unknown, covered by insurer {insurer}: if the patient paid in full, refund {}/10 and claim {}/10 from insurer {insurer}",
+            10 - due.patient_tenths,
+            10 - due.patient_tenths
+        ),
+        None => "answered unknown: not covered, the patient pays 10/10".to_owned(),
+    }
+}
+
 struct CheckRec {
     event: SignedEvent,
     hub_position: u64,
@@ -315,11 +346,22 @@ pub fn compute(
         }
     }
     insurer.sort_by_key(|(p, _)| *p);
-    // suffix_min[i]: the earliest record time among insurer events i.. (by position).
-    let mut suffix_min = vec![u64::MAX; insurer.len() + 1];
-    for i in (0..insurer.len()).rev() {
-        suffix_min[i] = suffix_min[i + 1].min(insurer[i].1.event().hlc.0);
+    // When the hub held each position, as well as its ledger can tell: no earlier than the
+    // latest record time at or before that position (the hub refuses events from the future,
+    // and a position is taken only after every earlier one). Record times alone would date a
+    // roster imported today by its enrolment history, years back.
+    let mut by_position: Vec<(u64, u64)> =
+        events.iter().map(|(p, e)| (*p, e.event().hlc.physical_ms())).collect();
+    by_position.sort_unstable();
+    let mut latest = 0u64;
+    for entry in &mut by_position {
+        latest = latest.max(entry.1);
+        entry.1 = latest;
     }
+    let held_since_ms = |position: u64| -> u64 {
+        let at = by_position.partition_point(|(p, _)| *p <= position);
+        at.checked_sub(1).map_or(0, |i| by_position[i].1)
+    };
     let mut global = Projection::new(Replication::All);
     for (_, e) in &insurer {
         global.apply(e);
@@ -334,8 +376,20 @@ pub fn compute(
         declarations: Vec::new(),
         retroactive: Vec::new(),
         conflicts: global.conflicts(Hlc(u64::MAX)),
+        revoked_link_uses: Vec::new(),
         clinics: Vec::new(),
     };
+    let mut check_conflicts: BTreeSet<Conflict> = BTreeSet::new();
+    // Every wrong-person linkage revocation: (card, member, event, when).
+    let revocations: Vec<(shikaku_core::CardToken, MemberKey, EventId, u64)> = insurer
+        .iter()
+        .filter_map(|(_, e)| match &e.event().body {
+            EventBody::WrongPersonLinkageRevoked { card, member, .. } => {
+                Some((*card, member.clone(), e.id(), e.event().hlc.physical_ms()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut retro: BTreeMap<EventId, BTreeSet<EventId>> = BTreeMap::new();
     for (node, mut own) in clinics {
         let name = clinic_name(names, &node);
@@ -351,6 +405,13 @@ pub fn compute(
                         .filter_map(|(_, e)| insurer_of_event(e)),
                 );
             }
+        }
+        // next_held[i]: the first insurer event at or after i (by position) of an insurer this
+        // clinic holds — the only events it could be missing.
+        let mut next_held = vec![usize::MAX; insurer.len() + 1];
+        for i in (0..insurer.len()).rev() {
+            let mine = insurer_of_event(insurer[i].1).is_some_and(|n| held.contains(&n));
+            next_held[i] = if mine { i } else { next_held[i + 1] };
         }
         let mut all = Projection::new(Replication::All);
         // What the clinic held: only the insurers it evidently subscribed to (it never
@@ -400,12 +461,11 @@ pub fn compute(
                         })
                     });
                     let at = e.event().hlc.physical_ms();
-                    // The first hub event it had not received, if recorded before this check.
-                    let missed_since = suffix_min[next];
-                    let stale = if missed_since < e.event().hlc.0 {
-                        at.saturating_sub(Hlc(missed_since).physical_ms()) / 1000
-                    } else {
-                        0
+                    // The first event of its insurers that the hub held and it had not
+                    // received: how long the hub had held it when the clinic answered.
+                    let stale = match insurer.get(next_held[next]) {
+                        Some((position, _)) => at.saturating_sub(held_since_ms(*position)) / 1000,
+                        None => 0,
                     };
                     row.checks += 1;
                     row.offline_checks += u64::from(*mode == CheckMode::Offline);
@@ -442,6 +502,13 @@ pub fn compute(
             next += 1;
         }
         let truth = all;
+        // Checks that used a link revoked since, by check id.
+        let mut revoked_uses: HashMap<EventId, (MemberKey, EventId, u64)> = HashMap::new();
+        for (card, member, revocation, at) in &revocations {
+            for check in truth.checks_using_revoked_link(card, member, Hlc(u64::MAX)) {
+                revoked_uses.entry(check).or_insert_with(|| (member.clone(), *revocation, *at));
+            }
+        }
         for c in checks {
             report.totals.checks += 1;
             report.totals.offline_checks += u64::from(c.mode == CheckMode::Offline);
@@ -455,6 +522,18 @@ pub fn compute(
                 answered: c.code,
             };
             let now = truth.check(&c.query, c.service_date, Hlc(u64::MAX), fresh);
+            check_conflicts.extend(now.conflicts.iter().cloned());
+            if let Some((then, _)) = &c.then {
+                check_conflicts.extend(then.conflicts.iter().cloned());
+            }
+            if let Some((linked_member, revocation, revoked_ms)) = revoked_uses.get(&check.check) {
+                report.revoked_link_uses.push(RevokedLinkUse {
+                    check: check.clone(),
+                    linked_member: linked_member.clone(),
+                    revocation: *revocation,
+                    revoked_ms: *revoked_ms,
+                });
+            }
             let decided_later_by: Vec<EventId> = now
                 .decided_by
                 .iter()
@@ -468,10 +547,14 @@ pub fn compute(
                 })
                 .collect();
             let due = answer_billing(&truth, &now, Hlc(u64::MAX));
+            // An `unknown` the truth now answers as covered is a billing question too: the
+            // clinic could bill no insurer, so the patient may have paid in full.
+            let unknown_now_covered =
+                c.code == AnswerCode::Unknown && due.is_some_and(|d| d.insurer.is_some());
             let (billed, contradicted) = match &c.then {
                 Some((_, b)) => {
                     report.totals.rederived += 1;
-                    (*b, b.is_some() && due.is_some() && *b != due)
+                    (*b, (b.is_some() && due.is_some() && *b != due) || unknown_now_covered)
                 }
                 None => {
                     report.not_rederivable.push(check.clone());
@@ -479,7 +562,7 @@ pub fn compute(
                         (Some(a), Some(b)) => a != b,
                         _ => false,
                     };
-                    (None, differs)
+                    (None, differs || unknown_now_covered)
                 }
             };
             if !contradicted {
@@ -499,8 +582,13 @@ pub fn compute(
             report.totals.contradicted += 1;
             report.totals.contradicted_offline += u64::from(c.mode == CheckMode::Offline);
             row.contradicted += 1;
+            let action = if c.code == AnswerCode::Unknown {
+                unknown_action_text(due)
+            } else {
+                action_text(billed, due)
+            };
             report.contradicted.push(Contradiction {
-                action: action_text(billed, due),
+                action,
                 check,
                 truth: now.code,
                 truth_member: now.member.clone(),
@@ -544,6 +632,12 @@ pub fn compute(
         }
         report.clinics.push(row);
     }
+    for conflict in check_conflicts {
+        if !report.conflicts.contains(&conflict) {
+            report.conflicts.push(conflict);
+        }
+    }
+    report.revoked_link_uses.sort_by_key(|u| (u.revoked_ms, u.check.at_ms));
     for (event, checks) in retro {
         let Some((_, e)) = by_id.get(&event) else { continue };
         report.retroactive.push(Retroactive {
@@ -713,6 +807,25 @@ fn sections(r: &Report) -> Vec<Section> {
                     x.insurer.map(|i| i.to_string()).unwrap_or_default(),
                     jst(x.recorded_ms),
                     x.checks.iter().map(short).collect::<Vec<_>>().join(" "),
+                ]
+            })
+            .collect(),
+    ));
+    out.push(section(
+        "Checks that used a card link later revoked as a wrong-person linkage",
+        &["answered", "clinic", "mode", "asked", "service", "answer", "linked to", "revoked"],
+        r.revoked_link_uses
+            .iter()
+            .map(|u| {
+                vec![
+                    jst(u.check.at_ms),
+                    u.check.clinic.clone(),
+                    mode_name(u.check.mode).to_owned(),
+                    query_text(&u.check.query),
+                    u.check.service_date.to_string(),
+                    code_name(u.check.answered),
+                    u.linked_member.to_string(),
+                    jst(u.revoked_ms),
                 ]
             })
             .collect(),

@@ -14,7 +14,7 @@ use shikaku_core::{
 };
 use std::collections::BTreeMap;
 
-mod names;
+pub mod names;
 pub mod rng;
 
 pub use rng::Rng;
@@ -365,10 +365,18 @@ fn roster(world: &mut World) {
             };
             let dp = world.people.len();
             let mut person = random_person(&mut world.rng, start, dep_age, municipality);
+            // A family shares the head's surname: in kanji and in kana alike (the kana must
+            // read the name it stands beside).
+            let head_person = &world.people[head].person;
             person.name = format!(
                 "{} {}",
-                world.people[head].person.name.split(' ').next().unwrap_or("佐藤"),
+                head_person.name.split(' ').next().unwrap_or("佐藤"),
                 person.name.split(' ').nth(1).unwrap_or("花子")
+            );
+            person.kana = format!(
+                "{} {}",
+                head_person.kana.split(' ').next().unwrap_or("サトウ"),
+                person.kana.split(' ').nth(1).unwrap_or("ハナコ")
             );
             let card = world.rng.chance(0.8).then(|| card_token(world.config.seed, dp));
             let ins = &world.insurers[insurer];

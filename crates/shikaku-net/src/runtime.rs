@@ -171,16 +171,21 @@ impl Runtime {
             match out {
                 Output::Log { level, message } => {
                     if level <= self.log_level {
-                        let tag = match level {
-                            Level::Warn => "WARN",
-                            Level::Info => "INFO",
-                            Level::Debug => "DEBUG",
-                        };
-                        let line = format!("{tag} {name}: {message}");
                         if let Some(kept) = lock(&self.kept_log).as_mut() {
-                            kept.push(line);
+                            let tag = match level {
+                                Level::Warn => "WARN",
+                                Level::Info => "INFO",
+                                Level::Debug => "DEBUG",
+                            };
+                            kept.push(format!("{tag} {name}: {message}"));
                         } else {
-                            eprintln!("{line}");
+                            // The subscriber (installed by the binary) puts an RFC 3339 time
+                            // on every line.
+                            match level {
+                                Level::Warn => tracing::warn!(node = %name, "{message}"),
+                                Level::Info => tracing::info!(node = %name, "{message}"),
+                                Level::Debug => tracing::debug!(node = %name, "{message}"),
+                            }
                         }
                     }
                 }
