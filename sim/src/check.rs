@@ -1,4 +1,4 @@
-//! Invariant checkers (DESIGN.md), run continuously during a simulation and at quiescence.
+//! Invariant checkers (ARCHITECTURE.md, "The system's invariants"), run continuously during a simulation and at quiescence.
 //!
 //! 1. No acknowledged event is lost: after every restart and at the end, every event a node
 //!    acknowledged (stored durably) is still there — media damage (bit flips, misdirected

@@ -13,7 +13,7 @@
 //!   can misdirect writes and rot bits. Clocks are skewed, drift and jump.
 //! - [`report::html`]: the run as an HTML page with an SVG timeline.
 //! - A safety phase with faults is followed by a liveness phase with faults healed; the
-//!   checkers ([`check`]) verify DESIGN.md's invariants continuously and at quiescence.
+//!   checkers ([`check`]) verify the system's invariants (ARCHITECTURE.md) continuously and at quiescence.
 //!
 //! Invariant: nothing here reads a wall clock, spawns a thread or iterates a randomly ordered
 //! container; the same seed gives the same run, byte for byte.

@@ -4,6 +4,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use shikaku_core::{
+    AnswerCode,
     Answer, CheckQuery, Date, Freshness, Hlc, InsurerNumber, MemberKey, Namespace, Projection,
     Replication, SignedEvent, Signer,
 };
@@ -244,7 +245,38 @@ pub enum Mark {
         staleness_s: Option<u64>,
         /// In sync when answered.
         online: bool,
+        /// The converged truth at the end of the run answers this check differently (valid
+        /// against not valid, or an `unknown` that is valid): the insurer would have to act.
+        contradicted: bool,
     },
+}
+
+/// Whether an answer bills as covered (`Some(true)`), as not covered (`Some(false)`), or
+/// decides neither.
+fn covered_class(code: AnswerCode) -> Option<bool> {
+    match code {
+        AnswerCode::Valid => Some(true),
+        AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => Some(false),
+        _ => None,
+    }
+}
+
+/// Marks the checks the hub's converged projection answers differently at the end of the run.
+fn mark_contradicted(sim: &mut Sim) {
+    let Some(hub) = sim.hub.node.as_ref() else { return };
+    let truth = hub.projection();
+    for (index, query, date, code) in &sim.asked {
+        let now = truth.check(query, *date, Hlc(u64::MAX), Freshness::default()).code;
+        let contradicted = match (covered_class(*code), covered_class(now)) {
+            (Some(then), Some(now)) => then != now,
+            (None, Some(true)) => *code == AnswerCode::Unknown,
+            _ => false,
+        };
+        if let Some((_, _, Mark::Check { contradicted: mark, .. })) = sim.timeline.get_mut(*index)
+        {
+            *mark = contradicted;
+        }
+    }
 }
 
 /// What a run produced.
@@ -395,6 +427,9 @@ struct Sim {
     trace: Vec<String>,
     base_ms: u64,
     timeline: Vec<(u64, Who, Mark)>,
+    /// Every check's question and answer code, by its index in `timeline`, to mark the ones
+    /// the converged truth contradicts when the run ends.
+    asked: Vec<(usize, CheckQuery, Date, AnswerCode)>,
 }
 
 fn stream(seed: u64, name: u64) -> Rng {
@@ -698,10 +733,11 @@ impl Sim {
         let as_of = answer.knowledge.as_of;
         let reference: Answer = site.reference.check(&query, date, as_of, freshness);
         self.stats.checks += 1;
+        self.asked.push((self.timeline.len(), query.clone(), date, answer.code));
         self.timeline.push((
             self.now,
             Who::Clinic(i),
-            Mark::Check { staleness_s: answer.knowledge.staleness_s, online },
+            Mark::Check { staleness_s: answer.knowledge.staleness_s, online, contradicted: false },
         ));
         if !online {
             self.stats.offline_checks += 1;
@@ -900,12 +936,15 @@ impl Sim {
                     "clinic {clinic} partitioned (up {up}, down {down}) for {} s",
                     (until - self.now) / 1000
                 ));
+                // Cuts add up: a random partition inside a scripted one (or a shorter one
+                // inside a longer) must not end the longer one early. Random faults come on
+                // top of a scenario's script, never instead of it.
                 let st = &mut self.cstate[clinic];
                 if up {
-                    st.cut_up = Some(until);
+                    st.cut_up = Some(st.cut_up.map_or(until, |u| u.max(until)));
                 }
                 if down {
-                    st.cut_down = Some(until);
+                    st.cut_down = Some(st.cut_down.map_or(until, |u| u.max(until)));
                 }
                 st.partitioned_since.get_or_insert(self.now);
                 if until > self.now + DETECT_MS {
@@ -1163,6 +1202,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         trace: Vec::new(),
         base_ms,
         timeline: Vec::new(),
+        asked: Vec::new(),
     };
     // Nodes run on the simulated clock, offset to just after the generated history.
     for site in std::iter::once(&mut sim.hub).chain(sim.clinics.iter_mut()) {
@@ -1285,6 +1325,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         sim.pump();
     }
     sim.now = end;
+    mark_contradicted(&mut sim);
     let stats = sim.stats.clone();
     let views: Vec<crate::check::ClinicView<'_>> = sim
         .clinics

@@ -688,3 +688,77 @@ fn sigterm_shuts_hub_and_clinic_down_cleanly_and_persists_their_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_scripted_partition_lasts_as_scripted_under_the_hostile_fault_mix() {
+    // Proves the held-out scenario finding: random partitions that started inside a scripted
+    // one replaced its end by their own, so a 10-hour scripted cut healed within minutes under
+    // `faults = "hostile"`. Cuts now add up: the clinics' answers reach the staleness the
+    // script implies, as they do under calm faults.
+    let scripted_ms = 10 * 3_600_000;
+    let max_staleness = |faults: shikaku_sim::Faults| {
+        let mut cfg = shikaku_sim::SimConfig::new(3, 2);
+        cfg.members = 600;
+        cfg.duration_ms = 12 * 3_600_000;
+        cfg.checks_per_day = 400.0;
+        cfg.faults = faults;
+        cfg.faults.partitions_per_day = 48.0;
+        cfg.faults.partition_mean_ms = 60_000;
+        cfg.script.push((
+            3_600_000,
+            shikaku_sim::Scripted::Partition { clinics: vec![0, 1], duration_ms: scripted_ms },
+        ));
+        let outcome = shikaku_sim::run(&cfg);
+        assert!(outcome.violations.is_empty(), "{}", outcome.lines.join("\n"));
+        outcome
+            .timeline
+            .iter()
+            .filter_map(|(_, who, mark)| match (who, mark) {
+                (shikaku_sim::Who::Clinic(0), shikaku_sim::Mark::Check { staleness_s, .. }) => {
+                    *staleness_s
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let hostile = max_staleness(shikaku_sim::Faults::hostile());
+    let expected_s = scripted_ms / 1000;
+    assert!(
+        hostile >= expected_s * 9 / 10,
+        "a scripted 10 h cut under hostile faults gave at most {hostile} s of staleness"
+    );
+}
+
+#[test]
+fn the_simulation_report_has_an_hour_axis_contradicted_answers_and_a_histogram() {
+    // Proves the timeline finding: the HTML had no time axis, clipped its last label and did
+    // not mark answers the converged truth contradicted. The hub-outage scenario with a late
+    // retirement contradicts offline answers; the page marks them, labels hours, keeps the
+    // "faults healed" label inside the picture and shows a staleness histogram.
+    let mut cfg = shikaku_sim::SimConfig::new(7, 4);
+    cfg.members = 600;
+    cfg.checks_per_day = 400.0;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sim/scenarios/hub-outage.toml"
+    ))
+    .unwrap();
+    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
+    cfg.duration_ms = 16 * 3_600_000;
+    let outcome = shikaku_sim::run(&cfg);
+    let html = shikaku_sim::html(&outcome);
+    assert!(html.contains(">0 h</text>") && html.contains(">8 h</text>"), "an hour axis");
+    assert!(html.contains("id=\"staleness-histogram\""), "a staleness histogram");
+    assert!(html.contains("in sync (0 s)"));
+    let healed = html.split("faults healed</text>").next().unwrap();
+    let label = healed.rsplit("<text ").next().unwrap();
+    assert!(label.contains("text-anchor=\"end\""), "the last label stays inside: {label}");
+    let contradicted = outcome
+        .timeline
+        .iter()
+        .filter(|(_, _, m)| matches!(m, shikaku_sim::Mark::Check { contradicted: true, .. }))
+        .count();
+    assert!(contradicted > 0, "the outage's late changes contradict some offline answers");
+    assert_eq!(html.matches("class=\"contradicted\"").count(), contradicted);
+}

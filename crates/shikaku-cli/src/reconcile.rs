@@ -6,7 +6,7 @@
 //!    hub position the check recorded, plus the clinic's own earlier records, asked the same
 //!    question with the same knowledge cut-off; the re-derivation counts only when its hash equals
 //!    the answer hash in the check record (otherwise the check is listed as not re-derivable,
-//!    which is itself a finding: DESIGN.md's invariant 3 says offline answers are explainable);
+//!    which is itself a finding: invariant 3 of ARCHITECTURE.md says offline answers are explainable);
 //! 2. compares it with the **converged truth** (all events, as known now) and lists the checks
 //!    the truth contradicts, with what the patient paid, what was due, and the refund or the
 //!    claim adjustment (in tenths of the visit's fee: the ledger knows ratios, not fees);

@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn check_digit_matches_the_published_example() {
-        // DESIGN.md: 3312001 gives 5, so 33120015 is valid.
+        // The rule's worked example: 3312001 gives 5, so 33120015 is valid.
         assert_eq!(insurer_check_digit(&[3, 3, 1, 2, 0, 0, 1]), 5);
         assert!("33120015".parse::<InsurerNumber>().is_ok());
         assert_eq!(
