@@ -4,9 +4,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use shikaku_core::{
-    AnswerCode,
-    Answer, CheckQuery, Date, Freshness, Hlc, InsurerNumber, MemberKey, Namespace, Projection,
-    Replication, SignedEvent, Signer,
+    Answer, AnswerCode, CheckQuery, Date, Freshness, Hlc, InsurerNumber, MemberKey, Namespace,
+    Projection, Replication, SignedEvent, Signer,
 };
 use shikaku_gen::Rng;
 use shikaku_log::fault::{FaultConfig, FaultDirectory};
@@ -272,8 +271,7 @@ fn mark_contradicted(sim: &mut Sim) {
             (None, Some(true)) => *code == AnswerCode::Unknown,
             _ => false,
         };
-        if let Some((_, _, Mark::Check { contradicted: mark, .. })) = sim.timeline.get_mut(*index)
-        {
+        if let Some((_, _, Mark::Check { contradicted: mark, .. })) = sim.timeline.get_mut(*index) {
             *mark = contradicted;
         }
     }

@@ -4,7 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shikaku_cli::clock::Stopwatch;
 
 use shikaku_core::{
     AnswerCode, AnswerHash, CheckMode, CheckQuery, Date, EventBody, Hlc, MemberKey, Namespace,
@@ -44,12 +46,12 @@ fn spawn(args: &[&str], stdin: Stdio) -> Child {
 
 /// Waits at most `limit` for the child; kills it (by its PID) if it is still running.
 fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
-    let start = Instant::now();
+    let start = Stopwatch::start();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
-        if start.elapsed() > limit {
+        if start.seconds() > limit.as_secs_f64() {
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -656,13 +658,13 @@ fn sigterm_shuts_hub_and_clinic_down_cleanly_and_persists_their_files() {
         "127.0.0.1:0",
     ]);
     let url = first.split("check API on ").nth(1).unwrap().trim().to_owned();
-    let start = Instant::now();
+    let start = Stopwatch::start();
     loop {
         let health = shikaku_cli::serve::http_get(&url, "/v1/health").unwrap_or_default();
         if health.contains("\"in_sync\":true") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the clinic syncs: {health}");
+        assert!(start.seconds() < 60.0, "the clinic syncs: {health}");
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -761,4 +763,162 @@ fn the_simulation_report_has_an_hour_axis_contradicted_answers_and_a_histogram()
         .count();
     assert!(contradicted > 0, "the outage's late changes contradict some offline answers");
     assert_eq!(html.matches("class=\"contradicted\"").count(), contradicted);
+}
+
+/// A member of the clinic's insurer with a limit category on `date`, in the generated world.
+fn member_with_limit(d: &crate::net::Deployment, date: Date) -> MemberKey {
+    let mut p = shikaku_core::Projection::new(Replication::All);
+    for e in &d.events {
+        p.apply(e);
+    }
+    d.events
+        .iter()
+        .find_map(|e| match &e.event().body {
+            EventBody::LimitCategorySet { member, .. } if member.insurer == d.insurers[0] => {
+                let a = p.check(
+                    &CheckQuery::Member(member.clone()),
+                    date,
+                    Hlc(u64::MAX),
+                    Default::default(),
+                );
+                (a.code == AnswerCode::Valid && a.limit_category_withheld).then(|| member.clone())
+            }
+            _ => None,
+        })
+        .expect("a covered member with a limit category")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clinic_api_records_consent_and_answers_every_error_as_json() {
+    // Proves items 8 and 10 (and 7 end to end): consent is recorded through the API and the
+    // CLI (the limit category then shows; after withdrawal "withheld: consent withdrawn on
+    // DATE"); a wrong content type is a JSON 415, a missing field a JSON 400 naming it, a
+    // declaration for a member the clinic has no record of a 404 naming the key; `check
+    // --node` against something that is no shikaku node names the URL; a symbol with kanji
+    // goes through `check --node` intact.
+    use crate::net::{cli, http};
+    let running = crate::api::Running::start("field-trial-api", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let member = member_with_limit(&running.d, date);
+    let url = running.url.clone();
+    let key = member.to_string();
+    let ask = |url: String, key: String| async move {
+        let (code, out, err) =
+            cli(&["check", "--node", &url, "--member", &key, "--date", "2026-10-15"]).await;
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let before = ask(url.clone(), key.clone()).await;
+    assert!(before.contains("withheld: no consent recorded"), "{before}");
+    let (code, out, err) = cli(&["consent", "--node", &url, "--member", &key]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("consent given for {key}")), "{out}");
+    let given = ask(url.clone(), key.clone()).await;
+    assert!(given.contains("(shown with the patient's consent)"), "{given}");
+    let body = format!("{{\"member\":\"{key}\",\"consent\":\"withdrawn\"}}");
+    let reply = http(&url, "POST /v1/consents", &body).await;
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    let withdrawn = ask(url.clone(), key.clone()).await;
+    let today = Date::from_unix_ms_jst(running.clinic.clock().now_ms());
+    assert!(withdrawn.contains(&format!("withheld: consent withdrawn on {today}")), "{withdrawn}");
+
+    // Errors are JSON with the documented status.
+    let raw = |request: &'static str, content_type: &'static str, body: &'static str| {
+        let host = url.trim_start_matches("http://").to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(host).unwrap();
+                write!(
+                    s,
+                    "{request} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text).unwrap();
+                text
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let json_of = |response: &str| -> (u16, serde_json::Value) {
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        (status, serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}")))
+    };
+    let (status, e) = json_of(&raw("POST /v1/declarations", "text/plain", "{}").await);
+    assert_eq!((status, e["error"].as_str()), (415, Some("unsupported_media_type")), "{e}");
+    let (status, e) = json_of(
+        &raw("POST /v1/declarations", "application/json", "{\"member\":\"06130017:1:2:00\"}").await,
+    );
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["field"], "declared_start", "{e}");
+    assert_eq!(e["error"], "missing_field", "{e}");
+    let (status, e) = json_of(
+        &raw(
+            "POST /v1/declarations",
+            "application/json",
+            "{\"member\":\"06130017:nobody:999999:00\",\"declared_start\":\"2026-10-01\"}",
+        )
+        .await,
+    );
+    assert_eq!(status, 404, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("06130017:nobody:999999:00"), "{e}");
+    let (status, e) = json_of(&raw("GET /v1/nothing-here", "text/plain", "").await);
+    assert_eq!((status, e["error"].as_str()), (404, Some("not_found")), "{e}");
+
+    // `check --node` at a server that is not a shikaku node: say which URL, and what it is not.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_url = format!("http://{}", other.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = other.accept().unwrap();
+        // Read the whole request (closing with unread bytes would reset the connection).
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+        );
+    });
+    let (code, _, err) = cli(&["check", "--node", &other_url, "--member", &key]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{other_url}/v1/check?member=")), "{err}");
+    assert!(err.contains("probably not a shikaku node"), "{err}");
+    server.join().unwrap();
+
+    // A symbol with kanji goes through `check --node` as it is.
+    let kanji = running.d.events.iter().find_map(|e| {
+        e.event()
+            .body
+            .membership_subject()
+            .filter(|m| m.insurer == running.d.insurers[0] && !m.symbol.is_ascii())
+            .cloned()
+    });
+    if let Some(kanji) = kanji {
+        let (code, out, err) =
+            cli(&["check", "--node", &url, "--member", &kanji.to_string(), "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(answer["query"]["member"], kanji.to_string(), "{out}");
+    }
+    running.shutdown().await;
+}
+
+#[test]
+fn a_ledger_in_use_suggests_asking_the_running_node() {
+    // Proves item 9's last point: the lock message says how to reach a running node.
+    let dir = temp_dir("in-use");
+    let _held = shikaku_cli::store::Store::open(&dir).unwrap();
+    let (code, _, err) = run(&["--data-dir", s(&dir), "check", "--member", "06130017:1:2:00"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("in use by another shikaku process") && err.contains("--node"), "{err}");
 }

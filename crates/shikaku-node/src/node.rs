@@ -526,7 +526,14 @@ impl<D: Directory> Node<D> {
             }
         };
         match decode_receipt_file(&bytes) {
-            Ok(kept) => self.receipt = Some(kept),
+            Ok(kept) => {
+                // A restarted clinic that cannot reach its hub last synced when its kept
+                // complete receipt was signed, not "never": answers say so.
+                if kept.0.complete {
+                    self.last_sync_ms = Some(kept.0.issued_ms);
+                }
+                self.receipt = Some(kept);
+            }
             Err(e) => self.log(Level::Warn, format!("receipt file invalid, ignored: {e}")),
         }
     }
