@@ -308,6 +308,12 @@ fn help_texts_are_true() {
     assert!(!demo.contains("publish a retroactive change and show"), "{demo}");
     let (_, serve, _) = run(&["hub", "serve", "--help"]);
     assert!(serve.contains("SIGTERM"), "{serve}");
+    // The demo's counts read as English ("1 offline checks" did not).
+    assert_eq!(shikaku_cli::render::count(1, "offline check", "offline checks"), "1 offline check");
+    assert_eq!(
+        shikaku_cli::render::count(3, "offline check", "offline checks"),
+        "3 offline checks"
+    );
 }
 
 #[test]

@@ -554,8 +554,10 @@ fn story(
             )
         });
         n.say(&format!(
-            "{:<16} {same}/{namespaces} namespaces with the hub's fingerprint; its {} records (incl. {offline} offline checks) at the hub",
-            c.name, own.count()
+            "{:<16} {same}/{namespaces} namespaces with the hub's fingerprint; its {} records (incl. {}) at the hub",
+            c.name,
+            own.count(),
+            crate::render::count(offline, "offline check", "offline checks")
         ))?;
         if same != namespaces {
             bail!("{} has not converged with the hub", c.name);

@@ -52,6 +52,11 @@ fn reason_text(reason: EndReason) -> &'static str {
     }
 }
 
+/// "1 offline check", "2 offline checks": a count with its noun in the right number.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The first 12 hex digits of an event id, as shown to people.
 pub fn short(id: &shikaku_core::EventId) -> String {
     id.to_string()[..12].to_owned()
