@@ -70,21 +70,18 @@ fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
     (status.and_then(|s| s.code()), out, err)
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = shikaku_cli::run(
-        std::iter::once("shikaku").chain(args.iter().copied()),
-        &mut out,
-        &mut err,
-    );
-    (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
-}
+use crate::cli::{run, temp_dir};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shikaku-ft-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A generated world of `members` imported into a fresh ledger: (directory, stream, data dir).
+fn imported_ledger(name: &str, members: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let stream = dir.join("w.jsonl");
+    let members = members.to_string();
+    run(&["gen", "--members", &members, "--seed", "2", "--out", s(&stream)]);
+    let data = dir.join("data");
+    let (code, _, err) = run(&["--data-dir", s(&data), "ledger", "import", s(&stream)]);
+    assert_eq!(code, 0, "{err}");
+    (dir, stream, data)
 }
 
 fn s(p: &Path) -> &str {
@@ -183,12 +180,7 @@ fn import_accepts_a_byte_order_mark_and_names_columns_not_parser_lines() {
 fn a_local_ledger_answers_unknown_for_an_insurer_it_never_held() {
     // Proves item 6: a member key of an insurer absent from the ledger was answered `no_match`
     // (a claim the ledger cannot make); it is `unknown`, as the clinic service answers.
-    let dir = temp_dir("unknown-insurer");
-    let stream = dir.join("w.jsonl");
-    run(&["gen", "--members", "100", "--seed", "2", "--out", s(&stream)]);
-    let data = dir.join("data");
-    let (code, _, err) = run(&["--data-dir", s(&data), "ledger", "import", s(&stream)]);
-    assert_eq!(code, 0, "{err}");
+    let (dir, stream, data) = imported_ledger("unknown-insurer", 100);
     // 33120015 (the check-digit example of the rules) is no insurer of the generated world.
     let (code, out, _) =
         run(&["--data-dir", s(&data), "check", "--member", "33120015:1:2:00", "--json"]);
@@ -320,11 +312,7 @@ fn help_texts_are_true() {
 fn broken_pipes_end_quietly_and_json_errors_are_json() {
     // Proves item 12's EPIPE (`shikaku … | head` printed "error: Broken pipe") and item 9's
     // JSON errors with --json.
-    let dir = temp_dir("epipe");
-    let stream = dir.join("w.jsonl");
-    run(&["gen", "--members", "3000", "--seed", "2", "--out", s(&stream)]);
-    let data = dir.join("data");
-    run(&["--data-dir", s(&data), "ledger", "import", s(&stream)]);
+    let (dir, _, data) = imported_ledger("epipe", 3000);
     let mut child = spawn(&["--data-dir", s(&data), "ledger", "export"], Stdio::null());
     // The reader reads one line and goes away, as `head -1` does.
     let mut first = String::new();
@@ -744,16 +732,7 @@ fn the_simulation_report_has_an_hour_axis_contradicted_answers_and_a_histogram()
     // not mark answers the converged truth contradicted. The hub-outage scenario with a late
     // retirement contradicts offline answers; the page marks them, labels hours, keeps the
     // "faults healed" label inside the picture and shows a staleness histogram.
-    let mut cfg = shikaku_sim::SimConfig::new(7, 4);
-    cfg.members = 600;
-    cfg.checks_per_day = 400.0;
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../sim/scenarios/hub-outage.toml"
-    ))
-    .unwrap();
-    shikaku_cli::sim::apply_scenario(&mut cfg, &text).unwrap();
-    cfg.duration_ms = 16 * 3_600_000;
+    let cfg = crate::sim::hub_outage();
     let outcome = shikaku_sim::run(&cfg);
     let html = shikaku_sim::html(&outcome);
     assert!(html.contains(">0 h</text>") && html.contains(">8 h</text>"), "an hour axis");

@@ -12,7 +12,7 @@ fn small(seed: u64) -> SimConfig {
 }
 
 /// `sim/scenarios/hub-outage.toml` on the small shape, 16 simulated hours.
-fn hub_outage() -> SimConfig {
+pub(crate) fn hub_outage() -> SimConfig {
     let mut cfg = small(5);
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -383,11 +383,17 @@ fn api_query(
     }
 }
 
-/// The member key or card token a refusal names (for a 404).
-fn query_text(query: &shikaku_core::CheckQuery) -> (&'static str, String) {
-    match query {
+/// A 404 naming the card or member key `query` asked about, and why nothing was recorded.
+fn unknown_member(query: &shikaku_core::CheckQuery, why: &str) -> ApiError {
+    let (field, text) = match query {
         shikaku_core::CheckQuery::Card(card) => ("card", card.to_string()),
         shikaku_core::CheckQuery::Member(key) => ("member", key.to_string()),
+    };
+    ApiError {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "unknown_member",
+        field: Some(field.to_owned()),
+        message: format!("{field} {text}: {why}"),
     }
 }
 
@@ -500,15 +506,10 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
         let Some(event) = event else {
-            let (field, text) = query_text(&query);
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "unknown_member",
-                field: Some(field.to_owned()),
-                message: format!(
-                    "{field} {text}: this clinic has no record of it (no event and no check): check the patient first"
-                ),
-            });
+            return Err(unknown_member(
+                &query,
+                "this clinic has no record of it (no event and no check): check the patient first",
+            ));
         };
         Ok((
             StatusCode::CREATED,
@@ -551,15 +552,10 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             })?;
         let Some((event, member)) = recorded else {
-            let (field, text) = query_text(&query);
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "unknown_member",
-                field: Some(field.to_owned()),
-                message: format!(
-                    "{field} {text}: no single member of the insurers held here matches it"
-                ),
-            });
+            return Err(unknown_member(
+                &query,
+                "no single member of the insurers held here matches it",
+            ));
         };
         Ok((
             StatusCode::CREATED,
