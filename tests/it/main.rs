@@ -8,6 +8,7 @@
 //! - `laws`: property tests (order independence, duplicates, encoding round trips);
 //! - `bad_input`: every kind of bad input gets a typed error that names the problem;
 //! - `cli`: the `shikaku` command end to end, including the 100k-member recomputation;
+//! - `contract`: the protocol as a contract (receipts, cursors, origin sequences, encodings);
 //! - `field_trial`: one test per defect the field trial found (real processes and signals).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
@@ -16,6 +17,7 @@ mod api;
 mod bad_input;
 mod browser;
 mod cli;
+mod contract;
 mod crash;
 mod field_trial;
 mod laws;

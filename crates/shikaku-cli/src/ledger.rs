@@ -107,3 +107,105 @@ pub fn stats(data_dir: &Path, json: bool, out: &mut dyn Write) -> Result<()> {
     }
     Ok(())
 }
+
+/// A namespace as typed on the command line: `insurer:NUMBER` (or just the 6/8-digit number)
+/// or `clinic:NODE-ID` (or just the 64 hex digits).
+pub fn parse_namespace(text: &str) -> Result<shikaku_core::Namespace> {
+    let text = text.trim();
+    let (kind, value) = match text.split_once(':') {
+        Some((kind, value)) => (Some(kind), value),
+        None => (None, text),
+    };
+    match kind {
+        Some("insurer") | None if value.len() <= 8 => Ok(shikaku_core::Namespace::Insurer(
+            value.parse().with_context(|| format!("namespace {text:?}"))?,
+        )),
+        Some("clinic") | None => {
+            let id = shikaku_core::hex::decode_array::<32>(value).with_context(|| {
+                format!("namespace {text:?}: a clinic is named by its 64-hex node id")
+            })?;
+            Ok(shikaku_core::Namespace::Clinic(shikaku_core::NodeId(id)))
+        }
+        Some(other) => anyhow::bail!(
+            "namespace {text:?}: {other:?} is no namespace kind (insurer:NUMBER or clinic:NODE-ID)"
+        ),
+    }
+}
+
+/// The namespace as `shikaku ledger digest` prints it.
+pub fn namespace_text(ns: &shikaku_core::Namespace) -> String {
+    match ns {
+        shikaku_core::Namespace::Insurer(i) => format!("insurer:{i}"),
+        shikaku_core::Namespace::Clinic(node) => format!("clinic:{node}"),
+    }
+}
+
+/// `shikaku ledger digest`: the projection digest (protocol/LOG-FORMAT.md) of the events held
+/// — of one namespace's events with `--namespace` — and each namespace's count and Negentropy
+/// fingerprint (SPEC.md, the numbers a complete receipt carries), so two nodes' holdings can
+/// be compared by hand.
+pub fn digest(
+    data_dir: &Path,
+    namespace: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use std::collections::BTreeMap;
+    let only = namespace.map(parse_namespace).transpose()?;
+    let store = Store::open_existing(data_dir)?;
+    let mut projection = shikaku_core::Projection::new(shikaku_core::Replication::All);
+    let mut namespaces: BTreeMap<
+        shikaku_core::Namespace,
+        shikaku_protocol::negentropy::Accumulator,
+    > = BTreeMap::new();
+    let mut events = 0u64;
+    let mut next = 1;
+    loop {
+        let batch = store.log().read_from(next, 65_536)?;
+        let Some((last, _)) = batch.last() else { break };
+        next = last + 1;
+        for (_, e) in &batch {
+            let ns = e.event().namespace;
+            if only.is_some_and(|only| only != ns) {
+                continue;
+            }
+            namespaces.entry(ns).or_default().add(&e.id().0);
+            projection.apply(e);
+            events += 1;
+        }
+    }
+    if let Some(only) = only {
+        namespaces.entry(only).or_default();
+    }
+    let digest = shikaku_core::hex::encode(&projection.digest());
+    if json {
+        let list: Vec<serde_json::Value> = namespaces
+            .iter()
+            .map(|(ns, acc)| {
+                serde_json::json!({
+                    "namespace": namespace_text(ns),
+                    "count": acc.count(),
+                    "fingerprint": shikaku_core::hex::encode(&acc.fingerprint()),
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "events": events,
+            "projection_digest": digest,
+            "namespaces": list,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    writeln!(out, "projection digest {digest} over {events} events")?;
+    for (ns, acc) in &namespaces {
+        writeln!(
+            out,
+            "{}  count {}  fingerprint {}",
+            namespace_text(ns),
+            acc.count(),
+            shikaku_core::hex::encode(&acc.fingerprint())
+        )?;
+    }
+    Ok(())
+}

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod demo;
 pub mod fhir;
+pub mod insurer;
 pub mod jsonl;
 pub mod ledger;
 pub mod reconcile;
@@ -79,6 +80,10 @@ pub enum Command {
     /// Run a clinic node.
     #[command(subcommand)]
     Clinic(ClinicCommand),
+    /// An insurer's own tools: its signing key, and signing the events its member-management
+    /// system exports.
+    #[command(subcommand)]
+    Insurer(InsurerCommand),
     /// The insurer's reconciliation report from the hub's ledger: checks the converged truth
     /// contradicts (with refunds due), self-declarations, retroactive changes, conflicts, and
     /// clinics by staleness. Reads --data-dir (hub stopped), or asks a running hub's API.
@@ -147,6 +152,10 @@ pub enum HubCommand {
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
     /// reported as `line N: reason` and nothing else is lost. Into --data-dir while the hub is
     /// stopped, or into a running hub with --hub (its clinics receive the events live).
+    ///
+    /// Trust: with --insurer-keys, an insurer's events must be signed by a key registered for
+    /// that insurer. Without it, ANY valid signature is accepted for any insurer — whoever can
+    /// run this command on the hub speaks for every insurer it serves (a warning says so).
     Import {
         /// The JSON Lines file.
         file: String,
@@ -158,6 +167,44 @@ pub enum HubCommand {
         /// must have been started with --insurer-keys.
         #[arg(long)]
         hub: Option<String>,
+    },
+}
+
+/// `shikaku insurer …`.
+#[derive(Debug, Subcommand)]
+pub enum InsurerCommand {
+    /// The insurer's signing key.
+    #[command(subcommand)]
+    Key(InsurerKeyCommand),
+    /// Sign unsigned JSON Lines events (protocol/EVENTS-JSONL.md, "Unsigned events") with the
+    /// insurer's key: each gets the next origin_seq (kept in KEY.state), a hybrid-clock stamp,
+    /// its id and signature. Every line is checked before anything is written; the output
+    /// imports with `hub import` into a hub that registered the key.
+    Sign {
+        /// The key file from `insurer key init`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The unsigned events (`-` for standard input).
+        input: String,
+        /// Write the signed events to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `shikaku insurer key …`.
+#[derive(Debug, Subcommand)]
+pub enum InsurerKeyCommand {
+    /// Create a signing key for an insurer: the secret in FILE (mode 0600, never printed,
+    /// never overwritten) and the public key in FILE.pub as an INSURER=KEY line to register
+    /// with hubs and clinics (--insurer-keys).
+    Init {
+        /// The insurer number (6 or 8 digits, with its check digit).
+        #[arg(long)]
+        insurer: String,
+        /// The key file to create.
+        #[arg(long, default_value = "insurer.key")]
+        key: PathBuf,
     },
 }
 
@@ -249,6 +296,17 @@ pub enum LedgerCommand {
     },
     /// Segment, event and stream counts, sizes, time range and damage.
     Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The projection digest and each namespace's event count and fingerprint (what a complete
+    /// receipt carries), to compare two nodes' holdings by hand.
+    Digest {
+        /// Only this namespace: `insurer:NUMBER` or `clinic:NODE-ID` (the projection digest is
+        /// then of that namespace's events alone).
+        #[arg(long)]
+        namespace: Option<String>,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -347,6 +405,7 @@ where
         &cli.command,
         Command::Check(CheckArgs { json: true, .. })
             | Command::Ledger(LedgerCommand::Stats { json: true })
+            | Command::Ledger(LedgerCommand::Digest { json: true, .. })
     );
     match dispatch(cli, out, err) {
         Ok(code) => code,
@@ -398,6 +457,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         Command::Ledger(LedgerCommand::Stats { json }) => {
             ledger::stats(&cli.data_dir, json, out).map(|()| 0)
         }
+        Command::Ledger(LedgerCommand::Digest { namespace, json }) => {
+            ledger::digest(&cli.data_dir, namespace.as_deref(), json, out).map(|()| 0)
+        }
         Command::Ledger(LedgerCommand::Export { out: path }) => {
             export(&cli.data_dir, path.as_deref(), out).map(|()| 0)
         }
@@ -406,6 +468,34 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             None => check(&cli.data_dir, &args, out, err).map(|()| 0),
         },
         Command::Consent(args) => serve::consent_remote(&args, out).map(|()| 0),
+        Command::Insurer(InsurerCommand::Key(InsurerKeyCommand::Init { insurer, key })) => {
+            let insurer = insurer.parse::<shikaku_core::InsurerNumber>().context("--insurer")?;
+            let line = insurer::key_init(insurer, &key)?;
+            writeln!(
+                out,
+                "created the signing key of insurer {insurer} in {} (mode 0600; keep it secret)",
+                key.display()
+            )?;
+            write!(
+                out,
+                "public key (in {}.pub; register it with --insurer-keys): {line}",
+                key.display()
+            )?;
+            Ok(0)
+        }
+        Command::Insurer(InsurerCommand::Sign { key, input, out: path }) => {
+            let (reader, _) = open_input(&input)?;
+            let mut sink = output(path.as_deref(), out)?;
+            let summary = insurer::sign(&key, BufReader::new(reader), clock::now_ms(), &mut sink)?;
+            drop(sink);
+            match summary.origin_seqs {
+                Some((first, last)) => {
+                    writeln!(err, "signed {} events (origin_seq {first}–{last})", summary.signed)?
+                }
+                None => writeln!(err, "no events to sign")?,
+            }
+            Ok(0)
+        }
         Command::Ca(CaCommand::Init { ca_dir }) => {
             let cert = shikaku_net::tls::ca_init(&ca_dir)?;
             writeln!(out, "created a CA in {} ({})", ca_dir.display(), cert.display())?;
@@ -425,6 +515,12 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         Command::Hub(HubCommand::Import { file, insurer_keys, hub }) => {
             use std::io::IsTerminal as _;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
+            if keys.is_none() && hub.is_none() {
+                writeln!(
+                    err,
+                    "warning: no --insurer-keys: insurer events are accepted under any valid signature (see hub import --help)"
+                )?;
+            }
             let terminal = std::io::stderr().is_terminal();
             let summary = match hub {
                 Some(url) => serve::hub_import_remote(&url, &file, err, terminal)?,

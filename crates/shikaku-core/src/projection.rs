@@ -1167,7 +1167,9 @@ impl Projection {
     /// same state exactly when their digests match.
     pub fn digest(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"shikaku/projection/v1");
+        // v2: declarations and check codes are hashed in the canonical byte forms below, not
+        // through their Debug text (v1), so no change of a Debug impl can move a digest.
+        h.update(b"shikaku/projection/v2");
         let id = |event: u32| &self.ids[event as usize].0;
         let mut members: Vec<&MemberState> = self.members.iter().collect();
         members.sort_by(|a, b| a.key.cmp(&b.key));
@@ -1236,7 +1238,18 @@ impl Projection {
         }
         for (query, list) in &self.declarations {
             h.update(b"declaration");
-            h.update(format!("{query:?}").as_bytes());
+            match query {
+                CheckQuery::Card(card) => {
+                    h.update(&[0]);
+                    h.update(&card.0);
+                }
+                CheckQuery::Member(member) => {
+                    let key = CompactKey::new(member);
+                    h.update(&[1]);
+                    h.update(&(key.as_slice().len() as u32).to_le_bytes());
+                    h.update(key.as_slice());
+                }
+            }
             markers(&mut h, list);
         }
         let mut resolutions: Vec<(&EventId, &Vec<Marker>)> = self.resolutions.iter().collect();
@@ -1252,7 +1265,7 @@ impl Projection {
             h.update(b"check");
             h.update(&check.0);
             h.update(&info.hlc.0.to_le_bytes());
-            h.update(format!("{:?}", info.code).as_bytes());
+            h.update(&[info.code as u8]);
         }
         *h.finalize().as_bytes()
     }

@@ -16,7 +16,7 @@
 //! Invariant: the node never reads a clock, a socket or a thread; `now_ms` is always an
 //! argument and output is pulled with [`Node::poll_transmit`] / [`Node::poll_event`].
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use shikaku_core::event::{AnswerHash, CheckMode};
 use shikaku_core::{
@@ -397,6 +397,11 @@ impl EventBatch {
     }
 }
 
+/// How far a restarted clinic's numbering jumps ahead of what its ledger holds until the hub
+/// confirms where its records end: more than a clinic records between two durable writes, so
+/// a lost tail's numbers are never reused (gaps are allowed, reuse is not).
+pub const RESTART_SEQ_GAP: u64 = 1 << 16;
+
 /// Name of the clinic's receipt file in its data directory.
 pub const RECEIPTS_FILE: &str = "receipts.shk";
 const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT1";
@@ -408,6 +413,14 @@ pub struct Node<D: Directory> {
     peer_names: BTreeMap<NodeId, String>,
     /// Clinic: the highest own sequence the hub last said it holds (0 before any session).
     hub_acked: u64,
+    /// Clinic: the lowest origin sequence its next record may take until the hub has told it
+    /// (in `Welcome`) how far its records go — after a restart the ledger may have lost a tail
+    /// that the hub already holds (a disk that lied about fsync), and a number must never be
+    /// used twice. 0 once confirmed.
+    seq_floor: u64,
+    /// Every clinic event's origin sequence (origin = its clinic) and id: a clinic never
+    /// numbers two different events alike (SPEC.md, "Origin sequences").
+    origin_seqs: HashMap<(NodeId, u64), EventId>,
     signer: Signer,
     log: Log<D>,
     projection: Projection,
@@ -460,6 +473,8 @@ impl<D: Directory> Node<D> {
         let mut node = Node {
             peer_names: BTreeMap::new(),
             hub_acked: 0,
+            seq_floor: 0,
+            origin_seqs: HashMap::new(),
             projection,
             signer,
             log,
@@ -494,6 +509,10 @@ impl<D: Directory> Node<D> {
         }
         if node.config.role == Role::Clinic {
             node.load_receipts();
+            if !node.log.is_empty() {
+                let own_max = node.own.keys().next_back().copied().unwrap_or(0);
+                node.seq_floor = own_max + RESTART_SEQ_GAP + 1;
+            }
         }
         Ok(node)
     }
@@ -511,6 +530,7 @@ impl<D: Directory> Node<D> {
             let seq = self.clinic_seq.entry(clinic).or_default();
             if e.origin == clinic {
                 *seq = (*seq).max(e.origin_seq);
+                self.origin_seqs.entry((clinic, e.origin_seq)).or_insert(event.id());
             }
         }
         self.projection.apply(event);
@@ -548,8 +568,12 @@ impl<D: Directory> Node<D> {
         out.extend_from_slice(&receipt.hub.0);
         out.extend_from_slice(&receipt.clinic.0);
         receipt.encode(&mut out);
-        out.extend_from_slice(&(namespaces.len() as u32).to_le_bytes());
-        for ns in namespaces {
+        // Sorted and de-duplicated, as the scope digest reads them (SPEC.md).
+        let mut sorted = namespaces.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        out.extend_from_slice(&(sorted.len() as u32).to_le_bytes());
+        for ns in &sorted {
             shikaku_protocol::wire::put_namespace(&mut out, ns);
         }
         let sum = blake3::hash(&out);
@@ -610,8 +634,7 @@ impl<D: Directory> Node<D> {
     /// Clinic: its own records (checks, declarations) the hub has not acknowledged yet, as of
     /// the last session (all of them before the first).
     pub fn unacked_own(&self) -> u64 {
-        let last = self.own.keys().next_back().copied().unwrap_or(0);
-        last.saturating_sub(self.hub_acked)
+        self.own.range(self.hub_acked.saturating_add(1)..).count() as u64
     }
 
     /// The names of peers seen since this node was opened (their certificates' names).
@@ -972,6 +995,28 @@ impl<D: Directory> Node<D> {
             }
             verdicts.push(verdict);
         }
+        // A cursor beyond this hub's log (a ledger restored from another hub, or a hub
+        // restored from an older backup) claims events this hub never held: it is treated as
+        // unknown — nothing is assumed held, the complete receipt then disagrees and the
+        // clinic reconciles. Refused (counted) under its own reason, never trusted.
+        let head = self.log.head().saturating_sub(1);
+        let mut ahead = false;
+        for c in cursors.iter_mut() {
+            if *c != CURSOR_UNKNOWN && *c > head {
+                *c = CURSOR_UNKNOWN;
+                ahead = true;
+            }
+        }
+        if ahead {
+            *self.counters.refusals.entry("cursor_ahead_of_log").or_default() += 1;
+            self.log(
+                Level::Warn,
+                format!(
+                    "clinic {} sent a cursor beyond this hub's log head {head}: treated as unknown",
+                    peer.name
+                ),
+            );
+        }
         let pump = self.start_pump(&granted, &cursors);
         let mut prefetch_positions = VecDeque::new();
         for key in prefetch {
@@ -1054,8 +1099,8 @@ impl<D: Directory> Node<D> {
             next.push(index);
             acc.merge(&prefix);
         }
-        let position =
-            if start == CURSOR_UNKNOWN { self.log.head().saturating_sub(1) } else { start };
+        let head = self.log.head().saturating_sub(1);
+        let position = if start == CURSOR_UNKNOWN { head } else { start.min(head) };
         Pump {
             next,
             held_up_to: cursors.to_vec(),
@@ -1242,11 +1287,10 @@ impl<D: Directory> Node<D> {
         if pump.receipt_due {
             let complete =
                 indexes.iter().enumerate().all(|(k, ix)| pump.next[k] >= ix.by_position().len());
-            let position = if complete {
-                pump.position.max(self.log.head().saturating_sub(1))
-            } else {
-                pump.position
-            };
+            // A receipt never claims a position this hub does not hold.
+            let head = self.log.head().saturating_sub(1);
+            let position = if complete { pump.position.max(head) } else { pump.position };
+            let position = position.min(head);
             pump.position = position;
             let acc = pump.acc;
             pump.receipt_due = false;
@@ -1290,6 +1334,7 @@ impl<D: Directory> Node<D> {
         let own_ns = Namespace::Clinic(peer.node);
         let mut accepted = Vec::new();
         let mut refused = Vec::new();
+        let mut batch_seqs: HashMap<u64, EventId> = HashMap::new();
         for (i, result) in events.into_iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let verdict = match result {
@@ -1318,7 +1363,23 @@ impl<D: Directory> Node<D> {
                                 peer.name
                             ),
                         ))
+                    } else if let Some(other) = batch_seqs
+                        .get(&e.origin_seq)
+                        .or_else(|| self.origin_seqs.get(&(peer.node, e.origin_seq)))
+                        .filter(|other| **other != event.id())
+                    {
+                        *self.counters.refusals.entry("origin_seq_reused").or_default() += 1;
+                        Err((
+                            RefusalReason::Invalid,
+                            format!(
+                                "origin_seq_reused: origin_seq {} of clinic {} already numbers event {other}, not {}",
+                                e.origin_seq,
+                                peer.name,
+                                event.id()
+                            ),
+                        ))
                     } else {
+                        batch_seqs.insert(e.origin_seq, event.id());
                         Ok(event)
                     }
                 }
@@ -1493,6 +1554,8 @@ impl<D: Directory> Node<D> {
         }
         let damaged = !self.log.recovery().damaged.is_empty();
         self.hub_acked = own_seq;
+        // The hub has said how far this clinic's records go: numbering continues above both.
+        self.seq_floor = 0;
         let mut session = ClinicSession {
             hub: peer.node,
             scope: shikaku_protocol::wire::scope_digest(&granted),
@@ -2004,7 +2067,8 @@ impl<D: Directory> Node<D> {
     pub fn record(&mut self, now_ms: u64, body: EventBody) -> Result<SignedEvent, NodeError> {
         let me = self.signer.node_id();
         let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
-        let seq = self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1;
+        let seq = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
+            .max(self.seq_floor);
         let event = Event {
             namespace: Namespace::Clinic(me),
             origin: me,

@@ -7,7 +7,9 @@
 use super::*;
 
 const MAGIC: [u8; 8] = *b"SHKKPRJ\0";
-const VERSION: u16 = 1;
+/// 2: the state digest of `shikaku/projection/v2`. A version-1 snapshot is refused and, being
+/// derived, rebuilt from the log.
+const VERSION: u16 = 2;
 
 /// Why a snapshot was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
