@@ -2,6 +2,7 @@
 //!
 //! - `api`: the clinic's HTTP API (snapshots, FHIR validated by fhir.resources), hub import,
 //!   reconcile;
+//! - `canonical`: an encoder written from EVENTS.md alone reproduces every golden vector;
 //! - `browser`: the reception page in headless Chromium (DevTools protocol on a pipe);
 //! - `story`: a small builder for signed event histories used by the other modules;
 //! - `scenarios`: insta snapshots of the eligibility rules, one story each;
@@ -16,6 +17,7 @@
 mod api;
 mod bad_input;
 mod browser;
+mod canonical;
 mod cli;
 mod contract;
 mod crash;

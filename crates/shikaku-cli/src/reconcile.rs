@@ -455,7 +455,8 @@ pub fn compute(
                     }
                     let then = [&subset, &all].into_iter().find_map(|p| {
                         let a = p.check(query, *service_date, *knowledge, fresh);
-                        (a.hash() == *answer_hash).then(|| {
+                        // Records written before the v2 answer hash carry the v1 one.
+                        (a.hash() == *answer_hash || a.hash_v1() == *answer_hash).then(|| {
                             let billed = answer_billing(p, &a, *knowledge);
                             (a, billed)
                         })

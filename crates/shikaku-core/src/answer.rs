@@ -121,10 +121,133 @@ pub struct Answer {
     pub knowledge: Knowledge,
 }
 
+/// Appends a member key as `u16 LE length ‖ its text form` (`INSURER:SYMBOL:NUMBER:BB`).
+fn put_key(out: &mut Vec<u8>, key: &MemberKey) {
+    let text = key.to_string();
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_ids(out: &mut Vec<u8>, ids: &[EventId]) {
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.0);
+    }
+}
+
+/// The canonical bytes of a conflict inside the answer hash (protocol/EVENTS.md).
+fn put_conflict(out: &mut Vec<u8>, conflict: &Conflict) {
+    match conflict {
+        Conflict::OverlappingCoverage { member, events } => {
+            out.push(0);
+            put_key(out, member);
+            put_ids(out, events);
+        }
+        Conflict::CompetingEnds { member, events } => {
+            out.push(1);
+            put_key(out, member);
+            put_ids(out, events);
+        }
+        Conflict::CompetingValues { member, field, events } => {
+            out.push(2);
+            put_key(out, member);
+            out.extend_from_slice(&(field.len() as u16).to_le_bytes());
+            out.extend_from_slice(field.as_bytes());
+            put_ids(out, events);
+        }
+        Conflict::CompetingCorrections { target, events } => {
+            out.push(3);
+            out.extend_from_slice(&target.0);
+            put_ids(out, events);
+        }
+        Conflict::MultipleMembers { card, members } => {
+            out.push(4);
+            out.extend_from_slice(&card.0);
+            out.extend_from_slice(&(members.len() as u32).to_le_bytes());
+            for m in members {
+                put_key(out, m);
+            }
+        }
+    }
+}
+
 impl Answer {
-    /// blake3 over a canonical encoding of everything except the freshness inputs, so two
-    /// nodes that hold the same events give the same hash for the same question.
+    /// The bytes the answer hash (v2) is computed over: everything except the freshness
+    /// inputs, each field in one canonical byte form (protocol/EVENTS.md, "The answer hash"),
+    /// so two nodes that hold the same events give the same hash for the same question, and
+    /// anyone can recompute a check record's hash by hand.
+    pub fn hash_input(&self) -> Vec<u8> {
+        let mut out = b"shikaku/answer/v2".to_vec();
+        out.push(self.code as u8);
+        out.extend_from_slice(&self.service_date.0.to_le_bytes());
+        match &self.query {
+            CheckQuery::Card(card) => {
+                out.push(0);
+                out.extend_from_slice(&card.0);
+            }
+            CheckQuery::Member(member) => {
+                out.push(1);
+                put_key(&mut out, member);
+            }
+        }
+        let opt_key = |out: &mut Vec<u8>, key: &Option<MemberKey>| match key {
+            None => out.push(0),
+            Some(key) => {
+                out.push(1);
+                put_key(out, key);
+            }
+        };
+        opt_key(&mut out, &self.member);
+        match self.coverage {
+            None => out.push(0),
+            Some(range) => {
+                out.push(1);
+                out.extend_from_slice(&range.start.0.to_le_bytes());
+                match range.end {
+                    None => out.push(0),
+                    Some(end) => {
+                        out.push(1);
+                        out.extend_from_slice(&end.0.to_le_bytes());
+                    }
+                }
+            }
+        }
+        out.push(self.end_reason.map_or(0xFF, |r| r as u8));
+        out.push(self.copay_tenths.unwrap_or(0));
+        match &self.limit_category {
+            None => out.push(0),
+            Some(category) => {
+                out.push(1);
+                out.extend_from_slice(&(category.len() as u16).to_le_bytes());
+                out.extend_from_slice(category.as_bytes());
+            }
+        }
+        out.push(u8::from(self.limit_category_withheld));
+        opt_key(&mut out, &self.successor);
+        match &self.declaration {
+            None => out.push(0),
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(&id.0);
+            }
+        }
+        put_ids(&mut out, &self.decided_by);
+        out.extend_from_slice(&(self.conflicts.len() as u32).to_le_bytes());
+        for conflict in &self.conflicts {
+            put_conflict(&mut out, conflict);
+        }
+        out.extend_from_slice(&self.knowledge.as_of.0.to_le_bytes());
+        out
+    }
+
+    /// blake3 of [`Answer::hash_input`]: what a check record's `answer_hash` holds.
     pub fn hash(&self) -> AnswerHash {
+        AnswerHash(*blake3::hash(&self.hash_input()).as_bytes())
+    }
+
+    /// The answer hash of releases before v2 (built from Debug texts); kept only so that check
+    /// records written then can still be re-derived. Never written any more.
+    pub fn hash_v1(&self) -> AnswerHash {
         let mut h = blake3::Hasher::new();
         h.update(b"shikaku/answer/v1");
         let mut text = |s: &str| {
