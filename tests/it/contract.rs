@@ -377,3 +377,35 @@ fn ledger_digest_agrees_between_two_nodes_holding_one_namespace() {
     assert!(whole.starts_with("projection digest "), "{whole}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_unsigned_examples_sign_and_import() {
+    // Proves the examples of EVENTS-JSONL.md ("Unsigned events") stay true: every line of
+    // examples/unsigned-insurer-events.jsonl signs, and a hub with the key imports all of them.
+    let dir = crate::cli::temp_dir("unsigned-examples");
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let key = dir.join("k.key");
+    assert_eq!(
+        crate::cli::run(&["insurer", "key", "init", "--insurer", "06130017", "--key", &p(&key)]).0,
+        0
+    );
+    let examples =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/unsigned-insurer-events.jsonl");
+    let lines = std::fs::read_to_string(examples).unwrap().lines().count();
+    let signed = dir.join("signed.jsonl");
+    let (code, _, err) =
+        crate::cli::run(&["insurer", "sign", "--key", &p(&key), examples, "--out", &p(&signed)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = crate::cli::run(&[
+        "--data-dir",
+        &p(&dir.join("hub")),
+        "hub",
+        "import",
+        &p(&signed),
+        "--insurer-keys",
+        &p(&dir.join("k.key.pub")),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("imported {lines} new events from {lines} lines")), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

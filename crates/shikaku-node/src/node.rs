@@ -311,6 +311,9 @@ struct ClinicSession {
     /// The hub refused some of our events (a clock too far ahead): push again from the last
     /// acknowledged sequence at this local time.
     retry_at_ms: Option<u64>,
+    /// Largest Negentropy message this clinic sends: the smaller of the two frame limits,
+    /// less 64 bytes for the frame header and namespace.
+    reconcile_bytes_max: usize,
 }
 
 /// How long a clinic waits before pushing events the hub refused once more.
@@ -1566,6 +1569,10 @@ impl<D: Directory> Node<D> {
             in_sync: false,
             rounds: BTreeMap::new(),
             retry_at_ms: None,
+            // Negentropy messages go to the hub: bounded by its frame limit (and ours).
+            reconcile_bytes_max: (frame_max.min(self.config.frame_max).min(FRAME_BYTES_MAX)
+                as usize)
+                .saturating_sub(64),
         };
         let mut first = Vec::new();
         let unknown: Vec<Namespace> = std::iter::once((own_ns, own_cursor))
@@ -1603,7 +1610,7 @@ impl<D: Directory> Node<D> {
         repair.running = true;
         *session.rounds.entry(ns).or_default() += 1;
         self.counters.repairs += 1;
-        let limit = self.config.frame_max as usize - 64;
+        let limit = session.reconcile_bytes_max;
         let items = self.ns.entry(ns).or_default().sorted();
         let message = Reconciler::new(items, limit).and_then(|mut r| r.initiate());
         match message {
@@ -1836,7 +1843,8 @@ impl<D: Directory> Node<D> {
                 format!("ReconcileReply for {} without a repair running", ns_label(&ns)),
             ));
         }
-        let limit = self.config.frame_max as usize - 64;
+        let fallback = self.config.frame_max as usize - 64;
+        let limit = self.clinic_session_mut(conn).map_or(fallback, |s| s.reconcile_bytes_max);
         let items = self.ns.entry(ns).or_default().sorted();
         let mut have = Vec::new();
         let mut need = Vec::new();
