@@ -502,10 +502,12 @@ fn compact(k: &MemberKey) -> Vec<u8> {
 fn digest_by_hand(events: &[shikaku_core::SignedEvent]) -> [u8; 32] {
     use std::collections::{BTreeMap, BTreeSet};
     type Marker = (u64, [u8; 32], u8, i32);
-    // member key bytes → facts (hlc, id, prefix, tag, a, b)
-    let mut members: BTreeMap<Vec<u8>, Vec<(u64, [u8; 32], Vec<u8>, u8, i64, i64)>> =
-        BTreeMap::new();
-    let mut cards: BTreeMap<[u8; 32], Vec<(u64, [u8; 32], Vec<u8>, u8)>> = BTreeMap::new();
+    /// (hlc, id, prefix, tag, a, b)
+    type Fact = (u64, [u8; 32], Vec<u8>, u8, i64, i64);
+    /// (hlc, id, member key, state)
+    type Link = (u64, [u8; 32], Vec<u8>, u8);
+    let mut members: BTreeMap<Vec<u8>, Vec<Fact>> = BTreeMap::new();
+    let mut cards: BTreeMap<[u8; 32], Vec<Link>> = BTreeMap::new();
     let mut voids: BTreeMap<[u8; 32], Vec<Marker>> = BTreeMap::new();
     let mut declarations: BTreeMap<CheckQuery, Vec<Marker>> = BTreeMap::new();
     let mut resolutions: BTreeMap<[u8; 32], Vec<Marker>> = BTreeMap::new();
@@ -594,7 +596,7 @@ fn digest_by_hand(events: &[shikaku_core::SignedEvent]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"shikaku/projection/v2");
     for (key, mut facts) in members {
-        facts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        facts.sort_by_key(|f| (f.0, f.1));
         h.update(&(key.len() as u32).to_le_bytes());
         h.update(&key);
         h.update(&(facts.len() as u32).to_le_bytes());
@@ -608,7 +610,7 @@ fn digest_by_hand(events: &[shikaku_core::SignedEvent]) -> [u8; 32] {
         }
     }
     for (token, mut links) in cards {
-        links.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        links.sort_by_key(|l| (l.0, l.1));
         h.update(&token);
         for (hlc, id, key, state) in links {
             h.update(&hlc.to_le_bytes());
@@ -618,7 +620,7 @@ fn digest_by_hand(events: &[shikaku_core::SignedEvent]) -> [u8; 32] {
         }
     }
     let markers = |h: &mut blake3::Hasher, mut list: Vec<Marker>| {
-        list.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        list.sort_by_key(|m| (m.0, m.1));
         for (hlc, id, flag, day) in list {
             h.update(&hlc.to_le_bytes());
             h.update(&id);
