@@ -33,7 +33,7 @@ fn child_cli() {
 }
 
 /// The command line as a real process (this test binary re-executed as `child_cli`).
-fn spawn(args: &[&str], stdin: Stdio) -> Child {
+pub(crate) fn spawn(args: &[&str], stdin: Stdio) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "field_trial::child_cli", "--ignored", "--nocapture", "--quiet"])
         .env(CHILD_ENV, args.join("\u{1f}"))
@@ -45,7 +45,7 @@ fn spawn(args: &[&str], stdin: Stdio) -> Child {
 }
 
 /// Waits at most `limit` for the child; kills it (by its PID) if it is still running.
-fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
+pub(crate) fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
     let start = Stopwatch::start();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -144,9 +144,14 @@ pub enum HubCommand {
         #[arg(long)]
         insurer_keys: Option<PathBuf>,
         /// Address of the insurer's HTTP API (reconciliation report, health, metrics); off
-        /// unless given.
+        /// unless given. Plain HTTP without authentication: only a loopback address, unless
+        /// --insecure-lan.
         #[arg(long)]
         api: Option<std::net::SocketAddr>,
+        /// Allow --api to listen beyond this machine in plain HTTP without authentication (a
+        /// trusted LAN only; a warning is printed at every start).
+        #[arg(long)]
+        insecure_lan: bool,
     },
     /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
@@ -231,9 +236,14 @@ pub enum ClinicCommand {
         /// An insurer number to replicate (repeatable; at least one).
         #[arg(long = "insurer")]
         insurers: Vec<String>,
-        /// Address of the local check API (HTTP).
+        /// Address of the local check API (HTTP). Plain HTTP without authentication: only a
+        /// loopback address, unless --insecure-lan.
         #[arg(long, default_value = "127.0.0.1:7401")]
         api: std::net::SocketAddr,
+        /// Allow --api to listen beyond this machine in plain HTTP without authentication (a
+        /// trusted LAN only; a warning is printed at every start).
+        #[arg(long)]
+        insecure_lan: bool,
         /// A member of an insurer not subscribed to, whose events to fetch anyway (an
         /// appointment; repeatable).
         #[arg(long = "prefetch")]
@@ -506,7 +516,10 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
             serve::ca_issue(&ca_dir, &cli.data_dir, role, &name, out).map(|()| 0)
         }
-        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys, api }) => {
+        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys, api, insecure_lan }) => {
+            if let Some(api) = api {
+                serve::check_api_address("insurer API", api, insecure_lan, err)?;
+            }
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let insurers = parse_insurers(&insurers)?;
             serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), api, out)
@@ -546,7 +559,11 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 None => {
                     let store = Store::open_existing(&cli.data_dir)?;
                     let events = store.log().read_from(1, usize::MAX)?;
-                    let names = serve::load_clinic_names(&cli.data_dir)?;
+                    // Derived data: a damaged names file costs the names, not the report.
+                    let names = serve::load_clinic_names(&cli.data_dir).unwrap_or_else(|e| {
+                        let _ = writeln!(err, "warning: {e:#}; clinics are shown by node id");
+                        Default::default()
+                    });
                     let report = reconcile::compute(&events, &names, clock::now_ms());
                     reconcile::render(&report, name)?
                 }
@@ -556,7 +573,15 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             sink.flush()?;
             Ok(0)
         }
-        Command::Clinic(ClinicCommand::Serve { hub, insurers, api, prefetch, insurer_keys }) => {
+        Command::Clinic(ClinicCommand::Serve {
+            hub,
+            insurers,
+            api,
+            prefetch,
+            insurer_keys,
+            insecure_lan,
+        }) => {
+            serve::check_api_address("clinic check API", api, insecure_lan, err)?;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let prefetch = prefetch
                 .iter()
@@ -777,7 +802,11 @@ pub fn import_from(
             return Err(e);
         }
     };
-    store.checkpoint_if_due()?;
+    // The checkpoint and snapshot are derived: failing to write them (a full disk) loses
+    // nothing stored, so it is a warning, not a failed import.
+    if let Err(e) = store.checkpoint_if_due() {
+        writeln!(err, "warning: every event is stored, but the index checkpoint or projection snapshot could not be written ({e:#}); the next open scans the log instead")?;
+    }
     Ok(summary)
 }
 

@@ -30,6 +30,7 @@ pub fn open_node(data_dir: &Path, config: NodeConfig) -> Result<(FileNode, std::
     let signer = node_identity(data_dir, true)?
         .with_context(|| format!("no node key in {}", data_dir.display()))?;
     let lock = take_lock(data_dir)?;
+    crate::store::remove_temporary_files(data_dir);
     let files = FileDirectory::new(data_dir.join("log"))
         .with_context(|| format!("opening {}", data_dir.join("log").display()))?;
     let node = Node::open(files, signer, config)
@@ -80,6 +81,30 @@ pub fn load_tls(data_dir: &Path, role: Role) -> Result<tls::TlsFiles> {
         );
     }
     Ok(tls_files)
+}
+
+/// Refuses an HTTP API address beyond loopback — plain HTTP, no authentication, member data
+/// in every answer — unless `insecure_lan` says the operator accepts that (a warning then, at
+/// every start).
+pub fn check_api_address(
+    what: &str,
+    addr: SocketAddr,
+    insecure_lan: bool,
+    err: &mut dyn Write,
+) -> Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure_lan {
+        bail!(
+            "the {what} would listen on {addr}, beyond this machine, in plain HTTP without authentication: bind a loopback address (127.0.0.1 or [::1]), or pass --insecure-lan on a trusted network only"
+        );
+    }
+    writeln!(
+        err,
+        "warning: the {what} listens on {addr} in plain HTTP without authentication (--insecure-lan): anyone who reaches it can check members and read answers"
+    )?;
+    Ok(())
 }
 
 /// Waits for a shutdown request: Ctrl-C (SIGINT) or SIGTERM, the signal systemd, Docker and
@@ -187,17 +212,14 @@ pub fn save_clinic_names(
     if names.is_empty() {
         return Ok(());
     }
-    let mut all = load_clinic_names(data_dir)?;
+    // A damaged names file (derived data) is replaced by what this hub saw.
+    let mut all = load_clinic_names(data_dir).unwrap_or_default();
     all.extend(names.iter().map(|(k, v)| (*k, v.clone())));
     let text: String = all
         .iter()
         .map(|(id, name)| format!("{} {name}\n", shikaku_core::hex::encode(&id.0)))
         .collect();
-    let path = data_dir.join(CLINIC_NAMES_FILE);
-    let tmp = data_dir.join(format!("{CLINIC_NAMES_FILE}.tmp"));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    crate::store::write_private_atomic(&data_dir.join(CLINIC_NAMES_FILE), text.as_bytes())
 }
 
 /// `shikaku clinic serve`: background sync with the hub and the local check API.

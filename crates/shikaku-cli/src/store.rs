@@ -25,12 +25,70 @@ pub struct Store {
     _lock: std::fs::File,
 }
 
+/// Creates `dir` (and its parents) private to its owner, 0700.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename, directory
+/// fsync), readable only by its owner (0600).
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tmp");
+    let temporary = path.with_file_name(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(bytes).with_context(|| format!("writing {}", temporary.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("installing {}", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    Ok(())
+}
+
+/// Whether `dir` already holds a ledger (a log segment).
+fn holds_a_ledger(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("log")).is_ok_and(|entries| {
+        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+    })
+}
+
+/// Refuses a secret file that other users can read (as OpenSSH does), saying how to fix it.
+pub fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is readable by other users (mode {mode:o}): it must be private to its owner — run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The node's signing identity from `<dir>/node.key`, created from the OS's randomness when
-/// missing and `create` is set.
+/// missing and `create` is set — but only for a data directory without a ledger: a ledger
+/// whose identity file is missing is refused, naming the file (a new key could not continue
+/// its hash chain's checksums, nor sign as the node its peers know).
 pub fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
     let path = dir.join(NODE_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
+            check_private(&path)?;
             let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                 anyhow::anyhow!(
                     "{} must hold exactly 32 bytes, found {}",
@@ -40,17 +98,18 @@ pub fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
             })?;
             Ok(Some(Signer::from_secret(secret)))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && holds_a_ledger(dir) => bail!(
+            "{} holds a ledger but its identity file {} is missing: restore it from a backup (a new key cannot act as this node)",
+            dir.display(),
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            create_private_dir(dir)?;
             let mut secret = [0u8; 32];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| f.read_exact(&mut secret))
                 .context("reading /dev/urandom for a new node key")?;
-            let temporary = dir.join(format!("{NODE_KEY_FILE}.tmp"));
-            std::fs::write(&temporary, secret).context("writing the node key")?;
-            std::fs::File::open(&temporary).and_then(|f| f.sync_all())?;
-            std::fs::rename(&temporary, &path).context("installing the node key")?;
-            std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+            write_private_atomic(&path, &secret).context("writing the node key")?;
             Ok(Some(Signer::from_secret(secret)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -58,13 +117,29 @@ pub fn node_identity(dir: &Path, create: bool) -> Result<Option<Signer>> {
     }
 }
 
+/// Removes the temporary files an interrupted atomic write leaves (`*.tmp`, e.g. a projection
+/// snapshot that a full disk cut short), in the data directory and its log. Called with the
+/// lock held: nobody else is writing them.
+pub fn remove_temporary_files(dir: &Path) {
+    for folder in [dir.to_path_buf(), dir.join("log")] {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Takes the data directory's single-writer lock (released when the file is dropped).
 pub fn take_lock(dir: &Path) -> Result<std::fs::File> {
     let lock_path = dir.join("LOCK");
+    use std::os::unix::fs::OpenOptionsExt as _;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
@@ -85,6 +160,7 @@ impl Store {
         }
         let Some(identity) = node_identity(dir, create)? else { return Ok(None) };
         let lock = take_lock(dir)?;
+        remove_temporary_files(dir);
         let files = FileDirectory::new(dir.join("log"))
             .with_context(|| format!("opening {}", dir.join("log").display()))?;
         let log = Log::open(files, LogConfig::new(identity.node_id()))
@@ -160,13 +236,8 @@ impl Store {
         bytes.extend_from_slice(&position.to_le_bytes());
         bytes.extend_from_slice(&id.0);
         bytes.extend_from_slice(&projection.encode_snapshot(position));
-        let path = self.dir.join(SNAPSHOT_FILE);
-        let temporary = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        std::fs::write(&temporary, &bytes).context("writing the projection snapshot")?;
-        std::fs::File::open(&temporary).and_then(|f| f.sync_all())?;
-        std::fs::rename(&temporary, &path).context("installing the projection snapshot")?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all())?;
-        Ok(())
+        write_private_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
+            .context("writing the projection snapshot")
     }
 
     /// The projection snapshot, if one exists that verifies and belongs to this ledger.

@@ -1,8 +1,11 @@
 //! Real files behind the [`Storage`] and [`Directory`] traits (positional IO, fdatasync, and a
 //! directory fsync after creating, removing or renaming files).
+//!
+//! Everything a ledger holds can name members, so it is private to its owner: directories are
+//! created 0700 and files 0600 (whatever the umask).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt, OpenOptionsExt as _};
 use std::path::PathBuf;
 
 use crate::storage::{Directory, Storage, StorageError};
@@ -62,7 +65,7 @@ impl FileDirectory {
     /// Opens (creating it if needed) a directory.
     pub fn new(path: impl Into<PathBuf>) -> Result<FileDirectory, StorageError> {
         let path = path.into();
-        std::fs::create_dir_all(&path).map_err(io)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&path).map_err(io)?;
         Ok(FileDirectory { path })
     }
 
@@ -104,6 +107,7 @@ impl Directory for FileDirectory {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.path.join(name))
             .map_err(io)?;
         Ok(FileStorage { file })
@@ -120,7 +124,13 @@ impl Directory for FileDirectory {
     fn write_atomic(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
         let temporary = self.path.join(format!("{name}.tmp"));
         {
-            let mut file = File::create(&temporary).map_err(io)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)
+                .map_err(io)?;
             std::io::Write::write_all(&mut file, data).map_err(io)?;
             file.sync_all().map_err(io)?;
         }

@@ -547,12 +547,12 @@ impl ClinicService {
                                     backoff = Duration::from_millis(100);
                                 }
                             }
-                            Err(e) => rt.with_node(|n, _| {
-                                n.note_connect_failure(&format!("hub {hub} unreachable: {e}"))
+                            Err(e) => rt.with_node(|n, now| {
+                                n.note_connect_failure(now, &format!("hub {hub} unreachable: {e}"))
                             }),
                         },
-                        Err(e) => rt.with_node(|n, _| {
-                            n.note_connect_failure(&format!("cannot connect to {hub}: {e}"))
+                        Err(e) => rt.with_node(|n, now| {
+                            n.note_connect_failure(now, &format!("cannot connect to {hub}: {e}"))
                         }),
                     }
                     if rt.is_stopping() {

@@ -113,6 +113,11 @@ pub fn ca_issue(ca_dir: &Path, role: Role, name: &str, node: NodeId, out: &Path)
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // Subject and authority key identifiers, and an explicit "not a CA": RFC 5280 path
+    // validators other than webpki (Python's cryptography, hence aioquic) refuse leaves
+    // without them.
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &issuer).context("signing the node certificate")?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for file in [CERT_FILE, KEY_FILE] {

@@ -400,6 +400,9 @@ impl EventBatch {
     }
 }
 
+/// A connection failure with the same reason is logged at warn at most this often.
+pub const CONNECT_WARNING_EVERY_MS: u64 = 60_000;
+
 /// How far a restarted clinic's numbering jumps ahead of what its ledger holds until the hub
 /// confirms where its records end: more than a clinic records between two durable writes, so
 /// a lost tail's numbers are never reused (gaps are allowed, reuse is not).
@@ -407,7 +410,11 @@ pub const RESTART_SEQ_GAP: u64 = 1 << 16;
 
 /// Name of the clinic's receipt file in its data directory.
 pub const RECEIPTS_FILE: &str = "receipts.shk";
-const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT1";
+/// Receipt file version 1: the receipt and its namespaces (still read).
+const RECEIPTS_MAGIC_V1: &[u8; 8] = b"SHKRCPT1";
+/// Version 2 adds the last hub sync time and the hub's acknowledged own sequence, so a clinic
+/// restarted while the hub is down still says how fresh it is and what is still unsent.
+const RECEIPTS_MAGIC: &[u8; 8] = b"SHKRCPT2";
 
 /// A hub or clinic node.
 pub struct Node<D: Directory> {
@@ -421,6 +428,8 @@ pub struct Node<D: Directory> {
     /// that the hub already holds (a disk that lied about fsync), and a number must never be
     /// used twice. 0 once confirmed.
     seq_floor: u64,
+    /// Clinic: when and why the last connection failure was logged at warn.
+    last_connect_warning: Option<(u64, String)>,
     /// Every clinic event's origin sequence (origin = its clinic) and id: a clinic never
     /// numbers two different events alike (SPEC.md, "Origin sequences").
     origin_seqs: HashMap<(NodeId, u64), EventId>,
@@ -477,6 +486,7 @@ impl<D: Directory> Node<D> {
             peer_names: BTreeMap::new(),
             hub_acked: 0,
             seq_floor: 0,
+            last_connect_warning: None,
             origin_seqs: HashMap::new(),
             projection,
             signer,
@@ -549,13 +559,19 @@ impl<D: Directory> Node<D> {
             }
         };
         match decode_receipt_file(&bytes) {
-            Ok(kept) => {
-                // A restarted clinic that cannot reach its hub last synced when its kept
-                // complete receipt was signed, not "never": answers say so.
-                if kept.0.complete {
-                    self.last_sync_ms = Some(kept.0.issued_ms);
+            Ok((receipt, namespaces, kept)) => {
+                // A restarted clinic that cannot reach its hub says when it last synced (and
+                // what the hub had acknowledged), not "never". A version-1 file has no sync
+                // time: its complete receipt's signing time stands in.
+                match kept {
+                    Some(KeptState { last_sync_ms, hub_acked }) => {
+                        self.last_sync_ms = (last_sync_ms > 0).then_some(last_sync_ms);
+                        self.hub_acked = hub_acked;
+                    }
+                    None if receipt.complete => self.last_sync_ms = Some(receipt.issued_ms),
+                    None => {}
                 }
-                self.receipt = Some(kept);
+                self.receipt = Some((receipt, namespaces));
             }
             Err(e) => self.log(Level::Warn, format!("receipt file invalid, ignored: {e}")),
         }
@@ -571,6 +587,8 @@ impl<D: Directory> Node<D> {
         out.extend_from_slice(&receipt.hub.0);
         out.extend_from_slice(&receipt.clinic.0);
         receipt.encode(&mut out);
+        out.extend_from_slice(&self.last_sync_ms.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.hub_acked.to_le_bytes());
         // Sorted and de-duplicated, as the scope digest reads them (SPEC.md).
         let mut sorted = namespaces.clone();
         sorted.sort_unstable();
@@ -789,9 +807,20 @@ impl<D: Directory> Node<D> {
     }
 
     /// The runtime could not reach the hub (the clinic keeps answering from its ledger).
-    pub fn note_connect_failure(&mut self, why: &str) {
+    pub fn note_connect_failure(&mut self, now_ms: u64, why: &str) {
         self.counters.connect_failures += 1;
-        self.log(Level::Debug, why.to_owned());
+        // At warn the first time, when the reason changes, and then at most once a minute (a
+        // clinic retries every few seconds): a wrong CA or an expired certificate must not
+        // hide at debug level, nor flood the log.
+        let repeat = self.last_connect_warning.as_ref().is_some_and(|(at, reason)| {
+            reason == why && now_ms.saturating_sub(*at) < CONNECT_WARNING_EVERY_MS
+        });
+        if repeat {
+            self.log(Level::Debug, why.to_owned());
+        } else {
+            self.last_connect_warning = Some((now_ms, why.to_owned()));
+            self.log(Level::Warn, format!("cannot sync with the hub: {why}"));
+        }
     }
 
     /// A connection to `peer` is up (its certificate verified by the runtime). A clinic sends
@@ -834,6 +863,7 @@ impl<D: Directory> Node<D> {
             .is_some_and(|c| matches!(&c.state, SessionState::Clinic(s) if s.in_sync));
         if was_in_sync {
             self.last_sync_ms = Some(now_ms);
+            self.receipts_dirty = true;
         }
         if let Some(c) = self.conns.remove(&conn) {
             self.log(
@@ -1747,6 +1777,7 @@ impl<D: Directory> Node<D> {
                 rep.attempts = 0;
             }
             self.last_sync_ms = Some(now_ms);
+            self.receipts_dirty = true;
             return Ok(());
         }
         // Our own events still on their way to the hub may explain the difference: wait for the
@@ -1802,7 +1833,11 @@ impl<D: Directory> Node<D> {
         refused: Vec<Refusal>,
     ) {
         let any_refused = !refused.is_empty();
-        self.hub_acked = self.hub_acked.max(own_seq);
+        if own_seq > self.hub_acked {
+            self.hub_acked = own_seq;
+            // Kept with the receipt: a restart must not count acknowledged records as unsent.
+            self.receipts_dirty = true;
+        }
         if let Some(s) = self.clinic_session_mut(conn) {
             s.acked = s.acked.max(own_seq);
             if any_refused && s.retry_at_ms.is_none() {
@@ -2099,8 +2134,17 @@ pub fn ns_label(ns: &Namespace) -> String {
     }
 }
 
-fn decode_receipt_file(bytes: &[u8]) -> Result<(Receipt, Vec<Namespace>), String> {
-    if bytes.len() < 8 + 32 || &bytes[..8] != RECEIPTS_MAGIC {
+/// What a version-2 receipt file keeps beside the receipt.
+struct KeptState {
+    last_sync_ms: u64,
+    hub_acked: u64,
+}
+
+type ReceiptFile = (Receipt, Vec<Namespace>, Option<KeptState>);
+
+fn decode_receipt_file(bytes: &[u8]) -> Result<ReceiptFile, String> {
+    let v2 = bytes.get(..8) == Some(&RECEIPTS_MAGIC[..]);
+    if bytes.len() < 8 + 32 || !(v2 || &bytes[..8] == RECEIPTS_MAGIC_V1) {
         return Err("not a receipt file".into());
     }
     let (body, sum) = bytes.split_at(bytes.len() - 32);
@@ -2113,6 +2157,14 @@ fn decode_receipt_file(bytes: &[u8]) -> Result<(Receipt, Vec<Namespace>), String
     let mut receipt = Receipt::decode(&mut r).map_err(|e| e.to_string())?;
     receipt.hub = hub;
     receipt.clinic = clinic;
+    let kept = if v2 {
+        Some(KeptState {
+            last_sync_ms: r.u64("last sync").map_err(|e| e.to_string())?,
+            hub_acked: r.u64("acknowledged own sequence").map_err(|e| e.to_string())?,
+        })
+    } else {
+        None
+    };
     let n = r.u32("namespace count").map_err(|e| e.to_string())?;
     let mut namespaces = Vec::new();
     for _ in 0..n.min(4096) {
@@ -2121,5 +2173,5 @@ fn decode_receipt_file(bytes: &[u8]) -> Result<(Receipt, Vec<Namespace>), String
     if shikaku_protocol::wire::scope_digest(&namespaces) != receipt.scope {
         return Err("namespaces do not match the receipt's scope".into());
     }
-    Ok((receipt, namespaces))
+    Ok((receipt, namespaces, kept))
 }

@@ -1,0 +1,261 @@
+//! Issue 13, the parts done so far: identity files, permissions, API addresses, state kept
+//! across restarts and connection failures that are not hidden. Real processes where the
+//! defect was about a process.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::cli::{run, temp_dir};
+use crate::field_trial::{finish, spawn};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn p(path: &std::path::Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_ledger_is_private_to_its_owner_and_a_readable_key_is_refused() {
+    // Proves item 5 with a real process: `ledger import` into a fresh data dir used to leave
+    // node.key and every segment 0644 (any local user read every member's name). Now the data
+    // dir and log/ are 0700 and every file 0600; a key others can read is refused with the fix.
+    let dir = temp_dir("private");
+    let stream = dir.join("w.jsonl");
+    run(&["gen", "--members", "50", "--seed", "4", "--out", &p(&stream)]);
+    let data = dir.join("data");
+    let (code, _, err) = finish(
+        spawn(&["--data-dir", &p(&data), "ledger", "import", &p(&stream)], Stdio::null()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("log")), 0o700);
+    for name in ["node.key", "LOCK"] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    let mut files = 0;
+    for entry in std::fs::read_dir(data.join("log")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 1);
+    std::fs::set_permissions(data.join("node.key"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let (code, _, err) = run(&["--data-dir", &p(&data), "ledger", "stats"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("node.key is readable by other users") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_ledger_without_its_identity_file_is_refused_naming_it() {
+    // Proves item 4: with node.key deleted, `ledger` commands said "there is no ledger …
+    // import events first" and `clinic serve`/`ca issue` wrote a new key. Now the missing file
+    // is named and no new identity is made for a data dir that holds a ledger.
+    let dir = temp_dir("no-key");
+    let stream = dir.join("w.jsonl");
+    run(&["gen", "--members", "30", "--seed", "4", "--out", &p(&stream)]);
+    let data = dir.join("data");
+    assert_eq!(run(&["--data-dir", &p(&data), "ledger", "import", &p(&stream)]).0, 0);
+    std::fs::remove_file(data.join("node.key")).unwrap();
+    for args in [
+        vec!["ledger", "stats"],
+        vec!["ledger", "export"],
+        vec!["ledger", "import", &p(&stream)],
+        vec!["ca", "issue", "--ca-dir", "/nonexistent", "--role", "clinic", "--name", "c"],
+    ] {
+        let mut full = vec!["--data-dir".to_owned(), p(&data)];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, _, err) = run(&refs);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("node.key") && err.contains("missing"), "{args:?}: {err}");
+        assert!(!data.join("node.key").exists(), "{args:?} made a new identity");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_http_api_beyond_loopback_needs_insecure_lan() {
+    // Proves item 10 with real processes: `--api 0.0.0.0:PORT` used to bind every interface
+    // without a word. Both services now refuse before binding anything, naming the address and
+    // the way out (`--insecure-lan`).
+    let dir = temp_dir("lan");
+    for args in [
+        vec!["clinic", "serve", "--insurer", "06130017", "--api", "0.0.0.0:0"],
+        vec!["hub", "serve", "--api", "0.0.0.0:0"],
+    ] {
+        let mut full = vec!["--data-dir".to_owned(), p(&dir.join("node"))];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, _, err) = finish(spawn(&refs, Stdio::null()), Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("0.0.0.0:0") && err.contains("--insecure-lan"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_clinic_restarted_while_the_hub_is_down_knows_when_it_synced_and_what_was_acknowledged() {
+    // Proves item 11: restarted offline, a clinic said "never synced" and counted every own
+    // record as unacknowledged. The receipt file (version 2) now keeps both.
+    let mut w = crate::node::World::new(150, 1);
+    w.connect(0);
+    w.run();
+    for _ in 0..3 {
+        w.check(0, (2026, 1, 5)).unwrap();
+    }
+    w.run();
+    assert_eq!(w.clinics[0].unacked_own(), 0);
+    let synced_at = w.now_ms;
+    w.disconnect(0);
+    w.clinics[0].persist_receipts().unwrap();
+    let disk = w.clinic_disks[0].clone();
+    w.reopen_clinic(0, disk);
+    w.now_ms += 600_000;
+    let f = w.clinics[0].freshness(w.now_ms);
+    assert_eq!(f.last_hub_sync_ms, Some(synced_at), "the last sync survives the restart");
+    assert_eq!(w.clinics[0].unacked_own(), 0, "acknowledged records stay acknowledged");
+    let answer = w.check(0, (2026, 1, 5)).unwrap();
+    assert_eq!(answer.knowledge.staleness_s, Some(600));
+    assert_eq!(w.clinics[0].unacked_own(), 1);
+}
+
+#[test]
+fn connection_failures_are_warnings_with_their_reason_rate_limited() {
+    // Proves item 12: a clinic whose CA is not the hub's stayed offline with nothing above
+    // debug level. Failures are now warnings naming the reason: the first, each new reason,
+    // and the same reason again after a minute.
+    let mut w = crate::node::World::new(50, 1);
+    let node = &mut w.clinics[0];
+    while node.poll_event().is_some() {}
+    let tls = "cannot connect: invalid peer certificate: UnknownIssuer";
+    let mut warnings = Vec::new();
+    for (t, why) in [(0, tls), (5_000, tls), (10_000, tls), (20_000, "timed out"), (70_001, tls)] {
+        node.note_connect_failure(1_000_000 + t, why);
+        while let Some(out) = node.poll_event() {
+            if let shikaku_node::Output::Log { level: shikaku_node::Level::Warn, message } = out {
+                warnings.push(message);
+            }
+        }
+    }
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(warnings[0].contains("UnknownIssuer"), "{warnings:?}");
+    assert!(warnings[1].contains("timed out"), "{warnings:?}");
+    assert_eq!(node.counters().connect_failures, 5);
+}
+
+#[test]
+fn derived_files_never_fail_what_they_are_derived_from() {
+    // Proves item 6 (two of its three parts): a damaged clinic-names file made `reconcile`
+    // exit 2, and a temporary file of an interrupted snapshot stayed forever. Now the report
+    // falls back to node ids with a warning, and opening a ledger removes `*.tmp` leftovers.
+    let dir = temp_dir("derived");
+    let stream = dir.join("w.jsonl");
+    run(&["gen", "--members", "40", "--seed", "5", "--out", &p(&stream)]);
+    let hub = dir.join("hub");
+    assert_eq!(run(&["--data-dir", &p(&hub), "hub", "import", &p(&stream)]).0, 0);
+    std::fs::write(hub.join("clinic-names"), "not a names file\n").unwrap();
+    let (code, out, err) = run(&["--data-dir", &p(&hub), "reconcile"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning:") && err.contains("node id"), "{err}");
+    assert!(out.starts_with("Reconciliation at "), "{out}");
+    std::fs::write(hub.join("projection.snapshot.tmp"), b"half a snapshot").unwrap();
+    std::fs::write(hub.join("log").join("receipts.shk.tmp"), b"half").unwrap();
+    assert_eq!(run(&["--data-dir", &p(&hub), "ledger", "stats"]).0, 0);
+    assert!(!hub.join("projection.snapshot.tmp").exists());
+    assert!(!hub.join("log").join("receipts.shk.tmp").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `target/x509-venv/bin/python` with Python's `cryptography` 44.0.3 (its Rust X.509 path
+/// validator, independent of rustls/webpki), created on first use.
+fn x509_python() -> std::path::PathBuf {
+    let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let venv = target.join("x509-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &std::path::PathBuf| {
+        std::process::Command::new(python)
+            .args(["-c", "import cryptography.x509.verification"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return python;
+    }
+    let status = std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "python3 -m venv failed (apt-get install python3-venv)"
+    );
+    let status = std::process::Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "cryptography==44.0.3"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pip install cryptography failed");
+    assert!(ready(&python));
+    python
+}
+
+/// Verifies a hub certificate as a TLS server for `shikaku-hub` and a clinic certificate as a
+/// TLS client, both against the deployment CA, with cryptography's RFC 5280 validator.
+const X509_CHECK: &str = r#"
+import sys
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
+from cryptography.x509 import DNSName
+ca, hub, clinic = (x509.load_pem_x509_certificate(open(p, "rb").read()) for p in sys.argv[1:4])
+store = Store([ca])
+PolicyBuilder().store(store).build_server_verifier(DNSName("shikaku-hub")).verify(hub, [])
+PolicyBuilder().store(store).build_client_verifier().verify(clinic, [])
+for leaf in (hub, clinic):
+    leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+print("verified")
+"#;
+
+#[test]
+fn certificates_verify_with_an_independent_x509_implementation() {
+    // Proves item 13: an independent QUIC client (aioquic, through Python's cryptography)
+    // refused the hub's certificate — its leaf had no authority key identifier. The hub and
+    // clinic certificates `ca issue` writes now pass cryptography's RFC 5280 path validation,
+    // as a server for `shikaku-hub` and as a client.
+    let dir = temp_dir("x509");
+    let ca = dir.join("ca");
+    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
+    for (node, role, name) in [("hub", "hub", "hub-1"), ("clinic", "clinic", "front-desk")] {
+        let (code, _, err) = run(&[
+            "--data-dir",
+            &p(&dir.join(node)),
+            "ca",
+            "issue",
+            "--ca-dir",
+            &p(&ca),
+            "--role",
+            role,
+            "--name",
+            name,
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let script = dir.join("check.py");
+    std::fs::write(&script, X509_CHECK).unwrap();
+    let output = std::process::Command::new(x509_python())
+        .arg(&script)
+        .arg(ca.join("ca.pem"))
+        .arg(dir.join("hub/tls/cert.pem"))
+        .arg(dir.join("clinic/tls/cert.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "cryptography refused the certificates: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "verified");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
