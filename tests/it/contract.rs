@@ -35,9 +35,10 @@ fn the_receipt_file_is_121_byte_receipts_and_sorted_namespaces() {
     w.run();
     w.clinics[0].persist_receipts().unwrap();
     let bytes = w.clinic_disks[0].durable_image("receipts.shk").unwrap();
-    assert_eq!(&bytes[..8], b"SHKRCPT1");
+    assert_eq!(&bytes[..8], b"SHKRCPT2");
     let receipt_at = 8 + 32 + 32;
-    let count_at = receipt_at + 121;
+    // The receipt, then (version 2) the last sync time and the acknowledged own sequence.
+    let count_at = receipt_at + 121 + 16;
     let count = u32::from_le_bytes(bytes[count_at..count_at + 4].try_into().unwrap()) as usize;
     assert_eq!(count, w.insurers.len() + 1, "every insurer and the own namespace");
     let mut namespaces = Vec::new();
@@ -57,7 +58,7 @@ fn the_receipt_file_is_121_byte_receipts_and_sorted_namespaces() {
     sorted.sort_by_key(key);
     assert_eq!(namespaces, sorted, "sorted by tag, then insurer number, then node id");
     assert_eq!(
-        &bytes[count_at - 121..count_at - 121 + 16],
+        &bytes[receipt_at..receipt_at + 16],
         &shikaku_protocol::wire::scope_digest(
             &std::iter::once(Namespace::Clinic(w.clinic_signers[0].node_id()))
                 .chain(w.insurers.iter().map(|i| Namespace::Insurer(*i)))

@@ -813,10 +813,10 @@ async fn the_clinic_api_records_consent_and_answers_every_error_as_json() {
         async move {
             tokio::task::spawn_blocking(move || {
                 use std::io::{Read, Write};
-                let mut s = std::net::TcpStream::connect(host).unwrap();
+                let mut s = std::net::TcpStream::connect(&host).unwrap();
                 write!(
                     s,
-                    "{request} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "{request} HTTP/1.1\r\nHost: {host}\r\nX-Shikaku-Client: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
                 .unwrap();

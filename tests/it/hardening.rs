@@ -3,7 +3,7 @@
 //! defect was about a process.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::cli::{run, temp_dir};
@@ -257,5 +257,143 @@ fn certificates_verify_with_an_independent_x509_implementation() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "cryptography refused the certificates: {stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "verified");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Sends raw bytes to `addr` and returns what came back before the server closed (or the read
+/// timed out after `wait`).
+fn raw_exchange(addr: &str, request: &str, wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_clinic_api_survives_slow_clients_and_refuses_rebinding_and_cross_site_writes() {
+    // Proves items 7 and 8 against a real `clinic serve` process. Item 7: clients that send
+    // half a header were never closed and starved reception; now a header must arrive within
+    // the timeout, connections beyond the cap are closed at once (and logged), and a real
+    // check gets through while slow clients hang. Item 8: `Host: evil.example` got a full
+    // answer, and any page the reception PC opened could make its browser record a check;
+    // now a foreign Host is 421, and a recording request from another site, or without the
+    // client header, is 403 — while the health endpoint stays open.
+    use std::io::{Read, Write};
+    let dir = temp_dir("hostile-http");
+    let ca = dir.join("ca");
+    let clinic = dir.join("clinic");
+    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
+    let (code, _, err) = run(&[
+        "--data-dir",
+        &p(&clinic),
+        "ca",
+        "issue",
+        "--ca-dir",
+        &p(&ca),
+        "--role",
+        "clinic",
+        "--name",
+        "front-desk",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // A closed loopback port stands in for an unreachable hub.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let hub = closed.to_string();
+    let mut child = spawn(
+        &[
+            "--data-dir",
+            &p(&clinic),
+            "clinic",
+            "serve",
+            "--hub",
+            &hub,
+            "--insurer",
+            "06130017",
+            "--api",
+            "127.0.0.1:0",
+            "--api-header-timeout-s",
+            "2",
+            "--api-connections-max",
+            "6",
+        ],
+        Stdio::null(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next().expect("clinic serve prints its API address").unwrap();
+        if let Some(url) = line.split("check API on ").nth(1) {
+            break url.trim().to_owned();
+        }
+    };
+    let addr = url.trim_start_matches("http://").to_owned();
+    let ask = |extra: &str, path: &str| {
+        raw_exchange(
+            &addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"),
+            Duration::from_secs(10),
+        )
+    };
+
+    // Item 8 first: Host, cross-site and the client header.
+    let evil = raw_exchange(
+        &addr,
+        "GET /v1/health HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(status_of(&evil), 421, "{evil}");
+    assert!(evil.contains("host_not_allowed"), "{evil}");
+    let check = "/v1/check?member=06130017%3A1%3A2%3A00";
+    let cross = ask("X-Shikaku-Client: x\r\nSec-Fetch-Site: cross-site\r\n", check);
+    assert_eq!(status_of(&cross), 403, "{cross}");
+    assert!(cross.contains("cross_site"), "{cross}");
+    let origin = ask("X-Shikaku-Client: x\r\nOrigin: http://evil.example\r\n", check);
+    assert_eq!(status_of(&origin), 403, "{origin}");
+    let bare = ask("", check);
+    assert_eq!(status_of(&bare), 403, "{bare}");
+    assert!(bare.contains("missing_client_header"), "{bare}");
+    assert_eq!(status_of(&ask("", "/v1/health")), 200, "health needs no proof");
+    let ok = ask("X-Shikaku-Client: x\r\nSec-Fetch-Site: same-origin\r\n", check);
+    assert_eq!(status_of(&ok), 200, "{ok}");
+
+    // Item 7: five slow clients (half a header each) within the cap of six.
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(format!("GET /v1/health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").as_bytes())
+            .unwrap();
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A real check still gets through while they hang.
+    assert_eq!(status_of(&ask("X-Shikaku-Client: x\r\n", check)), 200);
+    // Beyond the cap: one more slow client fills it, the next connection is closed at once.
+    let mut sixth = std::net::TcpStream::connect(&addr).unwrap();
+    sixth.write_all(b"GET /").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = raw_exchange(&addr, "GET /v1/health HTTP/1.1\r\n", Duration::from_secs(1));
+    assert!(refused.is_empty(), "a connection past the cap is closed unanswered: {refused}");
+    // Within a few seconds the server has closed every slow client.
+    for s in slow.iter_mut().chain(std::iter::once(&mut sixth)) {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or_else(|e| panic!("a slow client is still open: {e}"));
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "slow client got {text:?}");
+    }
+    // And with them gone, reception works again.
+    assert_eq!(status_of(&ask("", "/v1/health")), 200);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let (code, _, err) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("HTTP connection cap of 6 reached"), "the cap is logged: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -467,7 +467,7 @@ pub(crate) async fn http(url: &str, request: &str, body: &str) -> String {
         format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
     };
     let message =
-        format!("{request} HTTP/1.1\r\nHost: x\r\n{content}Connection: close\r\n\r\n{body}");
+        format!("{request} HTTP/1.1\r\nHost: {host}\r\nX-Shikaku-Client: test\r\n{content}Connection: close\r\n\r\n{body}");
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(host).unwrap();

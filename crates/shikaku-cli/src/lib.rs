@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod demo;
 pub mod fhir;
+pub mod http;
 pub mod insurer;
 pub mod jsonl;
 pub mod ledger;
@@ -152,6 +153,8 @@ pub enum HubCommand {
         /// trusted LAN only; a warning is printed at every start).
         #[arg(long)]
         insecure_lan: bool,
+        #[command(flatten)]
+        api_limits: ApiLimitArgs,
     },
     /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
@@ -213,6 +216,35 @@ pub enum InsurerKeyCommand {
     },
 }
 
+/// Limits and names of an HTTP API (`--api`).
+#[derive(Debug, Clone, Args)]
+pub struct ApiLimitArgs {
+    /// Another name clients may use for the API in the Host header (besides its address and,
+    /// on loopback, localhost); repeatable. Any other Host is refused (DNS rebinding).
+    #[arg(long = "api-name")]
+    pub api_names: Vec<String>,
+    /// Seconds a client has to send a request's header (also how long an idle kept-alive
+    /// connection stays open).
+    #[arg(long, default_value_t = 10)]
+    pub api_header_timeout_s: u64,
+    /// HTTP connections open at once; more are closed as they arrive (and logged).
+    #[arg(long, default_value_t = 256)]
+    pub api_connections_max: usize,
+}
+
+impl ApiLimitArgs {
+    /// The serving options these flags ask for.
+    pub fn options(&self) -> serve::ApiOptions {
+        serve::ApiOptions {
+            limits: http::HttpLimits {
+                header_timeout: std::time::Duration::from_secs(self.api_header_timeout_s.max(1)),
+                connections_max: self.api_connections_max.max(1),
+            },
+            host_names: self.api_names.clone(),
+        }
+    }
+}
+
 /// Output formats of `shikaku reconcile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
@@ -244,6 +276,8 @@ pub enum ClinicCommand {
         /// trusted LAN only; a warning is printed at every start).
         #[arg(long)]
         insecure_lan: bool,
+        #[command(flatten)]
+        api_limits: ApiLimitArgs,
         /// A member of an insurer not subscribed to, whose events to fetch anyway (an
         /// appointment; repeatable).
         #[arg(long = "prefetch")]
@@ -516,14 +550,30 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
             serve::ca_issue(&ca_dir, &cli.data_dir, role, &name, out).map(|()| 0)
         }
-        Command::Hub(HubCommand::Serve { listen, insurers, insurer_keys, api, insecure_lan }) => {
+        Command::Hub(HubCommand::Serve {
+            listen,
+            insurers,
+            insurer_keys,
+            api,
+            insecure_lan,
+            api_limits,
+        }) => {
             if let Some(api) = api {
                 serve::check_api_address("insurer API", api, insecure_lan, err)?;
             }
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let insurers = parse_insurers(&insurers)?;
-            serve::hub_serve(&cli.data_dir, listen, &insurers, keys.unwrap_or_default(), api, out)
-                .map(|()| 0)
+            let options = api_limits.options();
+            serve::hub_serve(
+                &cli.data_dir,
+                listen,
+                &insurers,
+                keys.unwrap_or_default(),
+                api,
+                &options,
+                out,
+            )
+            .map(|()| 0)
         }
         Command::Hub(HubCommand::Import { file, insurer_keys, hub }) => {
             use std::io::IsTerminal as _;
@@ -580,6 +630,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             prefetch,
             insurer_keys,
             insecure_lan,
+            api_limits,
         }) => {
             serve::check_api_address("clinic check API", api, insecure_lan, err)?;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
@@ -589,8 +640,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let insurers = parse_insurers(&insurers)?;
             let keys = keys.unwrap_or_default();
-            serve::clinic_serve(&cli.data_dir, hub, &insurers, &prefetch, keys, api, out)
-                .map(|()| 0)
+            let options = api_limits.options();
+            let replicated = serve::Replicated { insurers, prefetch, insurer_keys: keys };
+            serve::clinic_serve(&cli.data_dir, hub, replicated, api, &options, out).map(|()| 0)
         }
         Command::Bench(command) => bench::run(&command, out).map(|()| 0),
         Command::Sim(command) => sim::run_command(&command, out),

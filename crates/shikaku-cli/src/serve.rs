@@ -129,6 +129,7 @@ pub fn hub_serve(
     insurers: &[InsurerNumber],
     insurer_keys: InsurerKeys,
     api: Option<SocketAddr>,
+    options: &ApiOptions,
     out: &mut dyn Write,
 ) -> Result<()> {
     let tls_files = load_tls(data_dir, Role::Hub)?;
@@ -159,7 +160,9 @@ pub fn hub_serve(
                     "insurer API on http://{} (reconciliation report at /v1/reconcile?format=html)",
                     listener.local_addr()?
                 )?;
-                Some(tokio::spawn(serve_hub_api(listener, service.runtime.clone())))
+                let router = hub_router(service.runtime.clone());
+                let options = options.clone();
+                Some(tokio::spawn(async move { serve_guarded(listener, router, &options).await }))
             }
             None => None,
         };
@@ -222,16 +225,28 @@ pub fn save_clinic_names(
     crate::store::write_private_atomic(&data_dir.join(CLINIC_NAMES_FILE), text.as_bytes())
 }
 
+/// What `shikaku clinic serve` replicates: the insurers, the members to prefetch and the
+/// insurers' registered keys.
+#[derive(Debug, Clone, Default)]
+pub struct Replicated {
+    /// Insurers subscribed to.
+    pub insurers: Vec<InsurerNumber>,
+    /// Members of other insurers whose events to fetch anyway.
+    pub prefetch: Vec<shikaku_core::MemberKey>,
+    /// Registered insurer keys.
+    pub insurer_keys: InsurerKeys,
+}
+
 /// `shikaku clinic serve`: background sync with the hub and the local check API.
 pub fn clinic_serve(
     data_dir: &Path,
     hub: SocketAddr,
-    insurers: &[InsurerNumber],
-    prefetch: &[shikaku_core::MemberKey],
-    insurer_keys: InsurerKeys,
+    replicated: Replicated,
     api: SocketAddr,
+    options: &ApiOptions,
     out: &mut dyn Write,
 ) -> Result<()> {
+    let Replicated { insurers, prefetch, insurer_keys } = replicated;
     let tls_files = load_tls(data_dir, Role::Clinic)?;
     if insurers.is_empty() {
         bail!("a clinic must subscribe to at least one insurer (--insurer NUMBER)");
@@ -255,7 +270,10 @@ pub fn clinic_serve(
             listener.local_addr()?
         )?;
         out.flush()?;
-        let server = tokio::spawn(serve_api(listener, runtime.clone()));
+        let server = {
+            let (runtime, options) = (runtime.clone(), options.clone());
+            tokio::spawn(async move { serve_api_with(listener, runtime, &options).await })
+        };
         let signal = shutdown_signal().await?;
         writeln!(out, "shutting down ({signal})")?;
         out.flush()?;
@@ -419,12 +437,105 @@ fn unknown_member(query: &shikaku_core::CheckQuery, why: &str) -> ApiError {
     }
 }
 
+/// How an HTTP API is served: its connection limits and the host names (besides its address)
+/// clients may call it by.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Timeouts and the connection cap.
+    pub limits: crate::http::HttpLimits,
+    /// Extra names for the Host check (e.g. the reception PC's name on the LAN).
+    pub host_names: Vec<String>,
+}
+
+/// The header every request that records something must carry: a browser sends a custom
+/// header only to its own origin (anything else needs a CORS preflight, which these APIs never
+/// grant), so a page on another site cannot write into the audit trail through the reception
+/// PC's browser.
+pub const CLIENT_HEADER: &str = "X-Shikaku-Client";
+
+/// The guard in front of both APIs: the Host must be one of the API's own names (DNS
+/// rebinding), and a request that records something must come from the same origin — no
+/// `Sec-Fetch-Site` other than same-origin/none, no foreign `Origin`, and the
+/// [`CLIENT_HEADER`].
+async fn guard(
+    hosts: Arc<Vec<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, Method, StatusCode};
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!("this API answers only as {}: Host {host:?} is refused", hosts.join(", ")),
+        )
+        .into_response();
+    }
+    let path = request.uri().path();
+    let records = matches!(
+        (request.method(), path),
+        (&Method::GET, "/v1/check")
+            | (&Method::POST, "/v1/declarations")
+            | (&Method::POST, "/v1/consents")
+            | (&Method::POST, "/v1/import")
+    );
+    if records {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let foreign_origin = origin.is_some_and(|o| {
+            let authority = o.split_once("://").map_or(o, |(_, rest)| rest);
+            !hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
+        });
+        if site.is_some_and(|s| s != "same-origin" && s != "none") || foreign_origin {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                format!("{path} records in the audit trail: it answers only requests from its own pages and programs"),
+            )
+            .into_response();
+        }
+        if headers.get(CLIENT_HEADER).is_none_or(|v| v.is_empty()) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing_client_header",
+                format!("{path} records in the audit trail: send the header {CLIENT_HEADER} (the reception page and shikaku's commands do)"),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `router` behind [`guard`], served on `listener` with `options`.
+async fn serve_guarded(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    options: &ApiOptions,
+) -> std::io::Result<()> {
+    let hosts = Arc::new(crate::http::allowed_hosts(listener.local_addr()?, &options.host_names));
+    let router = router
+        .layer(axum::middleware::from_fn(move |request, next| guard(hosts.clone(), request, next)));
+    crate::http::serve(listener, router, options.limits.clone()).await
+}
+
 /// Serves the clinic's local API on `listener` until the task is dropped.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api_router(runtime)).await
+    serve_api_with(listener, runtime, &ApiOptions::default()).await
+}
+
+/// [`serve_api`] with explicit options.
+pub async fn serve_api_with(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    options: &ApiOptions,
+) -> std::io::Result<()> {
+    serve_guarded(listener, api_router(runtime), options).await
 }
 
 /// The reception page (plain HTML and JavaScript, served from the binary): check a card or a
@@ -1072,7 +1183,7 @@ pub fn http_request(
     };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Connection: close\r\n\r\n{body}"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{CLIENT_HEADER}: shikaku-cli\r\n{head}Connection: close\r\n\r\n{body}"
     )?;
     let mut response = Vec::new();
     stream.take(64 << 20).read_to_end(&mut response)?;
@@ -1100,7 +1211,7 @@ pub async fn serve_hub_api(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, hub_router(runtime)).await
+    serve_guarded(listener, hub_router(runtime), &ApiOptions::default()).await
 }
 
 /// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `POST /v1/import`

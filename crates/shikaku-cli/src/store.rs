@@ -142,7 +142,16 @@ pub fn take_lock(dir: &Path) -> Result<std::fs::File> {
         .mode(0o600)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
+    // A lock can be held for an instant by something that is not another shikaku (a process
+    // forked by this one, between fork and exec, shares the lock until exec closes it): try
+    // for a second before calling the ledger busy.
+    let mut attempts = 0;
+    while lock.try_lock().is_err() {
+        attempts += 1;
+        if attempts < 20 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
         bail!(
             "the ledger in {} is in use by another shikaku process; if a clinic node is serving it, ask that node instead: shikaku check --node http://ADDR (its --api address)",
             dir.display()

@@ -1,0 +1,92 @@
+//! Serving the HTTP APIs with limits a hostile client cannot get around: a header-read
+//! timeout that is also the idle timeout of a kept-alive connection (hyper's own, with tokio's
+//! timer), a cap on open connections (past it a new connection is closed at once and the cap
+//! is logged, at most once a minute), and the Host check against DNS rebinding.
+//!
+//! `axum::serve` has neither timeout nor cap, so the accept loop is here: hyper's HTTP/1
+//! connection builder serving the axum router through hyper-util's tower adapter.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+
+/// Limits of one HTTP API.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// A client must send a request's whole header within this time — the first one after
+    /// connecting and each next one on a kept-alive connection — or be disconnected.
+    pub header_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    pub connections_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits { header_timeout: Duration::from_secs(10), connections_max: 256 }
+    }
+}
+
+/// Serves `router` on `listener` with `limits` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let mut last_cap_warning: Option<tokio::time::Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors and the like: wait a moment rather than spin.
+            Err(e) => {
+                tracing::warn!("accepting an HTTP connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let now = tokio::time::Instant::now();
+            if last_cap_warning.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+                last_cap_warning = Some(now);
+                tracing::warn!(
+                    "HTTP connection cap of {} reached: refusing connections (first from {peer})",
+                    limits.connections_max
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// The Host header values a request to an API bound at `addr` may carry: the bound address,
+/// `localhost` (for a loopback address) and the extra names given, each with the port. Anything
+/// else is refused (421), so a page on another site cannot reach the API through a DNS name it
+/// controls (DNS rebinding).
+pub fn allowed_hosts(addr: SocketAddr, names: &[String]) -> Vec<String> {
+    let port = addr.port();
+    let mut hosts = vec![match addr {
+        SocketAddr::V4(a) => format!("{}:{port}", a.ip()),
+        SocketAddr::V6(a) => format!("[{}]:{port}", a.ip()),
+    }];
+    if addr.ip().is_loopback() {
+        hosts.push(format!("localhost:{port}"));
+        hosts.push(format!("127.0.0.1:{port}"));
+        hosts.push(format!("[::1]:{port}"));
+    }
+    hosts.extend(names.iter().map(|n| format!("{n}:{port}")));
+    hosts
+}
