@@ -397,3 +397,126 @@ fn the_clinic_api_survives_slow_clients_and_refuses_rebinding_and_cross_site_wri
     assert!(err.contains("HTTP connection cap of 6 reached"), "the cap is logged: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Starts `hub serve` as a real process with its insurer API; returns it and the API address.
+fn hub_process(
+    dir: &std::path::Path,
+    keys: Option<&std::path::Path>,
+) -> (std::process::Child, String) {
+    let hub = dir.join("hub");
+    let mut args = vec![
+        "--data-dir".to_owned(),
+        p(&hub),
+        "hub".into(),
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--api".into(),
+        "127.0.0.1:0".into(),
+    ];
+    if let Some(keys) = keys {
+        args.extend(["--insurer-keys".to_owned(), p(keys)]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = spawn(&refs, Stdio::null());
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let api = loop {
+        let line = lines.next().expect("hub serve prints its API address").unwrap();
+        if let Some(rest) = line.split("insurer API on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep reading (and dropping) its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, api)
+}
+
+#[test]
+fn the_import_api_refuses_before_reading_runs_one_import_at_a_time_and_counts_refusals() {
+    // Proves item 9 against real hub processes: the key registry was checked only after the
+    // whole (up to 64 MiB) body was read, four concurrent imports took the hub to 445 MB, and
+    // refused lines showed only in the reply. Now a hub without a registry answers 403 before
+    // reading the body (the answer arrives while the client has sent 10 bytes of 64 MiB), a
+    // second import while one runs is 429, and refused lines are in the hub's metrics.
+    use std::io::{Read, Write};
+    let dir = temp_dir("import-api");
+    let ca = dir.join("ca");
+    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
+    let issue = |d: &std::path::Path| {
+        let (code, _, err) = run(&[
+            "--data-dir",
+            &p(&d.join("hub")),
+            "ca",
+            "issue",
+            "--ca-dir",
+            &p(&ca),
+            "--role",
+            "hub",
+            "--name",
+            "hub-1",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    };
+    let (open_dir, strict_dir) = (dir.join("open"), dir.join("strict"));
+    issue(&open_dir);
+    issue(&strict_dir);
+    let stream = dir.join("w.jsonl");
+    let keys = dir.join("keys");
+    run(&["gen", "--members", "60", "--seed", "6", "--out", &p(&stream), "--keys-out", &p(&keys)]);
+
+    let header = |api: &str, length: usize| {
+        format!(
+            "POST /v1/import HTTP/1.1\r\nHost: {api}\r\nX-Shikaku-Client: test\r\nContent-Type: application/x-ndjson\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // No registry: 403 before the body.
+    let (mut open_hub, api) = hub_process(&open_dir, None);
+    let mut s = std::net::TcpStream::connect(&api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(header(&api, 64 << 20).as_bytes()).unwrap();
+    s.write_all(b"{\"v\":1,...").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("the hub answers before the body is sent");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("no_key_registry"), "{answer}");
+    drop(s);
+
+    // With a registry: one import at a time, refused lines counted.
+    let (mut strict_hub, api) = hub_process(&strict_dir, Some(&keys));
+    let text = std::fs::read_to_string(&stream).unwrap();
+    let body = format!("{text}not an event\nnor this\n");
+    let mut first = std::net::TcpStream::connect(&api).unwrap();
+    first.write_all(header(&api, body.len()).as_bytes()).unwrap();
+    first.write_all(&body.as_bytes()[..body.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let busy =
+        raw_exchange(&api, &format!("{}{}", header(&api, 2), "\n\n"), Duration::from_secs(10));
+    assert_eq!(status_of(&busy), 429, "{busy}");
+    assert!(busy.contains("import_busy"), "{busy}");
+    first.write_all(&body.as_bytes()[body.len() / 2..]).unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reply = String::new();
+    let mut chunk = [0u8; 65536];
+    while !reply.contains("\"refused\"") {
+        let n = first.read(&mut chunk).unwrap();
+        assert!(n > 0, "{reply}");
+        reply.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"rejected\":2"), "{reply}");
+    let metrics = raw_exchange(
+        &api,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"),
+        Duration::from_secs(10),
+    );
+    assert!(metrics.contains("shikaku_refusals_total{reason=\"import_line\"} 2"), "{metrics}");
+    for child in [&mut open_hub, &mut strict_hub] {
+        let status =
+            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let _ = child.wait();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1069,6 +1069,13 @@ fn import_into(n: &mut FileNode, now_ms: u64, good: &[shikaku_core::SignedEvent]
 /// Lines per request of `hub import --hub` (each request at most [`IMPORT_BODY_MAX`]).
 const IMPORT_CHUNK_LINES_REMOTE: usize = 20_000;
 
+/// One import at a time per hub (`POST /v1/import`).
+#[derive(Debug, Clone)]
+struct ImportSlot(Arc<tokio::sync::Semaphore>);
+
+/// `POST /v1/import` imports its body in pieces of whole lines of about this size.
+const IMPORT_PIECE_BYTES: usize = 4 << 20;
+
 /// The largest JSON Lines body `POST /v1/import` accepts.
 pub const IMPORT_BODY_MAX: usize = 64 << 20;
 
@@ -1277,47 +1284,128 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn import(
         State(rt): State<Arc<Runtime>>,
-        body: String,
-    ) -> Result<axum::Json<serde_json::Value>, (StatusCode, String)> {
+        axum::Extension(slot): axum::Extension<ImportSlot>,
+        body: axum::body::Body,
+    ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+        use http_body_util::BodyExt as _;
+        // Refused before a byte of the body is read.
         if rt.with_node(|n, _| n.config().insurer_keys.is_empty()) {
-            return Err((
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "this hub has no insurer key registry (hub serve --insurer-keys): importing over the network needs one\n".into(),
+                "no_key_registry",
+                "this hub has no insurer key registry (hub serve --insurer-keys): importing over the network needs one".into(),
             ));
         }
-        let result = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-            let mut refused = Vec::new();
-            let summary = crate::import_stream(
-                body.as_bytes(),
-                &mut refused,
-                &|e| rt.with_node(|n, _| n.import_refusal(e)),
-                &mut |good| rt.with_node(|n, now| import_into(n, now, good)),
-                &mut |_, _| {},
-            )?;
-            let refused: Vec<serde_json::Value> = String::from_utf8_lossy(&refused)
+        let Ok(_turn) = slot.0.clone().try_acquire_owned() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "import_busy",
+                "another import is running on this hub: one at a time, try again when it ends"
+                    .into(),
+            ));
+        };
+        // The body is read and imported in pieces of whole lines, so memory stays bounded by
+        // one piece whatever the body's size.
+        let mut body = body;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut first_line = 1u64;
+        let mut summary = crate::ImportSummary::default();
+        let mut refused: Vec<serde_json::Value> = Vec::new();
+        loop {
+            let frame = body.frame().await;
+            let end = match frame {
+                None => true,
+                Some(Err(e)) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "body_unreadable",
+                        format!("reading the body: {e}"),
+                    ))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len();
+                        if total > IMPORT_BODY_MAX {
+                            return Err(ApiError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "body_too_large",
+                                format!("an import body is at most {IMPORT_BODY_MAX} bytes: send more requests (hub import --hub does)"),
+                            ));
+                        }
+                        pending.extend_from_slice(&data);
+                    }
+                    false
+                }
+            };
+            if !end && pending.len() < IMPORT_PIECE_BYTES {
+                continue;
+            }
+            let cut = if end {
+                pending.len()
+            } else {
+                match pending.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            };
+            let piece: Vec<u8> = pending.drain(..cut).collect();
+            let lines = piece.iter().filter(|&&b| b == b'\n').count() as u64
+                + u64::from(!piece.is_empty() && !piece.ends_with(b"\n"));
+            let rt2 = rt.clone();
+            let (part, part_refused) = tokio::task::spawn_blocking(move || {
+                let mut refused = Vec::new();
+                let part = crate::import_stream(
+                    piece.as_slice(),
+                    &mut refused,
+                    &|e| rt2.with_node(|n, _| n.import_refusal(e)),
+                    &mut |good| rt2.with_node(|n, now| import_into(n, now, good)),
+                    &mut |_, _| {},
+                );
+                (part, refused)
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            let part = part.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e:#}"))
+            })?;
+            let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&part_refused)
                 .lines()
                 .filter_map(|l| l.strip_prefix("line ")?.split_once(": "))
                 .map(|(n, reason)| {
-                    serde_json::json!({ "line": n.parse::<u64>().unwrap_or(0), "reason": reason })
+                    let line = n.parse::<u64>().unwrap_or(0) + first_line - 1;
+                    serde_json::json!({ "line": line, "reason": reason })
                 })
                 .collect();
-            Ok(serde_json::json!({
-                "lines": summary.lines,
-                "imported": summary.imported,
-                "duplicates": summary.duplicates,
-                "rejected": summary.rejected,
-                "refused": refused,
-            }))
-        })
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
-        Ok(axum::Json(result))
+            // Refused lines count at the hub too, not only in this reply.
+            let count = listed.len() as u64;
+            if count > 0 {
+                rt.with_node(|n, _| n.note_import_refusals(count));
+            }
+            refused.extend(listed);
+            summary.lines += part.lines;
+            summary.imported += part.imported;
+            summary.duplicates += part.duplicates;
+            summary.rejected += part.rejected;
+            first_line += lines;
+            if end {
+                break;
+            }
+        }
+        Ok(axum::Json(serde_json::json!({
+            "lines": summary.lines,
+            "imported": summary.imported,
+            "duplicates": summary.duplicates,
+            "rejected": summary.rejected,
+            "refused": refused,
+        })))
     }
 
     axum::Router::new()
         .route("/v1/import", axum::routing::post(import))
-        .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_MAX))
+        .layer(axum::Extension(ImportSlot(Arc::new(tokio::sync::Semaphore::new(1)))))
         .route("/v1/reconcile", get(report))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))

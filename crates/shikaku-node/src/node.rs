@@ -799,6 +799,12 @@ impl<D: Directory> Node<D> {
         (session, subscriptions)
     }
 
+    /// Hub: lines of an import over the insurer API that were refused (each named in the
+    /// reply), counted under `import_line`.
+    pub fn note_import_refusals(&mut self, lines: u64) {
+        *self.counters.refusals.entry("import_line").or_default() += lines;
+    }
+
     /// The runtime refused a connection before any session (no or wrong certificate
     /// identity, failed TLS handshake): logged and counted.
     pub fn note_refused_connection(&mut self, why: &str) {
