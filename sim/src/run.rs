@@ -371,6 +371,9 @@ struct ClinicState {
     cut_up: Option<u64>,
     cut_down: Option<u64>,
     partitioned_since: Option<u64>,
+    /// The clinic's ledger reported damage when it was last opened, and no session has been
+    /// in sync since: every answer must carry the damage (invariant 7).
+    damage_open: bool,
     backoff_ms: u64,
     connect_pending: bool,
     insurers: Vec<InsurerNumber>,
@@ -721,6 +724,11 @@ impl Sim {
         let Some(node) = site.node.as_mut() else { return };
         let freshness: Freshness = node.freshness(local);
         let online = node.in_sync();
+        if online {
+            // In sync: the hub's complete receipt matched, so whatever was damaged is back.
+            self.cstate[i].damage_open = false;
+        }
+        let damage_open = self.cstate[i].damage_open;
         let answer = match node.check(local, &query, date) {
             Ok(a) => a,
             Err(e) => {
@@ -746,6 +754,16 @@ impl Sim {
         let partitioned_for =
             self.cstate[i].partitioned_since.map(|since| self.now.saturating_sub(since));
         self.checker.answer(self.now, i, &answer, &reference, partitioned_for);
+        if damage_open && answer.damage.is_none() {
+            self.checker.violation(
+                self.now,
+                "no answer from a projection with unreported damage",
+                format!(
+                    "clinic {i} answered {:?} from a damaged ledger without saying so",
+                    answer.code
+                ),
+            );
+        }
         // A patient told "invalid" who says they just changed jobs: reception records a
         // self-declaration (pushed to the hub like every clinic event).
         if matches!(
@@ -835,6 +853,10 @@ impl Sim {
         };
         self.checker.after_restart(self.now, who, node);
         if let Who::Clinic(i) = who {
+            self.cstate[i].damage_open = self.clinics[i]
+                .node
+                .as_ref()
+                .is_some_and(|n| !n.ledger().recovery().damaged.is_empty());
             self.cstate[i].backoff_ms = 100;
             if !self.cstate[i].connect_pending {
                 self.cstate[i].connect_pending = true;
@@ -1165,6 +1187,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             cut_up: None,
             cut_down: None,
             partitioned_since: None,
+            damage_open: false,
             backoff_ms: 100,
             connect_pending: false,
             insurers: subscribed,

@@ -11,6 +11,7 @@
 //! - `cli`: the `shikaku` command end to end, including the 100k-member recomputation;
 //! - `contract`: the protocol as a contract (receipts, cursors, origin sequences, encodings);
 //! - `hardening`: identity files, permissions, API addresses, restart state (issue 13);
+//! - `damage`: answers from damaged ledgers, evidence of loss, commands that withhold (issue 13);
 //! - `field_trial`: one test per defect the field trial found (real processes and signals).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
@@ -22,6 +23,7 @@ mod canonical;
 mod cli;
 mod contract;
 mod crash;
+mod damage;
 mod field_trial;
 mod hardening;
 mod laws;

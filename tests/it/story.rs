@@ -194,7 +194,7 @@ impl Story {
         let cutoff = as_of
             .map(|day| Hlc::end_of_ms(d(day).add_days(1).start_unix_ms_jst() - 1))
             .unwrap_or(Hlc(u64::MAX));
-        let now = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None };
+        let now = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None, damage: None };
         self.projection().check(query, d(service), cutoff, now)
     }
 }

@@ -251,7 +251,7 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
     let naive_fold_s = watch.seconds();
     let naive_bytes = live_bytes().saturating_sub(before);
 
-    let fresh = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None };
+    let fresh = Freshness { now_ms: 0, last_hub_sync_ms: None, hub_position: None, damage: None };
     let mut latencies = Vec::with_capacity(checks);
     let (mut card_latencies, mut key_latencies) = (Vec::new(), Vec::new());
     let mut valid = 0u64;

@@ -88,6 +88,13 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
         extension.push(ext("hub-position", "valueString", json!(p.to_string())));
     }
     extension.push(ext("knowledge-as-of", "valueString", json!(k.as_of.0.to_string())));
+    if let Some(damage) = &answer.damage {
+        extension.push(ext(
+            "ledger-damage",
+            "valueString",
+            json!(crate::render::damage_text(damage)),
+        ));
+    }
     for id in &answer.decided_by {
         extension.push(ext("decided-by", "valueString", json!(id.to_string())));
     }

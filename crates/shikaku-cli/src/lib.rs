@@ -505,11 +505,11 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             ledger::digest(&cli.data_dir, namespace.as_deref(), json, out).map(|()| 0)
         }
         Command::Ledger(LedgerCommand::Export { out: path }) => {
-            export(&cli.data_dir, path.as_deref(), out).map(|()| 0)
+            export(&cli.data_dir, path.as_deref(), out, err)
         }
         Command::Check(args) => match &args.node {
             Some(url) => serve::check_remote(url, &args, out).map(|()| 0),
-            None => check(&cli.data_dir, &args, out, err).map(|()| 0),
+            None => check(&cli.data_dir, &args, out, err),
         },
         Command::Consent(args) => serve::consent_remote(&args, out).map(|()| 0),
         Command::Insurer(InsurerCommand::Key(InsurerKeyCommand::Init { insurer, key })) => {
@@ -949,17 +949,35 @@ pub fn import_stream(
     Ok(summary)
 }
 
-/// Exports the ledger as JSON Lines in (hlc, id) order.
-pub fn export(data_dir: &Path, path: Option<&Path>, out: &mut dyn Write) -> Result<()> {
+/// Exports the ledger as JSON Lines in (hlc, id) order: every event that verifies. What it
+/// withholds (damage) is named on `err`, and the exit status is then 1.
+pub fn export(
+    data_dir: &Path,
+    path: Option<&Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
     let store = Store::open_existing(data_dir)?;
-    let mut events = store.events()?;
+    let (mut events, withheld) = store.verified_events()?;
     events.sort_by_key(|e| e.order_key());
     let mut sink = output(path, out)?;
     for event in &events {
         writeln!(sink, "{}", jsonl::encode(event))?;
     }
     sink.flush()?;
-    Ok(())
+    drop(sink);
+    for damage in &withheld {
+        writeln!(err, "withheld (damaged): {damage}")?;
+    }
+    if !withheld.is_empty() {
+        writeln!(
+            err,
+            "exported {} events; the damaged part was withheld: `shikaku ledger verify` names it, a hub re-sends it",
+            events.len()
+        )?;
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 /// Parses `--as-of`: a date (end of that day in Japan) or an RFC 3339 time
@@ -1077,12 +1095,14 @@ pub fn parse_typed_query(
     }
 }
 
+/// `shikaku check` on a local ledger. Exit status 1 when the answer comes from a damaged
+/// ledger (its text and JSON say so), 0 otherwise.
 fn check(
     data_dir: &Path,
     args: &CheckArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<()> {
+) -> Result<i32> {
     let (query, notes) = parse_typed_query(args.card.as_deref(), args.member.as_deref())?;
     for note in notes {
         writeln!(err, "note: {note}")?;
@@ -1097,7 +1117,9 @@ fn check(
         None => Hlc(u64::MAX),
     };
     let store = Store::open_existing(data_dir)?;
-    if store.is_empty() {
+    // An empty ledger that durable evidence says held events is damaged, not empty: it
+    // answers, carrying the damage.
+    if store.is_empty() && store.log().recovery().damaged.is_empty() {
         bail!(
             "the ledger in {} is empty: import events first (shikaku ledger import FILE)",
             data_dir.display()
@@ -1105,12 +1127,20 @@ fn check(
     }
     let mut projection = store.projection(Replication::All)?;
     projection.hold_only_known_insurers();
-    let freshness = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
+    // A local ledger has no hub to re-fetch from: its damage stays until it is repaired.
+    let damaged = &store.log().recovery().damaged;
+    let damage = (!damaged.is_empty()).then(|| shikaku_core::DamageNote {
+        ranges: damaged.len() as u32,
+        records: damaged.iter().map(|d| d.missing).sum(),
+        first_position: damaged.iter().map(|d| d.first_seq).min().unwrap_or(0),
+        refetch: shikaku_core::RefetchState::NoHub,
+    });
+    let freshness = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage };
     let answer = projection.check(&query, date, as_of, freshness);
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
     } else {
         write!(out, "{}", render::answer(&answer))?;
     }
-    Ok(())
+    Ok(if answer.damage.is_some() { 1 } else { 0 })
 }

@@ -366,7 +366,7 @@ pub fn compute(
     for (_, e) in &insurer {
         global.apply(e);
     }
-    let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None };
+    let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage: None };
     let mut report = Report {
         generated_ms: now_ms,
         hub_events: events.len() as u64,

@@ -70,6 +70,9 @@ pub fn answer(answer: &Answer) -> String {
         CheckQuery::Member(member) => format!("member {member}"),
     };
     let _ = writeln!(s, "{} — {asked} on {}", code_text(answer.code), answer.service_date);
+    if let Some(damage) = &answer.damage {
+        let _ = writeln!(s, "  DAMAGE      {}", damage_text(damage));
+    }
     if let Some(member) = &answer.member {
         let role = match answer.dependant {
             Some(true) => " (dependant)",
@@ -142,6 +145,25 @@ pub fn coverage_text(coverage: shikaku_core::DateRange) -> String {
         ),
         None => format!("{} onwards (no end recorded)", coverage.start),
     }
+}
+
+/// The warning an answer from a damaged ledger carries.
+pub fn damage_text(d: &shikaku_core::DamageNote) -> String {
+    let records = if d.records > 0 {
+        format!("{} records unreadable or missing", d.records)
+    } else {
+        "records unreadable".to_owned()
+    };
+    let repair = match d.refetch {
+        shikaku_core::RefetchState::Pending => "re-fetch from the hub pending",
+        shikaku_core::RefetchState::NoHub => {
+            "no hub to re-fetch from: run `shikaku ledger verify --repair` and import them again"
+        }
+    };
+    format!(
+        "LEDGER DAMAGED: {records} from position {} ({} range(s)); this answer may be wrong — {repair}",
+        d.first_position, d.ranges
+    )
 }
 
 /// One line describing a conflict.

@@ -713,6 +713,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 "events": n.ledger().len(),
                 "connections": n.connections(),
                 "unacked_records": n.unacked_own(),
+                "damage": n.damage_note(),
             })
         });
         Json(value)
@@ -757,7 +758,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// The node's counters in the Prometheus text format (no member data).
-pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
+pub fn metrics_text<D: shikaku_log::storage::Directory>(n: &Node<D>, now_ms: u64) -> String {
     use std::fmt::Write as _;
     let c = n.counters();
     let mut out = String::new();
@@ -802,6 +803,19 @@ pub fn metrics_text(n: &FileNode, now_ms: u64) -> String {
         "gauge",
         "This clinic's records (checks, declarations) not yet acknowledged by the hub: the upload lag.",
         vec![(String::new(), n.unacked_own())],
+    );
+    let damage = n.damage_note();
+    metric(
+        "shikaku_ledger_damaged_ranges",
+        "gauge",
+        "Damaged ranges in the ledger not yet repaired (answers carry the damage while > 0).",
+        vec![(String::new(), damage.map_or(0, |d| u64::from(d.ranges)))],
+    );
+    metric(
+        "shikaku_ledger_damaged_records",
+        "gauge",
+        "Records unreadable or missing in those ranges, waiting to be re-fetched from the hub.",
+        vec![(String::new(), damage.map_or(0, |d| d.records))],
     );
     metric(
         "shikaku_hub_position",

@@ -19,6 +19,35 @@ pub struct Freshness {
     pub last_hub_sync_ms: Option<u64>,
     /// The hub log position it had reached then.
     pub hub_position: Option<u64>,
+    /// Damage in the node's ledger not yet repaired: answers then carry it.
+    pub damage: Option<DamageNote>,
+}
+
+/// Damage in the ledger an answer was computed from. Which namespace an unreadable record
+/// belonged to cannot be known, so until the damage is repaired it is taken to touch every
+/// namespace: every answer carries it (its code is still the best the readable events give,
+/// but it may be wrong).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DamageNote {
+    /// Damaged ranges.
+    pub ranges: u32,
+    /// Records known missing or unreadable (0 when a range's size is unknown).
+    pub records: u64,
+    /// The first damaged log position.
+    pub first_position: u64,
+    /// Whether a hub will send the missing events back (a clinic or hub node), or not (a
+    /// local ledger).
+    pub refetch: RefetchState,
+}
+
+/// Whether damaged events will come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefetchState {
+    /// The node re-fetches them from its hub at the next session (repair path).
+    Pending,
+    /// No hub: repair the ledger (`ledger verify --repair`) and import the events again.
+    NoHub,
 }
 
 /// The knowledge an answer was computed from.
@@ -119,6 +148,10 @@ pub struct Answer {
     pub conflicts: Vec<Conflict>,
     /// The knowledge the answer was computed from.
     pub knowledge: Knowledge,
+    /// The ledger's damage not yet repaired when this answer was given (not hashed: it is
+    /// about the node, not the events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<DamageNote>,
 }
 
 /// Appends a member key as `u16 LE length ‖ its text form` (`INSURER:SYMBOL:NUMBER:BB`).

@@ -16,7 +16,7 @@ pub mod hlc;
 pub mod member;
 pub mod projection;
 
-pub use answer::{Answer, Conflict, Freshness, Knowledge};
+pub use answer::{Answer, Conflict, DamageNote, Freshness, Knowledge, RefetchState};
 pub use date::{Date, DateError, DateRange};
 pub use event::{
     verify_all, AnswerCode, AnswerHash, AuthorKey, CheckMode, CheckQuery, DeclarationOutcome,

@@ -945,6 +945,7 @@ impl Projection {
             decided_by: Vec::new(),
             conflicts: Vec::new(),
             knowledge,
+            damage: freshness.damage,
         };
         let mut decided: Vec<u32> = Vec::new();
         match query {

@@ -68,6 +68,9 @@ pub struct Recovery {
     pub damaged: Vec<Damage>,
     /// Whether an index checkpoint was used (or why it was ignored).
     pub checkpoint: Option<String>,
+    /// Events a durable record of this log (its index checkpoint) proves were stored: when
+    /// more than recovery found, the difference is reported as loss in `damaged`.
+    pub evidence_events: Option<u64>,
 }
 
 /// Why a log operation failed.
@@ -390,7 +393,37 @@ impl<D: Directory> Log<D> {
         log.recovery.segments = log.segments.len();
         log.stream_base.sort_unstable();
         log.opening = false;
+        log.report_evidence_of_loss();
         Ok(log)
+    }
+
+    /// Evidence of loss: a checkpoint that names more events than recovery found proves
+    /// acknowledged events are gone (a truncated, zero-filled or deleted segment) — that is
+    /// damage, never a torn tail that was never acknowledged.
+    fn report_evidence_of_loss(&mut self) {
+        let Some(proven) = self.recovery.evidence_events else { return };
+        let found = self.next_seq - 1;
+        if proven <= found {
+            return;
+        }
+        let segment = self.segments.last().map_or_else(|| segment_name(0), |s| s.name.clone());
+        let offset = self.segments.last().map_or(0, |s| s.write_offset);
+        self.recovery.damaged.push(Damage {
+            segment,
+            offset,
+            first_seq: found + 1,
+            missing: proven - found,
+            reason: format!(
+                "the index checkpoint records {proven} events, but only {found} were found: acknowledged events are missing (a truncated, zero-filled or deleted segment)"
+            ),
+        });
+        if let Some((name, offset, bytes)) = self.recovery.truncated_tail.take() {
+            // Not "never acknowledged" after all: part of the loss above.
+            self.recovery.checkpoint = Some(format!(
+                "{}; the cut at {name} offset {offset} ({bytes} bytes) was acknowledged data",
+                self.recovery.checkpoint.clone().unwrap_or_default()
+            ));
+        }
     }
 
     /// Loads the index checkpoint if it verifies against the log; `None` (and a note in the
@@ -406,6 +439,9 @@ impl<D: Directory> Log<D> {
                 return Ok(None);
             }
         };
+        // A checkpoint that verifies is durable evidence of how many events existed, whether
+        // or not it still fits the log.
+        self.recovery.evidence_events = Some(checkpoint.next_seq.saturating_sub(1));
         let usable = checkpoint.segments >= 1
             && checkpoint.segments as usize <= segments
             && checkpoint.next_seq == checkpoint.locations.len() as u64 + 1

@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use shikaku_core::event::{AnswerHash, CheckMode};
 use shikaku_core::{
-    verify_all, Answer, AnswerCode, CheckQuery, Date, Event, EventBody, EventError, EventId,
-    Freshness, Hlc, HlcClock, InsurerNumber, MemberKey, Namespace, NodeId, Projection, Replication,
-    SignedEvent, Signer, UnverifiedEvent,
+    verify_all, Answer, AnswerCode, CheckQuery, DamageNote, Date, Event, EventBody, EventError,
+    EventId, Freshness, Hlc, HlcClock, InsurerNumber, MemberKey, Namespace, NodeId, Projection,
+    Replication, SignedEvent, Signer, UnverifiedEvent,
 };
 use shikaku_log::storage::Directory;
 use shikaku_log::{Log, LogConfig, LogError};
@@ -428,6 +428,9 @@ pub struct Node<D: Directory> {
     /// that the hub already holds (a disk that lied about fsync), and a number must never be
     /// used twice. 0 once confirmed.
     seq_floor: u64,
+    /// A complete receipt has matched since the ledger was opened: damage found then is
+    /// repaired (the missing events were fetched back).
+    damage_repaired: bool,
     /// Clinic: when and why the last connection failure was logged at warn.
     last_connect_warning: Option<(u64, String)>,
     /// Every clinic event's origin sequence (origin = its clinic) and id: a clinic never
@@ -486,6 +489,7 @@ impl<D: Directory> Node<D> {
             peer_names: BTreeMap::new(),
             hub_acked: 0,
             seq_floor: 0,
+            damage_repaired: false,
             last_connect_warning: None,
             origin_seqs: HashMap::new(),
             projection,
@@ -731,12 +735,27 @@ impl<D: Directory> Node<D> {
         self.conns.values().any(|c| matches!(&c.state, SessionState::Clinic(s) if s.in_sync))
     }
 
+    /// The ledger damage this node has not repaired yet: found on open (or proven by durable
+    /// evidence) and not yet made good by a session whose complete receipt matched.
+    pub fn damage_note(&self) -> Option<DamageNote> {
+        let damaged = &self.log.recovery().damaged;
+        if damaged.is_empty() || self.damage_repaired {
+            return None;
+        }
+        Some(DamageNote {
+            ranges: damaged.len() as u32,
+            records: damaged.iter().map(|d| d.missing).sum(),
+            first_position: damaged.iter().map(|d| d.first_seq).min().unwrap_or(0),
+            refetch: shikaku_core::RefetchState::Pending,
+        })
+    }
+
     /// The freshness this node can honestly claim at `now_ms`: now while a session is in sync
     /// (live push keeps it current), else when it last was.
     pub fn freshness(&self, now_ms: u64) -> Freshness {
         let last = if self.in_sync() { Some(now_ms) } else { self.last_sync_ms };
         let hub_position = self.receipt.as_ref().map(|(r, _)| r.position);
-        Freshness { now_ms, last_hub_sync_ms: last, hub_position }
+        Freshness { now_ms, last_hub_sync_ms: last, hub_position, damage: self.damage_note() }
     }
 
     /// Connections that may have new frames to send since the last call.
@@ -1782,6 +1801,8 @@ impl<D: Directory> Node<D> {
             for rep in session.repairs.values_mut() {
                 rep.attempts = 0;
             }
+            // Whatever was damaged on open has come back from the hub: the set is whole.
+            self.damage_repaired = true;
             self.last_sync_ms = Some(now_ms);
             self.receipts_dirty = true;
             return Ok(());
