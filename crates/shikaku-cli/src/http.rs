@@ -36,6 +36,9 @@ pub async fn serve(
     limits: HttpLimits,
 ) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    // Dropped with this future (the server stopping): every open connection then closes too,
+    // instead of outliving the server on its keep-alive.
+    let (_stopping, stopped) = tokio::sync::watch::channel(());
     let mut last_cap_warning: Option<tokio::time::Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -61,12 +64,16 @@ pub async fn serve(
         };
         let service = TowerToHyperService::new(router.clone());
         let header_timeout = limits.header_timeout;
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                _ = stopped.changed() => {}
+            }
             drop(permit);
         });
     }

@@ -5,7 +5,8 @@
 //! say who the node is:
 //!
 //! - DNS `shikaku-hub` or `shikaku-clinic` (what the clinic verifies as the server name), and
-//! - URI `urn:shikaku:node:<role>:<name>:<node id as 64 hex digits>`: the role, the name and
+//! - URI `shikaku:<role>.<name>.<node id as 64 hex digits>` (formerly, and still read,
+//!   `urn:shikaku:node:<role>:<name>:<node id>`): the role, the name and
 //!   the ed25519 key the node signs events and receipts with. The CA's signature binds the
 //!   three, so a hub knows which clinic namespace a connection may write.
 //!
@@ -34,7 +35,12 @@ pub const CERT_FILE: &str = "cert.pem";
 /// A node's TLS key file.
 pub const KEY_FILE: &str = "key.pem";
 const CA_NAME: &str = "shikaku deployment CA";
+/// Identity SAN of certificates issued before version 2 (still read).
 const URI_PREFIX: &str = "urn:shikaku:node:";
+/// Identity SAN, version 2: `shikaku:<role>.<name>.<node id hex>` — one colon, so RFC 6125
+/// checkers that read every URI SAN as `scheme:host` (Python's service_identity, hence
+/// aioquic) accept the certificate; names hold no dots, so it splits unambiguously.
+const URI_SCHEME_V2: &str = "shikaku:";
 
 /// Installs the ring provider as the process default (idempotent).
 pub fn install_provider() {
@@ -108,7 +114,8 @@ pub fn ca_issue(ca_dir: &Path, role: Role, name: &str, node: NodeId, out: &Path)
     let key = KeyPair::generate().context("generating the node's TLS key")?;
     let mut params = CertificateParams::new(vec![format!("shikaku-{}", role.name())])?;
     params.distinguished_name.push(DnType::CommonName, format!("{} {name}", role.name()));
-    let uri = format!("{URI_PREFIX}{}:{name}:{}", role.name(), shikaku_core::hex::encode(&node.0));
+    let uri =
+        format!("{URI_SCHEME_V2}{}.{name}.{}", role.name(), shikaku_core::hex::encode(&node.0));
     params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -134,8 +141,13 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<PeerIdentity> {
     let parsed = webpki::EndEntityCert::try_from(cert)
         .map_err(|e| anyhow::anyhow!("certificate does not parse: {e}"))?;
     for uri in parsed.valid_uri_names() {
-        let Some(rest) = uri.strip_prefix(URI_PREFIX) else { continue };
-        let parts: Vec<&str> = rest.split(':').collect();
+        let parts: Vec<&str> = if let Some(rest) = uri.strip_prefix(URI_PREFIX) {
+            rest.split(':').collect()
+        } else if let Some(rest) = uri.strip_prefix(URI_SCHEME_V2) {
+            rest.split('.').collect()
+        } else {
+            continue;
+        };
         let [role, name, hex] = parts.as_slice() else { continue };
         let role = match *role {
             "clinic" => Role::Clinic,
