@@ -150,6 +150,12 @@ pub fn hub_serve(
             tls_files.identity.name,
             service.local_addr()?
         )?;
+        if !listen.ip().is_loopback() {
+            writeln!(
+                out,
+                "note: QUIC on {listen} is reachable from the network (mutual TLS: only certificates of this deployment's CA get a session)"
+            )?;
+        }
         let server = match api {
             Some(api) => {
                 let listener = tokio::net::TcpListener::bind(api)
