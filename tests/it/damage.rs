@@ -94,19 +94,6 @@ fn checkpointed_ledger(data: &std::path::Path, stream: &std::path::Path) -> usiz
     std::fs::read_to_string(stream).unwrap().lines().count()
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn durable_evidence_of_more_events_than_recovery_found_is_reported_as_loss() {
     // Proves item 2 with real processes: truncating, zero-filling or deleting the last segment
@@ -121,7 +108,7 @@ fn durable_evidence_of_more_events_than_recovery_found_is_reported_as_loss() {
     let data_end = image.iter().rposition(|&b| b != 0).unwrap() + 1;
     for (case, damage) in [("truncated", 0), ("zero-filled", 1), ("deleted", 2)] {
         let data = dir.join(case);
-        copy_dir(&original, &data);
+        crate::net::copy_dir(&original, &data);
         let file = data.join(segment);
         match damage {
             0 => std::fs::OpenOptions::new()

@@ -236,7 +236,7 @@ fn reopen(d: &Deployment, rt: Arc<Runtime>, name: &str, insurer: InsurerNumber) 
     d.runtime(Role::Clinic, name, &[insurer])
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
