@@ -630,6 +630,13 @@ impl Sim {
             Ok(None) => {}
             Err(e) => node.handle_stream_error(conn, &e),
         }
+        // A complete receipt that matched makes the clinic's set whole again: what was
+        // damaged on open has been fetched back, whatever happens to the session afterwards.
+        if let Who::Clinic(i) = who {
+            if node.in_sync() {
+                self.cstate[i].damage_open = false;
+            }
+        }
         self.fold_new(who);
     }
 
