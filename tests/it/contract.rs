@@ -203,18 +203,7 @@ fn a_restarted_clinic_never_reuses_a_number_its_lost_tail_had() {
     // its new records like the lost ones — which the hub now refuses. After a restart it
     // numbers above a gap until the hub confirms, so both sides converge with nothing refused.
     let mut w = World::new(200, 1);
-    w.connect(0);
-    w.run();
-    for _ in 0..3 {
-        w.check(0, (2026, 1, 5)).unwrap();
-    }
-    w.run();
-    let backup = w.clinic_disks[0].clone_durable();
-    for _ in 0..4 {
-        w.check(0, (2026, 1, 6)).unwrap();
-    }
-    w.run();
-    let own = Namespace::Clinic(w.clinic_signers[0].node_id());
+    let (backup, own) = w.backup_before_four_checks();
     assert_eq!(w.hub.namespace_state(&own).count(), 7);
     // Restored, and checking offline before it reaches the hub again.
     w.reopen_clinic(0, backup);

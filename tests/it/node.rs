@@ -255,24 +255,31 @@ fn initial_then_incremental_sync_and_offline_writes() {
     w.assert_converged(0);
 }
 
+impl World {
+    /// Clinic 0 synced, three checks recorded and sent, a backup of its disk taken, then four
+    /// more checks the hub also holds: returns the backup and the clinic's own namespace.
+    pub fn backup_before_four_checks(&mut self) -> (FaultDirectory, Namespace) {
+        self.connect(0);
+        self.run();
+        for _ in 0..3 {
+            self.check(0, (2026, 1, 5)).unwrap();
+        }
+        self.run();
+        self.clinics[0].persist_receipts().unwrap();
+        let backup = self.clinic_disks[0].clone_durable();
+        for _ in 0..4 {
+            self.check(0, (2026, 1, 6)).unwrap();
+        }
+        self.run();
+        self.clinics[0].persist_receipts().unwrap();
+        (backup, Namespace::Clinic(self.clinic_signers[0].node_id()))
+    }
+}
+
 #[test]
 fn restore_from_old_backup_and_damage_are_repaired_without_reset() {
     let mut w = World::new(200, 1);
-    w.connect(0);
-    w.run();
-    for _ in 0..3 {
-        w.check(0, (2026, 1, 5)).unwrap();
-    }
-    w.run();
-    w.clinics[0].persist_receipts().unwrap();
-    // Backup taken now.
-    let backup = w.clinic_disks[0].clone_durable();
-    for _ in 0..4 {
-        w.check(0, (2026, 1, 6)).unwrap();
-    }
-    w.run();
-    w.clinics[0].persist_receipts().unwrap();
-    let own = Namespace::Clinic(w.clinic_signers[0].node_id());
+    let (backup, own) = w.backup_before_four_checks();
     assert_eq!(w.hub.namespace_state(&own).count(), 7);
     // The clinic is restored from the backup: it lost 4 of its own events.
     w.reopen_clinic(0, backup);
