@@ -7,10 +7,12 @@
 //! secret key never leaves its file (0600) and is never printed.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use shikaku_core::{Event, EventBody, Hlc, HlcClock, InsurerNumber, Namespace, Signer};
+
+use crate::store::{beside, check_private, write_atomic_with_mode, write_private_atomic};
 
 /// Suffix of the public key file written beside a secret key (`INSURER=KEY`, the format of
 /// `--insurer-keys`).
@@ -18,33 +20,6 @@ pub const PUBLIC_SUFFIX: &str = ".pub";
 
 /// Suffix of the signing state file beside a secret key.
 pub const STATE_SUFFIX: &str = ".state";
-
-/// The file beside `key` with `suffix` appended to its name.
-fn beside(key: &Path, suffix: &str) -> PathBuf {
-    let mut name = key.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(suffix);
-    key.with_file_name(name)
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync) with
-/// the permission bits `mode`.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary = beside(path, ".tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", temporary.display()))?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("installing {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
-    Ok(())
-}
 
 /// `shikaku insurer key init`: a new secret signing key for `insurer` in `key` (0600; refuses
 /// to overwrite), and its public half in `<key>.pub` as an `INSURER=KEY` line to register with
@@ -61,9 +36,9 @@ pub fn key_init(insurer: InsurerNumber, key: &Path) -> Result<String> {
     let mut body = format!("insurer={insurer}\nsecret=").into_bytes();
     body.extend_from_slice(shikaku_core::hex::encode(&secret).as_bytes());
     body.push(b'\n');
-    write_atomic(key, &body, 0o600)?;
+    write_private_atomic(key, &body)?;
     let line = format!("{insurer}={}\n", shikaku_core::hex::encode(&signer.public().0));
-    write_atomic(&beside(key, PUBLIC_SUFFIX), line.as_bytes(), 0o644)?;
+    write_atomic_with_mode(&beside(key, PUBLIC_SUFFIX), line.as_bytes(), 0o644)?;
     Ok(line)
 }
 
@@ -77,15 +52,7 @@ pub struct InsurerKey {
 
 /// Reads a key file written by [`key_init`], refusing one that others can read.
 pub fn read_key(key: &Path) -> Result<InsurerKey> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(key).with_context(|| format!("reading {}", key.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "{} is readable by other users (mode {:o}): a signing key must be 0600 (chmod 600 it)",
-            key.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
+    check_private(key)?;
     let text =
         std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
     let (mut insurer, mut secret) = (None, None);
@@ -202,10 +169,9 @@ pub fn sign(
         return Ok(SignSummary { signed: 0, origin_seqs: None });
     };
     let next = SignState { origin_seq: seq, hlc: last.event().hlc.0 };
-    write_atomic(
+    write_private_atomic(
         &state_path,
         format!("origin_seq={}\nhlc={}\n", next.origin_seq, next.hlc).as_bytes(),
-        0o600,
     )?;
     for event in &signed {
         writeln!(out, "{}", crate::jsonl::encode(event))?;

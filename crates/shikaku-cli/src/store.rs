@@ -38,17 +38,27 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename, directory
 /// fsync), readable only by its owner (0600).
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with_mode(path, bytes, 0o600)
+}
+
+/// The file beside `path` whose name is `path`'s with `suffix` appended (`x.key` → `x.key.pub`).
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// [`write_private_atomic`] with other permission bits (a public key may be 0644).
+pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    let temporary = path.with_file_name(name);
+    let temporary = beside(path, ".tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&temporary)
         .with_context(|| format!("creating {}", temporary.display()))?;
     file.write_all(bytes).with_context(|| format!("writing {}", temporary.display()))?;
