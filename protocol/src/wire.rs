@@ -200,9 +200,7 @@ impl Receipt {
 /// The digest naming a set of namespaces in a receipt: the first 16 bytes of blake3 over their
 /// encodings, sorted and de-duplicated.
 pub fn scope_digest(namespaces: &[Namespace]) -> [u8; 16] {
-    let mut sorted = namespaces.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
+    let sorted = scope_order(namespaces);
     let mut bytes = Vec::with_capacity(sorted.len() * 33);
     for ns in &sorted {
         put_namespace(&mut bytes, ns);
@@ -210,6 +208,15 @@ pub fn scope_digest(namespaces: &[Namespace]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
     out
+}
+
+/// A session's namespaces in the order the scope digest reads them (and the clinic's receipt
+/// file stores them): de-duplicated, by tag, then insurer number, then node id.
+pub fn scope_order(namespaces: &[Namespace]) -> Vec<Namespace> {
+    let mut sorted = namespaces.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted
 }
 
 /// One refused event in an `Ack`.

@@ -1128,13 +1128,7 @@ fn check(
     let mut projection = store.projection(Replication::All)?;
     projection.hold_only_known_insurers();
     // A local ledger has no hub to re-fetch from: its damage stays until it is repaired.
-    let damaged = &store.log().recovery().damaged;
-    let damage = (!damaged.is_empty()).then(|| shikaku_core::DamageNote {
-        ranges: damaged.len() as u32,
-        records: damaged.iter().map(|d| d.missing).sum(),
-        first_position: damaged.iter().map(|d| d.first_seq).min().unwrap_or(0),
-        refetch: shikaku_core::RefetchState::NoHub,
-    });
+    let damage = store.log().recovery().damage_note(shikaku_core::RefetchState::NoHub);
     let freshness = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage };
     let answer = projection.check(&query, date, as_of, freshness);
     if args.json {

@@ -73,6 +73,22 @@ pub struct Recovery {
     pub evidence_events: Option<u64>,
 }
 
+impl Recovery {
+    /// The damage this log was opened with, as an answer carries it (`None` when whole);
+    /// `refetch` says whether a hub will send the missing events back.
+    pub fn damage_note(
+        &self,
+        refetch: shikaku_core::RefetchState,
+    ) -> Option<shikaku_core::DamageNote> {
+        (!self.damaged.is_empty()).then(|| shikaku_core::DamageNote {
+            ranges: self.damaged.len() as u32,
+            records: self.damaged.iter().map(|d| d.missing).sum(),
+            first_position: self.damaged.iter().map(|d| d.first_seq).min().unwrap_or(0),
+            refetch,
+        })
+    }
+}
+
 /// Why a log operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -433,7 +433,7 @@ pub struct Node<D: Directory> {
     damage_repaired: bool,
     /// Clinic: when and why the last connection failure was logged at warn.
     last_connect_warning: Option<(u64, String)>,
-    /// Every clinic event's origin sequence (origin = its clinic) and id: a clinic never
+    /// Hub: every clinic event's origin sequence (origin = its clinic) and id: a clinic never
     /// numbers two different events alike (SPEC.md, "Origin sequences").
     origin_seqs: HashMap<(NodeId, u64), EventId>,
     signer: Signer,
@@ -547,7 +547,10 @@ impl<D: Directory> Node<D> {
             let seq = self.clinic_seq.entry(clinic).or_default();
             if e.origin == clinic {
                 *seq = (*seq).max(e.origin_seq);
-                self.origin_seqs.entry((clinic, e.origin_seq)).or_insert(event.id());
+                // Only a hub checks clinics' numbers (a clinic's own are in `own`).
+                if self.config.role == Role::Hub {
+                    self.origin_seqs.entry((clinic, e.origin_seq)).or_insert(event.id());
+                }
             }
         }
         self.projection.apply(event);
@@ -594,9 +597,7 @@ impl<D: Directory> Node<D> {
         out.extend_from_slice(&self.last_sync_ms.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&self.hub_acked.to_le_bytes());
         // Sorted and de-duplicated, as the scope digest reads them (SPEC.md).
-        let mut sorted = namespaces.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
+        let sorted = shikaku_protocol::wire::scope_order(namespaces);
         out.extend_from_slice(&(sorted.len() as u32).to_le_bytes());
         for ns in &sorted {
             shikaku_protocol::wire::put_namespace(&mut out, ns);
@@ -738,16 +739,10 @@ impl<D: Directory> Node<D> {
     /// The ledger damage this node has not repaired yet: found on open (or proven by durable
     /// evidence) and not yet made good by a session whose complete receipt matched.
     pub fn damage_note(&self) -> Option<DamageNote> {
-        let damaged = &self.log.recovery().damaged;
-        if damaged.is_empty() || self.damage_repaired {
+        if self.damage_repaired {
             return None;
         }
-        Some(DamageNote {
-            ranges: damaged.len() as u32,
-            records: damaged.iter().map(|d| d.missing).sum(),
-            first_position: damaged.iter().map(|d| d.first_seq).min().unwrap_or(0),
-            refetch: shikaku_core::RefetchState::Pending,
-        })
+        self.log.recovery().damage_note(shikaku_core::RefetchState::Pending)
     }
 
     /// The freshness this node can honestly claim at `now_ms`: now while a session is in sync
@@ -1895,18 +1890,17 @@ impl<D: Directory> Node<D> {
         message: &[u8],
     ) -> Result<(), (ErrorCode, String)> {
         let own_ns = Namespace::Clinic(self.signer.node_id());
-        let running = self
+        // The session's Negentropy limit, if a repair of `ns` is running in it.
+        let Some(limit) = self
             .clinic_session_mut(conn)
-            .and_then(|s| s.repairs.get(&ns))
-            .is_some_and(|r| r.running);
-        if !running {
+            .filter(|s| s.repairs.get(&ns).is_some_and(|r| r.running))
+            .map(|s| s.reconcile_bytes_max)
+        else {
             return Err((
                 ErrorCode::Unexpected,
                 format!("ReconcileReply for {} without a repair running", ns_label(&ns)),
             ));
-        }
-        let fallback = self.config.frame_max as usize - 64;
-        let limit = self.clinic_session_mut(conn).map_or(fallback, |s| s.reconcile_bytes_max);
+        };
         let items = self.ns.entry(ns).or_default().sorted();
         let mut have = Vec::new();
         let mut need = Vec::new();
