@@ -250,23 +250,13 @@ pub enum Mark {
     },
 }
 
-/// Whether an answer bills as covered (`Some(true)`), as not covered (`Some(false)`), or
-/// decides neither.
-fn covered_class(code: AnswerCode) -> Option<bool> {
-    match code {
-        AnswerCode::Valid => Some(true),
-        AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => Some(false),
-        _ => None,
-    }
-}
-
 /// Marks the checks the hub's converged projection answers differently at the end of the run.
 fn mark_contradicted(sim: &mut Sim) {
     let Some(hub) = sim.hub.node.as_ref() else { return };
     let truth = hub.projection();
     for (index, query, date, code) in &sim.asked {
         let now = truth.check(query, *date, Hlc(u64::MAX), Freshness::default()).code;
-        let contradicted = match (covered_class(*code), covered_class(now)) {
+        let contradicted = match (code.covered(), now.covered()) {
             (Some(then), Some(now)) => then != now,
             (None, Some(true)) => *code == AnswerCode::Unknown,
             _ => false,
@@ -731,10 +721,6 @@ impl Sim {
         let Some(node) = site.node.as_mut() else { return };
         let freshness: Freshness = node.freshness(local);
         let online = node.in_sync();
-        if online {
-            // In sync: the hub's complete receipt matched, so whatever was damaged is back.
-            self.cstate[i].damage_open = false;
-        }
         let damage_open = self.cstate[i].damage_open;
         let answer = match node.check(local, &query, date) {
             Ok(a) => a,

@@ -237,14 +237,6 @@ fn answer_billing(p: &Projection, a: &Answer, cutoff: Hlc) -> Option<Billing> {
     billing(a.code, a.insurer, a.copay_tenths)
 }
 
-fn is_valid_class(code: AnswerCode) -> Option<bool> {
-    match code {
-        AnswerCode::Valid => Some(true),
-        AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => Some(false),
-        _ => None,
-    }
-}
-
 fn action_text(billed: Option<Billing>, due: Billing) -> String {
     let who = |b: Billing| match b.insurer {
         Some(i) => format!("insurer {i} covers {}/10", 10 - b.patient_tenths),
@@ -559,7 +551,7 @@ pub fn compute(
                 }
                 None => {
                     report.not_rederivable.push(check.clone());
-                    let differs = match (is_valid_class(c.code), is_valid_class(now.code)) {
+                    let differs = match (c.code.covered(), now.code.covered()) {
                         (Some(a), Some(b)) => a != b,
                         _ => false,
                     };

@@ -493,6 +493,23 @@ pub enum EventBody {
     },
 }
 
+impl AnswerCode {
+    /// What the answer bills as: covered (`Some(true)`: valid), not covered (`Some(false)`:
+    /// invalid, a newer coverage exists, no match), or neither (pending successor, unknown,
+    /// multiple matches). Two answers contradict each other when both decide and differ.
+    pub fn covered(self) -> Option<bool> {
+        match self {
+            AnswerCode::Valid => Some(true),
+            AnswerCode::Invalid | AnswerCode::InvalidNewerExists | AnswerCode::NoMatch => {
+                Some(false)
+            }
+            AnswerCode::PendingSuccessor | AnswerCode::Unknown | AnswerCode::MultipleMatches => {
+                None
+            }
+        }
+    }
+}
+
 impl EventBody {
     /// The snake_case name of the event type, as in the JSON Lines format.
     pub fn type_name(&self) -> &'static str {
