@@ -315,6 +315,15 @@ impl ApiError {
         ApiError { status, code, field: None, message }
     }
 
+    /// A 500: the node could not do what was asked (e.g. record on a full disk).
+    fn internal(message: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{message:#}"),
+        )
+    }
+
     fn with_code(mut self, code: &'static str) -> ApiError {
         self.code = code;
         self
@@ -580,10 +589,9 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             Some(text) => text.parse::<Date>().map_err(|e| ApiError::invalid("date", e))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
         };
-        let (answer, now) =
-            rt.with_node(|n, now| n.check(now, &query, date).map(|a| (a, now))).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+        let (answer, now) = rt
+            .with_node(|n, now| n.check(now, &query, date).map(|a| (a, now)))
+            .map_err(ApiError::internal)?;
         if fhir {
             let resource = crate::fhir::coverage_eligibility_response(&answer, now);
             return Ok((
@@ -641,9 +649,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 }
                 n.record(now, body).map(Some)
             })
-            .map_err(|e: shikaku_node::NodeError| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
         let Some(event) = event else {
             return Err(unknown_member(
                 &query,
@@ -687,9 +693,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 };
                 n.record(now, body).map(|e| Some((e, member)))
             })
-            .map_err(|e: shikaku_node::NodeError| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
         let Some((event, member)) = recorded else {
             return Err(unknown_member(
                 &query,
@@ -1385,12 +1389,8 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                 (part, refused)
             })
             .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-            let part = part.map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e:#}"))
-            })?;
+            .map_err(ApiError::internal)?;
+            let part = part.map_err(ApiError::internal)?;
             let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&part_refused)
                 .lines()
                 .filter_map(|l| l.strip_prefix("line ")?.split_once(": "))
