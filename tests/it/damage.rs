@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shikaku_core::{AnswerCode, CheckQuery, Date, Freshness, Hlc, Replication};
 
-use crate::cli::{run, temp_dir};
+use crate::cli::run;
 use crate::field_trial::{finish, spawn};
 
 fn p(path: &std::path::Path) -> String {
@@ -83,15 +83,13 @@ fn an_answer_from_a_damaged_ledger_says_so_until_the_hub_repairs_it() {
     assert!(metrics.contains("shikaku_ledger_damaged_ranges 0"), "{metrics}");
 }
 
-/// A generated world imported into `data`, with its index checkpoint and projection snapshot
-/// written: (stream lines, events).
-fn checkpointed_ledger(data: &std::path::Path, stream: &std::path::Path) -> usize {
-    run(&["gen", "--members", "600", "--seed", "9", "--out", &p(stream)]);
-    let (code, _, err) = run(&["--data-dir", &p(data), "ledger", "import", &p(stream)]);
-    assert_eq!(code, 0, "{err}");
-    let mut store = shikaku_cli::store::Store::open(data).unwrap();
+/// A generated world imported into a fresh ledger, with its index checkpoint and projection
+/// snapshot written: (directory, data dir, events).
+fn checkpointed_ledger(name: &str) -> (std::path::PathBuf, std::path::PathBuf, usize) {
+    let (dir, stream, data) = crate::field_trial::imported_ledger(name, 600);
+    let mut store = shikaku_cli::store::Store::open(&data).unwrap();
     store.checkpoint().unwrap();
-    std::fs::read_to_string(stream).unwrap().lines().count()
+    (dir, data, std::fs::read_to_string(stream).unwrap().lines().count())
 }
 
 #[test]
@@ -100,9 +98,7 @@ fn durable_evidence_of_more_events_than_recovery_found_is_reported_as_loss() {
     // made `ledger verify` say "intact" or "cut a torn tail that was never acknowledged" while
     // the index checkpoint on the same disk proved the events existed. Now it is damage,
     // named with its evidence, and verify exits 1; `check` answers carry it and exit 1.
-    let dir = temp_dir("evidence");
-    let original = dir.join("original");
-    let events = checkpointed_ledger(&original, &dir.join("w.jsonl"));
+    let (dir, original, events) = checkpointed_ledger("evidence");
     let segment = "log/segment-0000000000.shk";
     let image = std::fs::read(original.join(segment)).unwrap();
     let data_end = image.iter().rposition(|&b| b != 0).unwrap() + 1;
@@ -147,9 +143,7 @@ fn export_serves_what_verifies_names_what_it_withheld_and_exits_1() {
     // at all (another ledger skipped it with exit 0), and `stats` said no damage. Now export
     // writes every event that verifies, names what it withheld and exits 1, and stats says
     // which records it did not re-read.
-    let dir = temp_dir("export-damage");
-    let data = dir.join("data");
-    let events = checkpointed_ledger(&data, &dir.join("w.jsonl"));
+    let (dir, data, events) = checkpointed_ledger("export-damage");
     let segment = data.join("log/segment-0000000000.shk");
     let mut bytes = std::fs::read(&segment).unwrap();
     let store = shikaku_cli::store::Store::open_existing(&data).unwrap();

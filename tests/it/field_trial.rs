@@ -73,7 +73,7 @@ pub(crate) fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String,
 use crate::cli::{run, temp_dir};
 
 /// A generated world of `members` imported into a fresh ledger: (directory, stream, data dir).
-fn imported_ledger(name: &str, members: usize) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn imported_ledger(name: &str, members: usize) -> (PathBuf, PathBuf, PathBuf) {
     let dir = temp_dir(name);
     let stream = dir.join("w.jsonl");
     let members = members.to_string();
@@ -147,26 +147,13 @@ fn import_accepts_a_byte_order_mark_and_names_columns_not_parser_lines() {
     assert!(!err.contains("at line 1"), "the parser's own line number is gone: {err}");
     assert!(err.contains("(column "), "the column is kept: {err}");
 
-    let (code, out, err) = run(&[
-        "--data-dir",
-        s(&data),
-        "check",
-        "--member",
-        "06130017:1:1:00",
-        "--as-of",
-        "1780000000",
-    ]);
+    let as_of = |when: &str| {
+        run(&["--data-dir", s(&data), "check", "--member", "06130017:1:1:00", "--as-of", when])
+    };
+    let (code, out, err) = as_of("1780000000");
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("bare number") && err.contains("RFC 3339"), "{err}");
-    let (code, _, err) = run(&[
-        "--data-dir",
-        s(&data),
-        "check",
-        "--member",
-        "06130017:1:1:00",
-        "--as-of",
-        "2026-01-05T10:30:00+09:00",
-    ]);
+    let (code, _, err) = as_of("2026-01-05T10:30:00+09:00");
     assert_eq!(code, 0, "an RFC 3339 time is accepted: {err}");
     assert_eq!(
         shikaku_cli::parse_rfc3339_ms("2026-01-05T01:30:00.250Z").unwrap(),

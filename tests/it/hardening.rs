@@ -59,11 +59,7 @@ fn a_ledger_without_its_identity_file_is_refused_naming_it() {
     // Proves item 4: with node.key deleted, `ledger` commands said "there is no ledger …
     // import events first" and `clinic serve`/`ca issue` wrote a new key. Now the missing file
     // is named and no new identity is made for a data dir that holds a ledger.
-    let dir = temp_dir("no-key");
-    let stream = dir.join("w.jsonl");
-    run(&["gen", "--members", "30", "--seed", "4", "--out", &p(&stream)]);
-    let data = dir.join("data");
-    assert_eq!(run(&["--data-dir", &p(&data), "ledger", "import", &p(&stream)]).0, 0);
+    let (dir, stream, data) = crate::field_trial::imported_ledger("no-key", 30);
     std::fs::remove_file(data.join("node.key")).unwrap();
     for args in [
         vec!["ledger", "stats"],
