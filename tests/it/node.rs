@@ -10,6 +10,7 @@ use shikaku_protocol::wire::{FrameSplitter, Message, FRAME_BYTES_MAX};
 /// A hub and clinics wired together in memory.
 pub struct World {
     pub hub: Node<FaultDirectory>,
+    pub hub_disk: FaultDirectory,
     pub clinics: Vec<Node<FaultDirectory>>,
     pub clinic_disks: Vec<FaultDirectory>,
     pub hub_signer: Signer,
@@ -42,12 +43,12 @@ impl World {
         let mut config = NodeConfig::new(Role::Hub, "hub");
         config.insurers = insurers.iter().copied().collect();
         config.batch_events = 256;
-        let mut hub =
-            Node::open(FaultDirectory::new(FaultConfig::default(), 1), hub_signer.clone(), config)
-                .unwrap();
+        let hub_disk = FaultDirectory::new(FaultConfig::default(), 1);
+        let mut hub = Node::open(hub_disk.clone(), hub_signer.clone(), config).unwrap();
         hub.import(now_ms, &events).unwrap();
         let mut world = World {
             hub,
+            hub_disk,
             clinics: Vec::new(),
             clinic_disks: Vec::new(),
             hub_signer,
@@ -510,4 +511,79 @@ fn insurer_events_must_be_signed_by_the_insurers_registered_key() {
         assert_eq!(w.clinics[0].in_sync(), accepted);
         w.disconnect(0);
     }
+}
+
+#[test]
+fn a_node_opened_from_its_snapshot_is_the_node_a_full_fold_gives() {
+    use shikaku_log::storage::Directory as _;
+    use shikaku_node::snapshot::NODE_SNAPSHOT_FILE;
+    let mut w = World::new(300, 1);
+    w.connect(0);
+    w.run();
+    w.disconnect(0);
+    w.now_ms += 60_000;
+    w.check(0, (2026, 1, 5)).unwrap();
+    w.connect(0);
+    w.run();
+    // Snapshots at this point, then more on top that only a fold after the snapshot sees.
+    w.hub.write_snapshot(w.now_ms).unwrap();
+    w.clinics[0].write_snapshot(w.now_ms).unwrap();
+    w.now_ms += 60_000;
+    w.check(0, (2026, 1, 6)).unwrap();
+    w.run();
+    w.disconnect(0);
+    let hub_config = {
+        let mut c = NodeConfig::new(Role::Hub, "hub");
+        c.insurers = w.insurers.iter().copied().collect();
+        c
+    };
+    let clinic_config = w.clinic_config(0);
+    let (hub_running, clinic_running) =
+        (w.hub.derived_state_digest(), w.clinics[0].derived_state_digest());
+    for (disk, signer, config, running) in [
+        (w.hub_disk.clone(), w.hub_signer.clone(), hub_config, hub_running),
+        (w.clinic_disks[0].clone(), w.clinic_signers[0].clone(), clinic_config, clinic_running),
+    ] {
+        let mut from_snapshot = Node::open(disk.clone(), signer.clone(), config.clone()).unwrap();
+        assert!(
+            from_snapshot.open_note().starts_with("node snapshot at position"),
+            "{}",
+            from_snapshot.open_note()
+        );
+        assert!(!from_snapshot.open_note().ends_with(", 0 events folded"), "a tail was folded");
+        let mut bare = disk.clone();
+        bare.remove(NODE_SNAPSHOT_FILE).unwrap();
+        let mut folded = Node::open(disk.clone(), signer, config).unwrap();
+        assert_eq!(folded.open_note().split(',').next(), Some("no node snapshot"));
+        assert_eq!(from_snapshot.derived_state_digest(), folded.derived_state_digest());
+        assert_eq!(from_snapshot.derived_state_digest(), running);
+    }
+
+    // A snapshot that does not verify is ignored, said so, and the log is folded.
+    let mut disk = w.clinic_disks[0].clone();
+    let clinic = Node::open(disk.clone(), w.clinic_signers[0].clone(), w.clinic_config(0));
+    let mut clinic = clinic.unwrap();
+    clinic.write_snapshot(w.now_ms).unwrap();
+    let mut bytes = disk.read_whole(NODE_SNAPSHOT_FILE).unwrap().unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    disk.write_atomic(NODE_SNAPSHOT_FILE, &bytes).unwrap();
+    drop(clinic);
+    let mut reopened =
+        Node::open(disk.clone(), w.clinic_signers[0].clone(), w.clinic_config(0)).unwrap();
+    assert!(
+        reopened
+            .open_note()
+            .starts_with("node snapshot not used (node snapshot checksum mismatch)"),
+        "{}",
+        reopened.open_note()
+    );
+    assert_eq!(reopened.derived_state_digest(), clinic_running);
+
+    // The restarted clinic is in sync with the hub in one round trip.
+    w.reopen_clinic(0, disk);
+    w.connect(0);
+    w.run();
+    assert!(w.clinics[0].in_sync());
+    w.assert_converged(0);
 }

@@ -237,6 +237,8 @@ struct LogVector {
     index_checkpoint: String,
     /// The projection snapshot of the four events at position 4, hex.
     projection_snapshot: String,
+    /// The node snapshot (`node.snapshot`) of the same log at position 4, hex.
+    node_snapshot: String,
 }
 
 #[test]
@@ -259,12 +261,15 @@ fn golden_log_segments_open_and_rebuild_identically() {
     log.append(&events[..2]).unwrap();
     log.append(&events[2..]).unwrap();
     log.write_checkpoint().unwrap();
-    drop(log);
     let mut projection = shikaku_core::Projection::new(shikaku_core::Replication::All);
     for event in &events {
         projection.apply(event);
     }
     let snapshot = projection.encode_snapshot(events.len() as u64);
+    let node_snapshot = shikaku_node::snapshot::of_log(&log, shikaku_node::Role::Hub, &projection)
+        .unwrap()
+        .unwrap();
+    drop(log);
     let checkpoint = disk.durable_image(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE).unwrap();
     let mut segments = Vec::new();
     for name in disk.list().unwrap().into_iter().filter(|n| n.starts_with("segment-")) {
@@ -279,6 +284,7 @@ fn golden_log_segments_open_and_rebuild_identically() {
         segments,
         index_checkpoint: hex(&checkpoint),
         projection_snapshot: hex(&snapshot),
+        node_snapshot: hex(&node_snapshot.encode()),
     };
     assert!(built.segments.len() >= 2, "the vector crosses a segment seal");
     if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
@@ -319,5 +325,10 @@ fn golden_log_segments_open_and_rebuild_identically() {
     let (loaded, position) =
         shikaku_core::Projection::decode_snapshot(&unhex(&stored.projection_snapshot)).unwrap();
     assert_eq!((position, loaded.digest()), (4, projection.digest()));
+    let node = shikaku_node::snapshot::NodeSnapshot::decode(&unhex(&stored.node_snapshot)).unwrap();
+    assert_eq!((node.position, node.id.to_string()), (4, stored.event_ids[3].clone()));
+    assert_eq!(node.namespace_of.len(), 4);
+    assert_eq!(node.clock, events.iter().map(|e| e.event().hlc).max().unwrap());
+    assert_eq!(node.projection().unwrap().digest(), projection.digest());
     assert_eq!(stored, built, "this build writes different log bytes: bump the format version");
 }

@@ -287,11 +287,31 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     let digest = projection.digest();
     drop(projection);
     drop(store);
+    // The node as `hub serve` opens it: checkpoint and node snapshot, then the checkpoint
+    // alone (the fold of every event, which is what serving did before the node read its
+    // snapshot), then neither (full scan and fold).
+    let log_dir = store_dir.join("log");
+    let node_key = crate::store::node_identity(&store_dir, false)?
+        .ok_or_else(|| anyhow::anyhow!("the bench ledger lost its node key"))?;
+    let open_node = |what: &str| -> Result<(f64, [u8; 32], String)> {
+        let watch = Stopwatch::start();
+        let node = shikaku_node::Node::open(
+            FileDirectory::new(&log_dir)?,
+            node_key.clone(),
+            shikaku_node::NodeConfig::new(shikaku_node::Role::Hub, what),
+        )?;
+        let seconds = watch.seconds();
+        let note = node.open_note().to_owned();
+        Ok((seconds, node.projection().digest(), note))
+    };
+    let (node_snapshot, node_digest, node_note) = open_node("snapshot")?;
+    let snapshot_path = log_dir.join(shikaku_node::snapshot::NODE_SNAPSHOT_FILE);
+    let snapshot_bytes = std::fs::read(&snapshot_path)?;
+    std::fs::remove_file(&snapshot_path)?;
+    let (node_fold, fold_digest, fold_note) = open_node("checkpoint")?;
     // Baseline: the same ledger without its checkpoint and snapshot.
-    std::fs::remove_file(
-        store_dir.join("log").join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE),
-    )?;
-    std::fs::remove_file(store_dir.join(crate::store::SNAPSHOT_FILE))?;
+    std::fs::remove_file(log_dir.join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE))?;
+    let (node_scan, scan_digest, _) = open_node("scan")?;
     let watch = Stopwatch::start();
     let store = crate::store::Store::open(&store_dir)?;
     let scanned = watch.seconds();
@@ -308,6 +328,19 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
         out,
         "checkpoint: {checkpoint_note}; projection digests equal: {}",
         digest == projection.digest()
+    )?;
+    writeln!(
+        out,
+        "\nnode restart (Node::open, as `hub serve` / `clinic serve`; node snapshot {} MB):",
+        snapshot_bytes.len() / 1_000_000
+    )?;
+    writeln!(out, "{:<46} {:>11.2}s", "  checkpoint + node snapshot", node_snapshot)?;
+    writeln!(out, "{:<46} {:>11.2}s", "  checkpoint, fold every event (before)", node_fold)?;
+    writeln!(out, "{:<46} {:>11.2}s", "  full scan and fold", node_scan)?;
+    writeln!(
+        out,
+        "  {node_note}; then {fold_note}; digests equal: {}",
+        node_digest == fold_digest && fold_digest == scan_digest && scan_digest == digest
     )?;
     drop(projection);
     drop(store);

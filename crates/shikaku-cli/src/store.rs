@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use shikaku_core::{NodeId, Projection, Replication, SignedEvent, Signer};
 use shikaku_log::fs::FileDirectory;
+use shikaku_log::storage::Directory as _;
 use shikaku_log::{AppendOutcome, Log, LogConfig};
+use shikaku_node::snapshot::{NodeSnapshot, NODE_SNAPSHOT_FILE};
+use shikaku_node::Role;
 
-/// Name of the projection snapshot file inside the data directory.
-pub const SNAPSHOT_FILE: &str = "projection.snapshot";
+/// The projection snapshot file of earlier releases (superseded by the node snapshot in the
+/// log folder; removed when a new one is written).
+pub const LEGACY_SNAPSHOT_FILE: &str = "projection.snapshot";
 
 /// Name of the node key file inside the data directory.
 pub const NODE_KEY_FILE: &str = "node.key";
@@ -274,31 +278,36 @@ impl Store {
         Ok(false)
     }
 
-    /// Writes an index checkpoint and a projection snapshot now.
+    /// Writes an index checkpoint and the node snapshot now (the one `hub serve` and `clinic
+    /// serve` start from).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.log.write_checkpoint()?;
         let projection = self.projection(Replication::All)?;
-        let position = self.log.head() - 1;
-        let Some(id) = self.log.id_at(position) else { return Ok(()) };
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&position.to_le_bytes());
-        bytes.extend_from_slice(&id.0);
-        bytes.extend_from_slice(&projection.encode_snapshot(position));
-        write_private_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes)
-            .context("writing the projection snapshot")
+        let Some(snapshot) = shikaku_node::snapshot::of_log(&self.log, Role::Hub, &projection)?
+        else {
+            return Ok(());
+        };
+        self.log
+            .directory_mut()
+            .write_atomic(NODE_SNAPSHOT_FILE, &snapshot.encode())
+            .context("writing the node snapshot")?;
+        // The projection-only snapshot of earlier releases is superseded.
+        let _ = std::fs::remove_file(self.dir.join(LEGACY_SNAPSHOT_FILE));
+        Ok(())
     }
 
-    /// The projection snapshot, if one exists that verifies and belongs to this ledger.
+    /// The projection of the node snapshot, if one exists that verifies and belongs to this
+    /// ledger.
     fn load_snapshot(&self) -> Option<(Projection, u64)> {
-        let bytes = std::fs::read(self.dir.join(SNAPSHOT_FILE)).ok()?;
-        let position = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-        let id: [u8; 32] = bytes.get(8..40)?.try_into().ok()?;
-        if self.log.id_at(position)?.0 != id {
+        let bytes = std::fs::read(self.dir.join("log").join(NODE_SNAPSHOT_FILE)).ok()?;
+        let snapshot = NodeSnapshot::decode(&bytes).ok()?;
+        if !self.log.recovery().damaged.is_empty()
+            || self.log.id_at(snapshot.position) != Some(snapshot.id)
+        {
             return None;
         }
-        let (projection, covered) = Projection::decode_snapshot(&bytes[40..]).ok()?;
-        (covered == position && projection.events_held() == position)
-            .then_some((projection, position))
+        let position = snapshot.position;
+        Some((snapshot.projection().ok()?, position))
     }
 
     /// Folds every stored event into a projection.

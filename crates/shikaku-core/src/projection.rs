@@ -328,6 +328,12 @@ impl Projection {
         self.replication = Replication::Insurers(self.insurers_known());
     }
 
+    /// Replaces what this projection replicates (the fold never filters by it, so a state
+    /// loaded from a snapshot taken under another replication stays exact).
+    pub fn set_replication(&mut self, replication: Replication) {
+        self.replication = replication;
+    }
+
     /// Plants a known bug (voids ignored) so the simulator's tests can show they catch it.
     #[doc(hidden)]
     pub fn plant_ignore_voids(&mut self) {

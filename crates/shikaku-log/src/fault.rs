@@ -337,23 +337,31 @@ impl Directory for FaultDirectory {
         Ok(())
     }
 
+    /// Atomic as a rename is: after a crash the file holds its old bytes or the new ones,
+    /// never a mix. But it is only as durable as the disk's fsync: after a power failure
+    /// nothing is written, and a lying fsync leaves the old bytes (or no file) to be found
+    /// after the next crash.
     fn write_atomic(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
         let mut state = lock(&self.state);
+        if state.config.crash_at_sync == Some(0) {
+            return Err(StorageError::Io("simulated power failure during fsync".into()));
+        }
         if let Some(capacity) = state.config.capacity_bytes {
             if state.used_bytes() + data.len() as u64 > capacity {
                 return Err(StorageError::NoSpace);
             }
         }
+        let lied = state.roll(|c| c.lying_fsync);
+        let was_durable = state.durable_names.iter().any(|n| n == name);
+        let durable = match state.files.get(name) {
+            Some(old) if lied => old.durable.clone(),
+            _ => data.to_vec(),
+        };
         state.files.insert(
             name.to_owned(),
-            MemFile {
-                current: data.to_vec(),
-                durable: data.to_vec(),
-                pending: Vec::new(),
-                pending_len: None,
-            },
+            MemFile { current: data.to_vec(), durable, pending: Vec::new(), pending_len: None },
         );
-        if !state.durable_names.iter().any(|n| n == name) {
+        if !lied && !was_durable {
             state.durable_names.push(name.to_owned());
         }
         Ok(())

@@ -878,6 +878,49 @@ impl<D: Directory> Log<D> {
         (location.segment != DAMAGED).then_some(location.id)
     }
 
+    /// The hlc and id of the event at a position, from the index (no read; `None` if absent
+    /// or damaged).
+    pub fn entry(&self, seq: u64) -> Option<(Hlc, EventId)> {
+        let location = self.locations.get((seq as usize).checked_sub(1)?)?;
+        (location.segment != DAMAGED).then_some((location.hlc, location.id))
+    }
+
+    /// Verifies the records at positions `from..from + max` by reading them — what recovery
+    /// skips for the records an index checkpoint covers. A record that fails (bit rot since
+    /// it was written) is marked damaged, added to [`Log::recovery`]'s damage and never served
+    /// again, exactly as if recovery had found it. Returns the next position to scrub (the
+    /// head when done) and the damage found.
+    pub fn scrub(&mut self, from: u64, max: u64) -> Result<(u64, Vec<Damage>), LogError> {
+        let end = from.max(1).saturating_add(max).min(self.next_seq);
+        let mut found = Vec::new();
+        for seq in from.max(1)..end {
+            match self.read(seq) {
+                Ok(_) | Err(LogError::Damaged { .. }) => {}
+                Err(LogError::Corrupt { seq, segment, offset, reason }) => {
+                    let location = &mut self.locations[(seq - 1) as usize];
+                    let id = location.id;
+                    location.segment = DAMAGED;
+                    // The same event may be held again at a later position (re-fetched
+                    // after earlier damage): that copy stays.
+                    if self.by_id.get(&id) == Some(&seq) {
+                        self.by_id.remove(&id);
+                    }
+                    let damage = Damage {
+                        segment,
+                        offset,
+                        first_seq: seq,
+                        missing: 1,
+                        reason: format!("found by scrub: {reason}"),
+                    };
+                    self.recovery.damaged.push(damage.clone());
+                    found.push(damage);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((end, found))
+    }
+
     /// The sequence of an event, if held.
     pub fn position_of(&self, id: &EventId) -> Option<u64> {
         self.by_id.get(id).copied()

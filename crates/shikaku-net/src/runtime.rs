@@ -413,7 +413,8 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// Stops a service: no more reconnects, every connection closed with `Shutdown`, the endpoint
-/// idle, its tasks finished (or aborted after 2 s), and the node's receipt persisted.
+/// idle, its tasks finished (or aborted after 2 s), the node's receipt persisted and its
+/// snapshot written (unless the ledger is damaged or nothing changed since the last one).
 async fn shutdown(
     runtime: &Runtime,
     endpoint: &quinn::Endpoint,
@@ -428,7 +429,15 @@ async fn shutdown(
             t.abort();
         }
     }
-    runtime.with_node(|n, now| n.handle_tick(now));
+    runtime.with_node(|n, now| {
+        n.handle_tick(now);
+        // The next start reads this instead of folding the ledger.
+        if n.has_unsnapshotted_events() {
+            if let Err(e) = n.write_snapshot(now) {
+                tracing::warn!("could not write the node snapshot on shutdown: {e}");
+            }
+        }
+    });
 }
 
 /// A running hub: its endpoint and accept loop.

@@ -9,11 +9,13 @@
 //! [`shikaku_log::Directory`] (real files or the fault-injecting disk).
 //!
 //! - [`index`]: per-namespace `(hlc, id)` sets and position lists (fingerprints, cursors).
+//! - [`snapshot`]: the node snapshot file (indexes, origin sequences, clock, projection).
 //! - [`node`]: the node — authorization, cursors, live push, acknowledgements, repair,
 //!   receipts, checks.
 
 pub mod index;
 pub mod node;
+pub mod snapshot;
 
 pub use node::{
     prepare, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output, PeerIdentity,

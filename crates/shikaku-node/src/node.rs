@@ -34,6 +34,7 @@ use shikaku_protocol::wire::{
 };
 
 use crate::index::NsIndex;
+use crate::snapshot::{NodeSnapshot, NODE_SNAPSHOT_FILE};
 
 /// A connection, numbered by the runtime.
 pub type ConnId = u64;
@@ -408,6 +409,14 @@ pub const CONNECT_WARNING_EVERY_MS: u64 = 60_000;
 /// a lost tail's numbers are never reused (gaps are allowed, reuse is not).
 pub const RESTART_SEQ_GAP: u64 = 1 << 16;
 
+/// A serving node writes its snapshot after this many new events (and a tenth of its ledger).
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 50_000;
+/// ... or after this long with any new event.
+pub const SNAPSHOT_EVERY_MS: u64 = 10 * 60 * 1000;
+
+/// Records a serving node scrubs per tick.
+pub const SCRUB_PER_TICK: u64 = 8192;
+
 /// Name of the clinic's receipt file in its data directory.
 pub const RECEIPTS_FILE: &str = "receipts.shk";
 /// Receipt file version 1: the receipt and its namespaces (still read).
@@ -457,6 +466,13 @@ pub struct Node<D: Directory> {
     /// Clinic: how far its clock runs ahead of the hub's (from receipts), when it does; event
     /// timestamps are taken from the hub-aligned time so the hub does not refuse them.
     ahead_of_hub_ms: u64,
+    /// Events held when the node snapshot was last written or loaded, and when (Unix ms;
+    /// `None` until the first tick).
+    snapshot_taken: (u64, Option<u64>),
+    /// How [`Node::open`] built the state (snapshot used or why not, events folded).
+    open_note: String,
+    /// Next position to scrub (0: nothing left).
+    scrub_next: u64,
 }
 
 impl<D: Directory> std::fmt::Debug for Node<D> {
@@ -507,17 +523,30 @@ impl<D: Directory> Node<D> {
             own: BTreeMap::new(),
             clinic_seq: BTreeMap::new(),
             ahead_of_hub_ms: 0,
+            snapshot_taken: (0, None),
+            open_note: String::new(),
+            scrub_next: 0,
             config,
         };
-        let mut from = 1;
-        loop {
-            let batch = node.log.read_from(from, 8192)?;
-            let Some((last, _)) = batch.last() else { break };
-            from = last + 1;
-            for (position, event) in &batch {
-                node.index(*position, event);
+        let (from, mut note) = match node.load_snapshot() {
+            Ok(Some(position)) => {
+                (position + 1, format!("node snapshot at position {position} used"))
             }
+            Ok(None) => (1, "no node snapshot".to_owned()),
+            Err(why) => {
+                node.log(Level::Info, format!("node snapshot not used, folding the log: {why}"));
+                (1, format!("node snapshot not used ({why})"))
+            }
+        };
+        node.fold_from(from)?;
+        note.push_str(&format!(", {} events folded", node.log.head() - from));
+        node.open_note = note;
+        // Records an index checkpoint covered were not re-read on open: the node scrubs them
+        // while serving, so bit rot since they were written is found and re-fetched.
+        if node.log.recovery().checkpoint.as_deref().is_some_and(|c| c.starts_with("used")) {
+            node.scrub_next = 1;
         }
+        node.snapshot_taken = (from - 1, None);
         for damage in node.log.recovery().damaged.clone() {
             node.log(
                 Level::Warn,
@@ -532,6 +561,219 @@ impl<D: Directory> Node<D> {
             }
         }
         Ok(node)
+    }
+
+    /// Indexes and folds every event from `from` to the head.
+    fn fold_from(&mut self, mut from: u64) -> Result<(), NodeError> {
+        loop {
+            let batch = self.log.read_from(from, 8192)?;
+            let Some((last, _)) = batch.last() else { break };
+            from = last + 1;
+            for (position, event) in &batch {
+                self.index(*position, event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies up to `max` more of the records the index checkpoint let [`Node::open`] skip
+    /// (the runtime calls this on every tick, [`SCRUB_PER_TICK`] at a time). Damage found is
+    /// handled as if open had found it: logged, never served, the node's state rebuilt from
+    /// what is readable, and every session restarted so that a clinic re-fetches the damaged
+    /// events from its hub. Returns whether records remain to scrub.
+    pub fn scrub(&mut self, max: u64) -> Result<bool, NodeError> {
+        if self.scrub_next == 0 {
+            return Ok(false);
+        }
+        let (next, found) = self.log.scrub(self.scrub_next, max)?;
+        self.scrub_next = if next >= self.log.head() { 0 } else { next };
+        if !found.is_empty() {
+            for damage in &found {
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "ledger damage found by scrub, to be re-fetched from the hub: {damage}"
+                    ),
+                );
+            }
+            self.rebuild()?;
+            let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+            for conn in conns {
+                self.close(
+                    conn,
+                    ErrorCode::Internal,
+                    "ledger damage found: session restarted".into(),
+                );
+            }
+        }
+        Ok(self.scrub_next != 0)
+    }
+
+    /// Derives every index and the projection again from the readable events.
+    fn rebuild(&mut self) -> Result<(), NodeError> {
+        let mut projection = Projection::new(self.projection.replication().clone());
+        projection.set_prefetched(self.config.prefetch.iter().cloned());
+        if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
+            projection.plant_ignore_voids();
+        }
+        self.projection = projection;
+        self.ns.clear();
+        self.own.clear();
+        self.clinic_seq.clear();
+        self.origin_seqs.clear();
+        self.fold_from(1)
+    }
+
+    /// Restores indexes, origin sequences, clock and projection from the node snapshot when
+    /// one verifies and belongs to this log; returns the position it covers. `Ok(None)`: no
+    /// snapshot; `Err`: why the one found is not used.
+    fn load_snapshot(&mut self) -> Result<Option<u64>, String> {
+        let bytes = match self.log.directory_mut().read_whole(NODE_SNAPSHOT_FILE) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("unreadable: {e}")),
+        };
+        if !self.log.recovery().damaged.is_empty() {
+            return Err("the ledger has damage".into());
+        }
+        let snapshot = NodeSnapshot::decode(&bytes).map_err(|e| e.to_string())?;
+        if snapshot.position == 0
+            || snapshot.position >= self.log.head()
+            || self.log.id_at(snapshot.position) != Some(snapshot.id)
+        {
+            return Err(format!(
+                "position {} does not hold the event it names in this ledger",
+                snapshot.position
+            ));
+        }
+        let mut projection = snapshot.projection().map_err(|e| e.to_string())?;
+        projection.set_replication(self.projection.replication().clone());
+        projection.set_prefetched(self.config.prefetch.iter().cloned());
+        if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
+            projection.plant_ignore_voids();
+        }
+        let mut ns: BTreeMap<Namespace, NsIndex> = BTreeMap::new();
+        let mut indexes: Vec<Option<NsIndex>> = vec![None; snapshot.namespaces.len()];
+        for (offset, which) in snapshot.namespace_of.iter().enumerate() {
+            let position = offset as u64 + 1;
+            let Some((hlc, id)) = self.log.entry(position) else {
+                return Err(format!("position {position} is not in the ledger's index"));
+            };
+            indexes[*which as usize].get_or_insert_with(NsIndex::new).add(position, hlc, id);
+        }
+        for (namespace, index) in snapshot.namespaces.iter().zip(indexes) {
+            if let Some(index) = index {
+                ns.insert(*namespace, index);
+            }
+        }
+        let me = self.signer.node_id();
+        for (position, seq) in &snapshot.origins {
+            let which = snapshot.namespace_of[(*position - 1) as usize] as usize;
+            let Namespace::Clinic(clinic) = snapshot.namespaces[which] else {
+                return Err(format!("origin entry at position {position} is not a clinic's"));
+            };
+            if clinic == me {
+                self.own.insert(*seq, *position);
+            }
+            let held = self.clinic_seq.entry(clinic).or_default();
+            *held = (*held).max(*seq);
+            if self.config.role == Role::Hub {
+                if let Some(id) = self.log.id_at(*position) {
+                    self.origin_seqs.entry((clinic, *seq)).or_insert(id);
+                }
+            }
+        }
+        if snapshot.clock > self.clock.last() {
+            self.clock = HlcClock::resume(snapshot.clock);
+        }
+        self.ns = ns;
+        self.projection = projection;
+        Ok(Some(snapshot.position))
+    }
+
+    /// How the node was opened: whether its snapshot was used (or why not) and how many
+    /// events were folded.
+    pub fn open_note(&self) -> &str {
+        &self.open_note
+    }
+
+    /// Writes the node snapshot (and the log's index checkpoint) at the current head, so the
+    /// next open reads two files instead of folding the ledger. Refused while the ledger has
+    /// damage (the snapshot would describe events it cannot read).
+    pub fn write_snapshot(&mut self, now_ms: u64) -> Result<(), NodeError> {
+        let position = self.log.head() - 1;
+        let Some(id) = self.log.id_at(position) else { return Ok(()) };
+        self.log.write_checkpoint()?;
+        let namespaces: Vec<Namespace> = self.ns.keys().copied().collect();
+        let mut namespace_of = vec![u32::MAX; position as usize];
+        for (which, index) in self.ns.values().enumerate() {
+            for (at, _) in index.by_position() {
+                namespace_of[(*at - 1) as usize] = which as u32;
+            }
+        }
+        debug_assert!(
+            namespace_of.iter().all(|w| *w != u32::MAX),
+            "a position outside every index"
+        );
+        let mut origins: Vec<(u64, u64)> = match self.config.role {
+            Role::Clinic => self.own.iter().map(|(seq, at)| (*at, *seq)).collect(),
+            Role::Hub => self
+                .origin_seqs
+                .iter()
+                .filter_map(|((_, seq), id)| Some((self.log.position_of(id)?, *seq)))
+                .collect(),
+        };
+        origins.sort_unstable();
+        let snapshot = NodeSnapshot {
+            role: self.config.role,
+            position,
+            id,
+            clock: self.clock.last(),
+            namespaces,
+            namespace_of,
+            origins,
+            projection: self.projection.encode_snapshot(position),
+        };
+        self.log
+            .directory_mut()
+            .write_atomic(NODE_SNAPSHOT_FILE, &snapshot.encode())
+            .map_err(|e| NodeError::Log(LogError::Storage { durable: 0, source: e }))?;
+        self.snapshot_taken = (self.log.len(), Some(now_ms));
+        Ok(())
+    }
+
+    /// Whether events arrived since the node snapshot was last written or loaded, and the
+    /// ledger is whole (a damaged ledger is never snapshotted).
+    pub fn has_unsnapshotted_events(&self) -> bool {
+        self.log.len() != self.snapshot_taken.0 && self.log.recovery().damaged.is_empty()
+    }
+
+    /// Writes the node snapshot when it is due: [`SNAPSHOT_EVERY_EVENTS`] events (and a tenth
+    /// of the ledger) since the last one, or any new event after [`SNAPSHOT_EVERY_MS`].
+    /// Failures are logged; the ledger itself is unaffected.
+    pub fn snapshot_if_due(&mut self, now_ms: u64) -> bool {
+        let (held, at) = self.snapshot_taken;
+        let since = self.log.len().saturating_sub(held);
+        let by_count = since >= SNAPSHOT_EVERY_EVENTS.max(self.log.len() / 10);
+        let by_time = since > 0
+            && match at {
+                Some(at) => now_ms.saturating_sub(at) >= SNAPSHOT_EVERY_MS,
+                None => {
+                    self.snapshot_taken.1 = Some(now_ms);
+                    false
+                }
+            };
+        if !(by_count || by_time) || !self.log.recovery().damaged.is_empty() {
+            return false;
+        }
+        match self.write_snapshot(now_ms) {
+            Ok(()) => true,
+            Err(e) => {
+                self.log(Level::Warn, format!("could not write the node snapshot: {e}"));
+                self.snapshot_taken = (self.log.len(), Some(now_ms));
+                false
+            }
+        }
     }
 
     fn index(&mut self, position: u64, event: &SignedEvent) {
@@ -706,6 +948,45 @@ impl<D: Directory> Node<D> {
     /// Count and fingerprint of what this node holds in a namespace.
     pub fn namespace_state(&self, ns: &Namespace) -> Accumulator {
         self.ns.get(ns).map(NsIndex::accumulator).unwrap_or_default()
+    }
+
+    /// A digest of everything [`Node::open`] derives from the ledger — every namespace's
+    /// positions and items, the origin sequences, the own-record map, the clock and the
+    /// projection digest — so tests can show that opening from the node snapshot and folding
+    /// every event give the same node.
+    pub fn derived_state_digest(&mut self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for (ns, index) in &mut self.ns {
+            let mut bytes = Vec::new();
+            shikaku_protocol::wire::put_namespace(&mut bytes, ns);
+            h.update(&bytes);
+            for (position, item) in index.by_position() {
+                h.update(&position.to_le_bytes());
+                h.update(&item.timestamp.to_le_bytes());
+                h.update(&item.id);
+            }
+            for item in index.sorted() {
+                h.update(&item.id);
+            }
+        }
+        for (seq, position) in &self.own {
+            h.update(&seq.to_le_bytes());
+            h.update(&position.to_le_bytes());
+        }
+        for (clinic, seq) in &self.clinic_seq {
+            h.update(&clinic.0);
+            h.update(&seq.to_le_bytes());
+        }
+        let mut origins: Vec<_> = self.origin_seqs.iter().collect();
+        origins.sort_unstable();
+        for ((clinic, seq), id) in origins {
+            h.update(&clinic.0);
+            h.update(&seq.to_le_bytes());
+            h.update(&id.0);
+        }
+        h.update(&self.clock.last().0.to_le_bytes());
+        h.update(&self.projection.digest());
+        *h.finalize().as_bytes()
     }
 
     /// Namespaces held.
@@ -2018,6 +2299,10 @@ impl<D: Directory> Node<D> {
         if let Err(e) = self.persist_receipts() {
             self.log(Level::Warn, format!("could not persist receipts: {e}"));
         }
+        if let Err(e) = self.scrub(SCRUB_PER_TICK) {
+            self.log(Level::Warn, format!("scrub failed: {e}"));
+        }
+        self.snapshot_if_due(now_ms);
         let mut retry = Vec::new();
         for (id, c) in &mut self.conns {
             if let SessionState::Clinic(s) = &mut c.state {
