@@ -398,7 +398,7 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
     assert!(metrics.contains("shikaku_sync_unacked_records 1"), "{metrics}");
     running.restart_hub().await;
 
-    let report = shikaku_cli::serve::hub_report(&running.hub).unwrap();
+    let report = shikaku_cli::serve::hub_report(&running.hub).await.unwrap();
     let t = &report.totals;
     assert_eq!((t.checks, t.offline_checks, t.rederived), (2, 1, 2), "{t:?}");
     // Both VALID answers are contradicted now; the offline one is listed first.

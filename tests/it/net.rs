@@ -479,3 +479,45 @@ pub(crate) async fn http(url: &str, request: &str, body: &str) -> String {
     .await
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_arrive_together_are_recorded_with_one_durable_write() {
+    let d = Deployment::new("group-commit", 200);
+    let insurer = d.insurers[0];
+    let clinic = d.runtime(Role::Clinic, "clinic-g", &[insurer]);
+    let member = member_of(&d.events, insurer);
+    let date = Date::from_ymd(2026, 1, 5).unwrap();
+    let before = clinic.with_node(|n, _| (n.counters().record_commits, n.ledger().len()));
+    // Hold the node thread busy while 64 checks queue up behind it.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let busy = {
+        let clinic = clinic.clone();
+        tokio::spawn(async move {
+            clinic
+                .call(move |_, _| {
+                    let _ = held.recv_timeout(Duration::from_secs(10));
+                })
+                .await
+        })
+    };
+    let checks: Vec<_> = (0..64)
+        .map(|_| {
+            let (clinic, member) = (clinic.clone(), member.clone());
+            tokio::spawn(async move { clinic.check(CheckQuery::Member(member), date).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.send(()).unwrap();
+    busy.await.unwrap();
+    let mut codes = std::collections::BTreeSet::new();
+    for check in checks {
+        let (answer, _) = check.await.unwrap().unwrap();
+        codes.insert(format!("{:?}", answer.code));
+    }
+    assert_eq!(codes.len(), 1, "the same question gets the same answer: {codes:?}");
+    let after = clinic.with_node(|n, _| (n.counters().record_commits, n.ledger().len()));
+    assert_eq!(after.1, before.1 + 64, "every check is recorded");
+    assert_eq!(after.0, before.0 + 1, "in one durable write");
+    drop(clinic);
+    std::fs::remove_dir_all(&d.root).unwrap();
+}

@@ -587,3 +587,44 @@ fn a_node_opened_from_its_snapshot_is_the_node_a_full_fold_gives() {
     assert!(w.clinics[0].in_sync());
     w.assert_converged(0);
 }
+
+#[test]
+fn only_sessions_whose_grants_cover_a_new_event_are_woken() {
+    let mut w = World::new(300, 2);
+    w.connect(0);
+    w.connect(1);
+    w.run();
+    w.hub.take_dirty();
+    // An event of an insurer neither clinic subscribes to wakes no session.
+    let other = w.insurers[1];
+    let unsubscribed = w
+        .events
+        .iter()
+        .find(|e| e.event().namespace == Namespace::Insurer(other))
+        .cloned()
+        .unwrap();
+    // A copy of a generated event, renumbered and re-signed by its insurer: new to the hub.
+    let fresh = |e: &SignedEvent, seq: u64, now_ms: u64| {
+        let Namespace::Insurer(insurer) = e.event().namespace else { unreachable!() };
+        let mut event = e.event().clone();
+        event.origin_seq = seq;
+        event.hlc = shikaku_core::Hlc::new(now_ms, 0);
+        shikaku_gen::insurer_signer(11, insurer).sign(event).unwrap()
+    };
+    w.hub.import(w.now_ms, &[fresh(&unsubscribed, 1_000_000, w.now_ms)]).unwrap();
+    assert_eq!(w.hub.take_dirty(), Vec::<u64>::new(), "nobody subscribes to insurer {other}");
+    // One of the subscribed insurer wakes both clinics' sessions.
+    let subscribed = w
+        .events
+        .iter()
+        .find(|e| e.event().namespace == Namespace::Insurer(w.insurers[0]))
+        .cloned()
+        .unwrap();
+    w.hub.import(w.now_ms, &[fresh(&subscribed, 1_000_001, w.now_ms)]).unwrap();
+    let mut woken = w.hub.take_dirty();
+    woken.sort_unstable();
+    assert_eq!(woken, vec![w.links[0].unwrap(), w.links[1].unwrap()]);
+    w.run();
+    w.assert_converged(0);
+    w.assert_converged(1);
+}

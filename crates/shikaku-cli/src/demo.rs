@@ -575,7 +575,7 @@ fn story(
     // Clinics are named from their certificates, as the hub saw them (and remembered for a
     // `shikaku reconcile` on its stopped ledger).
     serve::save_clinic_names(&hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
-    let report = serve::hub_report(&hub_rt)?;
+    let report = rt.block_on(serve::hub_report(&hub_rt))?;
     for line in crate::reconcile::render_text(&report).lines() {
         writeln!(n.out, "   {line}")?;
     }

@@ -181,7 +181,7 @@ pub fn hub_serve(
         }
         let runtime = service.runtime.clone();
         service.shutdown().await;
-        let names = runtime.with_node(|n, _| n.peer_names().clone());
+        let names = runtime.call(|n, _| n.peer_names().clone()).await;
         save_clinic_names(data_dir, &names)?;
         Ok(())
     })
@@ -589,9 +589,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             Some(text) => text.parse::<Date>().map_err(|e| ApiError::invalid("date", e))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
         };
-        let (answer, now) = rt
-            .with_node(|n, now| n.check(now, &query, date).map(|a| (a, now)))
-            .map_err(ApiError::internal)?;
+        let (answer, now) = rt.check(query, date).await.map_err(ApiError::internal)?;
         if fhir {
             let resource = crate::fhir::coverage_eligibility_response(&answer, now);
             return Ok((
@@ -640,15 +638,17 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             declared_insurer,
             declared_start,
         };
+        let asked = query.clone();
         let event = rt
-            .with_node(|n, now| {
+            .call(move |n, now| {
                 // A declaration follows a check of a patient who is present: one about a card or
                 // member this clinic has no record of at all is a typing error.
-                if !n.has_record_of(&query)? {
+                if !n.has_record_of(&asked)? {
                     return Ok(None);
                 }
                 n.record(now, body).map(Some)
             })
+            .await
             .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
         let Some(event) = event else {
             return Err(unknown_member(
@@ -683,9 +683,10 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                     .with_code("missing_field"))
             }
         };
+        let asked = query.clone();
         let recorded = rt
-            .with_node(|n, now| {
-                let Some(member) = n.member_of(&query) else { return Ok(None) };
+            .call(move |n, now| {
+                let Some(member) = n.member_of(&asked) else { return Ok(None) };
                 let body = if given {
                     shikaku_core::EventBody::ConsentGiven { member: member.clone() }
                 } else {
@@ -693,6 +694,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 };
                 n.record(now, body).map(|e| Some((e, member)))
             })
+            .await
             .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
         let Some((event, member)) = recorded else {
             return Err(unknown_member(
@@ -711,28 +713,30 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
     }
 
     async fn health(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
-        let value = rt.with_node(|n, now| {
-            let f = n.freshness(now);
-            serde_json::json!({
-                "role": n.role().name(),
-                "name": n.config().name,
-                "in_sync": n.in_sync(),
-                "last_hub_sync_ms": f.last_hub_sync_ms,
-                "staleness_s": f.last_hub_sync_ms.map(|t| now.saturating_sub(t) / 1000),
-                "hub_position": f.hub_position,
-                "events": n.ledger().len(),
-                "connections": n.connections(),
-                "unacked_records": n.unacked_own(),
-                "damage": n.damage_note(),
+        let value = rt
+            .call(|n, now| {
+                let f = n.freshness(now);
+                serde_json::json!({
+                    "role": n.role().name(),
+                    "name": n.config().name,
+                    "in_sync": n.in_sync(),
+                    "last_hub_sync_ms": f.last_hub_sync_ms,
+                    "staleness_s": f.last_hub_sync_ms.map(|t| now.saturating_sub(t) / 1000),
+                    "hub_position": f.hub_position,
+                    "events": n.ledger().len(),
+                    "connections": n.connections(),
+                    "unacked_records": n.unacked_own(),
+                    "damage": n.damage_note(),
+                })
             })
-        });
+            .await;
         Json(value)
     }
 
     async fn metrics(
         State(rt): State<Arc<Runtime>>,
     ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-        let text = rt.with_node(|n, now| metrics_text(n, now));
+        let text = rt.call(|n, now| metrics_text(n, now)).await;
         ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
     }
 
@@ -1231,10 +1235,13 @@ pub fn http_request(
 /// The reconciliation report of a running hub (clinic names from the certificates seen).
 /// The ledger is read while holding the node; the report is computed after letting it go, so
 /// sync is held up only for the read.
-pub fn hub_report(rt: &Runtime) -> Result<crate::reconcile::Report> {
+pub async fn hub_report(rt: &Runtime) -> Result<crate::reconcile::Report> {
     let (events, names, now) =
-        rt.with_node(|n, now| (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now));
-    Ok(crate::reconcile::compute(&events?, &names, now))
+        rt.call(|n, now| (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now)).await;
+    let events = events?;
+    tokio::task::spawn_blocking(move || crate::reconcile::compute(&events, &names, now))
+        .await
+        .context("computing the report")
 }
 
 /// Serves the hub's insurer API on `listener` until the task is dropped.
@@ -1275,34 +1282,36 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                 ))
             }
         };
-        let rt2 = rt.clone();
-        let body = tokio::task::spawn_blocking(move || {
-            let report = hub_report(&rt2)?;
-            crate::reconcile::render(&report, &format)
-        })
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        let report = hub_report(&rt)
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        let body = tokio::task::spawn_blocking(move || crate::reconcile::render(&report, &format))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
         Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
     }
 
     async fn health(State(rt): State<Arc<Runtime>>) -> axum::Json<serde_json::Value> {
-        axum::Json(rt.with_node(|n, _| {
-            serde_json::json!({
-                "role": n.role().name(),
-                "name": n.config().name,
-                "events": n.ledger().len(),
-                "head": n.ledger().head(),
-                "connections": n.connections(),
-                "insurers": n.config().insurers.len(),
+        axum::Json(
+            rt.call(|n, _| {
+                serde_json::json!({
+                    "role": n.role().name(),
+                    "name": n.config().name,
+                    "events": n.ledger().len(),
+                    "head": n.ledger().head(),
+                    "connections": n.connections(),
+                    "insurers": n.config().insurers.len(),
+                })
             })
-        }))
+            .await,
+        )
     }
 
     async fn metrics(
         State(rt): State<Arc<Runtime>>,
     ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-        let text = rt.with_node(|n, now| metrics_text(n, now));
+        let text = rt.call(|n, now| metrics_text(n, now)).await;
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
     }
 
@@ -1313,7 +1322,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
     ) -> Result<axum::Json<serde_json::Value>, ApiError> {
         use http_body_util::BodyExt as _;
         // Refused before a byte of the body is read.
-        if rt.with_node(|n, _| n.config().insurer_keys.is_empty()) {
+        if rt.call(|n, _| n.config().insurer_keys.is_empty()).await {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "no_key_registry",
@@ -1382,8 +1391,14 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                 let part = crate::import_stream(
                     piece.as_slice(),
                     &mut refused,
-                    &|e| rt2.with_node(|n, _| n.import_refusal(e)),
-                    &mut |good| rt2.with_node(|n, now| import_into(n, now, good)),
+                    &|e| {
+                        let e = e.clone();
+                        rt2.call_blocking(move |n, _| n.import_refusal(&e))
+                    },
+                    &mut |good| {
+                        let good = good.to_vec();
+                        rt2.call_blocking(move |n, now| import_into(n, now, &good))
+                    },
                     &mut |_, _| {},
                 );
                 (part, refused)
@@ -1402,7 +1417,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
             // Refused lines count at the hub too, not only in this reply.
             let count = listed.len() as u64;
             if count > 0 {
-                rt.with_node(|n, _| n.note_import_refusals(count));
+                rt.call(move |n, _| n.note_import_refusals(count)).await;
             }
             refused.extend(listed);
             summary.lines += part.lines;

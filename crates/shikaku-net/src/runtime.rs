@@ -8,6 +8,12 @@
 //! per-connection `Notify` when there is nothing to send. Backpressure: the writer awaits QUIC
 //! flow control, and the node produces pumped frames only when asked.
 //!
+//! The node lives on its own thread ([`Runtime::new`] starts it): connections, HTTP handlers
+//! and timers send it commands through one bounded channel ([`COMMANDS_MAX`]) and await the
+//! reply ([`Runtime::call`], [`Runtime::check`]), so no fsync and no ledger scan ever runs on
+//! a tokio worker. Checks that are queued together are answered and recorded with one durable
+//! write (group commit). Backpressure on a session is a wake-up from its writer, not polling.
+//!
 //! Invariant: this module decides nothing about sync — every decision is the node's.
 
 use std::collections::{HashMap, VecDeque};
@@ -17,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shikaku_core::{Answer, CheckQuery, Date};
 use shikaku_log::fs::FileDirectory;
-use shikaku_node::{prepare, ConnId, Level, Node, Output, PeerIdentity, Role};
+use shikaku_node::{prepare, ConnId, Level, Node, NodeError, Output, PeerIdentity, Role};
 use shikaku_protocol::wire::{ErrorCode, FrameSplitter};
 use tokio::sync::Notify;
 
@@ -62,7 +69,26 @@ impl Clock {
 #[derive(Debug)]
 struct ConnEntry {
     notify: Arc<Notify>,
+    /// Woken when the writer has taken a frame: the node may want input again.
+    readable: Arc<Notify>,
     closing: Option<(ErrorCode, String)>,
+}
+
+/// Commands queued for the node thread at most; senders wait beyond it.
+pub const COMMANDS_MAX: usize = 1024;
+
+/// Checks answered and recorded with one durable write at most.
+pub const CHECKS_PER_COMMIT_MAX: usize = 256;
+
+/// A reply, delivered once the node's outputs of its batch have been acted on (so a caller
+/// that sees the reply also sees the closes and wake-ups its command caused).
+type Deliver = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&mut FileNode, u64) -> Deliver + Send>;
+type CheckReply = tokio::sync::oneshot::Sender<Result<(Answer, u64), Arc<NodeError>>>;
+
+enum Command {
+    Run(Job),
+    Check { query: CheckQuery, date: Date, reply: CheckReply },
 }
 
 /// Bytes moved by a runtime's connections.
@@ -90,11 +116,15 @@ impl NetStats {
     }
 }
 
-/// A node shared by its connections' tasks.
+/// A node on its own thread, and what its connections' tasks share.
 pub struct Runtime {
     /// Bytes moved.
     pub stats: NetStats,
-    node: Mutex<FileNode>,
+    /// Taken by the node thread for each batch of commands, and by [`Runtime::with_node`]
+    /// (tools and tests); never by a serving task.
+    node: Arc<Mutex<FileNode>>,
+    commands: tokio::sync::mpsc::Sender<Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
     next_conn: AtomicU64,
     clock: Arc<Clock>,
@@ -124,19 +154,108 @@ pub fn log_level_from_env() -> Level {
     }
 }
 
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // The channel closes with `commands`; the node thread then ends and drops the node
+        // (and its ledger). Wait for it, unless this is that thread.
+        let (closed, _) = tokio::sync::mpsc::channel(1);
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
 impl Runtime {
-    /// Wraps a node.
+    /// Starts the node's thread.
     pub fn new(node: FileNode, clock: Arc<Clock>, log_level: Level) -> Arc<Runtime> {
-        Arc::new(Runtime {
+        let (commands, receiver) = tokio::sync::mpsc::channel(COMMANDS_MAX);
+        let name = format!("shikaku-node-{}", node.config().name);
+        let runtime = Arc::new(Runtime {
             stats: NetStats::default(),
-            node: Mutex::new(node),
+            node: Arc::new(Mutex::new(node)),
+            commands,
+            thread: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             clock,
             log_level,
             stopping: AtomicBool::new(false),
             kept_log: Mutex::new(None),
-        })
+        });
+        let (node, weak) = (runtime.node.clone(), Arc::downgrade(&runtime));
+        match std::thread::Builder::new()
+            .name(name)
+            .spawn(move || node_thread(node, receiver, weak))
+        {
+            Ok(thread) => *lock(&runtime.thread) = Some(thread),
+            // Without a thread, commands are never answered: say so where it shows.
+            Err(e) => tracing::error!("could not start the node thread: {e}"),
+        }
+        runtime
+    }
+
+    /// Runs `f` on the node thread and returns its result; what the node produced (log
+    /// lines, closes, wake-ups) is acted on there.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |node, now| {
+            let result = f(node, now);
+            Box::new(move || {
+                let _ = tx.send(result);
+            })
+        });
+        if self.commands.send(Command::Run(job)).await.is_err() {
+            panic!("the node thread has ended");
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => panic!("a node command panicked"),
+        }
+    }
+
+    /// [`Runtime::call`] from a thread that is not a tokio worker (a `spawn_blocking` task,
+    /// a tool): blocks until the node thread has run `f`.
+    pub fn call_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |node, now| {
+            let result = f(node, now);
+            Box::new(move || {
+                let _ = tx.send(result);
+            })
+        });
+        if self.commands.blocking_send(Command::Run(job)).is_err() {
+            panic!("the node thread has ended");
+        }
+        match rx.recv() {
+            Ok(result) => result,
+            Err(_) => panic!("a node command panicked"),
+        }
+    }
+
+    /// Answers a check on the node thread: checks queued together are recorded with one
+    /// durable write. Returns the answer and the time it was given.
+    pub async fn check(
+        &self,
+        query: CheckQuery,
+        date: Date,
+    ) -> Result<(Answer, u64), Arc<NodeError>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Check { query, date, reply }).await.is_err() {
+            panic!("the node thread has ended");
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => panic!("a node command panicked"),
+        }
     }
 
     /// Keeps every log line in memory (tests read them with [`Runtime::log_lines`]).
@@ -154,18 +273,25 @@ impl Runtime {
         &self.clock
     }
 
-    /// Runs `f` on the node, then acts on what it produced (log lines, closes, wake-ups).
+    /// Runs `f` on the node from the calling thread, waiting for the node thread to finish
+    /// its current batch — for tools, the demo and tests, which inspect a node between steps;
+    /// serving tasks use [`Runtime::call`].
     pub fn with_node<R>(&self, f: impl FnOnce(&mut FileNode, u64) -> R) -> R {
         let now = self.clock.now_ms();
         let mut node = lock(&self.node);
         let result = f(&mut node, now);
+        self.dispatch(&mut node);
+        result
+    }
+
+    /// Acts on what the node produced: log lines, closes, wake-ups.
+    fn dispatch(&self, node: &mut FileNode) {
         let dirty = node.take_dirty();
         let mut outputs = Vec::new();
         while let Some(out) = node.poll_event() {
             outputs.push(out);
         }
         let name = node.config().name.clone();
-        drop(node);
         let mut conns = lock(&self.conns);
         for out in outputs {
             match out {
@@ -193,6 +319,7 @@ impl Runtime {
                     if let Some(entry) = conns.get_mut(&conn) {
                         entry.closing = Some((code, reason));
                         entry.notify.notify_one();
+                        entry.readable.notify_one();
                     }
                 }
             }
@@ -202,7 +329,6 @@ impl Runtime {
                 entry.notify.notify_one();
             }
         }
-        result
     }
 
     fn closing(&self, conn: ConnId) -> Option<(ErrorCode, String)> {
@@ -219,14 +345,13 @@ impl Runtime {
         let peer = match crate::tls::peer_identity(&conn) {
             Ok(peer) if peer.role == expect => peer,
             Ok(peer) => {
-                self.with_node(|n, _| {
-                    n.note_refused_connection(&format!(
-                        "{} {} connected where a {} was expected",
-                        peer.role.name(),
-                        peer.name,
-                        expect.name()
-                    ))
-                });
+                let why = format!(
+                    "{} {} connected where a {} was expected",
+                    peer.role.name(),
+                    peer.name,
+                    expect.name()
+                );
+                self.call(move |n, _| n.note_refused_connection(&why)).await;
                 conn.close(ErrorCode::Handshake.code().into(), b"wrong role");
                 return Ok(());
             }
@@ -254,11 +379,22 @@ impl Runtime {
         };
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
-        lock(&self.conns).insert(id, ConnEntry { notify: notify.clone(), closing: None });
-        self.with_node(|n, now| n.handle_connected(now, id, peer.clone()));
-        let writer = tokio::spawn(write_loop(self.clone(), id, send, notify, conn.clone()));
+        let readable = Arc::new(Notify::new());
+        lock(&self.conns).insert(
+            id,
+            ConnEntry { notify: notify.clone(), readable: readable.clone(), closing: None },
+        );
+        let who = peer.clone();
+        self.call(move |n, now| n.handle_connected(now, id, who)).await;
+        let writer = tokio::spawn(write_loop(
+            self.clone(),
+            id,
+            send,
+            (notify, readable.clone()),
+            conn.clone(),
+        ));
         // A reader error (a verifier task that failed) ends the session like a closed stream.
-        let _ = self.read_loop(id, recv).await;
+        let _ = self.read_loop(id, recv, readable).await;
         // The reader ended (peer closed, error, or we are closing): let the writer finish.
         if let Some(entry) = lock(&self.conns).get(&id) {
             entry.notify.notify_one();
@@ -267,7 +403,7 @@ impl Runtime {
             writer.abort();
         }
         let _ = writer.await;
-        self.with_node(|n, now| n.handle_disconnected(now, id));
+        self.call(move |n, now| n.handle_disconnected(now, id)).await;
         lock(&self.conns).remove(&id);
         let quic = conn.stats();
         self.stats.udp_bytes_sent.fetch_add(quic.udp_tx.bytes, Ordering::Relaxed);
@@ -275,8 +411,13 @@ impl Runtime {
         Ok(())
     }
 
-    async fn read_loop(self: &Arc<Self>, id: ConnId, mut recv: quinn::RecvStream) -> Result<()> {
-        let frame_max = self.with_node(|n, _| n.config().frame_max);
+    async fn read_loop(
+        self: &Arc<Self>,
+        id: ConnId,
+        mut recv: quinn::RecvStream,
+        readable: Arc<Notify>,
+    ) -> Result<()> {
+        let frame_max = self.call(|n, _| n.config().frame_max).await;
         let mut splitter = FrameSplitter::new(frame_max);
         let mut pending: VecDeque<tokio::task::JoinHandle<(shikaku_node::Inbound, u64)>> =
             VecDeque::new();
@@ -291,7 +432,7 @@ impl Runtime {
             {
                 let Some(handle) = pending.pop_front() else { break };
                 let (inbound, now) = handle.await.context("verifier task")?;
-                self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+                self.call(move |n, _| n.handle_inbound(now, id, inbound)).await;
             }
             let read = if pending.is_empty() {
                 recv.read(&mut buf).await
@@ -302,7 +443,7 @@ impl Runtime {
                     done = async { match pending.front_mut() { Some(h) => h.await, None => std::future::pending().await } } => {
                         pending.pop_front();
                         let (inbound, now) = done.context("verifier task")?;
-                        self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+                        self.call(move |n, _| n.handle_inbound(now, id, inbound)).await;
                         continue;
                     }
                 }
@@ -326,21 +467,22 @@ impl Runtime {
                     Err(e) => {
                         for handle in pending.drain(..) {
                             let (inbound, now) = handle.await.context("verifier task")?;
-                            self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+                            self.call(move |n, _| n.handle_inbound(now, id, inbound)).await;
                         }
-                        self.with_node(|n, _| n.handle_stream_error(id, &e));
+                        self.call(move |n, _| n.handle_stream_error(id, &e)).await;
                         return Ok(());
                     }
                 }
             }
-            // Backpressure: stop reading while the node has too much queued for this peer.
-            while !self.with_node(|n, _| n.wants_input(id)) && self.closing(id).is_none() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            // Backpressure: stop reading while the node has too much queued for this peer;
+            // the writer wakes this reader each time it takes a frame.
+            while !self.call(move |n, _| n.wants_input(id)).await && self.closing(id).is_none() {
+                readable.notified().await;
             }
         }
         for handle in pending.drain(..) {
             let (inbound, now) = handle.await.context("verifier task")?;
-            self.with_node(|n, _| n.handle_inbound(now, id, inbound));
+            self.call(move |n, _| n.handle_inbound(now, id, inbound)).await;
         }
         Ok(())
     }
@@ -364,7 +506,7 @@ impl Runtime {
     pub async fn tick_loop(self: Arc<Self>) {
         while !self.is_stopping() {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            self.with_node(|n, now| n.handle_tick(now));
+            self.call(|n, now| n.handle_tick(now)).await;
         }
     }
 }
@@ -373,13 +515,14 @@ async fn write_loop(
     rt: Arc<Runtime>,
     id: ConnId,
     mut send: quinn::SendStream,
-    notify: Arc<Notify>,
+    (notify, readable): (Arc<Notify>, Arc<Notify>),
     conn: quinn::Connection,
 ) {
     loop {
-        let frame = rt.with_node(|n, now| n.poll_transmit(now, id));
+        let frame = rt.call(move |n, now| n.poll_transmit(now, id)).await;
         match frame {
             Some(frame) => {
+                readable.notify_one();
                 if send.write_all(&frame).await.is_err() {
                     return;
                 }
@@ -429,15 +572,17 @@ async fn shutdown(
             t.abort();
         }
     }
-    runtime.with_node(|n, now| {
-        n.handle_tick(now);
-        // The next start reads this instead of folding the ledger.
-        if n.has_unsnapshotted_events() {
-            if let Err(e) = n.write_snapshot(now) {
-                tracing::warn!("could not write the node snapshot on shutdown: {e}");
+    runtime
+        .call(|n, now| {
+            n.handle_tick(now);
+            // The next start reads this instead of folding the ledger.
+            if n.has_unsnapshotted_events() {
+                if let Err(e) = n.write_snapshot(now) {
+                    tracing::warn!("could not write the node snapshot on shutdown: {e}");
+                }
             }
-        }
-    });
+        })
+        .await;
 }
 
 /// A running hub: its endpoint and accept loop.
@@ -465,11 +610,12 @@ impl HubService {
             tokio::spawn(async move {
                 while let Some(incoming) = endpoint.accept().await {
                     if lock(&rt.conns).len() >= CONNECTIONS_MAX {
-                        rt.with_node(|n, _| {
+                        rt.call(|n, _| {
                             n.note_refused_connection(&format!(
                                 "{CONNECTIONS_MAX} connections already held"
                             ))
-                        });
+                        })
+                        .await;
                         incoming.refuse();
                         continue;
                     }
@@ -478,14 +624,14 @@ impl HubService {
                         match incoming.await {
                             Ok(conn) => {
                                 if let Err(e) = rt.serve_connection(conn, Role::Clinic).await {
-                                    rt.with_node(|n, _| {
-                                        n.note_refused_connection(&format!("{e:#}"))
-                                    });
+                                    let why = format!("{e:#}");
+                                    rt.call(move |n, _| n.note_refused_connection(&why)).await;
                                 }
                             }
-                            Err(e) => rt.with_node(|n, _| {
-                                n.note_refused_connection(&format!("handshake failed: {e}"))
-                            }),
+                            Err(e) => {
+                                let why = format!("handshake failed: {e}");
+                                rt.call(move |n, _| n.note_refused_connection(&why)).await;
+                            }
                         }
                     });
                 }
@@ -545,9 +691,8 @@ impl ClinicService {
                             Ok(conn) => {
                                 let started = tokio::time::Instant::now();
                                 if let Err(e) = rt.serve_connection(conn, Role::Hub).await {
-                                    rt.with_node(|n, _| {
-                                        n.note_refused_connection(&format!("{e:#}"))
-                                    });
+                                    let why = format!("{e:#}");
+                                    rt.call(move |n, _| n.note_refused_connection(&why)).await;
                                 }
                                 // Only a session that lasted resets the backoff: one that
                                 // fails at once (a full disk, a refused handshake) must not
@@ -556,13 +701,15 @@ impl ClinicService {
                                     backoff = Duration::from_millis(100);
                                 }
                             }
-                            Err(e) => rt.with_node(|n, now| {
-                                n.note_connect_failure(now, &format!("hub {hub} unreachable: {e}"))
-                            }),
+                            Err(e) => {
+                                let why = format!("hub {hub} unreachable: {e}");
+                                rt.call(move |n, now| n.note_connect_failure(now, &why)).await;
+                            }
                         },
-                        Err(e) => rt.with_node(|n, now| {
-                            n.note_connect_failure(now, &format!("cannot connect to {hub}: {e}"))
-                        }),
+                        Err(e) => {
+                            let why = format!("cannot connect to {hub}: {e}");
+                            rt.call(move |n, now| n.note_connect_failure(now, &why)).await;
+                        }
                     }
                     if rt.is_stopping() {
                         break;
@@ -584,3 +731,88 @@ impl ClinicService {
 
 /// The peer identity type, re-exported for services.
 pub type Peer = PeerIdentity;
+
+/// The node thread: takes the commands queued since the last batch (blocking for the first),
+/// runs them in order on the node — consecutive checks answered and recorded together — and
+/// then acts on what the node produced. Ends when every sender is gone.
+fn node_thread(
+    node: Arc<Mutex<FileNode>>,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
+    runtime: std::sync::Weak<Runtime>,
+) {
+    while let Some(first) = commands.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < CHECKS_PER_COMMIT_MAX {
+            match commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let Some(rt) = runtime.upgrade() else { return };
+        let now = rt.clock.now_ms();
+        let mut guard = lock(&node);
+        let mut checks: Vec<(CheckQuery, Date, CheckReply)> = Vec::new();
+        let mut replies: Vec<Deliver> = Vec::new();
+        for command in batch {
+            match command {
+                Command::Check { query, date, reply } => checks.push((query, date, reply)),
+                Command::Run(job) => {
+                    answer_checks(&mut guard, now, &mut checks, &mut replies);
+                    // A job that panics loses its reply (its caller panics), not the node.
+                    let node: &mut FileNode = &mut guard;
+                    if let Ok(deliver) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(node, now)))
+                    {
+                        replies.push(deliver);
+                    }
+                }
+            }
+        }
+        answer_checks(&mut guard, now, &mut checks, &mut replies);
+        rt.dispatch(&mut guard);
+        drop(guard);
+        for deliver in replies {
+            deliver();
+        }
+    }
+}
+
+/// Group commit: the queued checks answered together, their records made durable with one
+/// write, then every reply sent.
+fn answer_checks(
+    node: &mut FileNode,
+    now: u64,
+    checks: &mut Vec<(CheckQuery, Date, CheckReply)>,
+    replies: &mut Vec<Deliver>,
+) {
+    if checks.is_empty() {
+        return;
+    }
+    let queries: Vec<(CheckQuery, Date)> =
+        checks.iter().map(|(query, date, _)| (query.clone(), *date)).collect();
+    let answered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.check_many(now, &queries)));
+    // A panic drops the replies: their callers panic, the node thread goes on.
+    let Ok(answered) = answered else {
+        checks.clear();
+        return;
+    };
+    match answered {
+        Ok(answers) => {
+            for ((_, _, reply), answer) in checks.drain(..).zip(answers) {
+                replies.push(Box::new(move || {
+                    let _ = reply.send(Ok((answer, now)));
+                }));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (_, _, reply) in checks.drain(..) {
+                let e = e.clone();
+                replies.push(Box::new(move || {
+                    let _ = reply.send(Err(e));
+                }));
+            }
+        }
+    }
+}

@@ -176,6 +176,8 @@ pub struct Counters {
     pub checks_by: BTreeMap<(shikaku_core::AnswerCode, bool), u64>,
     /// Failed attempts to reach the hub (clinic).
     pub connect_failures: u64,
+    /// Durable writes of the clinic's own records (one per group of checks recorded together).
+    pub record_commits: u64,
 }
 
 /// Why a node operation failed.
@@ -566,7 +568,25 @@ impl<D: Directory> Node<D> {
     /// Indexes and folds every event from `from` to the head.
     fn fold_from(&mut self, mut from: u64) -> Result<(), NodeError> {
         loop {
-            let batch = self.log.read_from(from, 8192)?;
+            let batch = match self.log.read_from(from, 8192) {
+                Ok(batch) => batch,
+                // A record an index checkpoint covered, rotten since: mark what fails as damage
+                // (as recovery would have) and read on.
+                Err(e @ LogError::Corrupt { .. }) => {
+                    let (_, found) = self.log.scrub(from, 8192)?;
+                    if found.is_empty() {
+                        return Err(e.into());
+                    }
+                    for damage in found {
+                        self.log(
+                            Level::Warn,
+                            format!("ledger damage, to be re-fetched from the hub: {damage}"),
+                        );
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let Some((last, _)) = batch.last() else { break };
             from = last + 1;
             for (position, event) in &batch {
@@ -1776,18 +1796,30 @@ impl<D: Directory> Node<D> {
         let outcome = self.log.append(events)?;
         let head_before = self.log.head() - outcome.new as u64;
         let mut new_positions = Vec::with_capacity(outcome.new);
+        let mut touched: BTreeSet<Namespace> = BTreeSet::new();
         for (event, position) in events.iter().zip(&outcome.positions) {
             // New events get increasing positions in input order; a duplicate within the batch
             // repeats an earlier one.
             if *position >= head_before && new_positions.last().is_none_or(|last| position > last) {
                 new_positions.push(*position);
+                touched.insert(event.event().namespace);
                 self.index(*position, event);
             }
         }
         self.counters.events_received += new_positions.len() as u64;
-        // Every hub session may now have more to pump.
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        self.dirty.extend(conns);
+        // Wake only the sessions that have something new to send: a hub session whose grants
+        // cover a new event's namespace, a clinic's session to its hub (its own records).
+        let woken: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match &c.state {
+                SessionState::Hub(s) => s.granted.iter().any(|ns| touched.contains(ns)),
+                SessionState::Clinic(_) => true,
+                SessionState::Handshake | SessionState::Closing => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.dirty.extend(woken);
         Ok(new_positions)
     }
 
@@ -2340,6 +2372,18 @@ impl<D: Directory> Node<D> {
         query: &CheckQuery,
         service_date: Date,
     ) -> Result<Answer, NodeError> {
+        let mut answers = self.check_many(now_ms, &[(query.clone(), service_date)])?;
+        answers.pop().ok_or_else(|| NodeError::Role("no answer".into()))
+    }
+
+    /// Clinic: answers checks that arrived together and records them with one durable write
+    /// (group commit): every answer is given from the same knowledge, and none is returned
+    /// before all the records are durable. Fails as a whole if the records cannot be stored.
+    pub fn check_many(
+        &mut self,
+        now_ms: u64,
+        queries: &[(CheckQuery, Date)],
+    ) -> Result<Vec<Answer>, NodeError> {
         if self.config.role != Role::Clinic {
             return Err(NodeError::Role("checks are answered by clinic nodes".into()));
         }
@@ -2351,22 +2395,29 @@ impl<D: Directory> Node<D> {
         } else {
             as_of
         };
-        let mut answer = self.projection.check(query, service_date, cutoff, freshness);
-        answer.knowledge.as_of = as_of;
-        let body = EventBody::CheckPerformed {
-            query: query.clone(),
-            service_date,
-            mode: if online { CheckMode::Online } else { CheckMode::Offline },
-            knowledge: as_of,
-            hub_position: freshness.hub_position.unwrap_or(0),
-            code: answer.code,
-            answer_hash: AnswerHash(answer.hash().0),
-            decided_by: answer.decided_by.clone(),
-        };
-        self.record(now_ms, body)?;
-        self.counters.checks += 1;
-        *self.counters.checks_by.entry((answer.code, online)).or_default() += 1;
-        Ok(answer)
+        let mut answers = Vec::with_capacity(queries.len());
+        let mut bodies = Vec::with_capacity(queries.len());
+        for (query, service_date) in queries {
+            let mut answer = self.projection.check(query, *service_date, cutoff, freshness);
+            answer.knowledge.as_of = as_of;
+            bodies.push(EventBody::CheckPerformed {
+                query: query.clone(),
+                service_date: *service_date,
+                mode: if online { CheckMode::Online } else { CheckMode::Offline },
+                knowledge: as_of,
+                hub_position: freshness.hub_position.unwrap_or(0),
+                code: answer.code,
+                answer_hash: AnswerHash(answer.hash().0),
+                decided_by: answer.decided_by.clone(),
+            });
+            answers.push(answer);
+        }
+        self.record_many(now_ms, bodies)?;
+        for answer in &answers {
+            self.counters.checks += 1;
+            *self.counters.checks_by.entry((answer.code, online)).or_default() += 1;
+        }
+        Ok(answers)
     }
 
     fn max_acked(&self) -> u64 {
@@ -2414,21 +2465,36 @@ impl<D: Directory> Node<D> {
     /// Signs and stores an event in this node's own namespace (clinic), e.g. a
     /// self-declaration; it is pushed to the hub like check records.
     pub fn record(&mut self, now_ms: u64, body: EventBody) -> Result<SignedEvent, NodeError> {
+        let mut events = self.record_many(now_ms, vec![body])?;
+        events.pop().ok_or_else(|| NodeError::Role("nothing recorded".into()))
+    }
+
+    /// Records several events in the clinic's namespace with one durable write, numbered
+    /// consecutively.
+    pub fn record_many(
+        &mut self,
+        now_ms: u64,
+        bodies: Vec<EventBody>,
+    ) -> Result<Vec<SignedEvent>, NodeError> {
         let me = self.signer.node_id();
-        let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
-        let seq = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
+        let first = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
             .max(self.seq_floor);
-        let event = Event {
-            namespace: Namespace::Clinic(me),
-            origin: me,
-            origin_seq: seq,
-            hlc,
-            author: self.signer.public(),
-            body,
-        };
-        let signed = self.signer.sign(event)?;
-        self.store(now_ms, std::slice::from_ref(&signed))?;
-        Ok(signed)
+        let mut events = Vec::with_capacity(bodies.len());
+        for (offset, body) in bodies.into_iter().enumerate() {
+            let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
+            let event = Event {
+                namespace: Namespace::Clinic(me),
+                origin: me,
+                origin_seq: first + offset as u64,
+                hlc,
+                author: self.signer.public(),
+                body,
+            };
+            events.push(self.signer.sign(event)?);
+        }
+        self.store(now_ms, &events)?;
+        self.counters.record_commits += 1;
+        Ok(events)
     }
 }
 
