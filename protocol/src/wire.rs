@@ -580,6 +580,14 @@ impl Message {
     }
 }
 
+/// Whether `name` is a valid node name (the `<name>` of a certificate identity, SPEC.md):
+/// 1–63 characters of `a-z`, `0-9` and `-`.
+pub fn is_valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Encodes a namespace: tag `1` ‖ u32 LE insurer number, or tag `2` ‖ 32-byte clinic node id.
 pub fn put_namespace(out: &mut Vec<u8>, ns: &Namespace) {
     match ns {

@@ -5,9 +5,7 @@
 
 use crate::run::{Mark, Outcome, Who};
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
+use shikaku_core::text::html_escape as escape;
 
 /// Renders a self-contained HTML page.
 pub fn html(outcome: &Outcome) -> String {

@@ -49,7 +49,7 @@ impl Running {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let rt = clinic.clone();
         let api = tokio::spawn(async move {
-            let _ = shikaku_cli::serve::serve_api(listener, rt).await;
+            let _ = shikaku_api::clinic::serve_api(listener, rt).await;
         });
         Running {
             d,
@@ -398,7 +398,7 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
     assert!(metrics.contains("shikaku_sync_unacked_records 1"), "{metrics}");
     running.restart_hub().await;
 
-    let report = shikaku_cli::serve::hub_report(&running.hub).await.unwrap();
+    let report = shikaku_api::hub::hub_report(&running.hub).await.unwrap();
     let t = &report.totals;
     assert_eq!((t.checks, t.offline_checks, t.rederived), (2, 1, 2), "{t:?}");
     // Both VALID answers are contradicted now; the offline one is listed first.
@@ -419,7 +419,7 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
     // The same report from the hub's insurer API, in the three formats.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", listener.local_addr().unwrap());
-    let api = tokio::spawn(shikaku_cli::serve::serve_hub_api(listener, running.hub.clone()));
+    let api = tokio::spawn(shikaku_api::hub::serve_hub_api(listener, running.hub.clone()));
     let (code, table, err) = crate::net::cli(&["reconcile", "--hub", &api_url]).await;
     assert_eq!(code, 0, "{err}");
     assert!(table.contains("Checks the converged truth contradicts"), "{table}");
@@ -558,7 +558,7 @@ async fn a_running_hub_imports_over_its_api_and_pushes_live() {
     let running = Running::start("remote-import", 300).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", listener.local_addr().unwrap());
-    let api = tokio::spawn(shikaku_cli::serve::serve_hub_api(listener, running.hub.clone()));
+    let api = tokio::spawn(shikaku_api::hub::serve_hub_api(listener, running.hub.clone()));
     // Without a key registry the hub refuses imports over the network.
     let refused = http(&api_url, "POST /v1/import", "{}").await;
     assert!(refused.starts_with("HTTP/1.1 403") && refused.contains("--insurer-keys"), "{refused}");

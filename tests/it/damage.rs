@@ -65,12 +65,12 @@ fn an_answer_from_a_damaged_ledger_says_so_until_the_hub_repairs_it() {
     let note = damaged.damage.expect("the answer carries the damage");
     assert!(note.ranges >= 1);
     assert_eq!(note.refetch, shikaku_core::RefetchState::Pending);
-    let text = shikaku_cli::render::answer(&damaged);
+    let text = shikaku_core::text::answer(&damaged);
     assert!(text.contains("LEDGER DAMAGED"), "{text}");
     println!("answer given from the damaged ledger:\n{text}");
-    let fhir = shikaku_cli::fhir::coverage_eligibility_response(&damaged, w.now_ms).to_string();
+    let fhir = shikaku_api::fhir::coverage_eligibility_response(&damaged, w.now_ms).to_string();
     assert!(fhir.contains("ledger-damage"), "{fhir}");
-    let metrics = shikaku_cli::serve::metrics_text(&w.clinics[0], w.now_ms);
+    let metrics = shikaku_api::metrics::metrics_text(&w.clinics[0], w.now_ms);
     assert!(metrics.contains("shikaku_ledger_damaged_ranges 1"), "{metrics}");
     // The hub re-sends what was lost: answers are whole again, and say so by saying nothing.
     w.connect(0);
@@ -79,7 +79,7 @@ fn an_answer_from_a_damaged_ledger_says_so_until_the_hub_repairs_it() {
     let repaired = w.clinics[0].check(w.now_ms, &query, date).unwrap();
     assert_eq!(repaired.code, AnswerCode::Valid);
     assert!(repaired.damage.is_none());
-    let metrics = shikaku_cli::serve::metrics_text(&w.clinics[0], w.now_ms);
+    let metrics = shikaku_api::metrics::metrics_text(&w.clinics[0], w.now_ms);
     assert!(metrics.contains("shikaku_ledger_damaged_ranges 0"), "{metrics}");
 }
 

@@ -228,7 +228,7 @@ fn check_paths_url_encode_every_character_a_key_may_hold() {
     // the path now decodes back to exactly the key, for every character class keys allow.
     for symbol in ["a&b", "1+2", "50%", "#9", "x=y", "国971", "ｶﾅ", "記号/?", "é"] {
         let key = MemberKey::new("06130017".parse().unwrap(), symbol, "12+3", 1).unwrap();
-        let path = shikaku_cli::serve::check_path_for(
+        let path = shikaku_api::client::check_path_for(
             &CheckQuery::Member(key.clone()),
             Some(d("2026-01-05")),
             None,
@@ -288,11 +288,8 @@ fn help_texts_are_true() {
     let (_, serve, _) = run(&["hub", "serve", "--help"]);
     assert!(serve.contains("SIGTERM"), "{serve}");
     // The demo's counts read as English ("1 offline checks" did not).
-    assert_eq!(shikaku_cli::render::count(1, "offline check", "offline checks"), "1 offline check");
-    assert_eq!(
-        shikaku_cli::render::count(3, "offline check", "offline checks"),
-        "3 offline checks"
-    );
+    assert_eq!(shikaku_core::text::count(1, "offline check", "offline checks"), "1 offline check");
+    assert_eq!(shikaku_core::text::count(3, "offline check", "offline checks"), "3 offline checks");
 }
 
 #[test]
@@ -502,7 +499,7 @@ fn the_report_lists_unknowns_now_covered_revoked_links_used_and_card_conflicts()
             reason: "registered to the wrong person".into(),
         },
     );
-    let report = shikaku_cli::reconcile::compute_at_last_event(&r.ledger(), &Default::default());
+    let report = shikaku_reconcile::compute_at_last_event(&r.ledger(), &Default::default());
     let unknown = report
         .contradicted
         .iter()
@@ -518,7 +515,7 @@ fn the_report_lists_unknowns_now_covered_revoked_links_used_and_card_conflicts()
         "{:?}",
         report.conflicts
     );
-    let text = shikaku_cli::reconcile::render_text(&report);
+    let text = shikaku_reconcile::render_text(&report);
     assert!(text.contains("Checks that used a card link later revoked"), "{text}");
     assert!(text.contains(&alice.to_string()), "{text}");
 }
@@ -537,7 +534,7 @@ fn the_reports_staleness_is_bounded_by_what_the_simulator_measured() {
     let outcome = shikaku_sim::run(&cfg);
     assert!(outcome.violations.is_empty(), "{}", outcome.lines.join("\n"));
     let report =
-        shikaku_cli::reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
+        shikaku_reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
     assert!(!report.clinics.is_empty());
     for row in &report.clinics {
         let i: usize = row.clinic.strip_prefix("clinic-").unwrap().parse().unwrap();
@@ -641,7 +638,7 @@ fn sigterm_shuts_hub_and_clinic_down_cleanly_and_persists_their_files() {
     let url = first.split("check API on ").nth(1).unwrap().trim().to_owned();
     let start = Stopwatch::start();
     loop {
-        let health = shikaku_cli::serve::http_get(&url, "/v1/health").unwrap_or_default();
+        let health = shikaku_api::client::http_get(&url, "/v1/health").unwrap_or_default();
         if health.contains("\"in_sync\":true") {
             break;
         }

@@ -203,3 +203,22 @@ fn projection_snapshots_round_trip_and_refuse_damage() {
     }
     assert!(Projection::decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
 }
+
+#[test]
+fn answer_code_names_are_the_json_names() {
+    use shikaku_core::AnswerCode as C;
+    for code in [
+        C::Valid,
+        C::Invalid,
+        C::InvalidNewerExists,
+        C::NoMatch,
+        C::MultipleMatches,
+        C::PendingSuccessor,
+        C::Unknown,
+    ] {
+        assert_eq!(
+            serde_json::to_value(code).unwrap(),
+            serde_json::Value::String(shikaku_core::text::code_name(code))
+        );
+    }
+}

@@ -490,16 +490,19 @@ async fn checks_that_arrive_together_are_recorded_with_one_durable_write() {
     let before = clinic.with_node(|n, _| (n.counters().record_commits, n.ledger().len()));
     // Hold the node thread busy while 64 checks queue up behind it.
     let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel::<()>();
     let busy = {
         let clinic = clinic.clone();
         tokio::spawn(async move {
             clinic
                 .call(move |_, _| {
+                    let _ = started.send(());
                     let _ = held.recv_timeout(Duration::from_secs(10));
                 })
                 .await
         })
     };
+    running.await.unwrap();
     let checks: Vec<_> = (0..64)
         .map(|_| {
             let (clinic, member) = (clinic.clone(), member.clone());

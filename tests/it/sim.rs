@@ -122,10 +122,8 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
         let cfg = SimConfig { keep_hub_ledger: true, ..small(seed) };
         let outcome = run(&cfg);
         assert!(outcome.violations.is_empty(), "seed {seed}");
-        let report = shikaku_cli::reconcile::compute_at_last_event(
-            &outcome.hub_events,
-            &outcome.clinic_names,
-        );
+        let report =
+            shikaku_reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
         let t = &report.totals;
         assert!(t.checks > 50, "seed {seed}: {t:?}");
         assert!(report.not_rederivable.is_empty(), "seed {seed}: {:?}", report.not_rederivable);
@@ -133,11 +131,8 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
         assert_eq!(report.clinics.len(), 4, "seed {seed}");
         let again = run(&cfg);
         let twice =
-            shikaku_cli::reconcile::compute_at_last_event(&again.hub_events, &again.clinic_names);
-        assert_eq!(
-            shikaku_cli::reconcile::render_text(&report),
-            shikaku_cli::reconcile::render_text(&twice)
-        );
+            shikaku_reconcile::compute_at_last_event(&again.hub_events, &again.clinic_names);
+        assert_eq!(shikaku_reconcile::render_text(&report), shikaku_reconcile::render_text(&twice));
     }
 }
 
@@ -145,11 +140,8 @@ fn the_insurer_re_derives_every_answer_clinics_gave_during_a_hostile_day() {
 fn the_hub_outage_scenario_reconciles_to_a_snapshotted_report() {
     let outcome = run(&SimConfig { keep_hub_ledger: true, ..hub_outage() });
     let report =
-        shikaku_cli::reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
+        shikaku_reconcile::compute_at_last_event(&outcome.hub_events, &outcome.clinic_names);
     assert!(report.not_rederivable.is_empty(), "{:?}", report.not_rederivable);
     assert!(report.totals.contradicted_offline > 0, "{:?}", report.totals);
-    insta::assert_snapshot!(
-        "hub_outage_reconciliation",
-        shikaku_cli::reconcile::render_text(&report)
-    );
+    insta::assert_snapshot!("hub_outage_reconciliation", shikaku_reconcile::render_text(&report));
 }

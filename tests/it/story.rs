@@ -206,7 +206,7 @@ pub fn report(story: &Story, checks: &[(&str, CheckQuery, &str, Option<&str>)]) 
     for (caption, query, service, as_of) in checks {
         let answer = story.answer(query, service, *as_of);
         out.push_str(&format!("## {caption}\n"));
-        let mut text = shikaku_cli::render::answer(&answer);
+        let mut text = shikaku_core::text::answer(&answer);
         for (id, name) in &names {
             text = text.replace(&id.to_string()[..12], name);
         }

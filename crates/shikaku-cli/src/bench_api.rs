@@ -13,8 +13,7 @@ use anyhow::{Context, Result};
 use shikaku_core::{CheckQuery, Date, EventBody, Hlc};
 
 use crate::clock::Stopwatch;
-use crate::cluster;
-use crate::serve;
+use shikaku_api::cluster;
 
 fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()> {
     micros.sort_unstable();
@@ -30,7 +29,7 @@ fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()>
 }
 
 fn path(q: &CheckQuery, fhir: bool) -> String {
-    crate::serve::check_path_for(q, None, fhir.then_some("fhir"))
+    shikaku_api::client::check_path_for(q, None, fhir.then_some("fhir"))
 }
 
 /// Runs the benchmark.
@@ -125,7 +124,7 @@ fn measure(
         let mut times = Vec::with_capacity(requests);
         for q in &queries {
             let watch = Stopwatch::start();
-            serve::http_get(&clinic.url, &path(q, fhir))?;
+            shikaku_api::client::http_get(&clinic.url, &path(q, fhir))?;
             times.push((watch.seconds() * 1e6) as u64);
         }
         summary(label, times, out)?;
@@ -141,7 +140,7 @@ fn measure(
                     let mut times = Vec::with_capacity(chunk.len());
                     for q in chunk {
                         let watch = Stopwatch::start();
-                        serve::http_get(&url, &path(q, false))?;
+                        shikaku_api::client::http_get(&url, &path(q, false))?;
                         times.push((watch.seconds() * 1e6) as u64);
                     }
                     Ok(times)

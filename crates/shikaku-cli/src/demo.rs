@@ -27,8 +27,9 @@ use shikaku_net::{Clock, Runtime};
 use shikaku_node::Level;
 
 use crate::clock::{self, Stopwatch};
-use crate::render::hhmm;
-use crate::{cluster, serve};
+use crate::serve;
+use shikaku_api::cluster;
+use shikaku_core::text::hhmm;
 
 /// Arguments of `shikaku demo`.
 #[derive(Debug, Args)]
@@ -231,7 +232,10 @@ fn ask(clinic: &cluster::Clinic, who: Presented<'_>, date: Date) -> Result<(Stri
         Presented::Card(card) => shikaku_core::CheckQuery::Card(*card),
         Presented::Key(key) => shikaku_core::CheckQuery::Member(key.clone()),
     };
-    let body = serve::http_get(&clinic.url, &serve::check_path_for(&query, Some(date), None))?;
+    let body = shikaku_api::client::http_get(
+        &clinic.url,
+        &shikaku_api::client::check_path_for(&query, Some(date), None),
+    )?;
     let value: serde_json::Value = serde_json::from_str(&body).context("the answer is not JSON")?;
     let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
     let text = value["text"].as_str().unwrap_or_default().to_owned();
@@ -292,7 +296,7 @@ fn story(
     let (hub_rt, hub_addr) = (hub.runtime.clone(), hub.addr);
     let hub_api = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let report_url = format!("http://{}/v1/reconcile", hub_api.local_addr()?);
-    let hub_server = tokio::spawn(serve::serve_hub_api(hub_api, hub_rt.clone()));
+    let hub_server = tokio::spawn(shikaku_api::hub::serve_hub_api(hub_api, hub_rt.clone()));
     n.say(&format!(
         "hub listening on {hub_addr} (QUIC, ALPN shikaku/1); insurer API at {report_url}"
     ))?;
@@ -414,7 +418,7 @@ fn story(
     )?;
     let (_, text) = ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: the patient whose copay was corrected", clinics[2].name), &text)?;
-    let health = serve::http_get(&clinics[1].url, "/v1/health")?;
+    let health = shikaku_api::client::http_get(&clinics[1].url, "/v1/health")?;
     let health: serde_json::Value = serde_json::from_str(&health)?;
     n.say(&format!(
         "{}'s reception banner: amber, \"Offline since {}\" (staleness {} s)",
@@ -448,8 +452,12 @@ fn story(
         "declared_insurer": new_insurer.to_string(),
         "declared_start": job_day.to_string(),
     });
-    let (status, reply) =
-        serve::http_request(&clinics[1].url, "POST", "/v1/declarations", Some(&body.to_string()))?;
+    let (status, reply) = shikaku_api::client::http_request(
+        &clinics[1].url,
+        "POST",
+        "/v1/declarations",
+        Some(&body.to_string()),
+    )?;
     if status != 201 {
         bail!("the self-declaration was refused ({status}): {reply}");
     }
@@ -463,8 +471,12 @@ fn story(
         "declared_start": today.add_days(-1).to_string(),
     });
     let (code, _) = ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
-    let (status, reply) =
-        serve::http_request(&clinics[2].url, "POST", "/v1/declarations", Some(&body.to_string()))?;
+    let (status, reply) = shikaku_api::client::http_request(
+        &clinics[2].url,
+        "POST",
+        "/v1/declarations",
+        Some(&body.to_string()),
+    )?;
     if status != 201 {
         bail!("the second self-declaration was refused ({status}): {reply}");
     }
@@ -557,7 +569,7 @@ fn story(
             "{:<16} {same}/{namespaces} namespaces with the hub's fingerprint; its {} records (incl. {}) at the hub",
             c.name,
             own.count(),
-            crate::render::count(offline, "offline check", "offline checks")
+            shikaku_core::text::count(offline, "offline check", "offline checks")
         ))?;
         if same != namespaces {
             bail!("{} has not converged with the hub", c.name);
@@ -575,14 +587,14 @@ fn story(
     // Clinics are named from their certificates, as the hub saw them (and remembered for a
     // `shikaku reconcile` on its stopped ledger).
     serve::save_clinic_names(&hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
-    let report = rt.block_on(serve::hub_report(&hub_rt))?;
-    for line in crate::reconcile::render_text(&report).lines() {
+    let report = rt.block_on(shikaku_api::hub::hub_report(&hub_rt))?;
+    for line in shikaku_reconcile::render_text(&report).lines() {
         writeln!(n.out, "   {line}")?;
     }
     let html = workdir.join("reconciliation.html");
     let json = workdir.join("reconciliation.json");
-    std::fs::write(&html, crate::reconcile::render_html(&report))?;
-    std::fs::write(&json, crate::reconcile::render(&report, "json")?)?;
+    std::fs::write(&html, shikaku_reconcile::render_html(&report))?;
+    std::fs::write(&json, shikaku_reconcile::render(&report, "json")?)?;
     if report.totals.contradicted_offline == 0 {
         bail!("the reconciliation found no contradicted offline answer; the story went wrong");
     }

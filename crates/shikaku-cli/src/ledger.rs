@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::render::jst;
 use crate::store::Store;
+use shikaku_core::text::jst;
 
 /// Verifies the ledger; with `repair`, rebuilds a clean ledger from every readable event.
 /// Returns the exit status: 0 intact (or repaired), 1 damaged.

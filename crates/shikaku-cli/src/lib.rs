@@ -10,19 +10,13 @@ pub mod bench_api;
 pub mod bench_log;
 pub mod bench_reconcile;
 pub mod bench_sync;
-pub mod clock;
-pub mod cluster;
+pub use shikaku_net::clock;
 pub mod demo;
-pub mod fhir;
-pub mod http;
 pub mod insurer;
-pub mod jsonl;
 pub mod ledger;
-pub mod reconcile;
-pub mod render;
 pub mod serve;
 pub mod sim;
-pub mod store;
+pub use shikaku_node::data_dir as store;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,11 +24,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shikaku_core::{
-    verify_all, CardToken, CheckQuery, Date, Freshness, Hlc, MemberKey, Replication, SignedEvent,
-};
+use shikaku_core::{CheckQuery, Date, Freshness, Hlc, MemberKey, Replication};
 
 use crate::store::Store;
+pub use shikaku_api::import::{import_stream, ImportSummary, RefusedLine};
+pub use shikaku_api::{jsonl, parse_typed_query};
 
 /// shikaku — an offline-first health-insurance eligibility ledger.
 ///
@@ -234,9 +228,9 @@ pub struct ApiLimitArgs {
 
 impl ApiLimitArgs {
     /// The serving options these flags ask for.
-    pub fn options(&self) -> serve::ApiOptions {
-        serve::ApiOptions {
-            limits: http::HttpLimits {
+    pub fn options(&self) -> shikaku_api::serve::ApiOptions {
+        shikaku_api::serve::ApiOptions {
+            limits: shikaku_api::serve::HttpLimits {
                 header_timeout: std::time::Duration::from_secs(self.api_header_timeout_s.max(1)),
                 connections_max: self.api_connections_max.max(1),
             },
@@ -605,7 +599,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 ReportFormat::Html => "html",
             };
             let text = match hub {
-                Some(url) => serve::http_get(&url, &format!("/v1/reconcile?format={name}"))?,
+                Some(url) => {
+                    shikaku_api::client::http_get(&url, &format!("/v1/reconcile?format={name}"))?
+                }
                 None => {
                     let store = Store::open_existing(&cli.data_dir)?;
                     let events = store.log().read_from(1, usize::MAX)?;
@@ -614,8 +610,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                         let _ = writeln!(err, "warning: {e:#}; clinics are shown by node id");
                         Default::default()
                     });
-                    let report = reconcile::compute(&events, &names, clock::now_ms());
-                    reconcile::render(&report, name)?
+                    let report = shikaku_reconcile::compute(&events, &names, clock::now_ms());
+                    shikaku_reconcile::render(&report, name)?
                 }
             };
             let mut sink = output(path.as_deref(), out)?;
@@ -751,39 +747,6 @@ fn malform(line: &str, rng: &mut shikaku_gen::Rng) -> String {
     }
 }
 
-/// What an import did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ImportSummary {
-    /// Lines read (non-empty).
-    pub lines: u64,
-    /// Events newly stored.
-    pub imported: u64,
-    /// Good events already in the ledger (or repeated in the input).
-    pub duplicates: u64,
-    /// Lines refused.
-    pub rejected: u64,
-}
-
-impl ImportSummary {
-    /// Good, duplicate and refused lines so far: what an import has got through.
-    pub fn handled(&self) -> u64 {
-        self.imported + self.duplicates + self.rejected
-    }
-}
-
-impl std::fmt::Display for ImportSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "imported {} new events from {} lines ({} already present, {} rejected)",
-            self.imported, self.lines, self.duplicates, self.rejected
-        )
-    }
-}
-
-/// Events read per verification batch during import.
-const IMPORT_CHUNK_LINES: usize = 4_096;
-
 /// Imports a JSON Lines file (or `-` for standard input) into the ledger in `data_dir`.
 /// Rejected lines are reported on `err` as `line N: reason`.
 pub fn import(data_dir: &Path, file: &str, err: &mut dyn Write) -> Result<ImportSummary> {
@@ -840,7 +803,7 @@ pub fn import_from(
     let mut store = Store::open(data_dir)?;
     let summary = import_stream(
         reader,
-        err,
+        &mut |refused| Ok(writeln!(err, "{refused}")?),
         &|_| None,
         &mut |good| Ok(store.append(good)?.new as u64),
         &mut |summary, _| ack(summary.imported + summary.duplicates),
@@ -859,93 +822,6 @@ pub fn import_from(
     if let Err(e) = store.checkpoint_if_due() {
         writeln!(err, "warning: every event is stored, but the index checkpoint or projection snapshot could not be written ({e:#}); the next open scans the log instead")?;
     }
-    Ok(summary)
-}
-
-/// The import loop shared by `ledger import` and `hub import`: reads JSON Lines, verifies ids
-/// and signatures in parallel batches, refuses what `screen` names a reason for, and hands the
-/// good events to `sink` (which returns how many were new). Refused lines are reported on `err`
-/// as `line N: reason`, in line order; `progress` sees the running summary and the bytes read
-/// after every batch.
-pub fn import_stream(
-    reader: impl BufRead,
-    err: &mut dyn Write,
-    screen: &dyn Fn(&SignedEvent) -> Option<String>,
-    sink: &mut dyn FnMut(&[SignedEvent]) -> Result<u64>,
-    progress: &mut dyn FnMut(&ImportSummary, u64),
-) -> Result<ImportSummary> {
-    let now_ms = clock::now_ms();
-    let mut summary = ImportSummary::default();
-    let mut bytes = 0u64;
-    let mut pending: Vec<(u64, shikaku_core::UnverifiedEvent)> = Vec::new();
-    let mut errors: Vec<(u64, String)> = Vec::new();
-    let mut flush = |pending: &mut Vec<(u64, shikaku_core::UnverifiedEvent)>,
-                     errors: &mut Vec<(u64, String)>,
-                     summary: &mut ImportSummary,
-                     err: &mut dyn Write|
-     -> Result<()> {
-        let numbers: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
-        let events = pending.drain(..).map(|(_, e)| e).collect();
-        let mut good: Vec<SignedEvent> = Vec::new();
-        for (number, result) in numbers.into_iter().zip(verify_all(events)) {
-            match result.map_err(|e| e.to_string()).and_then(|event| match screen(&event) {
-                Some(why) => Err(why),
-                None => Ok(event),
-            }) {
-                Ok(event) => good.push(event),
-                Err(e) => errors.push((number, e)),
-            }
-        }
-        // Report this chunk's refusals in line order, whichever check caught them.
-        errors.sort_by_key(|(number, _)| *number);
-        for (number, reason) in errors.drain(..) {
-            summary.rejected += 1;
-            writeln!(err, "line {number}: {reason}")?;
-        }
-        let offered = good.len() as u64;
-        let new = sink(&good)?;
-        summary.imported += new;
-        summary.duplicates += offered - new;
-        Ok(())
-    };
-    for (index, line) in reader.lines().enumerate() {
-        let number = index as u64 + 1;
-        let mut line = match line {
-            Ok(line) => line,
-            // Invalid UTF-8: the line was consumed, so the next one can still be read.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                summary.lines += 1;
-                errors.push((number, format!("unreadable: {e}")));
-                continue;
-            }
-            // Anything else (EISDIR, EIO) would repeat forever: stop, keeping what was stored.
-            Err(e) => {
-                flush(&mut pending, &mut errors, &mut summary, err)?;
-                progress(&summary, bytes);
-                return Err(anyhow::Error::from(e)
-                    .context(format!("reading the input stopped at line {number}")));
-            }
-        };
-        bytes += line.len() as u64 + 1;
-        // A UTF-8 byte-order mark (as Windows tools write) is not part of the first record.
-        if number == 1 && line.starts_with('\u{feff}') {
-            line.drain(..'\u{feff}'.len_utf8());
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        summary.lines += 1;
-        match jsonl::decode_unverified(&line, Some(now_ms)) {
-            Ok(event) => pending.push((number, event)),
-            Err(e) => errors.push((number, e.to_string())),
-        }
-        if pending.len() + errors.len() >= IMPORT_CHUNK_LINES {
-            flush(&mut pending, &mut errors, &mut summary, err)?;
-            progress(&summary, bytes);
-        }
-    }
-    flush(&mut pending, &mut errors, &mut summary, err)?;
-    progress(&summary, bytes);
     Ok(summary)
 }
 
@@ -1072,29 +948,6 @@ pub fn parse_query(card: Option<&str>, member: Option<&str>) -> Result<CheckQuer
     Ok(parse_typed_query(card, member)?.0)
 }
 
-/// Parses a card token or a member key as a person typed it: a member key's full-width digits
-/// become ASCII and spaces around it and its parts are trimmed (see
-/// [`shikaku_core::member::normalize_typed_key`]). Returns the query and sentences saying what
-/// was normalised, for the caller to show.
-pub fn parse_typed_query(
-    card: Option<&str>,
-    member: Option<&str>,
-) -> Result<(CheckQuery, Vec<String>)> {
-    match (card, member) {
-        (Some(card), None) => Ok((CheckQuery::Card(card.trim().parse::<CardToken>()?), vec![])),
-        (None, Some(member)) => {
-            let (text, changes) = shikaku_core::member::normalize_typed_key(member);
-            let key = text.parse::<MemberKey>()?;
-            let notes = changes
-                .iter()
-                .map(|change| format!("member key read as {key} ({change})"))
-                .collect();
-            Ok((CheckQuery::Member(key), notes))
-        }
-        _ => bail!("give exactly one of --card or --member"),
-    }
-}
-
 /// `shikaku check` on a local ledger. Exit status 1 when the answer comes from a damaged
 /// ledger (its text and JSON say so), 0 otherwise.
 fn check(
@@ -1134,7 +987,7 @@ fn check(
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
     } else {
-        write!(out, "{}", render::answer(&answer))?;
+        write!(out, "{}", shikaku_core::text::answer(&answer))?;
     }
     Ok(if answer.damage.is_some() { 1 } else { 0 })
 }

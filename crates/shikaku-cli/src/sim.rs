@@ -140,12 +140,12 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
                 writeln!(out, "{line}")?;
             }
             if args.reconcile {
-                let report = crate::reconcile::compute_at_last_event(
+                let report = shikaku_reconcile::compute_at_last_event(
                     &outcome.hub_events,
                     &outcome.clinic_names,
                 );
                 writeln!(out)?;
-                write!(out, "{}", crate::reconcile::render_text(&report))?;
+                write!(out, "{}", shikaku_reconcile::render_text(&report))?;
             }
             if let Some(path) = &args.html {
                 std::fs::write(path, shikaku_sim::html(&outcome))

@@ -6,7 +6,8 @@
 //! - [`hlc`]: the hybrid logical clock;
 //! - [`event`]: the event envelope, every event type, canonical rkyv encoding and signatures;
 //! - [`projection`]: the deterministic fold that answers eligibility checks;
-//! - [`answer`]: queries, answers and conflicts.
+//! - [`answer`]: queries, answers and conflicts;
+//! - [`text`]: answers, codes and times as people read them, and the HTML escaper.
 
 pub mod answer;
 pub mod date;
@@ -15,6 +16,7 @@ pub mod hex;
 pub mod hlc;
 pub mod member;
 pub mod projection;
+pub mod text;
 
 pub use answer::{Answer, Conflict, DamageNote, Freshness, Knowledge, RefetchState};
 pub use date::{Date, DateError, DateRange};

@@ -122,20 +122,7 @@ impl Directory for FileDirectory {
     }
 
     fn write_atomic(&mut self, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        let temporary = self.path.join(format!("{name}.tmp"));
-        {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temporary)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut file, data).map_err(io)?;
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&temporary, self.path.join(name)).map_err(io)?;
-        self.sync()
+        install_atomic(&self.path.join(name), data, 0o600).map_err(io)
     }
 
     fn read_whole(&mut self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -145,4 +132,28 @@ impl Directory for FileDirectory {
             Err(e) => Err(io(e)),
         }
     }
+}
+
+/// The one atomic install of a whole file on real disks: write `data` to `<path>.tmp` with
+/// `mode`, fsync it, rename it over `path`, fsync the directory. After a crash `path` holds
+/// its old bytes or the new ones, and once this returns, the new ones durably. Every small
+/// file shikaku writes (snapshots, checkpoints, receipts, keys, state files) goes through it.
+pub fn install_atomic(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir =
+        path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut temporary = path.as_os_str().to_os_string();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temporary)?;
+        std::io::Write::write_all(&mut file, data)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    File::open(dir)?.sync_all()
 }

@@ -5,8 +5,11 @@
 //! - [`tls`]: the deployment CA (`shikaku ca init` / `ca issue`), node certificates carrying
 //!   role, name and signing key, and the QUIC client/server configs (ALPN `shikaku/1`).
 //! - [`runtime`]: per-connection reader/writer tasks, pipelined signature verification,
-//!   reconnect with backoff, clean shutdown; [`runtime::HubService`], [`runtime::ClinicService`].
+//!   reconnect with backoff, clean shutdown; [`runtime::HubService`], [`runtime::ClinicService`];
+//!   the node on its own thread, driven by commands.
+//! - [`clock`]: the one wall clock (honouring `SHIKAKU_NOW_MS`) and the stopwatch.
 
+pub mod clock;
 pub mod runtime;
 pub mod tls;
 

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ use shikaku_node::{prepare, ConnId, Level, Node, NodeError, Output, PeerIdentity
 use shikaku_protocol::wire::{ErrorCode, FrameSplitter};
 use tokio::sync::Notify;
 
+pub use crate::clock::Clock;
+
 /// The node type the runtime drives: a ledger on real files.
 pub type FileNode = Node<FileDirectory>;
 
@@ -37,34 +39,6 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 
 /// Frames being verified at once per connection.
 pub const VERIFY_PIPELINE: usize = 3;
-
-/// The wall clock, with an adjustable offset (tests and demos move time forward).
-#[derive(Debug, Default)]
-pub struct Clock {
-    offset_ms: AtomicI64,
-}
-
-impl Clock {
-    /// The real clock.
-    pub fn wall() -> Arc<Clock> {
-        Arc::new(Clock::default())
-    }
-
-    /// Unix milliseconds now (plus the offset).
-    #[allow(clippy::disallowed_methods)] // the runtime is where time is read
-    pub fn now_ms(&self) -> u64 {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        (wall + self.offset_ms.load(Ordering::Relaxed)).max(0) as u64
-    }
-
-    /// Moves this clock forward by `ms`.
-    pub fn advance(&self, ms: i64) {
-        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
-    }
-}
 
 #[derive(Debug)]
 struct ConnEntry {

@@ -91,13 +91,25 @@ pub fn ca_init(dir: &Path) -> Result<PathBuf> {
 
 /// Checks a node name: 1–63 characters of `a-z`, `0-9` and `-`.
 pub fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !ok {
+    if !shikaku_protocol::wire::is_valid_node_name(name) {
         bail!("node name {name:?} must be 1-63 characters of a-z, 0-9 and '-'");
     }
     Ok(())
+}
+
+/// The node's TLS files from `<data-dir>/tls/`, refused unless the certificate is for `role`.
+pub fn load_for(data_dir: &Path, role: Role) -> Result<TlsFiles> {
+    let dir = data_dir.join(TLS_DIR);
+    let tls_files = load(&dir)?;
+    if tls_files.identity.role != role {
+        bail!(
+            "the certificate in {} is for a {}, not a {}",
+            dir.display(),
+            tls_files.identity.role.name(),
+            role.name()
+        );
+    }
+    Ok(tls_files)
 }
 
 /// Issues a certificate for a node whose signing key is `node`, writing `cert.pem`, `key.pem`

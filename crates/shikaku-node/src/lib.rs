@@ -8,11 +8,14 @@
 //! lines). Time is always an argument; the ledger is a [`shikaku_log::Log`] over any
 //! [`shikaku_log::Directory`] (real files or the fault-injecting disk).
 //!
+//! - [`data_dir`]: the data directory on real files (identity, lock, log, snapshots, names)
+//!   and [`data_dir::open_node`];
 //! - [`index`]: per-namespace `(hlc, id)` sets and position lists (fingerprints, cursors).
 //! - [`snapshot`]: the node snapshot file (indexes, origin sequences, clock, projection).
 //! - [`node`]: the node — authorization, cursors, live push, acknowledgements, repair,
 //!   receipts, checks.
 
+pub mod data_dir;
 pub mod index;
 pub mod node;
 pub mod snapshot;

@@ -1,8 +1,9 @@
-//! Human-readable rendering of answers for the terminal (reception staff read these).
+//! Human-readable text of answers, codes, dates and times (JST) — what reception staff and
+//! insurers read in terminals and reports — and the one HTML escaper. Pure: no IO.
 
 use std::fmt::Write as _;
 
-use shikaku_core::{Answer, AnswerCode, CheckQuery, Conflict, Date, EndReason, Hlc};
+use crate::{Answer, AnswerCode, CheckQuery, Conflict, Date, EndReason, Hlc};
 
 /// The headline word for an answer code.
 pub fn code_text(code: AnswerCode) -> &'static str {
@@ -21,7 +22,16 @@ pub fn code_text(code: AnswerCode) -> &'static str {
 
 /// The snake_case name of an answer code, as in the JSON answer (`invalid_newer_exists`).
 pub fn code_name(code: AnswerCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    match code {
+        AnswerCode::Valid => "valid",
+        AnswerCode::Invalid => "invalid",
+        AnswerCode::InvalidNewerExists => "invalid_newer_exists",
+        AnswerCode::NoMatch => "no_match",
+        AnswerCode::MultipleMatches => "multiple_matches",
+        AnswerCode::PendingSuccessor => "pending_successor",
+        AnswerCode::Unknown => "unknown",
+    }
+    .to_owned()
 }
 
 /// Japanese civil time of day of a Unix millisecond: (hours, minutes, seconds).
@@ -58,7 +68,7 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 }
 
 /// The first 12 hex digits of an event id, as shown to people.
-pub fn short(id: &shikaku_core::EventId) -> String {
+pub fn short(id: &crate::EventId) -> String {
     id.to_string()[..12].to_owned()
 }
 
@@ -136,7 +146,7 @@ pub fn answer(answer: &Answer) -> String {
 /// A coverage period for people: the last covered day (inclusive), not the loss date the
 /// half-open interval ends with — "until 2026-01-15" next to INVALID on the 15th reads as
 /// covered on the 15th. The JSON keeps the half-open dates.
-pub fn coverage_text(coverage: shikaku_core::DateRange) -> String {
+pub fn coverage_text(coverage: crate::DateRange) -> String {
     match coverage.end {
         Some(end) => format!(
             "{} to {} (last covered day; coverage lost from {end})",
@@ -148,15 +158,15 @@ pub fn coverage_text(coverage: shikaku_core::DateRange) -> String {
 }
 
 /// The warning an answer from a damaged ledger carries.
-pub fn damage_text(d: &shikaku_core::DamageNote) -> String {
+pub fn damage_text(d: &crate::DamageNote) -> String {
     let records = if d.records > 0 {
         format!("{} records unreadable or missing", d.records)
     } else {
         "records unreadable".to_owned()
     };
     let repair = match d.refetch {
-        shikaku_core::RefetchState::Pending => "re-fetch from the hub pending",
-        shikaku_core::RefetchState::NoHub => {
+        crate::RefetchState::Pending => "re-fetch from the hub pending",
+        crate::RefetchState::NoHub => {
             "no hub to re-fetch from: run `shikaku ledger verify --repair` and import them again"
         }
     };
@@ -168,8 +178,7 @@ pub fn damage_text(d: &shikaku_core::DamageNote) -> String {
 
 /// One line describing a conflict.
 pub fn conflict_text(conflict: &Conflict) -> String {
-    let ids =
-        |events: &[shikaku_core::EventId]| events.iter().map(short).collect::<Vec<_>>().join(", ");
+    let ids = |events: &[crate::EventId]| events.iter().map(short).collect::<Vec<_>>().join(", ");
     match conflict {
         Conflict::OverlappingCoverage { member, events } => {
             format!("overlapping coverage for {member}: {}", ids(events))
@@ -190,4 +199,20 @@ pub fn conflict_text(conflict: &Conflict) -> String {
             members.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// Escapes text for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -1,17 +1,25 @@
-//! The node's ledger as the command line sees it: the durable segmented log (`shikaku-log`) in
-//! `<data-dir>/log/`, owned by the node identity in `<data-dir>/node.key` (created on first
-//! use from the operating system's randomness).
+//! A node's data directory on real files — the one module of this crate that touches the file
+//! system (the state machine reaches files only through the log's `Directory` trait):
+//! `node.key` (the identity, created on first use from the operating system's randomness, 0600),
+//! `LOCK` (one writer per ledger, across processes), `log/` (the segmented log, its index
+//! checkpoint, the node snapshot and a clinic's receipts, all written through
+//! [`FileDirectory`]'s atomic install) and a hub's `clinic-names`. Every other file goes through
+//! [`write_atomic_with_mode`], the same install routine (write, fsync, rename, fsync the
+//! directory).
+//!
+//! [`open_node`] opens the node a service runs; [`Store`] is the ledger as the command line's
+//! tools open it (import, export, verify, offline checks).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::snapshot::{NodeSnapshot, NODE_SNAPSHOT_FILE};
+use crate::{Node, NodeConfig, Role};
 use anyhow::{bail, Context, Result};
 use shikaku_core::{NodeId, Projection, Replication, SignedEvent, Signer};
 use shikaku_log::fs::FileDirectory;
 use shikaku_log::storage::Directory as _;
 use shikaku_log::{AppendOutcome, Log, LogConfig};
-use shikaku_node::snapshot::{NodeSnapshot, NODE_SNAPSHOT_FILE};
-use shikaku_node::Role;
 
 /// The projection snapshot file of earlier releases (superseded by the node snapshot in the
 /// log folder; removed when a new one is written).
@@ -54,22 +62,8 @@ pub fn beside(path: &Path, suffix: &str) -> PathBuf {
 
 /// [`write_private_atomic`] with other permission bits (a public key may be 0644).
 pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let temporary = beside(path, ".tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", temporary.display()))?;
-    file.sync_all().with_context(|| format!("syncing {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("installing {}", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all())?;
-    Ok(())
+    shikaku_log::fs::install_atomic(path, bytes, mode)
+        .with_context(|| format!("installing {}", path.display()))
 }
 
 /// Whether `dir` already holds a ledger (a log segment).
@@ -283,8 +277,7 @@ impl Store {
     pub fn checkpoint(&mut self) -> Result<()> {
         self.log.write_checkpoint()?;
         let projection = self.projection(Replication::All)?;
-        let Some(snapshot) = shikaku_node::snapshot::of_log(&self.log, Role::Hub, &projection)?
-        else {
+        let Some(snapshot) = crate::snapshot::of_log(&self.log, Role::Hub, &projection)? else {
             return Ok(());
         };
         self.log
@@ -332,4 +325,73 @@ impl Store {
         projection.shrink_to_fit();
         Ok(projection)
     }
+}
+
+/// Registered signing keys per insurer (the `--insurer-keys` file).
+pub type InsurerKeys = std::collections::BTreeMap<
+    shikaku_core::InsurerNumber,
+    std::collections::BTreeSet<shikaku_core::AuthorKey>,
+>;
+
+/// Opens the node in `data_dir` (creating its key and ledger if needed), holding its lock:
+/// the node starts from its snapshot when one verifies.
+pub fn open_node(
+    data_dir: &Path,
+    config: NodeConfig,
+) -> Result<(Node<FileDirectory>, std::fs::File)> {
+    let signer = node_identity(data_dir, true)?
+        .with_context(|| format!("no node key in {}", data_dir.display()))?;
+    let lock = take_lock(data_dir)?;
+    remove_temporary_files(data_dir);
+    let files = FileDirectory::new(data_dir.join("log"))
+        .with_context(|| format!("opening {}", data_dir.join("log").display()))?;
+    let node = Node::open(files, signer, config)
+        .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
+    Ok((node, lock))
+}
+
+/// The file in a hub's data directory that remembers its clinics' certificate names (for
+/// `reconcile` on a stopped hub): `NODE-ID-HEX NAME` lines.
+pub const CLINIC_NAMES_FILE: &str = "clinic-names";
+
+/// Clinic names remembered by the hub in `data_dir` (none when the file does not exist).
+pub fn load_clinic_names(
+    data_dir: &Path,
+) -> Result<std::collections::BTreeMap<shikaku_core::NodeId, String>> {
+    let path = data_dir.join(CLINIC_NAMES_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut names = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let bad =
+            || anyhow::anyhow!("{} line {}: expected NODE-ID-HEX NAME", path.display(), n + 1);
+        let (id, name) = line.split_once(' ').ok_or_else(bad)?;
+        let id: [u8; 32] = shikaku_core::hex::decode_array(id).ok_or_else(bad)?;
+        if !shikaku_protocol::wire::is_valid_node_name(name) {
+            return Err(bad());
+        }
+        names.insert(shikaku_core::NodeId(id), name.to_owned());
+    }
+    Ok(names)
+}
+
+/// Adds `names` to the hub's remembered clinic names (atomically: a temporary file renamed).
+pub fn save_clinic_names(
+    data_dir: &Path,
+    names: &std::collections::BTreeMap<shikaku_core::NodeId, String>,
+) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    // A damaged names file (derived data) is replaced by what this hub saw.
+    let mut all = load_clinic_names(data_dir).unwrap_or_default();
+    all.extend(names.iter().map(|(k, v)| (*k, v.clone())));
+    let text: String = all
+        .iter()
+        .map(|(id, name)| format!("{} {name}\n", shikaku_core::hex::encode(&id.0)))
+        .collect();
+    write_private_atomic(&data_dir.join(CLINIC_NAMES_FILE), text.as_bytes())
 }

@@ -37,7 +37,7 @@ fn ext(name: &str, kind: &str, value: Value) -> Value {
 
 /// FHIR `dateTime` in JST of a Unix millisecond.
 pub fn date_time_jst(ms: u64) -> String {
-    let (h, m, s) = crate::render::jst_clock(ms);
+    let (h, m, s) = shikaku_core::text::jst_clock(ms);
     format!("{}T{h:02}:{m:02}:{s:02}+09:00", Date::from_unix_ms_jst(ms))
 }
 
@@ -76,7 +76,7 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
         ),
     };
     let mut extension =
-        vec![ext("validity-code", "valueCode", json!(crate::render::code_name(answer.code)))];
+        vec![ext("validity-code", "valueCode", json!(shikaku_core::text::code_name(answer.code)))];
     let k = &answer.knowledge;
     if let Some(s) = k.staleness_s {
         extension.push(ext("staleness-seconds", "valueDecimal", json!(s)));
@@ -92,7 +92,7 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
         extension.push(ext(
             "ledger-damage",
             "valueString",
-            json!(crate::render::damage_text(damage)),
+            json!(shikaku_core::text::damage_text(damage)),
         ));
     }
     for id in &answer.decided_by {
@@ -118,7 +118,7 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
         "created": date_time_jst(created_ms),
         "request": { "identifier": { "system": "urn:shikaku:answer-hash", "value": hash } },
         "outcome": outcome,
-        "disposition": crate::render::code_text(answer.code),
+        "disposition": shikaku_core::text::code_text(answer.code),
         "insurer": insurer,
     });
     if let (Some(member), Some(coverage)) = (&answer.member, &answer.coverage) {

@@ -12,10 +12,8 @@ use shikaku_core::InsurerNumber;
 use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
 use shikaku_node::{Level, NodeConfig, Role};
 
-use crate::serve;
-
 /// The insurer keys of a generated world, as a registry.
-pub fn keys_of(generated: &shikaku_gen::Generated) -> serve::InsurerKeys {
+pub fn keys_of(generated: &shikaku_gen::Generated) -> shikaku_node::data_dir::InsurerKeys {
     generated.insurers.iter().map(|(i, k)| (*i, [*k].into_iter().collect())).collect()
 }
 
@@ -23,10 +21,15 @@ pub fn keys_of(generated: &shikaku_gen::Generated) -> serve::InsurerKeys {
 /// `root` named after them).
 pub fn certify(root: &Path, ca_dir: &Path, clinics: &[&str]) -> Result<()> {
     tls::ca_init(ca_dir)?;
-    let mut sink = Vec::new();
-    serve::ca_issue(ca_dir, &root.join("hub"), Role::Hub, "hub", &mut sink)?;
+    let issue = |role: Role, name: &str| -> Result<()> {
+        let dir = root.join(name);
+        let signer = shikaku_node::data_dir::node_identity(&dir, true)?
+            .ok_or_else(|| anyhow::anyhow!("no node key in {}", dir.display()))?;
+        tls::ca_issue(ca_dir, role, name, signer.node_id(), &dir.join(tls::TLS_DIR))
+    };
+    issue(Role::Hub, "hub")?;
     for name in clinics {
-        serve::ca_issue(ca_dir, &root.join(name), Role::Clinic, name, &mut sink)?;
+        issue(Role::Clinic, name)?;
     }
     Ok(())
 }
@@ -59,11 +62,11 @@ pub struct Hub {
 pub fn start_hub(local: &Local<'_>, generated: &shikaku_gen::Generated) -> Result<Hub> {
     let (clock, level) = (local.clock, local.level);
     let dir = local.root.join("hub");
-    let tls = serve::load_tls(&dir, Role::Hub)?;
+    let tls = shikaku_net::tls::load_for(&dir, Role::Hub)?;
     let mut config = NodeConfig::new(Role::Hub, "hub");
     config.insurers = generated.insurers.iter().map(|(i, _)| *i).collect();
     config.insurer_keys = keys_of(generated);
-    let (mut node, lock) = serve::open_node(&dir, config)?;
+    let (mut node, lock) = shikaku_node::data_dir::open_node(&dir, config)?;
     for chunk in generated.events.chunks(8_192) {
         node.import(clock.now_ms(), chunk)?;
     }
@@ -113,21 +116,21 @@ pub fn start_clinic(
     local: &Local<'_>,
     name: &str,
     insurers: BTreeSet<InsurerNumber>,
-    keys: serve::InsurerKeys,
+    keys: shikaku_node::data_dir::InsurerKeys,
     hub: SocketAddr,
 ) -> Result<Clinic> {
     let (clock, level) = (local.clock, local.level);
     let dir = local.root.join(name);
-    let tls_files = serve::load_tls(&dir, Role::Clinic)?;
+    let tls_files = shikaku_net::tls::load_for(&dir, Role::Clinic)?;
     let mut config = NodeConfig::new(Role::Clinic, name);
     config.insurers = insurers;
     config.insurer_keys = keys;
-    let (node, lock) = serve::open_node(&dir, config)?;
+    let (node, lock) = shikaku_node::data_dir::open_node(&dir, config)?;
     let runtime = Runtime::new(node, clock.clone(), level);
     let service = ClinicService::start(runtime.clone(), &tls_files, hub)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(serve::serve_api(listener, runtime.clone()));
+    let server = tokio::spawn(crate::clinic::serve_api(listener, runtime.clone()));
     Ok(Clinic { name: name.to_owned(), runtime, service: Some(service), url, server, _lock: lock })
 }
 
@@ -143,7 +146,7 @@ impl Clinic {
 
 /// Polls `done` every 50 ms until it holds, for at most `seconds`; returns the seconds waited.
 pub fn wait_until(what: &str, seconds: f64, mut done: impl FnMut() -> bool) -> Result<f64> {
-    let watch = crate::clock::Stopwatch::start();
+    let watch = shikaku_net::clock::Stopwatch::start();
     while !done() {
         if watch.seconds() > seconds {
             anyhow::bail!("timed out after {seconds} s waiting until {what}");

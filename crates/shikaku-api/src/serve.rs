@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::request::ApiError;
+
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 
@@ -96,4 +98,88 @@ pub fn allowed_hosts(addr: SocketAddr, names: &[String]) -> Vec<String> {
     }
     hosts.extend(names.iter().map(|n| format!("{n}:{port}")));
     hosts
+}
+
+/// How an HTTP API is served: its connection limits and the host names (besides its address)
+/// clients may call it by.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Timeouts and the connection cap.
+    pub limits: crate::serve::HttpLimits,
+    /// Extra names for the Host check (e.g. the reception PC's name on the LAN).
+    pub host_names: Vec<String>,
+}
+
+/// The header every request that records something must carry: a browser sends a custom
+/// header only to its own origin (anything else needs a CORS preflight, which these APIs never
+/// grant), so a page on another site cannot write into the audit trail through the reception
+/// PC's browser.
+pub const CLIENT_HEADER: &str = "X-Shikaku-Client";
+
+/// The guard in front of both APIs: the Host must be one of the API's own names (DNS
+/// rebinding), and a request that records something must come from the same origin — no
+/// `Sec-Fetch-Site` other than same-origin/none, no foreign `Origin`, and the
+/// [`CLIENT_HEADER`].
+pub async fn guard(
+    hosts: Arc<Vec<String>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, Method, StatusCode};
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            format!("this API answers only as {}: Host {host:?} is refused", hosts.join(", ")),
+        )
+        .into_response();
+    }
+    let path = request.uri().path();
+    let records = matches!(
+        (request.method(), path),
+        (&Method::GET, "/v1/check")
+            | (&Method::POST, "/v1/declarations")
+            | (&Method::POST, "/v1/consents")
+            | (&Method::POST, "/v1/import")
+    );
+    if records {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let foreign_origin = origin.is_some_and(|o| {
+            let authority = o.split_once("://").map_or(o, |(_, rest)| rest);
+            !hosts.iter().any(|h| h.eq_ignore_ascii_case(authority))
+        });
+        if site.is_some_and(|s| s != "same-origin" && s != "none") || foreign_origin {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                format!("{path} records in the audit trail: it answers only requests from its own pages and programs"),
+            )
+            .into_response();
+        }
+        if headers.get(CLIENT_HEADER).is_none_or(|v| v.is_empty()) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "missing_client_header",
+                format!("{path} records in the audit trail: send the header {CLIENT_HEADER} (the reception page and shikaku's commands do)"),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `router` behind [`guard`], served on `listener` with `options`.
+pub async fn serve_guarded(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    options: &ApiOptions,
+) -> std::io::Result<()> {
+    let hosts = Arc::new(crate::serve::allowed_hosts(listener.local_addr()?, &options.host_names));
+    let router = router
+        .layer(axum::middleware::from_fn(move |request, next| guard(hosts.clone(), request, next)));
+    crate::serve::serve(listener, router, options.limits.clone()).await
 }

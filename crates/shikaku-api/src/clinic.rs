@@ -1,0 +1,243 @@
+//! The clinic's local API: `/` the reception page, `GET /v1/check` (JSON or FHIR), `POST
+//! /v1/declarations`, `POST /v1/consents`, `/v1/health`, `/metrics` — every error a JSON
+//! [`ApiError`]. Handlers send the node commands ([`Runtime::call`], [`Runtime::check`]); none
+//! touches the ledger itself.
+
+use std::sync::Arc;
+
+use shikaku_core::text as render;
+use shikaku_core::{Date, InsurerNumber};
+use shikaku_net::Runtime;
+
+use crate::metrics::metrics_text;
+use crate::request::{api_query, json_body, query_params, unknown_member, ApiError};
+use crate::serve::{serve_guarded, ApiOptions};
+use crate::types::{CheckResponse, ConsentResponse, DeclarationResponse};
+
+/// Serves the clinic's local API on `listener` until the task is dropped.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+) -> std::io::Result<()> {
+    serve_api_with(listener, runtime, &ApiOptions::default()).await
+}
+
+/// [`serve_api`] with explicit options.
+pub async fn serve_api_with(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    options: &ApiOptions,
+) -> std::io::Result<()> {
+    serve_guarded(listener, api_router(runtime), options).await
+}
+
+/// The reception page (plain HTML and JavaScript, served from the binary): check a card or a
+/// member key, a large clear result, a freshness banner that turns amber then red offline, and
+/// the self-declaration flow.
+pub const RECEPTION_PAGE: &str = include_str!("reception.html");
+
+/// The body limit of the clinic API's POST requests.
+pub const CLINIC_BODY_MAX: usize = 2 << 20;
+
+/// The clinic's local API.
+pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
+    use axum::extract::{RawQuery, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use axum::Json;
+
+    async fn check(
+        State(rt): State<Arc<Runtime>>,
+        RawQuery(raw): RawQuery,
+    ) -> Result<axum::response::Response, ApiError> {
+        let p = query_params(raw.as_deref(), &["card", "member", "date", "format"])?;
+        let fhir = match p.get("format").map(String::as_str) {
+            None | Some("json") => false,
+            Some("fhir") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "format",
+                    format!("must be json or fhir, got {other:?}"),
+                ))
+            }
+        };
+        let (query, notes) = api_query(&p)?;
+        let date = match p.get("date") {
+            Some(text) => text.parse::<Date>().map_err(|e| ApiError::invalid("date", e))?,
+            None => Date::from_unix_ms_jst(rt.clock().now_ms()),
+        };
+        let (answer, now) = rt.check(query, date).await.map_err(ApiError::internal)?;
+        if fhir {
+            let resource = crate::fhir::coverage_eligibility_response(&answer, now);
+            return Ok((
+                [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
+                resource.to_string(),
+            )
+                .into_response());
+        }
+        let text = render::answer(&answer);
+        Ok(Json(CheckResponse { answer: &answer, text, notes }).into_response())
+    }
+
+    async fn declare(
+        State(rt): State<Arc<Runtime>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Result<(StatusCode, Json<DeclarationResponse>), ApiError> {
+        let d =
+            json_body(&headers, &body, &["card", "member", "declared_insurer", "declared_start"])?;
+        let (query, _) = api_query(&d)?;
+        let declared_start = d
+            .get("declared_start")
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "declared_start",
+                    "missing: the date the new coverage started (YYYY-MM-DD)",
+                )
+                .with_code("missing_field")
+            })?
+            .parse::<Date>()
+            .map_err(|e| ApiError::invalid("declared_start", e))?;
+        let declared_insurer = match d.get("declared_insurer") {
+            Some(text) => Some(
+                text.trim()
+                    .parse::<InsurerNumber>()
+                    .map_err(|e| ApiError::invalid("declared_insurer", e))?,
+            ),
+            None => None,
+        };
+        let body = shikaku_core::EventBody::SelfDeclarationRecorded {
+            query: query.clone(),
+            declared_insurer,
+            declared_start,
+        };
+        let asked = query.clone();
+        let event = rt
+            .call(move |n, now| {
+                // A declaration follows a check of a patient who is present: one about a card or
+                // member this clinic has no record of at all is a typing error.
+                if !n.has_record_of(&asked)? {
+                    return Ok(None);
+                }
+                n.record(now, body).map(Some)
+            })
+            .await
+            .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
+        let Some(event) = event else {
+            return Err(unknown_member(
+                &query,
+                "this clinic has no record of it (no event and no check): check the patient first",
+            ));
+        };
+        Ok((StatusCode::CREATED, Json(DeclarationResponse { declaration: event.id().to_string() })))
+    }
+
+    async fn consent(
+        State(rt): State<Arc<Runtime>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> Result<(StatusCode, Json<ConsentResponse>), ApiError> {
+        let d = json_body(&headers, &body, &["card", "member", "consent"])?;
+        let (query, _) = api_query(&d)?;
+        let given = match d.get("consent").map(String::as_str) {
+            Some("given") => true,
+            Some("withdrawn") => false,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "consent",
+                    format!("must be \"given\" or \"withdrawn\", got {other:?}"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid("consent", "missing: \"given\" or \"withdrawn\"")
+                    .with_code("missing_field"))
+            }
+        };
+        let asked = query.clone();
+        let recorded = rt
+            .call(move |n, now| {
+                let Some(member) = n.member_of(&asked) else { return Ok(None) };
+                let body = if given {
+                    shikaku_core::EventBody::ConsentGiven { member: member.clone() }
+                } else {
+                    shikaku_core::EventBody::ConsentWithdrawn { member: member.clone() }
+                };
+                n.record(now, body).map(|e| Some((e, member)))
+            })
+            .await
+            .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
+        let Some((event, member)) = recorded else {
+            return Err(unknown_member(
+                &query,
+                "no single member of the insurers held here matches it",
+            ));
+        };
+        Ok((
+            StatusCode::CREATED,
+            Json(ConsentResponse {
+                consent: if given { "given" } else { "withdrawn" }.to_owned(),
+                member: member.to_string(),
+                event: event.id().to_string(),
+            }),
+        ))
+    }
+
+    async fn health(State(rt): State<Arc<Runtime>>) -> Json<serde_json::Value> {
+        let value = rt
+            .call(|n, now| {
+                let f = n.freshness(now);
+                serde_json::json!({
+                    "role": n.role().name(),
+                    "name": n.config().name,
+                    "in_sync": n.in_sync(),
+                    "last_hub_sync_ms": f.last_hub_sync_ms,
+                    "staleness_s": f.last_hub_sync_ms.map(|t| now.saturating_sub(t) / 1000),
+                    "hub_position": f.hub_position,
+                    "events": n.ledger().len(),
+                    "connections": n.connections(),
+                    "unacked_records": n.unacked_own(),
+                    "damage": n.damage_note(),
+                })
+            })
+            .await;
+        Json(value)
+    }
+
+    async fn metrics(
+        State(rt): State<Arc<Runtime>>,
+    ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+        let text = rt.call(|n, now| metrics_text(n, now)).await;
+        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    }
+
+    axum::Router::new()
+        .route("/v1/check", get(check))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Html(RECEPTION_PAGE) }))
+        .route("/v1/declarations", axum::routing::post(declare))
+        .route("/v1/consents", axum::routing::post(consent))
+        .layer(axum::extract::DefaultBodyLimit::max(CLINIC_BODY_MAX))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(runtime)
+}
+
+/// Every unknown path: a JSON 404 saying what this server is.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {} (see protocol/API.md)", uri.path()),
+    )
+}
+
+/// A known path asked with another method.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not answer {method}", uri.path()),
+    )
+}

@@ -1,0 +1,254 @@
+//! The insurer's API on a hub: the reconciliation report, JSON Lines import (streamed, one at
+//! a time, only with an insurer key registry), health and metrics.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use shikaku_net::runtime::FileNode;
+use shikaku_net::Runtime;
+
+use crate::import::RefusedLine;
+use crate::metrics::metrics_text;
+use crate::request::ApiError;
+use crate::serve::{serve_guarded, ApiOptions};
+use crate::types::ImportResponse;
+
+/// Stores verified, screened insurer events at a hub, serving their insurers from now on;
+/// returns how many were new.
+pub fn import_into(
+    n: &mut FileNode,
+    now_ms: u64,
+    good: &[shikaku_core::SignedEvent],
+) -> Result<u64> {
+    for e in good {
+        if let shikaku_core::Namespace::Insurer(i) = e.event().namespace {
+            n.serve_insurer(i);
+        }
+    }
+    Ok(n.import(now_ms, good).context("storing the batch")? as u64)
+}
+
+/// One import at a time per hub (`POST /v1/import`).
+#[derive(Debug, Clone)]
+pub struct ImportSlot(Arc<tokio::sync::Semaphore>);
+
+/// `POST /v1/import` imports its body in pieces of whole lines of about this size.
+const IMPORT_PIECE_BYTES: usize = 4 << 20;
+
+/// The largest JSON Lines body `POST /v1/import` accepts.
+pub const IMPORT_BODY_MAX: usize = 64 << 20;
+
+/// The reconciliation report of a running hub (clinic names from the certificates seen).
+/// The ledger is read while holding the node; the report is computed after letting it go, so
+/// sync is held up only for the read.
+pub async fn hub_report(rt: &Runtime) -> Result<shikaku_reconcile::Report> {
+    let (events, names, now) =
+        rt.call(|n, now| (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now)).await;
+    let events = events?;
+    tokio::task::spawn_blocking(move || shikaku_reconcile::compute(&events, &names, now))
+        .await
+        .context("computing the report")
+}
+
+/// Serves the hub's insurer API on `listener` until the task is dropped.
+pub async fn serve_hub_api(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+) -> std::io::Result<()> {
+    serve_guarded(listener, hub_router(runtime), &ApiOptions::default()).await
+}
+
+/// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `POST /v1/import`
+/// (JSON Lines, only on a hub with an insurer key registry), `/v1/health`, `/metrics`.
+pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
+    use axum::extract::{Query, State};
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ReportParams {
+        format: Option<String>,
+    }
+
+    async fn report(
+        State(rt): State<Arc<Runtime>>,
+        Query(p): Query<ReportParams>,
+    ) -> Result<axum::response::Response, (StatusCode, String)> {
+        let format = p.format.unwrap_or_else(|| "html".to_owned());
+        let kind = match format.as_str() {
+            "html" => "text/html; charset=utf-8",
+            "json" => "application/json",
+            "table" => "text/plain; charset=utf-8",
+            other => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("format must be html, json or table, got {other:?}\n"),
+                ))
+            }
+        };
+        let report = hub_report(&rt)
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        let body = tokio::task::spawn_blocking(move || shikaku_reconcile::render(&report, &format))
+            .await
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
+    }
+
+    async fn health(State(rt): State<Arc<Runtime>>) -> axum::Json<serde_json::Value> {
+        axum::Json(
+            rt.call(|n, _| {
+                serde_json::json!({
+                    "role": n.role().name(),
+                    "name": n.config().name,
+                    "events": n.ledger().len(),
+                    "head": n.ledger().head(),
+                    "connections": n.connections(),
+                    "insurers": n.config().insurers.len(),
+                })
+            })
+            .await,
+        )
+    }
+
+    async fn metrics(
+        State(rt): State<Arc<Runtime>>,
+    ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+        let text = rt.call(|n, now| metrics_text(n, now)).await;
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    }
+
+    async fn import(
+        State(rt): State<Arc<Runtime>>,
+        axum::Extension(slot): axum::Extension<ImportSlot>,
+        body: axum::body::Body,
+    ) -> Result<axum::Json<ImportResponse>, ApiError> {
+        use http_body_util::BodyExt as _;
+        // Refused before a byte of the body is read.
+        if rt.call(|n, _| n.config().insurer_keys.is_empty()).await {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no_key_registry",
+                "this hub has no insurer key registry (hub serve --insurer-keys): importing over the network needs one".into(),
+            ));
+        }
+        let Ok(_turn) = slot.0.clone().try_acquire_owned() else {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "import_busy",
+                "another import is running on this hub: one at a time, try again when it ends"
+                    .into(),
+            ));
+        };
+        // The body is read and imported in pieces of whole lines, so memory stays bounded by
+        // one piece whatever the body's size.
+        let mut body = body;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut total = 0usize;
+        let mut first_line = 1u64;
+        let mut summary = crate::ImportSummary::default();
+        let mut refused: Vec<RefusedLine> = Vec::new();
+        loop {
+            let frame = body.frame().await;
+            let end = match frame {
+                None => true,
+                Some(Err(e)) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "body_unreadable",
+                        format!("reading the body: {e}"),
+                    ))
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        total += data.len();
+                        if total > IMPORT_BODY_MAX {
+                            return Err(ApiError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "body_too_large",
+                                format!("an import body is at most {IMPORT_BODY_MAX} bytes: send more requests (hub import --hub does)"),
+                            ));
+                        }
+                        pending.extend_from_slice(&data);
+                    }
+                    false
+                }
+            };
+            if !end && pending.len() < IMPORT_PIECE_BYTES {
+                continue;
+            }
+            let cut = if end {
+                pending.len()
+            } else {
+                match pending.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => continue,
+                }
+            };
+            let piece: Vec<u8> = pending.drain(..cut).collect();
+            let lines = piece.iter().filter(|&&b| b == b'\n').count() as u64
+                + u64::from(!piece.is_empty() && !piece.ends_with(b"\n"));
+            let rt2 = rt.clone();
+            let (part, part_refused) = tokio::task::spawn_blocking(move || {
+                let mut refused = Vec::new();
+                let part = crate::import_stream(
+                    piece.as_slice(),
+                    &mut |r| {
+                        refused.push(r);
+                        Ok(())
+                    },
+                    &|e| {
+                        let e = e.clone();
+                        rt2.call_blocking(move |n, _| n.import_refusal(&e))
+                    },
+                    &mut |good| {
+                        let good = good.to_vec();
+                        rt2.call_blocking(move |n, now| import_into(n, now, &good))
+                    },
+                    &mut |_, _| {},
+                );
+                (part, refused)
+            })
+            .await
+            .map_err(ApiError::internal)?;
+            let part = part.map_err(ApiError::internal)?;
+            // Numbered within the piece: renumbered within the body.
+            let listed: Vec<RefusedLine> = part_refused
+                .into_iter()
+                .map(|r| RefusedLine { line: r.line + first_line - 1, reason: r.reason })
+                .collect();
+            // Refused lines count at the hub too, not only in this reply.
+            let count = listed.len() as u64;
+            if count > 0 {
+                rt.call(move |n, _| n.note_import_refusals(count)).await;
+            }
+            refused.extend(listed);
+            summary.lines += part.lines;
+            summary.imported += part.imported;
+            summary.duplicates += part.duplicates;
+            summary.rejected += part.rejected;
+            first_line += lines;
+            if end {
+                break;
+            }
+        }
+        Ok(axum::Json(ImportResponse {
+            lines: summary.lines,
+            imported: summary.imported,
+            duplicates: summary.duplicates,
+            rejected: summary.rejected,
+            refused,
+        }))
+    }
+
+    axum::Router::new()
+        .route("/v1/import", axum::routing::post(import))
+        .layer(axum::Extension(ImportSlot(Arc::new(tokio::sync::Semaphore::new(1)))))
+        .route("/v1/reconcile", get(report))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(runtime)
+}

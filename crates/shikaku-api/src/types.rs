@@ -1,0 +1,65 @@
+//! The typed bodies of both APIs, shared by the servers, the client and the tests (field names
+//! as `protocol/API.md` specifies them).
+
+use serde::{Deserialize, Serialize};
+
+use crate::import::RefusedLine;
+
+/// `GET /v1/check`: the answer (the core's `Answer` when served; any JSON when read back),
+/// its text as reception reads it, and notes on how a typed key was read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckResponse<A> {
+    /// The answer.
+    pub answer: A,
+    /// The answer as text.
+    pub text: String,
+    /// What was normalised in a typed member key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// `POST /v1/consents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsentRequest {
+    /// The card, or …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card: Option<String>,
+    /// … the member key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// `given` or `withdrawn`.
+    pub consent: String,
+}
+
+/// What `POST /v1/consents` recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsentResponse {
+    /// `given` or `withdrawn`.
+    pub consent: String,
+    /// The member it is about.
+    pub member: String,
+    /// The recorded event's id.
+    pub event: String,
+}
+
+/// What `POST /v1/declarations` recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeclarationResponse {
+    /// The recorded declaration's event id.
+    pub declaration: String,
+}
+
+/// What `POST /v1/import` did with a body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImportResponse {
+    /// Lines read (non-empty).
+    pub lines: u64,
+    /// Events newly stored.
+    pub imported: u64,
+    /// Good events already held.
+    pub duplicates: u64,
+    /// Lines refused.
+    pub rejected: u64,
+    /// The refused lines (numbered within the body) and why.
+    pub refused: Vec<RefusedLine>,
+}
