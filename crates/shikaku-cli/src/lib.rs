@@ -4,12 +4,6 @@
 //! Everything is reachable through [`run`], which takes the arguments and the output streams,
 //! so the integration tests drive the real command in-process.
 
-pub mod alloc_counter;
-pub mod bench;
-pub mod bench_api;
-pub mod bench_log;
-pub mod bench_reconcile;
-pub mod bench_sync;
 pub use shikaku_net::clock;
 pub mod demo;
 pub mod insurer;
@@ -63,9 +57,11 @@ pub enum Command {
     /// Record at a running clinic node that the patient consents (or no longer consents) to
     /// reception seeing their limit category (限度額適用区分).
     Consent(ConsentArgs),
-    /// Measure performance against baselines in the same run.
+    /// Measure performance against baselines in the same run (a build with the `bench`
+    /// feature only).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(shikaku_bench::BenchCommand),
     /// The deployment's certificate authority (mutual TLS between hub and clinics).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -640,7 +636,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             let replicated = serve::Replicated { insurers, prefetch, insurer_keys: keys };
             serve::clinic_serve(&cli.data_dir, hub, replicated, api, &options, out).map(|()| 0)
         }
-        Command::Bench(command) => bench::run(&command, out).map(|()| 0),
+        #[cfg(feature = "bench")]
+        Command::Bench(command) => shikaku_bench::run(&command, out).map(|()| 0),
         Command::Sim(command) => sim::run_command(&command, out),
     }
 }

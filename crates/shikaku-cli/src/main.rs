@@ -1,8 +1,11 @@
 //! The `shikaku` binary: a thin wrapper over [`shikaku_cli::run`].
 
+/// Heap counting for `shikaku bench` (a `bench` build only; the released binary uses the
+/// system allocator as it is).
+#[cfg(feature = "bench")]
 #[global_allocator]
-static ALLOCATOR: shikaku_cli::alloc_counter::CountingAllocator =
-    shikaku_cli::alloc_counter::CountingAllocator;
+static ALLOCATOR: shikaku_bench::alloc_counter::CountingAllocator =
+    shikaku_bench::alloc_counter::CountingAllocator;
 
 fn main() {
     shikaku_cli::init_logging();

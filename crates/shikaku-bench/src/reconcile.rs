@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use shikaku_protocol::negentropy::{Item, Reconciler, ID_BYTES};
 
-use crate::clock::Stopwatch;
+use shikaku_net::clock::Stopwatch;
 
 /// What one reconciliation cost.
 pub(crate) struct Outcome {

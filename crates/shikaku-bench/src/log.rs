@@ -10,7 +10,7 @@ use shikaku_core::{NodeId, SignedEvent};
 use shikaku_log::fs::FileDirectory;
 use shikaku_log::{Log, LogConfig};
 
-use crate::clock::Stopwatch;
+use shikaku_net::clock::Stopwatch;
 
 const BATCHES: [usize; 4] = [1, 64, 512, 4096];
 
@@ -101,7 +101,7 @@ fn sqlite_rate(root: &Path, events: &[SignedEvent], batch: usize) -> Result<f64>
 
 /// The `p` quantile of sorted nanosecond samples, in microseconds.
 fn percentile(sorted: &[u64], p: f64) -> f64 {
-    crate::bench::percentile(sorted, p) as f64 / 1e3
+    crate::percentile(sorted, p) as f64 / 1e3
 }
 
 /// Runs the benchmark.
@@ -250,7 +250,7 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     let store_dir = dir.join("data");
     let watch = Stopwatch::start();
     {
-        let mut store = crate::store::Store::open(&store_dir)?;
+        let mut store = shikaku_node::data_dir::Store::open(&store_dir)?;
         let chunk = 100_000u64;
         let mut next = 0u64;
         while next < count {
@@ -279,7 +279,7 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
         store.append(&tail)?;
     }
     let watch = Stopwatch::start();
-    let store = crate::store::Store::open(&store_dir)?;
+    let store = shikaku_node::data_dir::Store::open(&store_dir)?;
     let opened = watch.seconds();
     let projection = store.projection(shikaku_core::Replication::All)?;
     let with_checkpoint = watch.seconds();
@@ -291,7 +291,7 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     // alone (the fold of every event, which is what serving did before the node read its
     // snapshot), then neither (full scan and fold).
     let log_dir = store_dir.join("log");
-    let node_key = crate::store::node_identity(&store_dir, false)?
+    let node_key = shikaku_node::data_dir::node_identity(&store_dir, false)?
         .ok_or_else(|| anyhow::anyhow!("the bench ledger lost its node key"))?;
     let open_node = |what: &str| -> Result<(f64, [u8; 32], String)> {
         let watch = Stopwatch::start();
@@ -313,7 +313,7 @@ pub fn open(root: &Path, count: u64, out: &mut dyn Write) -> Result<()> {
     std::fs::remove_file(log_dir.join(shikaku_log::checkpoint::INDEX_CHECKPOINT_FILE))?;
     let (node_scan, scan_digest, _) = open_node("scan")?;
     let watch = Stopwatch::start();
-    let store = crate::store::Store::open(&store_dir)?;
+    let store = shikaku_node::data_dir::Store::open(&store_dir)?;
     let scanned = watch.seconds();
     let projection = store.projection(shikaku_core::Replication::All)?;
     let without = watch.seconds();

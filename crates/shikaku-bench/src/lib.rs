@@ -1,4 +1,15 @@
-//! `shikaku bench …`: performance measured against a baseline in the same run.
+//! shikaku-bench: `shikaku bench …`, performance measured against a baseline in the same run.
+//! A separate crate so that the released `shikaku` binary carries none of it — not the
+//! baselines (bundled SQLite, the `negentropy` crate), not the counting allocator: the
+//! command exists only in a build with the `bench` feature
+//! (`cargo run --release -p shikaku-cli --features bench -- bench …`).
+//!
+//! - [`api`]: reception latency over HTTP and throughput with concurrent clients;
+//! - [`log`]: durable appends against the raw disk and SQLite, and the node's restart;
+//! - [`reconcile`] and [`sync`]: set reconciliation against the `negentropy` crate, in memory
+//!   and over QUIC;
+//! - [`alloc_counter`]: the counting global allocator (installed by a `bench` build).
+//!
 //!
 //! `bench projection` generates a synthetic insurer stream (not timed), then measures the fold
 //! (events/s on one core), check latency (p50/p99 over random card and member-key checks) and
@@ -15,7 +26,13 @@ use shikaku_core::{
 };
 
 use crate::alloc_counter::live_bytes;
-use crate::clock::Stopwatch;
+
+pub mod alloc_counter;
+pub mod api;
+pub mod log;
+pub mod reconcile;
+pub mod sync;
+use shikaku_net::clock::Stopwatch;
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -122,19 +139,19 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
         BenchCommand::Projection { members, seed, checks } => {
             projection(*members, *seed, *checks, out)
         }
-        BenchCommand::Open { dir, events } => crate::bench_log::open(dir, *events, out),
+        BenchCommand::Open { dir, events } => crate::log::open(dir, *events, out),
         BenchCommand::Api { members, requests, clients } => {
-            crate::bench_api::run(*members, *requests, *clients, out)
+            crate::api::run(*members, *requests, *clients, out)
         }
         BenchCommand::Reconcile { items, frame_bytes } => {
-            crate::bench_reconcile::run(*items, *frame_bytes, out)
+            crate::reconcile::run(*items, *frame_bytes, out)
         }
         BenchCommand::Sim { clinics, swarm_seeds } => sim_speed(*clinics, *swarm_seeds, out),
         BenchCommand::Sync { dir, events, week, random, clinics } => {
-            crate::bench_sync::run(dir, *events, *week, *random, *clinics, out)
+            crate::sync::run(dir, *events, *week, *random, *clinics, out)
         }
         BenchCommand::Log { dir, events, scan_events } => {
-            crate::bench_log::run(dir, *events, *scan_events, out)
+            crate::log::run(dir, *events, *scan_events, out)
         }
     }
 }
@@ -329,7 +346,7 @@ fn projection(members: usize, seed: u64, checks: usize, out: &mut dyn Write) -> 
 /// `shikaku bench sim`.
 fn sim_speed(clinics: usize, swarm_seeds: u64, out: &mut dyn Write) -> Result<()> {
     let cfg = shikaku_sim::SimConfig::new(1, clinics);
-    let watch = crate::clock::Stopwatch::start();
+    let watch = shikaku_net::clock::Stopwatch::start();
     let outcome = shikaku_sim::run(&cfg);
     let seconds = watch.seconds();
     writeln!(
@@ -339,7 +356,7 @@ fn sim_speed(clinics: usize, swarm_seeds: u64, out: &mut dyn Write) -> Result<()
         outcome.simulated_ms as f64 / 1000.0 / seconds,
         outcome.violations.len()
     )?;
-    let watch = crate::clock::Stopwatch::start();
+    let watch = shikaku_net::clock::Stopwatch::start();
     let mut failing = 0;
     for seed in 0..swarm_seeds {
         let mut cfg = shikaku_sim::SimConfig::new(1000 + seed, 5);

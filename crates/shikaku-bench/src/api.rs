@@ -12,12 +12,12 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use shikaku_core::{CheckQuery, Date, EventBody, Hlc};
 
-use crate::clock::Stopwatch;
 use shikaku_api::cluster;
+use shikaku_net::clock::Stopwatch;
 
 fn summary(label: &str, mut micros: Vec<u64>, out: &mut dyn Write) -> Result<()> {
     micros.sort_unstable();
-    let p = |q: f64| crate::bench::percentile(&micros, q) as f64 / 1000.0;
+    let p = |q: f64| crate::percentile(&micros, q) as f64 / 1000.0;
     writeln!(
         out,
         "  {label:<44} p50 {:>7.3} ms   p99 {:>7.3} ms   max {:>7.3} ms",

@@ -19,7 +19,7 @@ use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
 use shikaku_node::{Level, Node, NodeConfig, Role};
 use shikaku_protocol::negentropy::Item;
 
-use crate::clock::Stopwatch;
+use shikaku_net::clock::Stopwatch;
 
 struct Net {
     ca: PathBuf,
@@ -117,7 +117,7 @@ fn negentropy_crate(
     let (mut bytes, mut max_rounds) = (0u64, 0u32);
     for (ns, hub_items) in hub {
         let client_items = client.get(ns).map_or(&[][..], Vec::as_slice);
-        let outcome = crate::bench_reconcile::reference(client_items, hub_items, 0)?;
+        let outcome = crate::reconcile::reference(client_items, hub_items, 0)?;
         bytes += outcome.bytes as u64;
         let rounds = outcome.round_trips + usize::from(outcome.missing > 0);
         max_rounds = max_rounds.max(rounds as u32);
@@ -173,11 +173,11 @@ pub fn run(
     if events < week + random + 10 {
         bail!("--events must exceed --week + --random");
     }
-    let root = crate::bench_log::fresh_dir(dir, "sync")?;
+    let root = crate::log::fresh_dir(dir, "sync")?;
     let net = Net { ca: root.join("ca"), root: root.clone() };
     tls::ca_init(&net.ca)?;
     let watch = Stopwatch::start();
-    let all = crate::bench_log::events_for(events)?;
+    let all = crate::log::events_for(events)?;
     let insurers: Vec<_> = items_by_ns(&all)
         .keys()
         .filter_map(|ns| match ns {
