@@ -23,4 +23,7 @@ pub mod report;
 pub mod run;
 
 pub use report::html;
-pub use run::{run, Faults, Mark, Outcome, Plant, Scripted, SimConfig, Who};
+pub use run::{run, Faults, Mark, Outcome, Scripted, SimConfig, Who};
+
+#[cfg(feature = "planted-bugs")]
+pub use run::Plant;

@@ -43,6 +43,9 @@ pub struct Faults {
     pub downtime_mean_ms: u64,
     /// Clinic disks: torn writes, unsynced writes surviving, misdirected writes.
     pub clinic_disk: FaultConfig,
+    /// The hub's disk (none in every preset). A hub whose fsync lies loses what it
+    /// acknowledged, and the checkers must say so.
+    pub hub_disk: FaultConfig,
     /// Bit flips per clinic per simulated day (in durable data).
     pub bit_flips_per_day: f64,
     /// Times per clinic per simulated day its disk fills up (for `disk_full_ms`).
@@ -74,6 +77,7 @@ impl Faults {
             crashes_per_day: 0.0,
             downtime_mean_ms: 0,
             clinic_disk: FaultConfig::default(),
+            hub_disk: FaultConfig::default(),
             bit_flips_per_day: 0.0,
             disk_full_per_day: 0.0,
             disk_full_ms: 0,
@@ -107,6 +111,7 @@ impl Faults {
                 lying_fsync: 0.002,
                 ..FaultConfig::default()
             },
+            hub_disk: FaultConfig::default(),
             bit_flips_per_day: 0.5,
             disk_full_per_day: 0.5,
             disk_full_ms: 20 * 60_000,
@@ -162,22 +167,24 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Scripted events at simulated offsets from the start.
     pub script: Vec<(u64, Scripted)>,
-    /// A known bug to plant (tests show the checkers catch each).
+    /// A known bug to plant (tests show the checkers catch each; a build with the
+    /// `planted-bugs` feature only).
+    #[cfg(feature = "planted-bugs")]
     pub plant: Option<Plant>,
     /// Hand back the hub's ledger in [`Outcome::hub_events`] (for the insurer's
     /// reconciliation); off by default, so swarms and benchmarks do not read it.
     pub keep_hub_ledger: bool,
 }
 
-/// Known bugs the simulator must find.
+/// Known bugs the simulator must find (faults the system must survive, such as a disk that
+/// lies about fsync, are [`Faults`] instead).
+#[cfg(feature = "planted-bugs")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plant {
     /// In the node (clinics): a merge that loses concurrent events.
     MergeDropsConcurrent,
     /// In the node (clinics): a check that ignores what the node knows.
     CheckIgnoresKnowledge,
-    /// In the hub's recovery: acknowledged data truncated on restart (its disk's fsync lies).
-    RecoveryLosesAcknowledged,
     /// In the hub: a session resumes one position past the clinic's cursor.
     CursorOffByOne,
     /// In the node (clinics): checks ignore voids.
@@ -222,6 +229,7 @@ impl SimConfig {
             checks_per_day: 60.0,
             faults: Faults::hostile(),
             script: Vec::new(),
+            #[cfg(feature = "planted-bugs")]
             plant: None,
             keep_hub_ledger: false,
         }
@@ -1124,24 +1132,16 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         }
     };
     let hub_clock = NodeClock { skew_ms: 0, drift_ppm: 0, jumps_ms: 0 };
+    #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
     let mut hub = site(
         Role::Hub,
         "hub",
         Signer::derived("shikaku sim hub", &seed.to_le_bytes()),
         insurers.iter().copied().collect(),
-        FaultDirectory::new(
-            FaultConfig {
-                lying_fsync: if cfg.plant == Some(Plant::RecoveryLosesAcknowledged) {
-                    1.0
-                } else {
-                    0.0
-                },
-                ..FaultConfig::default()
-            },
-            seed ^ 1,
-        ),
+        FaultDirectory::new(cfg.faults.hub_disk.clone(), seed ^ 1),
         hub_clock,
     );
+    #[cfg(feature = "planted-bugs")]
     if cfg.plant == Some(Plant::CursorOffByOne) {
         hub.config.planted = Some(shikaku_node::PlantedBug::CursorOffByOne);
     }
@@ -1159,6 +1159,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         );
         let disk = FaultDirectory::new(cfg.faults.clinic_disk.clone(), seed ^ (0x100 + i as u64));
         let clock = clock_for(&mut clock_rng);
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
         let mut clinic = site(
             Role::Clinic,
             &format!("clinic-{i}"),
@@ -1167,16 +1168,19 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             disk,
             clock,
         );
-        clinic.config.planted = match cfg.plant {
-            Some(Plant::MergeDropsConcurrent) => {
-                Some(shikaku_node::PlantedBug::MergeDropsConcurrent)
-            }
-            Some(Plant::CheckIgnoresKnowledge) => {
-                Some(shikaku_node::PlantedBug::CheckIgnoresKnowledge)
-            }
-            Some(Plant::CheckIgnoresVoids) => Some(shikaku_node::PlantedBug::CheckIgnoresVoids),
-            _ => None,
-        };
+        #[cfg(feature = "planted-bugs")]
+        {
+            clinic.config.planted = match cfg.plant {
+                Some(Plant::MergeDropsConcurrent) => {
+                    Some(shikaku_node::PlantedBug::MergeDropsConcurrent)
+                }
+                Some(Plant::CheckIgnoresKnowledge) => {
+                    Some(shikaku_node::PlantedBug::CheckIgnoresKnowledge)
+                }
+                Some(Plant::CheckIgnoresVoids) => Some(shikaku_node::PlantedBug::CheckIgnoresVoids),
+                _ => None,
+            };
+        }
         clinics.push(clinic);
         cstate.push(ClinicState {
             link: None,

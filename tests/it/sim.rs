@@ -55,18 +55,28 @@ fn a_calm_run_has_no_offline_answers() {
 
 #[test]
 fn planted_bugs_are_caught_within_a_few_seeds() {
+    // The planted bugs, and one fault the checkers must report rather than survive silently:
+    // a hub whose disk lies about fsync loses what it acknowledged.
     use shikaku_sim::{Plant, Scripted};
-    for plant in [
-        Plant::MergeDropsConcurrent,
-        Plant::CheckIgnoresKnowledge,
-        Plant::RecoveryLosesAcknowledged,
-        Plant::CursorOffByOne,
-        Plant::CheckIgnoresVoids,
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Case {
+        Bug(Plant),
+        HubDiskLies,
+    }
+    for case in [
+        Case::Bug(Plant::MergeDropsConcurrent),
+        Case::Bug(Plant::CheckIgnoresKnowledge),
+        Case::HubDiskLies,
+        Case::Bug(Plant::CursorOffByOne),
+        Case::Bug(Plant::CheckIgnoresVoids),
     ] {
         let caught = (1..=3).find_map(|seed| {
             let mut cfg = small(seed);
-            cfg.plant = Some(plant);
-            if plant == Plant::CursorOffByOne {
+            match case {
+                Case::Bug(plant) => cfg.plant = Some(plant),
+                Case::HubDiskLies => cfg.faults.hub_disk.lying_fsync = 1.0,
+            }
+            if case == Case::Bug(Plant::CursorOffByOne) {
                 // Clean reconnects, no damage: any repair betrays the fast path.
                 cfg.faults = Faults::none();
                 cfg.script.push((
@@ -76,7 +86,7 @@ fn planted_bugs_are_caught_within_a_few_seeds() {
             } else {
                 cfg.script.push((3_600_000, Scripted::Crash(None)));
             }
-            if plant == Plant::CheckIgnoresVoids {
+            if case == Case::Bug(Plant::CheckIgnoresVoids) {
                 // Voided facts concern few members: check often enough to meet them.
                 cfg.checks_per_day = 4_000.0;
             }
@@ -84,8 +94,8 @@ fn planted_bugs_are_caught_within_a_few_seeds() {
             outcome.violations.first().map(|v| (seed, v.invariant))
         });
         let (seed, invariant) =
-            caught.unwrap_or_else(|| panic!("{plant:?} was not caught within 3 seeds"));
-        println!("{plant:?}: caught at seed {seed} by \"{invariant}\"");
+            caught.unwrap_or_else(|| panic!("{case:?} was not caught within 3 seeds"));
+        println!("{case:?}: caught at seed {seed} by \"{invariant}\"");
     }
 }
 

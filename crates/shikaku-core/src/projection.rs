@@ -286,6 +286,7 @@ pub struct Projection {
     /// (appointment prefetch): answered from what is held, not "unknown".
     prefetched: BTreeSet<MemberKey>,
     /// A bug the simulator's tests plant on purpose: voids are ignored. Never set otherwise.
+    #[cfg(feature = "planted-bugs")]
     planted_ignore_voids: bool,
     ids: Vec<EventId>,
     members: Vec<MemberState>,
@@ -336,6 +337,7 @@ impl Projection {
 
     /// Plants a known bug (voids ignored) so the simulator's tests can show they catch it.
     #[doc(hidden)]
+    #[cfg(feature = "planted-bugs")]
     pub fn plant_ignore_voids(&mut self) {
         self.planted_ignore_voids = true;
     }
@@ -592,6 +594,7 @@ impl Projection {
     /// Whether an event is void at the cut-off: some visible void or supersession targets it
     /// and is not itself void (a void of a void restores the original).
     fn is_voided(&self, event: u32, cutoff: Hlc, depth: u32) -> bool {
+        #[cfg(feature = "planted-bugs")]
         if self.planted_ignore_voids {
             return false;
         }

@@ -8,6 +8,7 @@
 //! the fault-injecting disk of tests and the simulator.
 
 pub mod checkpoint;
+#[cfg(feature = "fault")]
 pub mod fault;
 pub mod format;
 pub mod fs;

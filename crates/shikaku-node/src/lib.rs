@@ -22,6 +22,8 @@ pub mod snapshot;
 
 pub use node::{
     prepare, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output, PeerIdentity,
-    PlantedBug,
 };
+
+#[cfg(feature = "planted-bugs")]
+pub use node::PlantedBug;
 pub use shikaku_protocol::wire::Role;

@@ -77,13 +77,15 @@ pub struct NodeConfig {
     pub insurer_keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
     /// Preallocated size of each ledger segment (the simulator uses small ones).
     pub segment_bytes: u64,
-    /// A known bug to plant, so tests can show the simulator catches it. Never set outside
-    /// tests.
+    /// A known bug to plant, so tests can show the simulator catches it (a build with the
+    /// `planted-bugs` feature only).
+    #[cfg(feature = "planted-bugs")]
     #[doc(hidden)]
     pub planted: Option<PlantedBug>,
 }
 
 /// Bugs the simulator's tests plant on purpose (see `tests/it/sim.rs`).
+#[cfg(feature = "planted-bugs")]
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
@@ -113,6 +115,7 @@ impl NodeConfig {
             prefetch: Vec::new(),
             insurer_keys: BTreeMap::new(),
             segment_bytes: 64 * 1024 * 1024,
+            #[cfg(feature = "planted-bugs")]
             planted: None,
         }
     }
@@ -500,6 +503,7 @@ impl<D: Directory> Node<D> {
         };
         let mut projection = Projection::new(replication);
         projection.set_prefetched(config.prefetch.iter().cloned());
+        #[cfg(feature = "planted-bugs")]
         if config.planted == Some(PlantedBug::CheckIgnoresVoids) {
             projection.plant_ignore_voids();
         }
@@ -633,6 +637,7 @@ impl<D: Directory> Node<D> {
     fn rebuild(&mut self) -> Result<(), NodeError> {
         let mut projection = Projection::new(self.projection.replication().clone());
         projection.set_prefetched(self.config.prefetch.iter().cloned());
+        #[cfg(feature = "planted-bugs")]
         if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
             projection.plant_ignore_voids();
         }
@@ -669,6 +674,7 @@ impl<D: Directory> Node<D> {
         let mut projection = snapshot.projection().map_err(|e| e.to_string())?;
         projection.set_replication(self.projection.replication().clone());
         projection.set_prefetched(self.config.prefetch.iter().cloned());
+        #[cfg(feature = "planted-bugs")]
         if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
             projection.plant_ignore_voids();
         }
@@ -1438,13 +1444,16 @@ impl<D: Directory> Node<D> {
     /// A pump over `granted` namespaces, each held by the clinic up to its cursor: it starts
     /// at the lowest cursor (the entries below are accounted for without being walked).
     fn start_pump(&self, granted: &[Namespace], cursors: &[u64]) -> Pump {
-        let mut start = cursors.iter().copied().min().unwrap_or(0);
-        if self.config.planted == Some(PlantedBug::CursorOffByOne)
+        let start = cursors.iter().copied().min().unwrap_or(0);
+        #[cfg(feature = "planted-bugs")]
+        let start = if self.config.planted == Some(PlantedBug::CursorOffByOne)
             && start > 0
             && start != CURSOR_UNKNOWN
         {
-            start += 1;
-        }
+            start + 1
+        } else {
+            start
+        };
         let mut next = Vec::with_capacity(granted.len());
         let mut acc = Accumulator::default();
         for ns in granted {
@@ -1764,7 +1773,9 @@ impl<D: Directory> Node<D> {
 
     /// Stores verified events durably and indexes the new ones; returns their positions.
     fn store(&mut self, now_ms: u64, events: &[SignedEvent]) -> Result<Vec<u64>, NodeError> {
+        #[cfg(feature = "planted-bugs")]
         let planted: Vec<SignedEvent>;
+        #[cfg(feature = "planted-bugs")]
         let events = if self.config.planted == Some(PlantedBug::MergeDropsConcurrent) {
             let second = |ns: Namespace, hlc: u64| (ns, (hlc >> 16) / 1000);
             let mut held: BTreeSet<(Namespace, u64)> = self
@@ -2390,11 +2401,14 @@ impl<D: Directory> Node<D> {
         let online = self.in_sync();
         let freshness = self.freshness(now_ms);
         let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
+        #[cfg(feature = "planted-bugs")]
         let cutoff = if self.config.planted == Some(PlantedBug::CheckIgnoresKnowledge) {
             Hlc(0)
         } else {
             as_of
         };
+        #[cfg(not(feature = "planted-bugs"))]
+        let cutoff = as_of;
         let mut answers = Vec::with_capacity(queries.len());
         let mut bodies = Vec::with_capacity(queries.len());
         for (query, service_date) in queries {
