@@ -12,6 +12,7 @@
 //! - Nodes crash (unsynced writes lost or torn) and restart through recovery; clinics' disks
 //!   can misdirect writes and rot bits. Clocks are skewed, drift and jump.
 //! - [`report::html`]: the run as an HTML page with an SVG timeline.
+//! - [`scenario`]: scenario files (TOML) scripting faults over the random mix.
 //! - A safety phase with faults is followed by a liveness phase with faults healed; the
 //!   checkers ([`check`]) verify the system's invariants (ARCHITECTURE.md) continuously and at quiescence.
 //!
@@ -21,6 +22,7 @@
 pub mod check;
 pub mod report;
 pub mod run;
+pub mod scenario;
 
 pub use report::html;
 pub use run::{run, Faults, Mark, Outcome, Scripted, SimConfig, Who};

@@ -80,7 +80,7 @@ pub fn html(outcome: &Outcome) -> String {
             Mark::Check { staleness_s, online, contradicted } => {
                 let colour = match (online, staleness_s) {
                     (true, _) => "#2a2",
-                    (false, Some(s)) if *s <= 3600 => "#e90",
+                    (false, Some(s)) if *s <= shikaku_core::STALE_AFTER_S => "#e90",
                     _ => "#c00",
                 };
                 let stale = staleness_s.map_or("never synced".to_string(), |s| format!("{s} s stale"));

@@ -477,3 +477,12 @@ fn index_checkpoints_skip_the_scan_and_are_verified() {
     assert!(log.recovery().checkpoint.as_deref().unwrap().starts_with("ignored"));
     assert_eq!(log.len(), 700);
 }
+
+#[test]
+fn a_segment_size_beyond_32_bit_offsets_is_refused_on_open() {
+    let disk = FaultDirectory::new(FaultConfig::default(), 1);
+    let config = LogConfig { node: NODE, segment_bytes: 1 << 33 };
+    let error = Log::open(disk, config).unwrap_err();
+    assert!(matches!(error, LogError::Config(_)), "{error}");
+    assert!(error.to_string().contains("32-bit record offsets"), "{error}");
+}

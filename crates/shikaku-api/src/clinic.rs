@@ -34,7 +34,13 @@ pub async fn serve_api_with(
 /// The reception page (plain HTML and JavaScript, served from the binary): check a card or a
 /// member key, a large clear result, a freshness banner that turns amber then red offline, and
 /// the self-declaration flow.
+/// Its stale-after threshold is [`shikaku_core::STALE_AFTER_S`], filled in when served.
 pub const RECEPTION_PAGE: &str = include_str!("reception.html");
+
+/// The reception page as served (the core's thresholds filled in).
+pub fn reception_page() -> String {
+    RECEPTION_PAGE.replace("__STALE_AFTER_S__", &shikaku_core::STALE_AFTER_S.to_string())
+}
 
 /// The body limit of the clinic API's POST requests.
 pub const CLINIC_BODY_MAX: usize = 2 << 20;
@@ -192,7 +198,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                     "name": n.config().name,
                     "in_sync": n.in_sync(),
                     "last_hub_sync_ms": f.last_hub_sync_ms,
-                    "staleness_s": f.last_hub_sync_ms.map(|t| now.saturating_sub(t) / 1000),
+                    "staleness_s": f.staleness_s(),
                     "hub_position": f.hub_position,
                     "events": n.ledger().len(),
                     "connections": n.connections(),
@@ -215,7 +221,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/v1/check", get(check))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/", get(|| async { axum::response::Html(RECEPTION_PAGE) }))
+        .route("/", get(|| async { axum::response::Html(reception_page()) }))
         .route("/v1/declarations", axum::routing::post(declare))
         .route("/v1/consents", axum::routing::post(consent))
         .layer(axum::extract::DefaultBodyLimit::max(CLINIC_BODY_MAX))

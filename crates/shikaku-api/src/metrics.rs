@@ -25,7 +25,7 @@ pub fn metrics_text<D: shikaku_log::storage::Directory>(n: &Node<D>, now_ms: u64
         .collect();
     metric("shikaku_checks_total", "counter", "Checks answered, by result and mode.", by);
     let freshness = n.freshness(now_ms);
-    let staleness = freshness.last_hub_sync_ms.map(|t| now_ms.saturating_sub(t) / 1000);
+    let staleness = freshness.staleness_s();
     metric(
         "shikaku_in_sync",
         "gauge",

@@ -10,6 +10,16 @@ use crate::event::{AnswerCode, AnswerHash, CheckQuery, EndReason, EventId};
 use crate::hlc::Hlc;
 use crate::member::{CardToken, InsurerNumber, MemberKey};
 
+/// Offline answers older than this are shown as stale (red) rather than ageing (amber), in the
+/// reception page and the simulator's report alike.
+pub const STALE_AFTER_S: u64 = 3600;
+
+/// How old knowledge last synced at `synced_ms` is at `now_ms`, in whole seconds (0 when the
+/// sync is stamped later than now): the one definition of staleness.
+pub fn staleness_s(now_ms: u64, synced_ms: u64) -> u64 {
+    now_ms.saturating_sub(synced_ms) / 1000
+}
+
 /// What the caller knows about its own freshness (the projection cannot know it: it is sans-IO).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Freshness {
@@ -21,6 +31,13 @@ pub struct Freshness {
     pub hub_position: Option<u64>,
     /// Damage in the node's ledger not yet repaired: answers then carry it.
     pub damage: Option<DamageNote>,
+}
+
+impl Freshness {
+    /// Seconds since the last hub sync ([`staleness_s`]), or `None` before any.
+    pub fn staleness_s(&self) -> Option<u64> {
+        self.last_hub_sync_ms.map(|synced| staleness_s(self.now_ms, synced))
+    }
 }
 
 /// Damage in the ledger an answer was computed from. Which namespace an unreadable record

@@ -510,41 +510,123 @@ impl AnswerCode {
     }
 }
 
+/// The type of an event, without its fields: the one exhaustive list every classification
+/// (names, membership facts, clinic records) is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// `member_registered`.
+    MemberRegistered,
+    /// `coverage_started`.
+    CoverageStarted,
+    /// `coverage_ended`.
+    CoverageEnded,
+    /// `copay_ratio_set`.
+    CopayRatioSet,
+    /// `limit_category_set`.
+    LimitCategorySet,
+    /// `demographics_changed`.
+    DemographicsChanged,
+    /// `card_linked`.
+    CardLinked,
+    /// `card_unlinked`.
+    CardUnlinked,
+    /// `wrong_person_linkage_revoked`.
+    WrongPersonLinkageRevoked,
+    /// `event_voided`.
+    EventVoided,
+    /// `event_superseded`.
+    EventSuperseded,
+    /// `check_performed`.
+    CheckPerformed,
+    /// `self_declaration_recorded`.
+    SelfDeclarationRecorded,
+    /// `self_declaration_resolved`.
+    SelfDeclarationResolved,
+    /// `consent_given`.
+    ConsentGiven,
+    /// `consent_withdrawn`.
+    ConsentWithdrawn,
+}
+
+impl EventKind {
+    /// The snake_case name, as in the JSON Lines format.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::MemberRegistered => "member_registered",
+            EventKind::CoverageStarted => "coverage_started",
+            EventKind::CoverageEnded => "coverage_ended",
+            EventKind::CopayRatioSet => "copay_ratio_set",
+            EventKind::LimitCategorySet => "limit_category_set",
+            EventKind::DemographicsChanged => "demographics_changed",
+            EventKind::CardLinked => "card_linked",
+            EventKind::CardUnlinked => "card_unlinked",
+            EventKind::WrongPersonLinkageRevoked => "wrong_person_linkage_revoked",
+            EventKind::EventVoided => "event_voided",
+            EventKind::EventSuperseded => "event_superseded",
+            EventKind::CheckPerformed => "check_performed",
+            EventKind::SelfDeclarationRecorded => "self_declaration_recorded",
+            EventKind::SelfDeclarationResolved => "self_declaration_resolved",
+            EventKind::ConsentGiven => "consent_given",
+            EventKind::ConsentWithdrawn => "consent_withdrawn",
+        }
+    }
+
+    /// A membership fact: written by an insurer about one of its members (registration,
+    /// coverage, copay, limit category, demographics, card links).
+    pub fn is_membership(self) -> bool {
+        match self {
+            EventKind::MemberRegistered
+            | EventKind::CoverageStarted
+            | EventKind::CoverageEnded
+            | EventKind::CopayRatioSet
+            | EventKind::LimitCategorySet
+            | EventKind::DemographicsChanged
+            | EventKind::CardLinked
+            | EventKind::CardUnlinked
+            | EventKind::WrongPersonLinkageRevoked => true,
+            EventKind::EventVoided
+            | EventKind::EventSuperseded
+            | EventKind::CheckPerformed
+            | EventKind::SelfDeclarationRecorded
+            | EventKind::SelfDeclarationResolved
+            | EventKind::ConsentGiven
+            | EventKind::ConsentWithdrawn => false,
+        }
+    }
+}
+
 impl EventBody {
+    /// The event's type.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventBody::MemberRegistered { .. } => EventKind::MemberRegistered,
+            EventBody::CoverageStarted { .. } => EventKind::CoverageStarted,
+            EventBody::CoverageEnded { .. } => EventKind::CoverageEnded,
+            EventBody::CopayRatioSet { .. } => EventKind::CopayRatioSet,
+            EventBody::LimitCategorySet { .. } => EventKind::LimitCategorySet,
+            EventBody::DemographicsChanged { .. } => EventKind::DemographicsChanged,
+            EventBody::CardLinked { .. } => EventKind::CardLinked,
+            EventBody::CardUnlinked { .. } => EventKind::CardUnlinked,
+            EventBody::WrongPersonLinkageRevoked { .. } => EventKind::WrongPersonLinkageRevoked,
+            EventBody::EventVoided { .. } => EventKind::EventVoided,
+            EventBody::EventSuperseded { .. } => EventKind::EventSuperseded,
+            EventBody::CheckPerformed { .. } => EventKind::CheckPerformed,
+            EventBody::SelfDeclarationRecorded { .. } => EventKind::SelfDeclarationRecorded,
+            EventBody::SelfDeclarationResolved { .. } => EventKind::SelfDeclarationResolved,
+            EventBody::ConsentGiven { .. } => EventKind::ConsentGiven,
+            EventBody::ConsentWithdrawn { .. } => EventKind::ConsentWithdrawn,
+        }
+    }
+
     /// The snake_case name of the event type, as in the JSON Lines format.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            EventBody::MemberRegistered { .. } => "member_registered",
-            EventBody::CoverageStarted { .. } => "coverage_started",
-            EventBody::CoverageEnded { .. } => "coverage_ended",
-            EventBody::CopayRatioSet { .. } => "copay_ratio_set",
-            EventBody::LimitCategorySet { .. } => "limit_category_set",
-            EventBody::DemographicsChanged { .. } => "demographics_changed",
-            EventBody::CardLinked { .. } => "card_linked",
-            EventBody::CardUnlinked { .. } => "card_unlinked",
-            EventBody::WrongPersonLinkageRevoked { .. } => "wrong_person_linkage_revoked",
-            EventBody::EventVoided { .. } => "event_voided",
-            EventBody::EventSuperseded { .. } => "event_superseded",
-            EventBody::CheckPerformed { .. } => "check_performed",
-            EventBody::SelfDeclarationRecorded { .. } => "self_declaration_recorded",
-            EventBody::SelfDeclarationResolved { .. } => "self_declaration_resolved",
-            EventBody::ConsentGiven { .. } => "consent_given",
-            EventBody::ConsentWithdrawn { .. } => "consent_withdrawn",
-        }
+        self.kind().name()
     }
 
     /// The member a membership fact (insurer namespace) is about.
     pub fn membership_subject(&self) -> Option<&MemberKey> {
-        match self {
-            EventBody::MemberRegistered { member, .. }
-            | EventBody::CoverageStarted { member, .. }
-            | EventBody::CoverageEnded { member, .. }
-            | EventBody::CopayRatioSet { member, .. }
-            | EventBody::LimitCategorySet { member, .. }
-            | EventBody::DemographicsChanged { member, .. }
-            | EventBody::CardLinked { member, .. }
-            | EventBody::CardUnlinked { member, .. }
-            | EventBody::WrongPersonLinkageRevoked { member, .. } => Some(member),
+        match self.subject() {
+            CheckQueryRef::Member(member) if self.kind().is_membership() => Some(member),
             _ => None,
         }
     }
@@ -552,7 +634,12 @@ impl EventBody {
     /// Whom any event is about: the member of a membership fact or consent, else the card or
     /// member named by a void, supersession, check or self-declaration.
     pub fn subject(&self) -> CheckQueryRef<'_> {
-        match self {
+        let query = match self {
+            EventBody::EventVoided { subject: q, .. }
+            | EventBody::EventSuperseded { subject: q, .. }
+            | EventBody::CheckPerformed { query: q, .. }
+            | EventBody::SelfDeclarationRecorded { query: q, .. }
+            | EventBody::SelfDeclarationResolved { query: q, .. } => q,
             EventBody::MemberRegistered { member, .. }
             | EventBody::CoverageStarted { member, .. }
             | EventBody::CoverageEnded { member, .. }
@@ -563,15 +650,11 @@ impl EventBody {
             | EventBody::CardUnlinked { member, .. }
             | EventBody::WrongPersonLinkageRevoked { member, .. }
             | EventBody::ConsentGiven { member }
-            | EventBody::ConsentWithdrawn { member } => CheckQueryRef::Member(member),
-            EventBody::EventVoided { subject: q, .. }
-            | EventBody::EventSuperseded { subject: q, .. }
-            | EventBody::CheckPerformed { query: q, .. }
-            | EventBody::SelfDeclarationRecorded { query: q, .. }
-            | EventBody::SelfDeclarationResolved { query: q, .. } => match q {
-                CheckQuery::Card(card) => CheckQueryRef::Card(card),
-                CheckQuery::Member(member) => CheckQueryRef::Member(member),
-            },
+            | EventBody::ConsentWithdrawn { member } => return CheckQueryRef::Member(member),
+        };
+        match query {
+            CheckQuery::Card(card) => CheckQueryRef::Card(card),
+            CheckQuery::Member(member) => CheckQueryRef::Member(member),
         }
     }
 

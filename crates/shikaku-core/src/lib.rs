@@ -18,12 +18,14 @@ pub mod member;
 pub mod projection;
 pub mod text;
 
-pub use answer::{Answer, Conflict, DamageNote, Freshness, Knowledge, RefetchState};
+pub use answer::{
+    staleness_s, Answer, Conflict, DamageNote, Freshness, Knowledge, RefetchState, STALE_AFTER_S,
+};
 pub use date::{Date, DateError, DateRange};
 pub use event::{
     verify_all, AnswerCode, AnswerHash, AuthorKey, CheckMode, CheckQuery, DeclarationOutcome,
-    EndReason, Event, EventBody, EventError, EventId, Namespace, NodeId, Person, Relationship, Sex,
-    Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_VERSION,
+    EndReason, Event, EventBody, EventError, EventId, EventKind, Namespace, NodeId, Person,
+    Relationship, Sex, Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_VERSION,
 };
 pub use hlc::{Hlc, HlcClock, HlcError};
 pub use member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};

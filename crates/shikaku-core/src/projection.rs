@@ -932,9 +932,7 @@ impl Projection {
             events_held: self.events_held(),
             last_hub_sync_ms: freshness.last_hub_sync_ms,
             hub_position: freshness.hub_position,
-            staleness_s: freshness
-                .last_hub_sync_ms
-                .map(|synced| freshness.now_ms.saturating_sub(synced) / 1000),
+            staleness_s: freshness.staleness_s(),
         };
         let mut answer = Answer {
             code: AnswerCode::NoMatch,

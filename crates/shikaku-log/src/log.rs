@@ -174,6 +174,10 @@ pub enum LogError {
     /// An event is larger than a segment can hold.
     #[error("event of {0} bytes does not fit in a segment")]
     TooLarge(usize),
+    /// The configuration cannot describe a log (a segment size outside what the format's
+    /// 32-bit offsets address).
+    #[error("invalid log configuration: {0}")]
+    Config(String),
 }
 
 fn storage(durable: usize) -> impl Fn(StorageError) -> LogError {
@@ -351,6 +355,15 @@ impl<D: Directory> Log<D> {
     /// chain link and sequence; cuts a torn, never-acknowledged tail and reports (and never
     /// serves) damage before it.
     pub fn open(dir: D, config: LogConfig) -> Result<Log<D>, LogError> {
+        // Record offsets are stored as u32 (index checkpoint, in-memory locations).
+        let smallest = (SEGMENT_HEADER_BYTES + 2 * record_bytes(SEAL_PAYLOAD_BYTES)) as u64;
+        if config.segment_bytes > u64::from(u32::MAX) || config.segment_bytes < smallest {
+            return Err(LogError::Config(format!(
+                "segment_bytes must be between {smallest} and {} (32-bit record offsets), got {}",
+                u32::MAX,
+                config.segment_bytes
+            )));
+        }
         let key = checksum_key(&config.node);
         let names: Vec<String> = dir
             .list()

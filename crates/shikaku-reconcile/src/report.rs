@@ -439,7 +439,9 @@ pub fn compute(
                     // The first event of its insurers that the hub held and it had not
                     // received: how long the hub had held it when the clinic answered.
                     let stale = match insurer.get(next_held[next]) {
-                        Some((position, _)) => at.saturating_sub(held_since_ms(*position)) / 1000,
+                        Some((position, _)) => {
+                            shikaku_core::staleness_s(at, held_since_ms(*position))
+                        }
                         None => 0,
                     };
                     row.checks += 1;
