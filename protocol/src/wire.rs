@@ -278,36 +278,56 @@ impl ErrorCode {
     }
 }
 
+/// The first frame (0x01), clinic → hub: who I am and what I want.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the clinic speaks.
+    pub version: u16,
+    /// Sender's role (must match its certificate, which also names its node).
+    pub role: Role,
+    /// Largest frame body the sender accepts.
+    pub frame_max: u32,
+    /// Session cursor: hub log position up to which the clinic holds every event of its
+    /// namespaces (from its last receipt); 0 = none.
+    pub cursor: u64,
+    /// Namespaces asked for besides the clinic's own.
+    pub subscriptions: Vec<Subscription>,
+    /// Members of insurers not subscribed whose events the clinic wants (appointments).
+    pub prefetch: Vec<String>,
+}
+
+/// The handshake answer (0x02), hub → clinic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Protocol version the hub speaks.
+    pub version: u16,
+    /// Largest frame body the hub accepts.
+    pub frame_max: u32,
+    /// One verdict per subscription of the `Hello`, in order: `None` granted, else why not.
+    pub verdicts: Vec<Option<RefusalReason>>,
+    /// Highest origin sequence of the clinic's own events that the hub holds (0 = none).
+    pub own_seq: u64,
+}
+
+/// The hub's acknowledgement (0x05) that the clinic's events of one `Events` frame are durable
+/// (or refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Highest origin sequence of the clinic's events now held by the hub.
+    pub own_seq: u64,
+    /// Events newly stored.
+    pub stored: u32,
+    /// Events refused.
+    pub refused: Vec<Refusal>,
+}
+
 /// A message of protocol version 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// 0x01, clinic → hub, first frame: who I am and what I want.
-    Hello {
-        /// Protocol version the clinic speaks.
-        version: u16,
-        /// Sender's role (must match its certificate, which also names its node).
-        role: Role,
-        /// Largest frame body the sender accepts.
-        frame_max: u32,
-        /// Session cursor: hub log position up to which the clinic holds every event of its
-        /// namespaces (from its last receipt); 0 = none.
-        cursor: u64,
-        /// Namespaces asked for besides the clinic's own.
-        subscriptions: Vec<Subscription>,
-        /// Members of insurers not subscribed whose events the clinic wants (appointments).
-        prefetch: Vec<String>,
-    },
+    Hello(Hello),
     /// 0x02, hub → clinic: the handshake answer.
-    Welcome {
-        /// Protocol version the hub speaks.
-        version: u16,
-        /// Largest frame body the hub accepts.
-        frame_max: u32,
-        /// One verdict per subscription of the `Hello`, in order: `None` granted, else why not.
-        verdicts: Vec<Option<RefusalReason>>,
-        /// Highest origin sequence of the clinic's own events that the hub holds (0 = none).
-        own_seq: u64,
-    },
+    Welcome(Welcome),
     /// 0x03, both ways: signed events, each as `u16 schema ‖ canonical ‖ signature`.
     Events {
         /// The events' wire bytes.
@@ -316,14 +336,7 @@ pub enum Message {
     /// 0x04, hub → clinic: a completeness receipt.
     Receipt(Receipt),
     /// 0x05, hub → clinic: the clinic's events of one `Events` frame are durable (or refused).
-    Ack {
-        /// Highest origin sequence of the clinic's events now held by the hub.
-        own_seq: u64,
-        /// Events newly stored.
-        stored: u32,
-        /// Events refused.
-        refused: Vec<Refusal>,
-    },
+    Ack(Ack),
     /// 0x06, clinic → hub: a Negentropy v1 message for one namespace (the clinic initiates).
     Reconcile {
         /// The namespace.
@@ -358,11 +371,11 @@ impl Message {
     /// The message type byte.
     pub fn type_code(&self) -> u8 {
         match self {
-            Message::Hello { .. } => 0x01,
-            Message::Welcome { .. } => 0x02,
+            Message::Hello(Hello { .. }) => 0x01,
+            Message::Welcome(Welcome { .. }) => 0x02,
             Message::Events { .. } => 0x03,
             Message::Receipt(_) => 0x04,
-            Message::Ack { .. } => 0x05,
+            Message::Ack(Ack { .. }) => 0x05,
             Message::Reconcile { .. } => 0x06,
             Message::ReconcileReply { .. } => 0x07,
             Message::Fetch { .. } => 0x08,
@@ -373,11 +386,11 @@ impl Message {
     /// A short name for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
-            Message::Hello { .. } => "Hello",
-            Message::Welcome { .. } => "Welcome",
+            Message::Hello(Hello { .. }) => "Hello",
+            Message::Welcome(Welcome { .. }) => "Welcome",
             Message::Events { .. } => "Events",
             Message::Receipt(_) => "Receipt",
-            Message::Ack { .. } => "Ack",
+            Message::Ack(Ack { .. }) => "Ack",
             Message::Reconcile { .. } => "Reconcile",
             Message::ReconcileReply { .. } => "ReconcileReply",
             Message::Fetch { .. } => "Fetch",
@@ -389,7 +402,7 @@ impl Message {
     pub fn to_frame(&self) -> Vec<u8> {
         let mut out = vec![0, 0, 0, 0, self.type_code()];
         match self {
-            Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch } => {
+            Message::Hello(Hello { version, role, frame_max, cursor, subscriptions, prefetch }) => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.push(role.code());
                 out.extend_from_slice(&frame_max.to_le_bytes());
@@ -413,7 +426,7 @@ impl Message {
                     put_text(&mut out, key);
                 }
             }
-            Message::Welcome { version, frame_max, verdicts, own_seq } => {
+            Message::Welcome(Welcome { version, frame_max, verdicts, own_seq }) => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&frame_max.to_le_bytes());
                 put_count(&mut out, verdicts.len());
@@ -433,7 +446,7 @@ impl Message {
                 }
             }
             Message::Receipt(receipt) => receipt.encode(&mut out),
-            Message::Ack { own_seq, stored, refused } => {
+            Message::Ack(Ack { own_seq, stored, refused }) => {
                 out.extend_from_slice(&own_seq.to_le_bytes());
                 out.extend_from_slice(&stored.to_le_bytes());
                 put_count(&mut out, refused.len());
@@ -497,7 +510,7 @@ impl Message {
                 for _ in 0..n {
                     prefetch.push(r.text("prefetch member")?);
                 }
-                Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch }
+                Message::Hello(Hello { version, role, frame_max, cursor, subscriptions, prefetch })
             }
             0x02 => {
                 let version = r.u16("version")?;
@@ -525,7 +538,7 @@ impl Message {
                     next = index + 1;
                 }
                 let own_seq = r.u64("own sequence")?;
-                Message::Welcome { version, frame_max, verdicts, own_seq }
+                Message::Welcome(Welcome { version, frame_max, verdicts, own_seq })
             }
             0x03 => {
                 let n = r.count("events", EVENTS_PER_FRAME_MAX)?;
@@ -548,7 +561,7 @@ impl Message {
                         detail: r.text("refusal detail")?,
                     });
                 }
-                Message::Ack { own_seq, stored, refused }
+                Message::Ack(Ack { own_seq, stored, refused })
             }
             0x06 | 0x07 => {
                 let namespace = r.namespace()?;

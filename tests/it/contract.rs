@@ -4,6 +4,7 @@
 
 use shikaku_core::{CheckMode, CheckQuery, Event, EventBody, Hlc, Namespace, SignedEvent};
 use shikaku_node::{prepare, Inbound, PeerIdentity, Role};
+use shikaku_protocol::wire::{Ack, Hello};
 use shikaku_protocol::wire::{Message, Subscription};
 
 use crate::node::{deliver, World};
@@ -69,14 +70,14 @@ fn the_receipt_file_is_121_byte_receipts_and_sorted_namespaces() {
 }
 
 fn hello(cursor: u64, insurer: shikaku_core::InsurerNumber) -> Message {
-    Message::Hello {
+    Message::Hello(Hello {
         version: 1,
         role: Role::Clinic,
         frame_max: 1 << 20,
         cursor,
         subscriptions: vec![Subscription { namespace: Namespace::Insurer(insurer), cursor: None }],
         prefetch: vec![],
-    }
+    })
 }
 
 #[test]
@@ -168,7 +169,7 @@ fn a_hub_refuses_a_second_event_under_a_used_origin_sequence() {
     let acks: Vec<_> = drain(&mut w, conn)
         .into_iter()
         .filter_map(|m| match m {
-            Message::Ack { own_seq, stored, refused } => Some((own_seq, stored, refused)),
+            Message::Ack(Ack { own_seq, stored, refused }) => Some((own_seq, stored, refused)),
             _ => None,
         })
         .collect();
@@ -185,7 +186,7 @@ fn a_hub_refuses_a_second_event_under_a_used_origin_sequence() {
     let refused: Vec<_> = drain(&mut w, conn)
         .into_iter()
         .filter_map(|m| match m {
-            Message::Ack { refused, .. } => Some(refused),
+            Message::Ack(Ack { refused, .. }) => Some(refused),
             _ => None,
         })
         .flatten()

@@ -12,6 +12,7 @@ use shikaku_log::fs::FileDirectory;
 use shikaku_net::tls;
 use shikaku_net::{ClinicService, Clock, HubService, Runtime};
 use shikaku_node::{Level, Node, NodeConfig, Role};
+use shikaku_protocol::wire::{Ack, Hello, Welcome};
 use shikaku_protocol::wire::{FrameSplitter, Message, Subscription};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -296,7 +297,7 @@ async fn refusals_and_bad_frames_close_only_their_session() {
     // A clinic that asks for another clinic's namespace and writes an insurer's events.
     let (_ep, conn, mut send, mut recv) = raw_session(&rogue_tls, addr).await;
     let mut splitter = FrameSplitter::new(4 << 20);
-    let hello = Message::Hello {
+    let hello = Message::Hello(Hello {
         version: 1,
         role: Role::Clinic,
         frame_max: 1 << 20,
@@ -306,10 +307,10 @@ async fn refusals_and_bad_frames_close_only_their_session() {
             cursor: None,
         }],
         prefetch: vec![],
-    };
+    });
     send.write_all(&hello.to_frame()).await.unwrap();
     match read_message(&mut recv, &mut splitter).await {
-        Some(Message::Welcome { verdicts, .. }) => {
+        Some(Message::Welcome(Welcome { verdicts, .. })) => {
             assert_eq!(verdicts, vec![Some(shikaku_protocol::wire::RefusalReason::OtherClinic)]);
         }
         other => panic!("expected Welcome, got {other:?}"),
@@ -329,7 +330,7 @@ async fn refusals_and_bad_frames_close_only_their_session() {
     let mut refusals = Vec::new();
     while refusals.len() < 2 {
         match read_message(&mut recv, &mut splitter).await {
-            Some(Message::Ack { refused, .. }) => {
+            Some(Message::Ack(Ack { refused, .. })) => {
                 refusals.extend(refused.into_iter().map(|r| r.reason))
             }
             Some(_) => {}

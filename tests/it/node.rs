@@ -5,6 +5,7 @@
 use shikaku_core::{CheckQuery, Date, InsurerNumber, Namespace, SignedEvent, Signer};
 use shikaku_log::fault::{FaultConfig, FaultDirectory};
 use shikaku_node::{prepare, Inbound, Node, NodeConfig, PeerIdentity, Role};
+use shikaku_protocol::wire::{Ack, Hello, Welcome};
 use shikaku_protocol::wire::{FrameSplitter, Message, FRAME_BYTES_MAX};
 
 /// A hub and clinics wired together in memory.
@@ -319,14 +320,14 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
     // The session survives refusals: an Ack names both.
     let mut ack = None;
     while let Some(f) = w.hub.poll_transmit(w.now_ms, conn) {
-        if let Inbound::Message(Message::Ack { refused, .. }) = prepare(&f[4..], w.now_ms) {
+        if let Inbound::Message(Message::Ack(Ack { refused, .. })) = prepare(&f[4..], w.now_ms) {
             ack = Some(refused);
         }
     }
     assert_eq!(ack.unwrap().len(), 2);
 
     // Asking to read clinic 1's namespace is refused in the handshake.
-    let hello = Message::Hello {
+    let hello = Message::Hello(Hello {
         version: 1,
         role: Role::Clinic,
         frame_max: 1 << 20,
@@ -336,7 +337,7 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
             cursor: None,
         }],
         prefetch: vec![],
-    };
+    });
     let conn2 = 77;
     w.hub.handle_connected(
         w.now_ms,
@@ -351,7 +352,7 @@ fn unauthorized_and_tampered_events_are_refused_and_counted() {
     assert_eq!(w.hub.counters().refusals.get("other_clinic"), Some(&1));
     let welcome = w.hub.poll_transmit(w.now_ms, conn2).unwrap();
     match prepare(&welcome[4..], w.now_ms) {
-        Inbound::Message(Message::Welcome { verdicts, .. }) => {
+        Inbound::Message(Message::Welcome(Welcome { verdicts, .. })) => {
             assert_eq!(verdicts, vec![Some(shikaku_protocol::wire::RefusalReason::OtherClinic)]);
         }
         other => panic!("expected Welcome, got {other:?}"),

@@ -11,6 +11,7 @@ use shikaku_protocol::wire::{
     event_to_wire, ErrorCode, FrameSplitter, Message, Receipt, Refusal, RefusalReason, Role,
     Subscription, WireError, FRAME_BYTES_MAX,
 };
+use shikaku_protocol::wire::{Ack, Hello, Welcome};
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/sync-v1.json");
 
@@ -70,30 +71,30 @@ fn messages() -> Vec<(&'static str, Message, &'static str)> {
     vec![
         (
             "hello",
-            Message::Hello {
+            Message::Hello(Hello {
                 version: 1,
                 role: Role::Clinic,
                 frame_max: 1 << 20,
                 cursor: 6450,
                 subscriptions: vec![Subscription { namespace: ins, cursor: None }, Subscription { namespace: other_insurer, cursor: Some(0) }, Subscription { namespace: other, cursor: None }],
                 prefetch: vec!["06130017:2393:0000048:01".into()],
-            },
+            }),
             "clinic (node key = secret 0x02*32) holds its namespace and insurer 06130017 up to hub position 6450, newly subscribes to insurer 01130012 (cursor 0), asks for another clinic's namespace, and prefetches one member",
         ),
         (
             "welcome",
-            Message::Welcome { version: 1, frame_max: 1 << 20, verdicts: vec![None, None, Some(RefusalReason::OtherClinic)], own_seq: 4 },
+            Message::Welcome(Welcome { version: 1, frame_max: 1 << 20, verdicts: vec![None, None, Some(RefusalReason::OtherClinic)], own_seq: 4 }),
             "hub grants both insurers (and the clinic's own namespace, implied), refuses the other clinic's namespace, holds the clinic's events up to origin sequence 4",
         ),
         ("events", Message::Events { events: vec![event] }, "one event: the member_registered vector of events-v1.json (u16 schema ‖ canonical ‖ signature)"),
         ("receipt", Message::Receipt(receipt), "complete receipt by the hub (node key = secret 0x01*32) for the clinic's own namespace and insurer 06130017, signed over \"shikaku/receipt/v1\" ‖ hub id ‖ clinic id ‖ fields"),
         (
             "ack",
-            Message::Ack {
+            Message::Ack(Ack {
                 own_seq: 5,
                 stored: 1,
                 refused: vec![Refusal { index: 1, reason: RefusalReason::NotWritable, detail: "not yours".into() }],
-            },
+            }),
             "one of two events stored, the second refused",
         ),
         ("reconcile", Message::Reconcile { namespace: ins, message: negentropy.clone() }, "Negentropy v1 initial message over items (1000,01*32),(2000,02*32),(3000,03*32)"),

@@ -28,9 +28,9 @@ use shikaku_log::storage::Directory;
 use shikaku_log::{Log, LogConfig, LogError};
 use shikaku_protocol::negentropy::{Accumulator, Reconciler};
 use shikaku_protocol::wire::{
-    event_from_wire, event_to_wire, ErrorCode, Message, Receipt, Refusal, RefusalReason, Role,
-    Subscription, WireError, EVENTS_PER_FRAME_MAX, FETCH_IDS_MAX, FRAME_BYTES_FLOOR,
-    FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    event_from_wire, event_to_wire, Ack, ErrorCode, Hello, Message, Receipt, Refusal,
+    RefusalReason, Role, Subscription, Welcome, WireError, EVENTS_PER_FRAME_MAX, FETCH_IDS_MAX,
+    FRAME_BYTES_FLOOR, FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 
 use crate::index::NsIndex;
@@ -1166,14 +1166,14 @@ impl<D: Directory> Node<D> {
         };
         if self.config.role == Role::Clinic {
             let (cursor, subscriptions) = self.cursors();
-            let hello = Message::Hello {
+            let hello = Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 role: Role::Clinic,
                 frame_max: self.config.frame_max,
                 cursor,
                 subscriptions: subscriptions.clone(),
                 prefetch: self.config.prefetch.iter().map(ToString::to_string).collect(),
-            };
+            });
             c.queue.push_back(hello.to_frame());
             c.hello = Some((cursor, subscriptions));
             self.dirty.insert(conn);
@@ -1247,13 +1247,20 @@ impl<D: Directory> Node<D> {
         };
         match (&c.state, self.config.role) {
             (SessionState::Handshake, Role::Hub) => match m {
-                Message::Hello { version, role, frame_max, cursor, subscriptions, prefetch } => {
+                Message::Hello(Hello {
+                    version,
+                    role,
+                    frame_max,
+                    cursor,
+                    subscriptions,
+                    prefetch,
+                }) => {
                     self.on_hello(conn, version, role, frame_max, cursor, subscriptions, prefetch)
                 }
                 other => unexpected(&other, "before Hello"),
             },
             (SessionState::Handshake, Role::Clinic) => match m {
-                Message::Welcome { version, frame_max, verdicts, own_seq } => {
+                Message::Welcome(Welcome { version, frame_max, verdicts, own_seq }) => {
                     self.on_welcome(conn, version, frame_max, verdicts, own_seq)
                 }
                 Message::Error { code, message } => Err((
@@ -1278,7 +1285,7 @@ impl<D: Directory> Node<D> {
             },
             (SessionState::Clinic(_), _) => match m {
                 Message::Receipt(r) => self.on_receipt(now_ms, conn, r),
-                Message::Ack { own_seq, stored, refused } => {
+                Message::Ack(Ack { own_seq, stored, refused }) => {
                     self.on_ack(now_ms, conn, own_seq, stored, refused);
                     Ok(())
                 }
@@ -1411,12 +1418,12 @@ impl<D: Directory> Node<D> {
             );
         }
         let own_seq = self.clinic_seq.get(&peer.node).copied().unwrap_or(0);
-        let welcome = Message::Welcome {
+        let welcome = Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             frame_max: self.config.frame_max,
             verdicts,
             own_seq,
-        };
+        });
         self.log(
             Level::Info,
             format!(
@@ -1764,7 +1771,7 @@ impl<D: Directory> Node<D> {
             }
         }
         let own_seq = self.clinic_seq.get(&peer.node).copied().unwrap_or(0);
-        let ack = Message::Ack { own_seq, stored: stored.len() as u32, refused };
+        let ack = Message::Ack(Ack { own_seq, stored: stored.len() as u32, refused });
         if let Some(c) = self.conns.get_mut(&conn) {
             c.queue.push_back(ack.to_frame());
         }
