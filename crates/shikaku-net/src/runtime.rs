@@ -504,6 +504,15 @@ async fn write_loop(
             }
             None => {
                 if let Some((code, reason)) = rt.closing(id) {
+                    // The close may have been decided after this poll, in the same batch of
+                    // node commands: poll once more so its Error frame is not left behind.
+                    if let Some(frame) = rt.call(move |n, now| n.poll_transmit(now, id)).await {
+                        if send.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                        rt.stats.frame_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     let _ = send.finish();
                     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                     conn.close(code.code().into(), reason.as_bytes());
