@@ -111,6 +111,7 @@ impl HlcClock {
                 .ok_or(HlcError::CounterOverflow(self.last.physical_ms()))?;
             Hlc::new(self.last.physical_ms(), counter)
         };
+        debug_assert!(next > self.last, "the clock only moves forward");
         self.last = next;
         Ok(next)
     }

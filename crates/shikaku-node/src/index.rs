@@ -37,6 +37,11 @@ impl NsIndex {
 
     /// Records an event stored at `position` (positions only grow).
     pub fn add(&mut self, position: u64, hlc: Hlc, id: EventId) {
+        debug_assert!(
+            position > self.head(),
+            "positions only grow ({position} after {})",
+            self.head()
+        );
         let item = Item { timestamp: hlc.0, id: id.0 };
         self.by_position.push((position, item));
         self.acc.add(&item.id);

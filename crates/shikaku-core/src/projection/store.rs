@@ -83,6 +83,10 @@ impl Projection {
         let facts = &mut self.members[member as usize].facts;
         facts.reserve_exact(1);
         facts.insert(position, Fact { hlc, event, kind });
+        debug_assert!(
+            position == 0 || facts[position - 1].hlc <= hlc,
+            "a member's facts stay in (hlc, id) order"
+        );
         Some(event)
     }
 

@@ -123,6 +123,10 @@ impl<D: Directory> Node<D> {
         let me = self.signer.node_id();
         let first = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
             .max(self.seq_floor);
+        debug_assert!(
+            self.own.keys().next_back().is_none_or(|held| first > *held),
+            "an origin never numbers two events alike"
+        );
         let mut events = Vec::with_capacity(bodies.len());
         for (offset, body) in bodies.into_iter().enumerate() {
             let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;

@@ -367,6 +367,11 @@ impl<D: Directory> Node<D> {
                 self.index(*position, event);
             }
         }
+        debug_assert!(
+            new_positions.windows(2).all(|w| w[0] < w[1]),
+            "new events are stored at increasing positions"
+        );
+        debug_assert_eq!(new_positions.len(), outcome.new, "every new event is indexed once");
         self.counters.events_received += new_positions.len() as u64;
         // Wake only the sessions that have something new to send: a hub session whose grants
         // cover a new event's namespace, a clinic's session to its hub (its own records).
