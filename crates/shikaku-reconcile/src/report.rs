@@ -305,42 +305,7 @@ pub fn compute(
     names: &BTreeMap<NodeId, String>,
     now_ms: u64,
 ) -> Report {
-    let mut insurer: Vec<(u64, &SignedEvent)> = Vec::new();
-    let mut clinics: BTreeMap<NodeId, Vec<&SignedEvent>> = BTreeMap::new();
-    // Insurer events by id, with their hub positions (their insurer and record time are read
-    // from the event).
-    let mut by_id: HashMap<EventId, (u64, &SignedEvent)> = HashMap::new();
-    for (position, e) in events {
-        match e.event().namespace {
-            Namespace::Insurer(_) => {
-                insurer.push((*position, e));
-                by_id.insert(e.id(), (*position, e));
-            }
-            Namespace::Clinic(node) => clinics.entry(node).or_default().push(e),
-        }
-    }
-    insurer.sort_by_key(|(p, _)| *p);
-    // When the hub held each position, as well as its ledger can tell: no earlier than the
-    // latest record time at or before that position (the hub refuses events from the future,
-    // and a position is taken only after every earlier one). Record times alone would date a
-    // roster imported today by its enrolment history, years back.
-    let mut by_position: Vec<(u64, u64)> =
-        events.iter().map(|(p, e)| (*p, e.event().hlc.physical_ms())).collect();
-    by_position.sort_unstable();
-    let mut latest = 0u64;
-    for entry in &mut by_position {
-        latest = latest.max(entry.1);
-        entry.1 = latest;
-    }
-    let held_since_ms = |position: u64| -> u64 {
-        let at = by_position.partition_point(|(p, _)| *p <= position);
-        at.checked_sub(1).map_or(0, |i| by_position[i].1)
-    };
-    let mut global = Projection::new(Replication::All);
-    for (_, e) in &insurer {
-        global.apply(e);
-    }
-    let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage: None };
+    let (hub, clinics) = HubView::of(events, now_ms);
     let mut report = Report {
         generated_ms: now_ms,
         hub_events: events.len() as u64,
@@ -349,266 +314,21 @@ pub fn compute(
         not_rederivable: Vec::new(),
         declarations: Vec::new(),
         retroactive: Vec::new(),
-        conflicts: global.conflicts(Hlc(u64::MAX)),
+        conflicts: hub.global.conflicts(Hlc(u64::MAX)),
         revoked_link_uses: Vec::new(),
         clinics: Vec::new(),
     };
     let mut check_conflicts: BTreeSet<Conflict> = BTreeSet::new();
-    // Every wrong-person linkage revocation: (card, member, event, when).
-    let revocations: Vec<(shikaku_core::CardToken, MemberKey, EventId, u64)> = insurer
-        .iter()
-        .filter_map(|(_, e)| match &e.event().body {
-            EventBody::WrongPersonLinkageRevoked { card, member, .. } => {
-                Some((*card, member.clone(), e.id(), e.event().hlc.physical_ms()))
-            }
-            _ => None,
-        })
-        .collect();
     let mut retro: BTreeMap<EventId, BTreeSet<EventId>> = BTreeMap::new();
-    for (node, mut own) in clinics {
-        let name = clinic_name(names, &node);
-        own.sort_by_key(|e| e.event().origin_seq);
-        // Which insurers this clinic evidently held: those whose events decided its answers.
-        let mut held: BTreeSet<InsurerNumber> = BTreeSet::new();
-        for e in &own {
-            if let EventBody::CheckPerformed { decided_by, .. } = &e.event().body {
-                held.extend(
-                    decided_by
-                        .iter()
-                        .filter_map(|id| by_id.get(id))
-                        .filter_map(|(_, e)| insurer_of_event(e)),
-                );
-            }
-        }
-        // next_held[i]: the first insurer event at or after i (by position) of an insurer this
-        // clinic holds — the only events it could be missing.
-        let mut next_held = vec![usize::MAX; insurer.len() + 1];
-        for i in (0..insurer.len()).rev() {
-            let mine = insurer_of_event(insurer[i].1).is_some_and(|n| held.contains(&n));
-            next_held[i] = if mine { i } else { next_held[i + 1] };
-        }
-        let mut all = Projection::new(Replication::All);
-        // What the clinic held: only the insurers it evidently subscribed to (it never
-        // received the others' events), tried first; then everything.
-        let mut subset = Projection::new(Replication::Insurers(held.clone()));
-        let mut next = 0usize;
-        let mut checks: Vec<CheckRec> = Vec::new();
-        let mut declarations: Vec<(&SignedEvent, CheckQuery, Option<InsurerNumber>, Date)> =
-            Vec::new();
-        let mut resolutions: HashMap<EventId, String> = HashMap::new();
-        let mut row = ClinicRow {
-            clinic: name.clone(),
-            node: shikaku_core::hex::encode(&node.0),
-            checks: 0,
-            offline_checks: 0,
-            contradicted: 0,
-            unresolved_declarations: 0,
-            last_check_ms: None,
-            last_hub_position: None,
-            staleness_at_last_check_s: 0,
-            max_staleness_s: 0,
+    for (node, own) in clinics {
+        let found = ClinicFindings {
+            report: &mut report,
+            conflicts: &mut check_conflicts,
+            retroactive: &mut retro,
         };
-        for e in own {
-            match &e.event().body {
-                EventBody::CheckPerformed {
-                    query,
-                    service_date,
-                    mode,
-                    knowledge,
-                    hub_position,
-                    code,
-                    answer_hash,
-                    ..
-                } => {
-                    while next < insurer.len() && insurer[next].0 <= *hub_position {
-                        all.apply(insurer[next].1);
-                        if insurer_of_event(insurer[next].1).is_some_and(|i| held.contains(&i)) {
-                            subset.apply(insurer[next].1);
-                        }
-                        next += 1;
-                    }
-                    let then = [&subset, &all].into_iter().find_map(|p| {
-                        let a = p.check(query, *service_date, *knowledge, fresh);
-                        // Records written before the v2 answer hash carry the v1 one.
-                        (a.hash() == *answer_hash || a.hash_v1() == *answer_hash).then(|| {
-                            let billed = answer_billing(p, &a, *knowledge);
-                            (a, billed)
-                        })
-                    });
-                    let at = e.event().hlc.physical_ms();
-                    // The first event of its insurers that the hub held and it had not
-                    // received: how long the hub had held it when the clinic answered.
-                    let stale = match insurer.get(next_held[next]) {
-                        Some((position, _)) => {
-                            shikaku_core::staleness_s(at, held_since_ms(*position))
-                        }
-                        None => 0,
-                    };
-                    row.checks += 1;
-                    row.offline_checks += u64::from(*mode == CheckMode::Offline);
-                    row.last_check_ms = Some(at);
-                    row.last_hub_position = Some(*hub_position);
-                    row.staleness_at_last_check_s = stale;
-                    row.max_staleness_s = row.max_staleness_s.max(stale);
-                    checks.push(CheckRec {
-                        event: e.clone(),
-                        hub_position: *hub_position,
-                        knowledge: *knowledge,
-                        code: *code,
-                        mode: *mode,
-                        query: query.clone(),
-                        service_date: *service_date,
-                        then,
-                    });
-                }
-                EventBody::SelfDeclarationRecorded { query, declared_insurer, declared_start } => {
-                    declarations.push((e, query.clone(), *declared_insurer, *declared_start));
-                }
-                EventBody::SelfDeclarationResolved { declaration, outcome, .. } => {
-                    resolutions
-                        .insert(*declaration, format!("resolved by the clinic: {outcome:?}"));
-                }
-                _ => {}
-            }
-            all.apply(e);
-            subset.apply(e);
-        }
-        // The converged truth for this clinic: every insurer event and all its own records.
-        while next < insurer.len() {
-            all.apply(insurer[next].1);
-            next += 1;
-        }
-        let truth = all;
-        // Checks that used a link revoked since, by check id.
-        let mut revoked_uses: HashMap<EventId, (MemberKey, EventId, u64)> = HashMap::new();
-        for (card, member, revocation, at) in &revocations {
-            for check in truth.checks_using_revoked_link(card, member, Hlc(u64::MAX)) {
-                revoked_uses.entry(check).or_insert_with(|| (member.clone(), *revocation, *at));
-            }
-        }
-        for c in checks {
-            report.totals.checks += 1;
-            report.totals.offline_checks += u64::from(c.mode == CheckMode::Offline);
-            let check = CheckRef {
-                check: c.event.id(),
-                clinic: name.clone(),
-                at_ms: c.event.event().hlc.physical_ms(),
-                mode: c.mode,
-                query: c.query.clone(),
-                service_date: c.service_date,
-                answered: c.code,
-            };
-            let now = truth.check(&c.query, c.service_date, Hlc(u64::MAX), fresh);
-            check_conflicts.extend(now.conflicts.iter().cloned());
-            if let Some((then, _)) = &c.then {
-                check_conflicts.extend(then.conflicts.iter().cloned());
-            }
-            if let Some((linked_member, revocation, revoked_ms)) = revoked_uses.get(&check.check) {
-                report.revoked_link_uses.push(RevokedLinkUse {
-                    check: check.clone(),
-                    linked_member: linked_member.clone(),
-                    revocation: *revocation,
-                    revoked_ms: *revoked_ms,
-                });
-            }
-            let decided_later_by: Vec<EventId> = now
-                .decided_by
-                .iter()
-                .copied()
-                .filter(|id| {
-                    // An insurer event recorded after the check, or not yet received by the
-                    // clinic then.
-                    by_id.get(id).is_some_and(|(position, e)| {
-                        e.event().hlc > c.knowledge || *position > c.hub_position
-                    })
-                })
-                .collect();
-            let due = answer_billing(&truth, &now, Hlc(u64::MAX));
-            // An `unknown` the truth now answers as covered is a billing question too: the
-            // clinic could bill no insurer, so the patient may have paid in full.
-            let unknown_now_covered =
-                c.code == AnswerCode::Unknown && due.is_some_and(|d| d.insurer.is_some());
-            let (billed, contradicted) = match &c.then {
-                Some((_, b)) => {
-                    report.totals.rederived += 1;
-                    (*b, (b.is_some() && due.is_some() && *b != due) || unknown_now_covered)
-                }
-                None => {
-                    report.not_rederivable.push(check.clone());
-                    let differs = match (c.code.covered(), now.code.covered()) {
-                        (Some(a), Some(b)) => a != b,
-                        _ => false,
-                    };
-                    (None, differs || unknown_now_covered)
-                }
-            };
-            if !contradicted {
-                continue;
-            }
-            let Some(due) = due else { continue };
-            for id in &decided_later_by {
-                retro.entry(*id).or_default().insert(check.check);
-            }
-            let refund =
-                billed.map(|b| i16::from(b.patient_tenths) - i16::from(due.patient_tenths));
-            match refund {
-                Some(r) if r > 0 => report.totals.refund_tenths += r as u64,
-                Some(r) if r < 0 => report.totals.owed_tenths += (-r) as u64,
-                _ => {}
-            }
-            report.totals.contradicted += 1;
-            report.totals.contradicted_offline += u64::from(c.mode == CheckMode::Offline);
-            row.contradicted += 1;
-            let action = if c.code == AnswerCode::Unknown {
-                unknown_action_text(due)
-            } else {
-                action_text(billed, due)
-            };
-            report.contradicted.push(Contradiction {
-                action,
-                check,
-                truth: now.code,
-                truth_member: now.member.clone(),
-                billed,
-                due: Some(due),
-                refund_tenths: refund,
-                decided_later_by,
-            });
-        }
-        for (e, query, declared_insurer, declared_start) in declarations {
-            let now = truth.check(&query, declared_start, Hlc(u64::MAX), fresh);
-            let explicit = resolutions.get(&e.id()).cloned();
-            let covered_as = match now.code {
-                AnswerCode::Valid => now.member.clone(),
-                AnswerCode::InvalidNewerExists => now.successor.clone(),
-                _ => None,
-            };
-            let found = covered_as.map(|key| {
-                format!("covered from {declared_start} as member {key} of insurer {}", key.insurer)
-            });
-            let resolution = explicit.or(found);
-            let at_ms = e.event().hlc.physical_ms();
-            let resolved = resolution.is_some();
-            report.totals.declarations += 1;
-            if !resolved {
-                report.totals.unresolved_declarations += 1;
-                row.unresolved_declarations += 1;
-            }
-            report.declarations.push(Declaration {
-                declaration: e.id(),
-                clinic: name.clone(),
-                at_ms,
-                query,
-                declared_insurer,
-                declared_start,
-                resolved,
-                resolution: resolution
-                    .unwrap_or_else(|| "no coverage from the declared date yet".to_owned()),
-                open_days: (!resolved).then(|| now_ms.saturating_sub(at_ms) / 86_400_000),
-            });
-        }
-        report.clinics.push(row);
+        clinic_section(&hub, names, node, own, found);
     }
+    let by_id = &hub.by_id;
     for conflict in check_conflicts {
         if !report.conflicts.contains(&conflict) {
             report.conflicts.push(conflict);
@@ -635,4 +355,332 @@ pub fn compute(
         ))
     });
     report
+}
+
+/// The hub's side of the report: its insurer events in position order and by id, when it held
+/// each position, the converged truth, and every wrong-person linkage revocation.
+struct HubView<'a> {
+    insurer: Vec<(u64, &'a SignedEvent)>,
+    by_id: HashMap<EventId, (u64, &'a SignedEvent)>,
+    /// `(position, held since ms)`, ascending.
+    by_position: Vec<(u64, u64)>,
+    global: Projection,
+    /// `(card, member, revocation event, when)`.
+    revocations: Vec<(shikaku_core::CardToken, MemberKey, EventId, u64)>,
+    fresh: Freshness,
+    now_ms: u64,
+}
+
+type ClinicEvents<'a> = BTreeMap<NodeId, Vec<&'a SignedEvent>>;
+
+impl<'a> HubView<'a> {
+    fn of(events: &'a [(u64, SignedEvent)], now_ms: u64) -> (HubView<'a>, ClinicEvents<'a>) {
+        let mut insurer: Vec<(u64, &SignedEvent)> = Vec::new();
+        let mut clinics: ClinicEvents<'a> = BTreeMap::new();
+        // Insurer events by id, with their hub positions (their insurer and record time are
+        // read from the event).
+        let mut by_id: HashMap<EventId, (u64, &SignedEvent)> = HashMap::new();
+        for (position, e) in events {
+            match e.event().namespace {
+                Namespace::Insurer(_) => {
+                    insurer.push((*position, e));
+                    by_id.insert(e.id(), (*position, e));
+                }
+                Namespace::Clinic(node) => clinics.entry(node).or_default().push(e),
+            }
+        }
+        insurer.sort_by_key(|(p, _)| *p);
+        // When the hub held each position, as well as its ledger can tell: no earlier than the
+        // latest record time at or before that position (the hub refuses events from the
+        // future, and a position is taken only after every earlier one). Record times alone
+        // would date a roster imported today by its enrolment history, years back.
+        let mut by_position: Vec<(u64, u64)> =
+            events.iter().map(|(p, e)| (*p, e.event().hlc.physical_ms())).collect();
+        by_position.sort_unstable();
+        let mut latest = 0u64;
+        for entry in &mut by_position {
+            latest = latest.max(entry.1);
+            entry.1 = latest;
+        }
+        let mut global = Projection::new(Replication::All);
+        for (_, e) in &insurer {
+            global.apply(e);
+        }
+        let revocations = insurer
+            .iter()
+            .filter_map(|(_, e)| match &e.event().body {
+                EventBody::WrongPersonLinkageRevoked { card, member, .. } => {
+                    Some((*card, member.clone(), e.id(), e.event().hlc.physical_ms()))
+                }
+                _ => None,
+            })
+            .collect();
+        let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage: None };
+        let hub = HubView { insurer, by_id, by_position, global, revocations, fresh, now_ms };
+        (hub, clinics)
+    }
+
+    /// When the hub held `position` (see [`HubView::of`]).
+    fn held_since_ms(&self, position: u64) -> u64 {
+        let at = self.by_position.partition_point(|(p, _)| *p <= position);
+        at.checked_sub(1).map_or(0, |i| self.by_position[i].1)
+    }
+}
+
+/// Where one clinic's findings go.
+struct ClinicFindings<'r> {
+    report: &'r mut Report,
+    conflicts: &'r mut BTreeSet<Conflict>,
+    retroactive: &'r mut BTreeMap<EventId, BTreeSet<EventId>>,
+}
+
+/// One clinic's part of the report: its checks re-derived and compared with the truth, its
+/// declarations, the revoked links its checks used, its staleness row.
+fn clinic_section(
+    hub: &HubView<'_>,
+    names: &BTreeMap<NodeId, String>,
+    node: NodeId,
+    mut own: Vec<&SignedEvent>,
+    found: ClinicFindings<'_>,
+) {
+    let ClinicFindings { report, conflicts: check_conflicts, retroactive: retro } = found;
+    let name = clinic_name(names, &node);
+    own.sort_by_key(|e| e.event().origin_seq);
+    // Which insurers this clinic evidently held: those whose events decided its answers.
+    let mut held: BTreeSet<InsurerNumber> = BTreeSet::new();
+    for e in &own {
+        if let EventBody::CheckPerformed { decided_by, .. } = &e.event().body {
+            held.extend(
+                decided_by
+                    .iter()
+                    .filter_map(|id| hub.by_id.get(id))
+                    .filter_map(|(_, e)| insurer_of_event(e)),
+            );
+        }
+    }
+    // next_held[i]: the first insurer event at or after i (by position) of an insurer this
+    // clinic holds — the only events it could be missing.
+    let mut next_held = vec![usize::MAX; hub.insurer.len() + 1];
+    for i in (0..hub.insurer.len()).rev() {
+        let mine = insurer_of_event(hub.insurer[i].1).is_some_and(|n| held.contains(&n));
+        next_held[i] = if mine { i } else { next_held[i + 1] };
+    }
+    let mut all = Projection::new(Replication::All);
+    // What the clinic held: only the insurers it evidently subscribed to (it never
+    // received the others' events), tried first; then everything.
+    let mut subset = Projection::new(Replication::Insurers(held.clone()));
+    let mut next = 0usize;
+    let mut checks: Vec<CheckRec> = Vec::new();
+    let mut declarations: Vec<(&SignedEvent, CheckQuery, Option<InsurerNumber>, Date)> = Vec::new();
+    let mut resolutions: HashMap<EventId, String> = HashMap::new();
+    let mut row = ClinicRow {
+        clinic: name.clone(),
+        node: shikaku_core::hex::encode(&node.0),
+        checks: 0,
+        offline_checks: 0,
+        contradicted: 0,
+        unresolved_declarations: 0,
+        last_check_ms: None,
+        last_hub_position: None,
+        staleness_at_last_check_s: 0,
+        max_staleness_s: 0,
+    };
+    for e in own {
+        match &e.event().body {
+            EventBody::CheckPerformed {
+                query,
+                service_date,
+                mode,
+                knowledge,
+                hub_position,
+                code,
+                answer_hash,
+                ..
+            } => {
+                while next < hub.insurer.len() && hub.insurer[next].0 <= *hub_position {
+                    all.apply(hub.insurer[next].1);
+                    if insurer_of_event(hub.insurer[next].1).is_some_and(|i| held.contains(&i)) {
+                        subset.apply(hub.insurer[next].1);
+                    }
+                    next += 1;
+                }
+                let then = [&subset, &all].into_iter().find_map(|p| {
+                    let a = p.check(query, *service_date, *knowledge, hub.fresh);
+                    // Records written before the v2 answer hash carry the v1 one.
+                    (a.hash() == *answer_hash || a.hash_v1() == *answer_hash).then(|| {
+                        let billed = answer_billing(p, &a, *knowledge);
+                        (a, billed)
+                    })
+                });
+                let at = e.event().hlc.physical_ms();
+                // The first event of its insurers that the hub held and it had not
+                // received: how long the hub had held it when the clinic answered.
+                let stale = match hub.insurer.get(next_held[next]) {
+                    Some((position, _)) => {
+                        shikaku_core::staleness_s(at, hub.held_since_ms(*position))
+                    }
+                    None => 0,
+                };
+                row.checks += 1;
+                row.offline_checks += u64::from(*mode == CheckMode::Offline);
+                row.last_check_ms = Some(at);
+                row.last_hub_position = Some(*hub_position);
+                row.staleness_at_last_check_s = stale;
+                row.max_staleness_s = row.max_staleness_s.max(stale);
+                checks.push(CheckRec {
+                    event: e.clone(),
+                    hub_position: *hub_position,
+                    knowledge: *knowledge,
+                    code: *code,
+                    mode: *mode,
+                    query: query.clone(),
+                    service_date: *service_date,
+                    then,
+                });
+            }
+            EventBody::SelfDeclarationRecorded { query, declared_insurer, declared_start } => {
+                declarations.push((e, query.clone(), *declared_insurer, *declared_start));
+            }
+            EventBody::SelfDeclarationResolved { declaration, outcome, .. } => {
+                resolutions.insert(*declaration, format!("resolved by the clinic: {outcome:?}"));
+            }
+            _ => {}
+        }
+        all.apply(e);
+        subset.apply(e);
+    }
+    // The converged truth for this clinic: every insurer event and all its own records.
+    while next < hub.insurer.len() {
+        all.apply(hub.insurer[next].1);
+        next += 1;
+    }
+    let truth = all;
+    // Checks that used a link revoked since, by check id.
+    let mut revoked_uses: HashMap<EventId, (MemberKey, EventId, u64)> = HashMap::new();
+    for (card, member, revocation, at) in &hub.revocations {
+        for check in truth.checks_using_revoked_link(card, member, Hlc(u64::MAX)) {
+            revoked_uses.entry(check).or_insert_with(|| (member.clone(), *revocation, *at));
+        }
+    }
+    for c in checks {
+        report.totals.checks += 1;
+        report.totals.offline_checks += u64::from(c.mode == CheckMode::Offline);
+        let check = CheckRef {
+            check: c.event.id(),
+            clinic: name.clone(),
+            at_ms: c.event.event().hlc.physical_ms(),
+            mode: c.mode,
+            query: c.query.clone(),
+            service_date: c.service_date,
+            answered: c.code,
+        };
+        let now = truth.check(&c.query, c.service_date, Hlc(u64::MAX), hub.fresh);
+        check_conflicts.extend(now.conflicts.iter().cloned());
+        if let Some((then, _)) = &c.then {
+            check_conflicts.extend(then.conflicts.iter().cloned());
+        }
+        if let Some((linked_member, revocation, revoked_ms)) = revoked_uses.get(&check.check) {
+            report.revoked_link_uses.push(RevokedLinkUse {
+                check: check.clone(),
+                linked_member: linked_member.clone(),
+                revocation: *revocation,
+                revoked_ms: *revoked_ms,
+            });
+        }
+        let decided_later_by: Vec<EventId> = now
+            .decided_by
+            .iter()
+            .copied()
+            .filter(|id| {
+                // An insurer event recorded after the check, or not yet received by the
+                // clinic then.
+                hub.by_id.get(id).is_some_and(|(position, e)| {
+                    e.event().hlc > c.knowledge || *position > c.hub_position
+                })
+            })
+            .collect();
+        let due = answer_billing(&truth, &now, Hlc(u64::MAX));
+        // An `unknown` the truth now answers as covered is a billing question too: the
+        // clinic could bill no insurer, so the patient may have paid in full.
+        let unknown_now_covered =
+            c.code == AnswerCode::Unknown && due.is_some_and(|d| d.insurer.is_some());
+        let (billed, contradicted) = match &c.then {
+            Some((_, b)) => {
+                report.totals.rederived += 1;
+                (*b, (b.is_some() && due.is_some() && *b != due) || unknown_now_covered)
+            }
+            None => {
+                report.not_rederivable.push(check.clone());
+                let differs = match (c.code.covered(), now.code.covered()) {
+                    (Some(a), Some(b)) => a != b,
+                    _ => false,
+                };
+                (None, differs || unknown_now_covered)
+            }
+        };
+        if !contradicted {
+            continue;
+        }
+        let Some(due) = due else { continue };
+        for id in &decided_later_by {
+            retro.entry(*id).or_default().insert(check.check);
+        }
+        let refund = billed.map(|b| i16::from(b.patient_tenths) - i16::from(due.patient_tenths));
+        match refund {
+            Some(r) if r > 0 => report.totals.refund_tenths += r as u64,
+            Some(r) if r < 0 => report.totals.owed_tenths += (-r) as u64,
+            _ => {}
+        }
+        report.totals.contradicted += 1;
+        report.totals.contradicted_offline += u64::from(c.mode == CheckMode::Offline);
+        row.contradicted += 1;
+        let action = if c.code == AnswerCode::Unknown {
+            unknown_action_text(due)
+        } else {
+            action_text(billed, due)
+        };
+        report.contradicted.push(Contradiction {
+            action,
+            check,
+            truth: now.code,
+            truth_member: now.member.clone(),
+            billed,
+            due: Some(due),
+            refund_tenths: refund,
+            decided_later_by,
+        });
+    }
+    for (e, query, declared_insurer, declared_start) in declarations {
+        let now = truth.check(&query, declared_start, Hlc(u64::MAX), hub.fresh);
+        let explicit = resolutions.get(&e.id()).cloned();
+        let covered_as = match now.code {
+            AnswerCode::Valid => now.member.clone(),
+            AnswerCode::InvalidNewerExists => now.successor.clone(),
+            _ => None,
+        };
+        let found = covered_as.map(|key| {
+            format!("covered from {declared_start} as member {key} of insurer {}", key.insurer)
+        });
+        let resolution = explicit.or(found);
+        let at_ms = e.event().hlc.physical_ms();
+        let resolved = resolution.is_some();
+        report.totals.declarations += 1;
+        if !resolved {
+            report.totals.unresolved_declarations += 1;
+            row.unresolved_declarations += 1;
+        }
+        report.declarations.push(Declaration {
+            declaration: e.id(),
+            clinic: name.clone(),
+            at_ms,
+            query,
+            declared_insurer,
+            declared_start,
+            resolved,
+            resolution: resolution
+                .unwrap_or_else(|| "no coverage from the declared date yet".to_owned()),
+            open_days: (!resolved).then(|| hub.now_ms.saturating_sub(at_ms) / 86_400_000),
+        });
+    }
+    report.clinics.push(row);
 }

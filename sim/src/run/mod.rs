@@ -214,24 +214,39 @@ impl Sim {}
 
 /// Runs one simulation.
 pub fn run(cfg: &SimConfig) -> Outcome {
+    let mut sim = match world(cfg) {
+        Ok(sim) => sim,
+        Err(why) => return generation_failed(cfg, &why),
+    };
+    start_workload(&mut sim, cfg);
+    random_faults(&mut sim, cfg);
+    scripted_faults(&mut sim, cfg);
+    let duration = cfg.duration_ms;
+    sim.schedule(duration, Ev::Heal);
+    let end = duration + cfg.liveness_ms;
+    while let Some(Reverse((at, _, ev))) = sim.queue.pop() {
+        if at > end {
+            break;
+        }
+        sim.now = at;
+        sim.handle(ev);
+        sim.pump();
+    }
+    sim.now = end;
+    outcome(sim, cfg, end)
+}
+
+/// The world a run starts from: a generated history, the hub and the clinics (their disks,
+/// clocks and subscriptions drawn from the seed's streams), every ledger opened; why not, when
+/// the workload cannot be generated.
+fn world(cfg: &SimConfig) -> Result<Sim, String> {
     let seed = cfg.seed;
     let mut workload = stream(seed, 4);
     let generated =
         match shikaku_gen::generate(&shikaku_gen::GenConfig::new(cfg.members, workload.next_u64()))
         {
             Ok(g) => g,
-            Err(e) => {
-                return Outcome {
-                    timeline: Vec::new(),
-                    healed_at_ms: 0,
-                    clinics: cfg.clinics,
-                    lines: vec![format!("seed {seed}"), format!("workload generation failed: {e}")],
-                    violations: Vec::new(),
-                    simulated_ms: 0,
-                    hub_events: Vec::new(),
-                    clinic_names: BTreeMap::new(),
-                };
-            }
+            Err(e) => return Err(e.to_string()),
         };
     let base_ms = generated.last_hlc.physical_ms() + 3_600_000;
     let mut clock_rng = stream(seed, 3);
@@ -391,6 +406,26 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             sim.checker.violation(0, "ledger opens", e);
         }
     }
+    Ok(sim)
+}
+
+/// The outcome of a run whose workload could not be generated.
+fn generation_failed(cfg: &SimConfig, why: &str) -> Outcome {
+    Outcome {
+        timeline: Vec::new(),
+        healed_at_ms: 0,
+        clinics: cfg.clinics,
+        lines: vec![format!("seed {}", cfg.seed), format!("workload generation failed: {why}")],
+        violations: Vec::new(),
+        simulated_ms: 0,
+        hub_events: Vec::new(),
+        clinic_names: BTreeMap::new(),
+    }
+}
+
+/// The workload's schedule: the history published in batches over the safety phase, ticks,
+/// each clinic's first connection and first check.
+fn start_workload(sim: &mut Sim, cfg: &SimConfig) {
     let duration = cfg.duration_ms;
     let n_batches = sim.batches.len();
     sim.schedule(0, Ev::Publish(0));
@@ -405,6 +440,11 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         let first = exp(&mut sim.work, DAY_MS / cfg.checks_per_day.max(0.001));
         sim.schedule(first, Ev::Check(i));
     }
+}
+
+/// Random partitions, crashes, bit flips, full disks and clock jumps, each from its own stream.
+fn random_faults(sim: &mut Sim, cfg: &SimConfig) {
+    let duration = cfg.duration_ms;
     let f = cfg.faults.clone();
     // Random partitions, crashes, bit flips and clock jumps (each from its own stream).
     for i in 0..cfg.clinics {
@@ -457,6 +497,10 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         let t = exp(&mut sim.disk_rng, DAY_MS / f.crashes_per_day);
         sim.schedule(t, Ev::Crash(Who::Hub));
     }
+}
+
+/// The scenario's scripted faults.
+fn scripted_faults(sim: &mut Sim, cfg: &SimConfig) {
     for (at, s) in &cfg.script {
         match s {
             Scripted::Partition { clinics, duration_ms } => {
@@ -484,17 +528,11 @@ pub fn run(cfg: &SimConfig) -> Outcome {
             Scripted::Burst { events } => sim.schedule(*at, Ev::Burst(*events)),
         }
     }
-    sim.schedule(duration, Ev::Heal);
-    let end = duration + cfg.liveness_ms;
-    while let Some(Reverse((at, _, ev))) = sim.queue.pop() {
-        if at > end {
-            break;
-        }
-        sim.now = at;
-        sim.handle(ev);
-        sim.pump();
-    }
-    sim.now = end;
+}
+
+/// What the run found: the checkers' verdict at quiescence, the report lines, the timeline.
+fn outcome(mut sim: Sim, cfg: &SimConfig, end: u64) -> Outcome {
+    let (seed, duration) = (cfg.seed, cfg.duration_ms);
     mark_contradicted(&mut sim);
     let stats = sim.stats.clone();
     let views: Vec<crate::check::ClinicView<'_>> = sim
