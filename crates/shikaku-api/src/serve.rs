@@ -31,6 +31,9 @@ impl Default for HttpLimits {
     }
 }
 
+/// Connections refused over the cap that are closed gracefully at the same time.
+pub const REFUSALS_DRAINED_MAX: usize = 64;
+
 /// Serves `router` on `listener` with `limits` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -38,6 +41,7 @@ pub async fn serve(
     limits: HttpLimits,
 ) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
+    let draining = Arc::new(tokio::sync::Semaphore::new(REFUSALS_DRAINED_MAX));
     // Dropped with this future (the server stopping): every open connection then closes too,
     // instead of outliving the server on its keep-alive.
     let (_stopping, stopped) = tokio::sync::watch::channel(());
@@ -61,7 +65,22 @@ pub async fn serve(
                     limits.connections_max
                 );
             }
-            drop(stream);
+            // Closed gracefully (FIN, then what the client already sent is read and dropped
+            // for up to a second), so it sees the connection end rather than a reset; a flood
+            // beyond REFUSALS_DRAINED_MAX is dropped at once.
+            if let Ok(drain) = draining.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut stream = stream;
+                    let _ = stream.shutdown().await;
+                    let mut sink = [0u8; 4096];
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                    drop(drain);
+                });
+            }
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
