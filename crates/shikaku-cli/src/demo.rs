@@ -439,51 +439,8 @@ fn story(
     if code != "invalid" {
         bail!("the job changer's old member key answered {code}, not invalid");
     }
-    let new_insurer = generated
-        .insurers
-        .iter()
-        .map(|(i, _)| *i)
-        .find(|i| {
-            *i != old_key.insurer && !i.is_national_health_insurance() && !i.is_late_stage_elderly()
-        })
-        .ok_or_else(|| anyhow!("the world has a single employer insurer"))?;
-    let body = serde_json::json!({
-        "member": old_key.to_string(),
-        "declared_insurer": new_insurer.to_string(),
-        "declared_start": job_day.to_string(),
-    });
-    let (status, reply) = shikaku_api::client::http_request(
-        &clinics[1].url,
-        "POST",
-        "/v1/declarations",
-        Some(&body.to_string()),
-    )?;
-    if status != 201 {
-        bail!("the self-declaration was refused ({status}): {reply}");
-    }
-    n.say(&format!(
-        "the patient says they joined insurer {new_insurer} on {job_day}: reception records a self-declaration (POST /v1/declarations → {status})"
-    ))?;
-    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
-    n.block("checked again", &text)?;
-    let body = serde_json::json!({
-        "member": cast.uncovered.to_string(),
-        "declared_start": today.add_days(-1).to_string(),
-    });
-    let (code, _) = ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
-    let (status, reply) = shikaku_api::client::http_request(
-        &clinics[2].url,
-        "POST",
-        "/v1/declarations",
-        Some(&body.to_string()),
-    )?;
-    if status != 201 {
-        bail!("the second self-declaration was refused ({status}): {reply}");
-    }
-    n.say(&format!(
-        "{}: another patient answers {code} and declares a new employer, who never registers them",
-        clinics[2].name
-    ))?;
+    let new_insurer =
+        self_declarations(&mut n, &clinics, &generated, (&old_key, job_day), (&cast, today))?;
 
     clock.advance(70 * 60_000);
     n.step("Recovery: the hub is reachable again; the new insurer registers the patient")?;
@@ -532,17 +489,121 @@ fn story(
     ))?;
 
     n.step("Convergence")?;
-    let records_at_hub = || {
-        clinics.iter().all(|c| {
-            let (me, own) = c.runtime.with_node(|n, _| {
-                let me = Namespace::Clinic(n.node_id());
-                (me, n.namespace_state(&me))
-            });
-            hub_rt.with_node(|h, _| h.namespace_state(&me)) == own
+    converge(&mut n, &clinics, &hub_rt)?;
+    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
+    n.block(&format!("{}: the job changer's card, online again", clinics[1].name), &text)?;
+    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    n.block("and their old member key", &text)?;
+
+    clock.advance(10 * 60_000);
+    n.step("Reconciliation at the insurer")?;
+    // The last checks' records reach the hub asynchronously: the report waits for them.
+    cluster::wait_until("the hub holds every clinic's records", 60.0, || {
+        records_at_hub(&clinics, &hub_rt)
+    })?;
+    reconciliation(
+        &mut n,
+        rt,
+        (&hub_rt, &hub_dir, &report_url),
+        &clinics,
+        (workdir, removed_on_exit),
+    )?;
+    if !args.keep_running {
+        n.say("these pages answer only while the demo runs: `shikaku demo --keep-running` keeps")?;
+        n.say("the hub and clinics up after the story, until Ctrl-C")?;
+    }
+
+    if args.keep_running {
+        n.say("")?;
+        n.say("Everything stays up until Ctrl-C (the day's clock keeps running).")?;
+        rt.block_on(crate::serve::shutdown_signal())?;
+    }
+    n.step("Shutting down cleanly")?;
+    for c in &mut clinics {
+        c.shutdown(rt);
+    }
+    hub_server.abort();
+    hub.stop(rt);
+    n.say("clinics and hub closed their sessions and persisted their receipts")?;
+    Ok(())
+}
+
+/// Two self-declarations at reception: the job changer names their new insurer (which
+/// registers them later), another patient names an employer that never does. Returns the job
+/// changer's new insurer.
+fn self_declarations(
+    n: &mut Narrator<'_>,
+    clinics: &[cluster::Clinic],
+    generated: &shikaku_gen::Generated,
+    (old_key, job_day): (&MemberKey, Date),
+    (cast, today): (&Cast, Date),
+) -> Result<InsurerNumber> {
+    let new_insurer = generated
+        .insurers
+        .iter()
+        .map(|(i, _)| *i)
+        .find(|i| {
+            *i != old_key.insurer && !i.is_national_health_insurance() && !i.is_late_stage_elderly()
         })
-    };
-    cluster::wait_until("the hub holds every clinic's records", 60.0, records_at_hub)?;
-    for c in &clinics {
+        .ok_or_else(|| anyhow!("the world has a single employer insurer"))?;
+    let body = serde_json::json!({
+        "member": old_key.to_string(),
+        "declared_insurer": new_insurer.to_string(),
+        "declared_start": job_day.to_string(),
+    });
+    let (status, reply) = shikaku_api::client::http_request(
+        &clinics[1].url,
+        "POST",
+        "/v1/declarations",
+        Some(&body.to_string()),
+    )?;
+    if status != 201 {
+        bail!("the self-declaration was refused ({status}): {reply}");
+    }
+    n.say(&format!(
+        "the patient says they joined insurer {new_insurer} on {job_day}: reception records a self-declaration (POST /v1/declarations → {status})"
+    ))?;
+    let (_, text) = ask(&clinics[1], Presented::Key(old_key), today)?;
+    n.block("checked again", &text)?;
+    let body = serde_json::json!({
+        "member": cast.uncovered.to_string(),
+        "declared_start": today.add_days(-1).to_string(),
+    });
+    let (code, _) = ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
+    let (status, reply) = shikaku_api::client::http_request(
+        &clinics[2].url,
+        "POST",
+        "/v1/declarations",
+        Some(&body.to_string()),
+    )?;
+    if status != 201 {
+        bail!("the second self-declaration was refused ({status}): {reply}");
+    }
+    n.say(&format!(
+        "{}: another patient answers {code} and declares a new employer, who never registers them",
+        clinics[2].name
+    ))?;
+    Ok(new_insurer)
+}
+
+/// Whether the hub holds every clinic's own records.
+fn records_at_hub(clinics: &[cluster::Clinic], hub_rt: &Runtime) -> bool {
+    clinics.iter().all(|c| {
+        let (me, own) = c.runtime.with_node(|n, _| {
+            let me = Namespace::Clinic(n.node_id());
+            (me, n.namespace_state(&me))
+        });
+        hub_rt.with_node(|h, _| h.namespace_state(&me)) == own
+    })
+}
+
+/// "Convergence": every clinic's namespaces carry the hub's fingerprints and its records,
+/// offline checks included, are at the hub.
+fn converge(n: &mut Narrator<'_>, clinics: &[cluster::Clinic], hub_rt: &Runtime) -> Result<()> {
+    cluster::wait_until("the hub holds every clinic's records", 60.0, || {
+        records_at_hub(clinics, hub_rt)
+    })?;
+    for c in clinics {
         let (namespaces, same, own, offline) = c.runtime.with_node(|n, _| {
             let namespaces = n.namespaces();
             let same = namespaces
@@ -575,19 +636,22 @@ fn story(
             bail!("{} has not converged with the hub", c.name);
         }
     }
-    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
-    n.block(&format!("{}: the job changer's card, online again", clinics[1].name), &text)?;
-    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
-    n.block("and their old member key", &text)?;
+    Ok(())
+}
 
-    clock.advance(10 * 60_000);
-    n.step("Reconciliation at the insurer")?;
-    // The last checks' records reach the hub asynchronously: the report waits for them.
-    cluster::wait_until("the hub holds every clinic's records", 60.0, records_at_hub)?;
+/// "Reconciliation at the insurer": the report over the hub's ledger, printed and written as
+/// HTML and JSON beside the work directory's nodes.
+fn reconciliation(
+    n: &mut Narrator<'_>,
+    rt: &tokio::runtime::Runtime,
+    (hub_rt, hub_dir, report_url): (&Runtime, &Path, &str),
+    clinics: &[cluster::Clinic],
+    (workdir, removed_on_exit): (&Path, bool),
+) -> Result<()> {
     // Clinics are named from their certificates, as the hub saw them (and remembered for a
     // `shikaku reconcile` on its stopped ledger).
-    serve::save_clinic_names(&hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
-    let report = rt.block_on(shikaku_api::hub::hub_report(&hub_rt))?;
+    serve::save_clinic_names(hub_dir, &hub_rt.with_node(|h, _| h.peer_names().clone()))?;
+    let report = rt.block_on(shikaku_api::hub::hub_report(hub_rt))?;
     for line in shikaku_reconcile::render_text(&report).lines() {
         writeln!(n.out, "   {line}")?;
     }
@@ -609,26 +673,9 @@ fn story(
             ""
         }
     ))?;
-    for c in &clinics {
+    for c in clinics {
         n.say(&format!("reception page of {:<16} {}/", c.name, c.url))?;
     }
-    if !args.keep_running {
-        n.say("these pages answer only while the demo runs: `shikaku demo --keep-running` keeps")?;
-        n.say("the hub and clinics up after the story, until Ctrl-C")?;
-    }
-
-    if args.keep_running {
-        n.say("")?;
-        n.say("Everything stays up until Ctrl-C (the day's clock keeps running).")?;
-        rt.block_on(crate::serve::shutdown_signal())?;
-    }
-    n.step("Shutting down cleanly")?;
-    for c in &mut clinics {
-        c.shutdown(rt);
-    }
-    hub_server.abort();
-    hub.stop(rt);
-    n.say("clinics and hub closed their sessions and persisted their receipts")?;
     Ok(())
 }
 
