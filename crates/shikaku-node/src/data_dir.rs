@@ -7,8 +7,10 @@
 //! [`write_atomic_with_mode`], the same install routine (write, fsync, rename, fsync the
 //! directory).
 //!
-//! [`open_node`] opens the node a service runs; [`Store`] is the ledger as the command line's
-//! tools open it (import, export, verify, offline checks).
+//! [`DataDir::take`] takes the directory (identity, lock, leftovers removed); from it,
+//! [`DataDir::open_node`] opens the node a service runs and [`DataDir::open_store`] the
+//! [`Store`], the ledger as the command line's tools open it (import, export, verify, offline
+//! checks).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -168,21 +170,67 @@ pub fn take_lock(dir: &Path) -> Result<std::fs::File> {
     Ok(lock)
 }
 
+/// A data directory taken for writing: its identity, and its single-writer lock, held while
+/// this (or what it opened) lives. Every way of opening a node's ledger starts here.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    identity: Signer,
+    lock: std::fs::File,
+}
+
+impl DataDir {
+    /// Takes the data directory at `path`: its identity (created, with the directory, when
+    /// `create` is set and no ledger exists), its lock, and leftovers of interrupted atomic
+    /// writes removed. `None` when there is no identity and `create` is false.
+    pub fn take(path: &Path, create: bool) -> Result<Option<DataDir>> {
+        if path.exists() && !path.is_dir() {
+            bail!("data directory {} exists and is not a directory", path.display());
+        }
+        let Some(identity) = node_identity(path, create)? else { return Ok(None) };
+        let lock = take_lock(path)?;
+        remove_temporary_files(path);
+        Ok(Some(DataDir { path: path.to_path_buf(), identity, lock }))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The node's signing identity.
+    pub fn identity(&self) -> &Signer {
+        &self.identity
+    }
+
+    /// The log folder, where the log, its checkpoint, the node snapshot and the receipt file
+    /// live (written through [`FileDirectory`]'s atomic install).
+    pub fn log_directory(&self) -> Result<FileDirectory> {
+        let log = self.path.join("log");
+        FileDirectory::new(&log).with_context(|| format!("opening {}", log.display()))
+    }
+
+    /// Opens the node a service runs (from its snapshot when one verifies); the lock is
+    /// returned beside it, to be held as long as the node.
+    pub fn open_node(self, config: NodeConfig) -> Result<(Node<FileDirectory>, std::fs::File)> {
+        let node = Node::open(self.log_directory()?, self.identity.clone(), config)
+            .with_context(|| format!("opening the ledger in {}", self.path.display()))?;
+        Ok((node, self.lock))
+    }
+
+    /// Opens the bare log, as the command line's tools read and write it.
+    pub fn open_store(self) -> Result<Store> {
+        let log = Log::open(self.log_directory()?, LogConfig::new(self.identity.node_id()))
+            .with_context(|| format!("opening the ledger in {}", self.path.display()))?;
+        Ok(Store { log, dir: self.path, _lock: self.lock })
+    }
+}
+
 impl Store {
     /// Opens the ledger in `dir`, creating the node identity and log when `create` is set.
     /// Returns `None` when there is no ledger and `create` is false.
     pub fn open_with(dir: &Path, create: bool) -> Result<Option<Store>> {
-        if dir.exists() && !dir.is_dir() {
-            bail!("data directory {} exists and is not a directory", dir.display());
-        }
-        let Some(identity) = node_identity(dir, create)? else { return Ok(None) };
-        let lock = take_lock(dir)?;
-        remove_temporary_files(dir);
-        let files = FileDirectory::new(dir.join("log"))
-            .with_context(|| format!("opening {}", dir.join("log").display()))?;
-        let log = Log::open(files, LogConfig::new(identity.node_id()))
-            .with_context(|| format!("opening the ledger in {}", dir.display()))?;
-        Ok(Some(Store { log, dir: dir.to_path_buf(), _lock: lock }))
+        DataDir::take(dir, create)?.map(DataDir::open_store).transpose()
     }
 
     /// Opens the ledger, creating it if needed.
@@ -339,15 +387,9 @@ pub fn open_node(
     data_dir: &Path,
     config: NodeConfig,
 ) -> Result<(Node<FileDirectory>, std::fs::File)> {
-    let signer = node_identity(data_dir, true)?
-        .with_context(|| format!("no node key in {}", data_dir.display()))?;
-    let lock = take_lock(data_dir)?;
-    remove_temporary_files(data_dir);
-    let files = FileDirectory::new(data_dir.join("log"))
-        .with_context(|| format!("opening {}", data_dir.join("log").display()))?;
-    let node = Node::open(files, signer, config)
-        .with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
-    Ok((node, lock))
+    DataDir::take(data_dir, true)?
+        .with_context(|| format!("no node key in {}", data_dir.display()))?
+        .open_node(config)
 }
 
 /// The file in a hub's data directory that remembers its clinics' certificate names (for
