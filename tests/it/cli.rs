@@ -399,3 +399,38 @@ fn gen_writes_insurer_keys_that_serve_commands_read() {
         "{err:#}"
     );
 }
+
+#[test]
+fn a_hub_import_leaves_the_node_snapshot_serving_starts_from() {
+    let dir = temp_dir("import-snapshot");
+    let events = dir.join("events.jsonl");
+    let keys = dir.join("keys.txt");
+    let hub = dir.join("hub");
+    let (code, _, err) = run(&[
+        "gen",
+        "--members",
+        "2000",
+        "-o",
+        events.to_str().unwrap(),
+        "--keys-out",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&[
+        "--data-dir",
+        hub.to_str().unwrap(),
+        "hub",
+        "import",
+        events.to_str().unwrap(),
+        "--insurer-keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(hub.join("log").join(shikaku_node::snapshot::NODE_SNAPSHOT_FILE).exists());
+    let config = shikaku_node::NodeConfig::new(shikaku_node::Role::Hub, "hub");
+    let (node, _lock) = shikaku_node::data_dir::open_node(&hub, config).unwrap();
+    assert!(node.open_note().starts_with("node snapshot at position"), "{}", node.open_note());
+    assert!(node.open_note().ends_with(", 0 events folded"), "{}", node.open_note());
+    drop(node);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
