@@ -288,16 +288,7 @@ impl<D: Directory> Node<D> {
         let mut log_config = LogConfig::new(signer.node_id());
         log_config.segment_bytes = config.segment_bytes;
         let log = Log::open(dir, log_config)?;
-        let replication = match config.role {
-            Role::Hub => Replication::All,
-            Role::Clinic => Replication::Insurers(config.insurers.clone()),
-        };
-        let mut projection = Projection::new(replication);
-        projection.set_prefetched(config.prefetch.iter().cloned());
-        #[cfg(feature = "planted-bugs")]
-        if config.planted == Some(PlantedBug::CheckIgnoresVoids) {
-            projection.plant_ignore_voids();
-        }
+        let projection = configured(Projection::default(), &config);
         let mut node = Node {
             peer_names: BTreeMap::new(),
             hub_acked: 0,
@@ -335,6 +326,7 @@ impl<D: Directory> Node<D> {
                 (1, format!("node snapshot not used ({why})"))
             }
         };
+        // Damage found while folding joins the recovery's, logged below.
         node.fold_from(from)?;
         note.push_str(&format!(", {} events folded", node.log.head() - from));
         node.open_note = note;
@@ -700,6 +692,22 @@ impl<D: Directory> Node<D> {
             }
         }
     }
+}
+
+/// `projection` set up as `config` says: what it replicates (a hub every insurer, a clinic
+/// its subscriptions), the members it prefetches, and a planted bug if any. The fold never
+/// depends on these, so a projection loaded from a snapshot is configured the same way.
+fn configured(mut projection: Projection, config: &NodeConfig) -> Projection {
+    projection.set_replication(match config.role {
+        Role::Hub => Replication::All,
+        Role::Clinic => Replication::Insurers(config.insurers.clone()),
+    });
+    projection.set_prefetched(config.prefetch.iter().cloned());
+    #[cfg(feature = "planted-bugs")]
+    if config.planted == Some(PlantedBug::CheckIgnoresVoids) {
+        projection.plant_ignore_voids();
+    }
+    projection
 }
 
 /// A namespace for logs: the insurer number, or "clinic" and the first 8 hex digits of its id.

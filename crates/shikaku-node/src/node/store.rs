@@ -6,8 +6,13 @@
 use super::*;
 
 impl<D: Directory> Node<D> {
-    /// Indexes and folds every event from `from` to the head.
-    pub(super) fn fold_from(&mut self, mut from: u64) -> Result<(), NodeError> {
+    /// Indexes and folds every event from `from` to the head. A record the index checkpoint
+    /// covered that fails its checks is marked damaged and returned; the fold goes on.
+    pub(super) fn fold_from(
+        &mut self,
+        mut from: u64,
+    ) -> Result<Vec<shikaku_log::Damage>, NodeError> {
+        let mut damaged = Vec::new();
         loop {
             let batch = match self.log.read_from(from, 8192) {
                 Ok(batch) => batch,
@@ -18,12 +23,7 @@ impl<D: Directory> Node<D> {
                     if found.is_empty() {
                         return Err(e.into());
                     }
-                    for damage in found {
-                        self.log(
-                            Level::Warn,
-                            format!("ledger damage, to be re-fetched from the hub: {damage}"),
-                        );
-                    }
+                    damaged.extend(found);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -34,7 +34,7 @@ impl<D: Directory> Node<D> {
                 self.index(*position, event);
             }
         }
-        Ok(())
+        Ok(damaged)
     }
 
     /// Verifies up to `max` more of the records the index checkpoint let [`Node::open`] skip
@@ -49,7 +49,9 @@ impl<D: Directory> Node<D> {
         let (next, found) = self.log.scrub(self.scrub_next, max)?;
         self.scrub_next = if next >= self.log.head() { 0 } else { next };
         if !found.is_empty() {
-            for damage in &found {
+            // Rebuilding reads every record again: more of them may turn out rotten.
+            let more = self.rebuild()?;
+            for damage in found.iter().chain(&more) {
                 self.log(
                     Level::Warn,
                     format!(
@@ -57,7 +59,6 @@ impl<D: Directory> Node<D> {
                     ),
                 );
             }
-            self.rebuild()?;
             let conns: Vec<ConnId> = self.conns.keys().copied().collect();
             for conn in conns {
                 self.close(
@@ -70,15 +71,10 @@ impl<D: Directory> Node<D> {
         Ok(self.scrub_next != 0)
     }
 
-    /// Derives every index and the projection again from the readable events.
-    pub(super) fn rebuild(&mut self) -> Result<(), NodeError> {
-        let mut projection = Projection::new(self.projection.replication().clone());
-        projection.set_prefetched(self.config.prefetch.iter().cloned());
-        #[cfg(feature = "planted-bugs")]
-        if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
-            projection.plant_ignore_voids();
-        }
-        self.projection = projection;
+    /// Derives every index and the projection again from the readable events; returns the
+    /// records that turned out rotten on the way (already marked damaged).
+    pub(super) fn rebuild(&mut self) -> Result<Vec<shikaku_log::Damage>, NodeError> {
+        self.projection = configured(Projection::default(), &self.config);
         self.ns.clear();
         self.own.clear();
         self.clinic_seq.clear();
@@ -108,13 +104,8 @@ impl<D: Directory> Node<D> {
                 snapshot.position
             ));
         }
-        let mut projection = snapshot.projection().map_err(|e| e.to_string())?;
-        projection.set_replication(self.projection.replication().clone());
-        projection.set_prefetched(self.config.prefetch.iter().cloned());
-        #[cfg(feature = "planted-bugs")]
-        if self.config.planted == Some(PlantedBug::CheckIgnoresVoids) {
-            projection.plant_ignore_voids();
-        }
+        let projection =
+            configured(snapshot.projection().map_err(|e| e.to_string())?, &self.config);
         let mut ns: BTreeMap<Namespace, NsIndex> = BTreeMap::new();
         let mut indexes: Vec<Option<NsIndex>> = vec![None; snapshot.namespaces.len()];
         for (offset, which) in snapshot.namespace_of.iter().enumerate() {
