@@ -375,10 +375,8 @@ pub fn hub_import(
     bar.update(total.unwrap_or(0), summary.handled(), true);
     // The node snapshot (and index checkpoint) `hub serve` starts from. Derived: failing to
     // write it (a full disk) loses nothing stored, the next start folds the ledger instead.
-    if node.has_unsnapshotted_events() {
-        if let Err(e) = node.write_snapshot(crate::clock::now_ms()) {
-            writeln!(&bar, "warning: every event is stored, but the node snapshot could not be written ({e}); the next start folds the ledger instead")?;
-        }
+    if let Err(e) = node.write_snapshot_if_changed(crate::clock::now_ms()) {
+        writeln!(&bar, "warning: every event is stored, but the node snapshot could not be written ({e}); the next start folds the ledger instead")?;
     }
     Ok(summary)
 }

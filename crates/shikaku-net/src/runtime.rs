@@ -60,6 +60,17 @@ type Deliver = Box<dyn FnOnce() + Send>;
 type Job = Box<dyn FnOnce(&mut FileNode, u64) -> Deliver + Send>;
 type CheckReply = tokio::sync::oneshot::Sender<Result<(Answer, u64), Arc<NodeError>>>;
 
+/// `f` as a node command whose result goes to `deliver` (after the batch's outputs).
+fn job<R: Send + 'static>(
+    f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
+    deliver: impl FnOnce(R) + Send + 'static,
+) -> Job {
+    Box::new(move |node, now| {
+        let result = f(node, now);
+        Box::new(move || deliver(result))
+    })
+}
+
 enum Command {
     Run(Job),
     Check { query: CheckQuery, date: Date, reply: CheckReply },
@@ -178,11 +189,8 @@ impl Runtime {
         f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
     ) -> R {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |node, now| {
-            let result = f(node, now);
-            Box::new(move || {
-                let _ = tx.send(result);
-            })
+        let job = job(f, move |result| {
+            let _ = tx.send(result);
         });
         if self.commands.send(Command::Run(job)).await.is_err() {
             panic!("the node thread has ended");
@@ -200,11 +208,8 @@ impl Runtime {
         f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
     ) -> R {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let job: Job = Box::new(move |node, now| {
-            let result = f(node, now);
-            Box::new(move || {
-                let _ = tx.send(result);
-            })
+        let job = job(f, move |result| {
+            let _ = tx.send(result);
         });
         if self.commands.blocking_send(Command::Run(job)).is_err() {
             panic!("the node thread has ended");
@@ -493,8 +498,11 @@ async fn write_loop(
     conn: quinn::Connection,
 ) {
     loop {
-        let frame = rt.call(move |n, now| n.poll_transmit(now, id)).await;
-        match frame {
+        // Read before the poll: a close decided in the same batch of node commands as the
+        // poll is seen on the next turn (it also wakes `notify`), once its Error frame, queued
+        // with it, has been polled and sent.
+        let closing = rt.closing(id);
+        match rt.call(move |n, now| n.poll_transmit(now, id)).await {
             Some(frame) => {
                 readable.notify_one();
                 if send.write_all(&frame).await.is_err() {
@@ -502,24 +510,15 @@ async fn write_loop(
                 }
                 rt.stats.frame_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
             }
-            None => {
-                if let Some((code, reason)) = rt.closing(id) {
-                    // The close may have been decided after this poll, in the same batch of
-                    // node commands: poll once more so its Error frame is not left behind.
-                    if let Some(frame) = rt.call(move |n, now| n.poll_transmit(now, id)).await {
-                        if send.write_all(&frame).await.is_err() {
-                            return;
-                        }
-                        rt.stats.frame_bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                        continue;
-                    }
+            None => match closing {
+                Some((code, reason)) => {
                     let _ = send.finish();
                     let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
                     conn.close(code.code().into(), reason.as_bytes());
                     return;
                 }
-                notify.notified().await;
-            }
+                None => notify.notified().await,
+            },
         }
     }
 }
@@ -559,10 +558,8 @@ async fn shutdown(
         .call(|n, now| {
             n.handle_tick(now);
             // The next start reads this instead of folding the ledger.
-            if n.has_unsnapshotted_events() {
-                if let Err(e) = n.write_snapshot(now) {
-                    tracing::warn!("could not write the node snapshot on shutdown: {e}");
-                }
+            if let Err(e) = n.write_snapshot_if_changed(now) {
+                tracing::warn!("could not write the node snapshot on shutdown: {e}");
             }
         })
         .await;

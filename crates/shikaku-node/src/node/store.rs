@@ -196,10 +196,14 @@ impl<D: Directory> Node<D> {
         Ok(())
     }
 
-    /// Whether events arrived since the node snapshot was last written or loaded, and the
-    /// ledger is whole (a damaged ledger is never snapshotted).
-    pub fn has_unsnapshotted_events(&self) -> bool {
-        self.log.len() != self.snapshot_taken.0 && self.log.recovery().damaged.is_empty()
+    /// Writes the node snapshot if events arrived since it was last written or loaded and the
+    /// ledger is whole (a damaged ledger is never snapshotted); returns whether it did.
+    pub fn write_snapshot_if_changed(&mut self, now_ms: u64) -> Result<bool, NodeError> {
+        if self.log.len() == self.snapshot_taken.0 || !self.log.recovery().damaged.is_empty() {
+            return Ok(false);
+        }
+        self.write_snapshot(now_ms)?;
+        Ok(true)
     }
 
     /// Writes the node snapshot when it is due: [`SNAPSHOT_EVERY_EVENTS`] events (and a tenth
