@@ -216,10 +216,8 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
             .map_err(ApiError::internal)?;
             let part = part.map_err(ApiError::internal)?;
             // Numbered within the piece: renumbered within the body.
-            let listed: Vec<RefusedLine> = part_refused
-                .into_iter()
-                .map(|r| RefusedLine { line: r.line + first_line - 1, reason: r.reason })
-                .collect();
+            let listed: Vec<RefusedLine> =
+                part_refused.into_iter().map(|r| r.in_input_from(first_line)).collect();
             // Refused lines count at the hub too, not only in this reply.
             let count = listed.len() as u64;
             if count > 0 {

@@ -48,6 +48,14 @@ pub struct RefusedLine {
     pub reason: String,
 }
 
+impl RefusedLine {
+    /// The same refusal numbered within a larger input whose piece started at `first_line`
+    /// (a request within a file, a piece within a request body).
+    pub fn in_input_from(self, first_line: u64) -> RefusedLine {
+        RefusedLine { line: self.line + first_line - 1, ..self }
+    }
+}
+
 impl std::fmt::Display for RefusedLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "line {}: {}", self.line, self.reason)

@@ -430,8 +430,7 @@ pub fn hub_import_remote(
         summary.rejected += reply.rejected;
         for refused in reply.refused {
             // Numbered within the request: renumbered within the file.
-            let refused = crate::RefusedLine { line: refused.line + first_line - 1, ..refused };
-            writeln!(&bar, "{refused}")?;
+            writeln!(&bar, "{}", refused.in_input_from(first_line))?;
         }
         first_line += count;
         bar.update(bytes, summary.handled(), false);
