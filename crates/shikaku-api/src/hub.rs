@@ -200,9 +200,12 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                         refused.push(r);
                         Ok(())
                     },
-                    &|e| {
-                        let e = e.clone();
-                        rt2.call_blocking(move |n, _| n.import_refusal(&e))
+                    // One node command per batch, not per event.
+                    &mut |events| {
+                        let events = events.to_vec();
+                        rt2.call_blocking(move |n, _| {
+                            events.iter().map(|e| n.import_refusal(e)).collect()
+                        })
                     },
                     &mut |good| {
                         let good = good.to_vec();

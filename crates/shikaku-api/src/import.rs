@@ -66,13 +66,14 @@ impl std::fmt::Display for RefusedLine {
 const IMPORT_CHUNK_LINES: usize = 4_096;
 
 /// The import loop shared by `ledger import` and `hub import`: reads JSON Lines, verifies ids
-/// and signatures in parallel batches, refuses what `screen` names a reason for, and hands the
+/// and signatures in parallel batches, refuses what `screen` names a reason for (asked once
+/// per batch, a reason or none for each verified event, in order), and hands the
 /// good events to `sink` (which returns how many were new). Refused lines go to `refused`, in
 /// line order; `progress` sees the running summary and the bytes read after every batch.
 pub fn import_stream(
     reader: impl BufRead,
     refused: &mut dyn FnMut(RefusedLine) -> Result<()>,
-    screen: &dyn Fn(&SignedEvent) -> Option<String>,
+    screen: &mut dyn FnMut(&[SignedEvent]) -> Vec<Option<String>>,
     sink: &mut dyn FnMut(&[SignedEvent]) -> Result<u64>,
     progress: &mut dyn FnMut(&ImportSummary, u64),
 ) -> Result<ImportSummary> {
@@ -88,14 +89,25 @@ pub fn import_stream(
      -> Result<()> {
         let numbers: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
         let events = pending.drain(..).map(|(_, e)| e).collect();
-        let mut good: Vec<SignedEvent> = Vec::new();
+        let mut verified: Vec<(u64, SignedEvent)> = Vec::new();
         for (number, result) in numbers.into_iter().zip(verify_all(events)) {
-            match result.map_err(|e| e.to_string()).and_then(|event| match screen(&event) {
-                Some(why) => Err(why),
-                None => Ok(event),
-            }) {
-                Ok(event) => good.push(event),
-                Err(e) => errors.push((number, e)),
+            match result {
+                Ok(event) => verified.push((number, event)),
+                Err(e) => errors.push((number, e.to_string())),
+            }
+        }
+        let (numbers, verified): (Vec<u64>, Vec<SignedEvent>) = verified.into_iter().unzip();
+        let reasons = screen(&verified);
+        let mut good: Vec<SignedEvent> = Vec::with_capacity(verified.len());
+        // A shorter answer than the batch leaves the rest unrefused, never dropped.
+        for ((number, event), reason) in numbers
+            .into_iter()
+            .zip(verified)
+            .zip(reasons.into_iter().map(Some).chain(std::iter::repeat(None)))
+        {
+            match reason.flatten() {
+                Some(why) => errors.push((number, why)),
+                None => good.push(event),
             }
         }
         // Report this chunk's refusals in line order, whichever check caught them.

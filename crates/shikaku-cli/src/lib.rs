@@ -801,7 +801,7 @@ pub fn import_from(
     let summary = import_stream(
         reader,
         &mut |refused| Ok(writeln!(err, "{refused}")?),
-        &|_| None,
+        &mut |events| vec![None; events.len()],
         &mut |good| Ok(store.append(good)?.new as u64),
         &mut |summary, _| ack(summary.imported + summary.duplicates),
     );

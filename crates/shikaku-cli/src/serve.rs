@@ -359,7 +359,7 @@ pub fn hub_import(
     let summary = crate::import_stream(
         std::io::BufReader::new(reader),
         &mut |refused| Ok(writeln!(&bar, "{refused}")?),
-        &|e| cell.borrow().import_refusal(e),
+        &mut |events| events.iter().map(|e| cell.borrow().import_refusal(e)).collect(),
         &mut |good| import_into(&mut cell.borrow_mut(), crate::clock::now_ms(), good),
         &mut |s, bytes| bar.update(bytes, s.handled(), false),
     );
