@@ -213,14 +213,12 @@ impl<D: Directory> Node<D> {
         let (held, at) = self.snapshot_taken;
         let since = self.log.len().saturating_sub(held);
         let by_count = since >= SNAPSHOT_EVERY_EVENTS.max(self.log.len() / 10);
-        let by_time = since > 0
-            && match at {
-                Some(at) => now_ms.saturating_sub(at) >= SNAPSHOT_EVERY_MS,
-                None => {
-                    self.snapshot_taken.1 = Some(now_ms);
-                    false
-                }
-            };
+        // The timer starts at the first tick that sees new events.
+        if since > 0 && at.is_none() {
+            self.snapshot_taken.1 = Some(now_ms);
+        }
+        let by_time =
+            since > 0 && at.is_some_and(|at| now_ms.saturating_sub(at) >= SNAPSHOT_EVERY_MS);
         if !(by_count || by_time) || !self.log.recovery().damaged.is_empty() {
             return false;
         }
