@@ -43,7 +43,8 @@ impl Running {
             HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
         let clinic = d.runtime(Role::Clinic, "front-desk", &d.insurers[..1]);
         let hub_addr = hub_service.local_addr().unwrap();
-        let clinic_service = ClinicService::start(clinic.clone(), &clinic_tls, hub_addr).unwrap();
+        let clinic_service =
+            ClinicService::start(clinic.clone(), &clinic_tls, &[hub_addr]).unwrap();
         wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -101,7 +101,7 @@ async fn clinic_syncs_keeps_answering_offline_and_converges_after_the_hub_return
     let addr = service.local_addr().unwrap();
 
     let clinic = d.runtime(Role::Clinic, "clinic-a", &[insurer]);
-    let clinic_service = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    let clinic_service = ClinicService::start(clinic.clone(), &clinic_tls, &[addr]).unwrap();
     let ns = Namespace::Insurer(insurer);
     // Initial sync.
     wait_for("initial sync", || clinic.with_node(|n, _| n.in_sync())).await;
@@ -191,7 +191,7 @@ async fn restored_clinic_is_repaired_without_reset() {
     let date = Date::from_ymd(2026, 1, 5).unwrap();
 
     let clinic = d.runtime(Role::Clinic, "clinic-b", &[insurer]);
-    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, &[addr]).unwrap();
     wait_for("sync", || clinic.with_node(|n, _| n.in_sync())).await;
     clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
     wait_for("check record at hub", || state(&hub, own).0 == 1).await;
@@ -202,7 +202,7 @@ async fn restored_clinic_is_repaired_without_reset() {
     copy_dir(&data, &backup);
     // More checks after the backup, synced to the hub.
     let clinic = reopen(&d, clinic, "clinic-b", insurer);
-    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, &[addr]).unwrap();
     for _ in 0..3 {
         clinic.with_node(|n, now| n.check(now, &CheckQuery::Member(member.clone()), date).unwrap());
     }
@@ -215,7 +215,7 @@ async fn restored_clinic_is_repaired_without_reset() {
     copy_dir(&backup, &data);
     let clinic = d.runtime(Role::Clinic, "clinic-b", &[insurer]);
     assert_eq!(state(&clinic, own).0, 1, "the backup holds one check record");
-    let cs = ClinicService::start(clinic.clone(), &clinic_tls, addr).unwrap();
+    let cs = ClinicService::start(clinic.clone(), &clinic_tls, &[addr]).unwrap();
     wait_for("repair", || {
         clinic.with_node(|n, _| n.in_sync()) && state(&clinic, own) == state(&hub, own)
     })
@@ -291,7 +291,7 @@ async fn refusals_and_bad_frames_close_only_their_session() {
     let service = HubService::start(hub.clone(), &hub_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = service.local_addr().unwrap();
     let good = d.runtime(Role::Clinic, "good", &[insurer]);
-    let good_service = ClinicService::start(good.clone(), &good_tls, addr).unwrap();
+    let good_service = ClinicService::start(good.clone(), &good_tls, &[addr]).unwrap();
     wait_for("good clinic in sync", || good.with_node(|n, _| n.in_sync())).await;
 
     // A clinic that asks for another clinic's namespace and writes an insurer's events.

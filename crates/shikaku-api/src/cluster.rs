@@ -127,7 +127,7 @@ pub fn start_clinic(
     config.insurer_keys = keys;
     let (node, lock) = shikaku_node::data_dir::open_node(&dir, config)?;
     let runtime = Runtime::new(node, clock.clone(), level);
-    let service = ClinicService::start(runtime.clone(), &tls_files, hub)?;
+    let service = ClinicService::start(runtime.clone(), &tls_files, &[hub])?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(crate::clinic::serve_api(listener, runtime.clone()));

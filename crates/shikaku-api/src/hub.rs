@@ -207,9 +207,26 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                             events.iter().map(|e| n.import_refusal(e)).collect()
                         })
                     },
-                    &mut |good| {
-                        let good = good.to_vec();
-                        rt2.call_blocking(move |n, now| import_into(n, now, &good))
+                    &mut |good| match rt2.stream_publisher() {
+                        // A front-end: into the shared stream; every front-end (this one
+                        // too) stores the events when the stream delivers them.
+                        Some(publisher) => {
+                            let published = tokio::runtime::Handle::current()
+                                .block_on(publisher.publish(good))
+                                .map_err(|f| {
+                                    anyhow::anyhow!(
+                                        "the shared stream stored {} of {} events of this batch: {}",
+                                        f.durable,
+                                        good.len(),
+                                        f.error
+                                    )
+                                })?;
+                            Ok(published.new)
+                        }
+                        None => {
+                            let good = good.to_vec();
+                            rt2.call_blocking(move |n, now| import_into(n, now, &good))
+                        }
                     },
                     &mut |_, _| {},
                 );

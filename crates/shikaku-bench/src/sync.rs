@@ -66,7 +66,7 @@ async fn sync_once(
     let before = rt.stats.snapshot();
     rt.resume();
     let watch = Stopwatch::start();
-    let service = ClinicService::start(rt.clone(), tls_files, hub)?;
+    let service = ClinicService::start(rt.clone(), tls_files, &[hub])?;
     let round_trips = loop {
         let (in_sync, rts) = rt.with_node(|n, _| (n.in_sync(), n.session_round_trips()));
         if in_sync {
@@ -331,7 +331,7 @@ async fn connections(net: &Net, clinics: usize, out: &mut dyn Write) -> Result<(
             Clock::wall(),
             Level::Warn,
         );
-        let service = ClinicService::start(rt.clone(), &tls_files, addr)?;
+        let service = ClinicService::start(rt.clone(), &tls_files, &[addr])?;
         nodes.push((rt, service));
     }
     loop {

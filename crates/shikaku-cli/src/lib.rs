@@ -145,7 +145,15 @@ pub enum HubCommand {
         insecure_lan: bool,
         #[command(flatten)]
         api_limits: ApiLimitArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// With --store nats://…: refuse a stream with fewer replicas than this.
+        #[arg(long, default_value_t = shikaku_net::jetstream::REPLICAS_MIN)]
+        replicas_min: usize,
     },
+    /// The scaled-out hub's shared log (a NATS JetStream stream, docs/DEPLOY.md).
+    #[command(subcommand)]
+    Stream(StreamCommand),
     /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
     /// reported as `line N: reason` and nothing else is lost. Into --data-dir while the hub is
@@ -163,9 +171,66 @@ pub enum HubCommand {
         insurer_keys: Option<PathBuf>,
         /// A running hub's insurer API (`http://HOST:PORT`, from `hub serve --api`); the hub
         /// must have been started with --insurer-keys.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         hub: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
+}
+
+/// `shikaku hub stream …`.
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Create the deployment's stream (SHIKAKU, subjects shikaku.ev.>, file storage, every
+    /// event kept, 10-minute deduplication window) — or check that the one there is configured
+    /// so. Refuses a NATS server older than 2.12.0, naming its version. Every server must run
+    /// with `sync_interval: always` (docs/DEPLOY.md): the client cannot see that setting.
+    Init {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Replicas: 3, or 5 for a national deployment (1 only for a single test server).
+        #[arg(long, default_value_t = shikaku_net::jetstream::REPLICAS_MIN)]
+        replicas: usize,
+    },
+}
+
+/// Where a hub's log lives.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// `embedded` (the ledger in --data-dir, the default), or the deployment's NATS JetStream
+    /// cluster `nats://HOST:PORT[,…]` (`tls://…` for TLS): the hub is then one of several
+    /// front-ends over the shared stream, its ledger a copy rebuilt from the stream.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// NATS credentials file (`.creds`: JWT and nkey seed).
+    #[arg(long, conflicts_with = "nats_user")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password or SHIKAKU_NATS_PASSWORD).
+    #[arg(long, requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "SHIKAKU_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) of the NATS servers' TLS certificates; implies TLS.
+    #[arg(long)]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The NATS connection, or `None` for the embedded log.
+    pub fn nats(&self) -> Result<Option<shikaku_net::jetstream::NatsOptions>> {
+        if self.store == "embedded" {
+            if self.nats_creds.is_some() || self.nats_user.is_some() || self.nats_ca.is_some() {
+                bail!("--nats-creds, --nats-user and --nats-ca need --store nats://HOST:PORT");
+            }
+            return Ok(None);
+        }
+        let mut nats = shikaku_net::jetstream::NatsOptions::from_store(&self.store)?;
+        nats.creds = self.nats_creds.clone();
+        nats.user = self.nats_user.clone().zip(self.nats_password.clone());
+        nats.ca = self.nats_ca.clone();
+        Ok(Some(nats))
+    }
 }
 
 /// `shikaku insurer …`.
@@ -252,9 +317,10 @@ pub enum ClinicCommand {
     /// Sync with the hub in the background (reconnecting with backoff) and answer checks from
     /// the local ledger on the check API until Ctrl-C or SIGTERM.
     Serve {
-        /// The hub's address.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        hub: std::net::SocketAddr,
+        /// The hub's address — or several, comma-separated: front-ends of one deployment,
+        /// tried in turn (failing over with jittered backoff).
+        #[arg(long, default_value = "127.0.0.1:7400", value_delimiter = ',')]
+        hub: Vec<std::net::SocketAddr>,
         /// An insurer number to replicate (repeatable; at least one).
         #[arg(long = "insurer")]
         insurers: Vec<String>,
@@ -547,10 +613,16 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             api,
             insecure_lan,
             api_limits,
+            store,
+            replicas_min,
         }) => {
             if let Some(api) = api {
                 serve::check_api_address("insurer API", api, insecure_lan, err)?;
             }
+            let store = match store.nats()? {
+                Some(nats) => serve::HubStore::Stream(nats, replicas_min),
+                None => serve::HubStore::Embedded,
+            };
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let insurers = parse_insurers(&insurers)?;
             let options = api_limits.options();
@@ -561,11 +633,18 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 keys.unwrap_or_default(),
                 api,
                 &options,
+                store,
                 out,
             )
             .map(|()| 0)
         }
-        Command::Hub(HubCommand::Import { file, insurer_keys, hub }) => {
+        Command::Hub(HubCommand::Stream(StreamCommand::Init { store, replicas })) => {
+            let Some(nats) = store.nats()? else {
+                bail!("hub stream init needs the NATS cluster: --store nats://HOST:PORT[,…]");
+            };
+            serve::hub_stream_init(&nats, replicas, out).map(|()| 0)
+        }
+        Command::Hub(HubCommand::Import { file, insurer_keys, hub, store }) => {
             use std::io::IsTerminal as _;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             if keys.is_none() && hub.is_none() {
@@ -575,9 +654,13 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 )?;
             }
             let terminal = std::io::stderr().is_terminal();
-            let summary = match hub {
-                Some(url) => serve::hub_import_remote(&url, &file, err, terminal)?,
-                None => serve::hub_import(
+            let nats = store.nats()?;
+            let summary = match (hub, nats) {
+                (Some(url), _) => serve::hub_import_remote(&url, &file, err, terminal)?,
+                (None, Some(nats)) => {
+                    serve::hub_import_stream(&nats, &file, keys.unwrap_or_default(), err, terminal)?
+                }
+                (None, None) => serve::hub_import(
                     &cli.data_dir,
                     &file,
                     keys.unwrap_or_default(),
@@ -634,7 +717,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             let keys = keys.unwrap_or_default();
             let options = api_limits.options();
             let replicated = serve::Replicated { insurers, prefetch, insurer_keys: keys };
-            serve::clinic_serve(&cli.data_dir, hub, replicated, api, &options, out).map(|()| 0)
+            serve::clinic_serve(&cli.data_dir, &hub, replicated, api, &options, out).map(|()| 0)
         }
         #[cfg(feature = "bench")]
         Command::Bench(command) => shikaku_bench::run(&command, out).map(|()| 0),

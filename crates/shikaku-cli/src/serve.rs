@@ -12,6 +12,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use shikaku_core::InsurerNumber;
+use shikaku_net::jetstream::{self, NatsOptions};
 use shikaku_net::runtime::log_level_from_env;
 use shikaku_net::{tls, ClinicService, Clock, HubService, Runtime};
 use shikaku_node::{NodeConfig, Role};
@@ -99,7 +100,18 @@ pub async fn shutdown_signal() -> Result<&'static str> {
     }
 }
 
+/// What `hub serve` serves from: its own ledger, or a shared stream it follows.
+#[derive(Debug, Clone)]
+pub enum HubStore {
+    /// The embedded log in the data directory (the default).
+    Embedded,
+    /// A front-end over the deployment's JetStream stream (its ledger in the data directory
+    /// is a rebuildable copy), refusing a stream with fewer replicas than given.
+    Stream(NatsOptions, usize),
+}
+
 /// `shikaku hub serve`: serves the insurers given plus every insurer in the ledger.
+#[allow(clippy::too_many_arguments)]
 pub fn hub_serve(
     data_dir: &Path,
     listen: SocketAddr,
@@ -107,19 +119,49 @@ pub fn hub_serve(
     insurer_keys: InsurerKeys,
     api: Option<SocketAddr>,
     options: &ApiOptions,
+    store: HubStore,
     out: &mut dyn Write,
 ) -> Result<()> {
     let tls_files = load_tls(data_dir, Role::Hub)?;
     let mut config = NodeConfig::new(Role::Hub, &tls_files.identity.name);
     config.insurers = insurers.iter().copied().collect();
     config.insurer_keys = insurer_keys;
+    config.follows_stream = matches!(store, HubStore::Stream(..));
+    let rt = runtime()?;
+    // The stream first: a wrong configuration or an unreachable cluster is refused before the
+    // ledger is opened or a port bound.
+    let stream = match &store {
+        HubStore::Embedded => None,
+        HubStore::Stream(nats, replicas_min) => {
+            let mut nats = nats.clone();
+            nats.name = format!("shikaku hub {}", tls_files.identity.name);
+            Some(rt.block_on(async {
+                let client = jetstream::connect(&nats).await?;
+                let (stream, identity) = jetstream::open_stream(&client, *replicas_min).await?;
+                anyhow::Ok((client, stream, identity, nats.servers()))
+            })?)
+        }
+    };
     let (mut node, _lock) = open_node(data_dir, config)?;
     node.serve_held_insurers();
     let served = node.config().insurers.len();
     let events = node.ledger().len();
-    let rt = runtime()?;
     rt.block_on(async {
         let runtime = Runtime::new(node, Clock::wall(), log_level_from_env());
+        let front_end = match stream {
+            Some((client, stream, identity, servers)) => {
+                let name = identity.name.clone();
+                let front_end =
+                    jetstream::FrontEnd::start(runtime.clone(), &client, stream, identity).await?;
+                let applied = runtime.call(|n, _| n.stream_applied()).await;
+                writeln!(
+                    out,
+                    "following stream {name} at {servers} (applied up to sequence {applied})"
+                )?;
+                Some((front_end, client))
+            }
+            None => None,
+        };
         let service = HubService::start(runtime, &tls_files, listen)?;
         writeln!(
             out,
@@ -158,6 +200,12 @@ pub fn hub_serve(
         }
         let runtime = service.runtime.clone();
         service.shutdown().await;
+        if let Some((front_end, client)) = front_end {
+            front_end.stop();
+            runtime.call(|n, _| n.write_stream_cursor_if_changed()).await?;
+            // Publications still queued are flushed; nothing acknowledged depends on it.
+            let _ = client.drain().await;
+        }
         let names = runtime.call(|n, _| n.peer_names().clone()).await;
         save_clinic_names(data_dir, &names)?;
         Ok(())
@@ -179,7 +227,7 @@ pub struct Replicated {
 /// `shikaku clinic serve`: background sync with the hub and the local check API.
 pub fn clinic_serve(
     data_dir: &Path,
-    hub: SocketAddr,
+    hubs: &[SocketAddr],
     replicated: Replicated,
     api: SocketAddr,
     options: &ApiOptions,
@@ -198,14 +246,15 @@ pub fn clinic_serve(
     let rt = runtime()?;
     rt.block_on(async {
         let runtime = Runtime::new(node, Clock::wall(), log_level_from_env());
-        let service = ClinicService::start(runtime.clone(), &tls_files, hub)?;
+        let service = ClinicService::start(runtime.clone(), &tls_files, hubs)?;
         let listener = tokio::net::TcpListener::bind(api)
             .await
             .with_context(|| format!("binding the check API on {api}"))?;
         writeln!(
             out,
-            "clinic {} syncing with hub {hub}; check API on http://{}",
+            "clinic {} syncing with hub {}; check API on http://{}",
             tls_files.identity.name,
+            hubs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             listener.local_addr()?
         )?;
         out.flush()?;
@@ -437,4 +486,90 @@ pub fn hub_import_remote(
     }
     bar.update(total.unwrap_or(0), summary.handled(), true);
     Ok(summary)
+}
+
+/// `shikaku hub stream init`: creates the deployment's stream (or checks the one there).
+pub fn hub_stream_init(nats: &NatsOptions, replicas: usize, out: &mut dyn Write) -> Result<()> {
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let client = jetstream::connect(nats).await?;
+        jetstream::init_stream(&client, replicas).await
+    })?;
+    writeln!(
+        out,
+        "stream {} {} on nats-server {} at {}: {} replicas, {} events, subjects {}",
+        jetstream::STREAM_NAME,
+        if report.created { "created" } else { "exists and is configured correctly" },
+        report.server,
+        nats.servers(),
+        report.replicas,
+        report.messages,
+        jetstream::STREAM_SUBJECTS
+    )?;
+    Ok(())
+}
+
+/// `shikaku hub import --store nats://…`: verifies and screens the file as a local import
+/// does, then publishes the events into the deployment's stream (pipelined; every front-end
+/// stores them as the stream delivers them). The summary's "imported" counts events the
+/// stream stored now, "duplicates" those it already held. A failure says how many events are
+/// durable; running the same import again resumes without duplicates.
+pub fn hub_import_stream(
+    nats: &NatsOptions,
+    file: &str,
+    insurer_keys: InsurerKeys,
+    err: &mut dyn Write,
+    terminal: bool,
+) -> Result<crate::ImportSummary> {
+    let (reader, total) = crate::open_input(file)?;
+    let rt = runtime()?;
+    let publisher = rt.block_on(async {
+        let client = jetstream::connect(nats).await?;
+        jetstream::open_stream(&client, 1).await?;
+        anyhow::Ok(jetstream::Publisher::new(&client))
+    })?;
+    let bar = Progress::new(err, terminal, total);
+    let mut durable = 0u64;
+    let summary = crate::import_stream(
+        std::io::BufReader::new(reader),
+        &mut |refused| Ok(writeln!(&bar, "{refused}")?),
+        &mut |events| events.iter().map(|e| stream_import_refusal(&insurer_keys, e)).collect(),
+        &mut |good| match rt.block_on(publisher.publish(good)) {
+            Ok(published) => {
+                durable += good.len() as u64;
+                Ok(published.new)
+            }
+            Err(failure) => {
+                durable += failure.durable as u64;
+                Err(anyhow::anyhow!(
+                    "{durable} events of this import are durable in the stream; the rest is not: {} (run the same import again to resume: events the stream holds are not stored twice)",
+                    failure.error
+                ))
+            }
+        },
+        &mut |s, bytes| bar.update(bytes, s.handled(), false),
+    )?;
+    bar.update(total.unwrap_or(0), summary.handled(), true);
+    Ok(summary)
+}
+
+/// Why an event may not go into the stream by `hub import`: not an insurer event, or signed
+/// by a key not registered for its insurer (with a registry).
+fn stream_import_refusal(keys: &InsurerKeys, event: &shikaku_core::SignedEvent) -> Option<String> {
+    let e = event.event();
+    let shikaku_core::Namespace::Insurer(insurer) = e.namespace else {
+        return Some(format!(
+            "event {} is in {}: only insurer events are imported",
+            event.id(),
+            shikaku_node::node::ns_label(&e.namespace)
+        ));
+    };
+    let registered = keys.get(&insurer)?;
+    (!registered.contains(&e.author)).then(|| {
+        format!(
+            "event {} of insurer {insurer} is signed by key {}, not one registered for that insurer",
+            event.id(),
+            &shikaku_core::hex::encode(&e.author.0)[..16]
+        )
+    })
 }

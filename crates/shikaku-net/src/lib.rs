@@ -7,9 +7,12 @@
 //! - [`runtime`]: per-connection reader/writer tasks, pipelined signature verification,
 //!   reconnect with backoff, clean shutdown; [`runtime::HubService`], [`runtime::ClinicService`];
 //!   the node on its own thread, driven by commands.
+//! - [`jetstream`]: the scaled-out hub's shared log (NATS JetStream): stream set-up and
+//!   validation, publishing, the front-end's ordered follower.
 //! - [`clock`]: the one wall clock (honouring `SHIKAKU_NOW_MS`) and the stopwatch.
 
 pub mod clock;
+pub mod jetstream;
 pub mod runtime;
 pub mod tls;
 

@@ -60,6 +60,15 @@ type Deliver = Box<dyn FnOnce() + Send>;
 type Job = Box<dyn FnOnce(&mut FileNode, u64) -> Deliver + Send>;
 type CheckReply = tokio::sync::oneshot::Sender<Result<(Answer, u64), Arc<NodeError>>>;
 
+/// A front-end node's `Output::Publish`, for the task that talks to the shared stream.
+#[derive(Debug)]
+pub struct PublishJob {
+    /// The node's token for [`shikaku_node::Node::handle_published`].
+    pub token: u64,
+    /// The events.
+    pub events: Vec<shikaku_core::SignedEvent>,
+}
+
 /// `f` as a node command whose result goes to `deliver` (after the batch's outputs).
 fn job<R: Send + 'static>(
     f: impl FnOnce(&mut FileNode, u64) -> R + Send + 'static,
@@ -117,6 +126,8 @@ pub struct Runtime {
     stopping: AtomicBool,
     /// Lines logged, for tests (kept only when `keep_log` is set).
     kept_log: Mutex<Option<Vec<String>>>,
+    /// Front-end: the shared stream's publisher task.
+    publisher: Mutex<Option<(tokio::sync::mpsc::Sender<PublishJob>, crate::jetstream::Publisher)>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -169,6 +180,7 @@ impl Runtime {
             log_level,
             stopping: AtomicBool::new(false),
             kept_log: Mutex::new(None),
+            publisher: Mutex::new(None),
         });
         let (node, weak) = (runtime.node.clone(), Arc::downgrade(&runtime));
         match std::thread::Builder::new()
@@ -180,6 +192,21 @@ impl Runtime {
             Err(e) => tracing::error!("could not start the node thread: {e}"),
         }
         runtime
+    }
+
+    /// Front-end: where the node's publications go (the shared stream's publisher task),
+    /// and the publisher itself (for imports over the insurer API).
+    pub fn set_publisher(
+        &self,
+        jobs: tokio::sync::mpsc::Sender<PublishJob>,
+        publisher: crate::jetstream::Publisher,
+    ) {
+        *lock(&self.publisher) = Some((jobs, publisher));
+    }
+
+    /// Front-end: the shared stream's publisher (`None` for an embedded hub).
+    pub fn stream_publisher(&self) -> Option<crate::jetstream::Publisher> {
+        lock(&self.publisher).as_ref().map(|(_, p)| p.clone())
     }
 
     /// Runs `f` on the node thread and returns its result; what the node produced (log
@@ -271,6 +298,7 @@ impl Runtime {
             outputs.push(out);
         }
         let name = node.config().name.clone();
+        let mut unpublished = Vec::new();
         let mut conns = lock(&self.conns);
         for out in outputs {
             match out {
@@ -294,6 +322,14 @@ impl Runtime {
                         }
                     }
                 }
+                Output::Publish { token, events } => {
+                    let sent = lock(&self.publisher)
+                        .as_ref()
+                        .map(|(p, _)| p.try_send(PublishJob { token, events }).is_ok());
+                    if sent != Some(true) {
+                        unpublished.push(token);
+                    }
+                }
                 Output::Close { conn, code, reason } => {
                     if let Some(entry) = conns.get_mut(&conn) {
                         entry.closing = Some((code, reason));
@@ -307,6 +343,15 @@ impl Runtime {
             if let Some(entry) = conns.get(&conn) {
                 entry.notify.notify_one();
             }
+        }
+        drop(conns);
+        if !unpublished.is_empty() {
+            // No publisher, or its queue is full: the uploads fail (their sessions close, the
+            // clinics push again) instead of waiting unbounded.
+            for token in unpublished {
+                node.handle_published(token, Err("the publisher's queue is full".into()));
+            }
+            self.dispatch(node);
         }
     }
 
@@ -642,30 +687,39 @@ pub struct ClinicService {
 }
 
 impl ClinicService {
-    /// Starts syncing with the hub at `hub` (reconnecting with backoff from 100 ms to 5 s).
+    /// Starts syncing with the hub at one of `hubs` (front-ends of one deployment, or one
+    /// embedded hub): the first that answers, moving on to the next whenever a session ends
+    /// or an address cannot be reached, with a backoff from 100 ms to 5 s, jittered by up to
+    /// half so that clinics cut off together do not come back together.
     pub fn start(
         runtime: Arc<Runtime>,
         tls: &crate::tls::TlsFiles,
-        hub: SocketAddr,
+        hubs: &[SocketAddr],
     ) -> Result<ClinicService> {
+        let Some(first) = hubs.first().copied() else {
+            anyhow::bail!("no hub address given");
+        };
         let config = crate::tls::client_config(tls, transport())?;
-        let bind: SocketAddr =
-            if hub.is_ipv6() { "[::1]:0".parse()? } else { "127.0.0.1:0".parse()? };
-        let bind = if hub.ip().is_loopback() {
-            bind
-        } else if hub.is_ipv6() {
-            "[::]:0".parse()?
-        } else {
-            "0.0.0.0:0".parse()?
+        let bind: SocketAddr = match (first.is_ipv6(), hubs.iter().all(|h| h.ip().is_loopback())) {
+            (true, true) => "[::1]:0".parse()?,
+            (false, true) => "127.0.0.1:0".parse()?,
+            (true, false) => "[::]:0".parse()?,
+            (false, false) => "0.0.0.0:0".parse()?,
         };
         let mut endpoint = quinn::Endpoint::client(bind).context("binding the client endpoint")?;
         endpoint.set_default_client_config(config);
         let connector = {
             let endpoint = endpoint.clone();
             let rt = runtime.clone();
+            let hubs = hubs.to_vec();
+            // Jitter from the node id and the time: no shared random source needed.
+            let mut jitter = Jitter::new(&tls.identity.name, rt.clock.now_ms());
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(100);
+                let mut next = 0usize;
                 while !rt.is_stopping() {
+                    let hub = hubs[next % hubs.len()];
+                    next += 1;
                     match endpoint.connect(hub, "shikaku-hub") {
                         Ok(connecting) => match connecting.await {
                             Ok(conn) => {
@@ -679,6 +733,11 @@ impl ClinicService {
                                 // turn into a reconnect storm.
                                 if started.elapsed() >= Duration::from_secs(30) {
                                     backoff = Duration::from_millis(100);
+                                }
+                                // A session that ended (the hub going away) tries the next
+                                // address at once; the backoff applies from there.
+                                if hubs.len() > 1 && started.elapsed() >= Duration::from_secs(1) {
+                                    continue;
                                 }
                             }
                             Err(e) => {
@@ -694,8 +753,13 @@ impl ClinicService {
                     if rt.is_stopping() {
                         break;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Every address tried once in a row before backing off further.
+                    if next % hubs.len() == 0 {
+                        tokio::time::sleep(jitter.spread(backoff)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    } else {
+                        tokio::time::sleep(jitter.spread(Duration::from_millis(50))).await;
+                    }
                 }
             })
         };
@@ -706,6 +770,27 @@ impl ClinicService {
     /// Stops syncing, closes the connection and waits for the endpoint to go idle.
     pub async fn shutdown(self) {
         shutdown(&self.runtime, &self.endpoint, self.tasks, b"clinic shutting down").await;
+    }
+}
+
+/// Reconnect jitter: a small xorshift generator seeded from the node's name and start time.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(name: &str, now_ms: u64) -> Jitter {
+        let seed = blake3::hash(format!("{name}/{now_ms}").as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&seed.as_bytes()[..8]);
+        Jitter(u64::from_le_bytes(bytes) | 1)
+    }
+
+    /// `base` plus up to half of it.
+    fn spread(&mut self, base: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let half = (base.as_millis() as u64 / 2).max(1);
+        base + Duration::from_millis(self.0 % half)
     }
 }
 

@@ -21,7 +21,8 @@ pub mod node;
 pub mod snapshot;
 
 pub use node::{
-    prepare, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output, PeerIdentity,
+    prepare, prepare_stream, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output,
+    PeerIdentity, StreamIdentity, StreamMessage,
 };
 
 #[cfg(feature = "planted-bugs")]

@@ -41,6 +41,9 @@ impl Sim {
                         closes.push((who, u64::MAX, message));
                     }
                     Output::Log { .. } => {}
+                    // The simulated hub keeps its own ledger (it follows no shared stream),
+                    // so it never publishes.
+                    Output::Publish { .. } => {}
                 }
             }
         }

@@ -42,6 +42,9 @@ pub struct NodeConfig {
     /// The keys each insurer signs with. An insurer event signed by another key is refused
     /// (hub: on import; clinic: when received). Insurers without an entry are not checked.
     pub insurer_keys: BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
+    /// Hub: a front-end over a shared stream (JetStream): clinic uploads are published
+    /// ([`Output::Publish`]) and stored when the stream delivers them, not stored directly.
+    pub follows_stream: bool,
     /// Preallocated size of each ledger segment (the simulator uses small ones).
     pub segment_bytes: u64,
     /// A known bug to plant, so tests can show the simulator catches it (a build with the
@@ -81,6 +84,7 @@ impl NodeConfig {
             queue_frames_max: 256,
             prefetch: Vec::new(),
             insurer_keys: BTreeMap::new(),
+            follows_stream: false,
             segment_bytes: 64 * 1024 * 1024,
             #[cfg(feature = "planted-bugs")]
             planted: None,
@@ -111,6 +115,14 @@ pub enum Output {
         code: ErrorCode,
         /// Detail.
         reason: String,
+    },
+    /// Front-end: publish these events to the shared stream (each with its id as the
+    /// message id), then call [`Node::handle_published`] with `token`.
+    Publish {
+        /// Names this publication in the answer.
+        token: u64,
+        /// The events, in order.
+        events: Vec<SignedEvent>,
     },
     /// A log line. Never contains member data.
     Log {

@@ -47,17 +47,21 @@ impl<D: Directory> Node<D> {
         *self.counters.refusals.entry("import_line").or_default() += lines;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Answers a `Hello` that was held (a front-end waiting for the stream), closing the
+    /// session if it is refused.
+    pub(super) fn answer_hello(&mut self, conn: ConnId, hello: Hello) {
+        if let Err((code, reason)) = self.on_hello(conn, hello) {
+            self.close(conn, code, reason);
+        }
+        self.dirty.insert(conn);
+    }
+
     pub(super) fn on_hello(
         &mut self,
         conn: ConnId,
-        version: u16,
-        role: Role,
-        frame_max: u32,
-        cursor: u64,
-        subscriptions: Vec<Subscription>,
-        prefetch: Vec<String>,
+        hello: Hello,
     ) -> Result<(), (ErrorCode, String)> {
+        let Hello { version, role, frame_max, cursor, subscriptions, prefetch } = hello;
         let Some(c) = self.conns.get(&conn) else { return Ok(()) };
         let peer = c.peer.clone();
         if version != PROTOCOL_VERSION {
@@ -505,6 +509,12 @@ impl<D: Directory> Node<D> {
                 }
             }
         }
+        if self.config.follows_stream {
+            // Acknowledged once the shared stream has stored them and this front-end has
+            // applied them (`handle_stream_events`).
+            self.publish_upload(conn, peer.node, accepted, refused);
+            return Ok(());
+        }
         let stored = self
             .store(now_ms, &accepted)
             .map_err(|e| (ErrorCode::Internal, format!("storing events: {e}")))?;
@@ -525,6 +535,11 @@ impl<D: Directory> Node<D> {
     pub fn import(&mut self, now_ms: u64, events: &[SignedEvent]) -> Result<usize, NodeError> {
         if self.config.role != Role::Hub {
             return Err(NodeError::Role("only a hub imports insurer events".into()));
+        }
+        if self.config.follows_stream {
+            return Err(NodeError::Role(
+                "a hub front-end stores only what the shared stream delivers: import into the stream (shikaku hub import --store nats://…)".into(),
+            ));
         }
         for e in events {
             if let Some(why) = self.wrong_insurer_key(e) {

@@ -47,9 +47,14 @@ mod config;
 mod hub;
 mod prepare;
 mod store;
+mod stream;
 
 pub use config::*;
 pub use prepare::{prepare, Inbound};
+pub use stream::{
+    decode_stream_cursor, encode_stream_cursor, prepare_stream, StreamIdentity, StreamMessage,
+    LAGGING_HELLO_WAIT_MS, STREAM_CURSOR_FILE,
+};
 
 /// A hub's pump of a session's namespaces to one clinic, merged in log-position order so that
 /// any prefix is complete across namespaces up to one position (one cursor, one receipt).
@@ -269,6 +274,8 @@ pub struct Node<D: Directory> {
     open_note: String,
     /// Next position to scrub (0: nothing left).
     scrub_next: u64,
+    /// Hub front-end over a shared stream: what it applied, uploads waiting for the stream.
+    follower: stream::Follower,
 }
 
 impl<D: Directory> std::fmt::Debug for Node<D> {
@@ -314,6 +321,7 @@ impl<D: Directory> Node<D> {
             snapshot_taken: (0, None),
             open_note: String::new(),
             scrub_next: 0,
+            follower: stream::Follower::default(),
             config,
         };
         let (from, mut note) = match node.load_snapshot() {
@@ -585,16 +593,10 @@ impl<D: Directory> Node<D> {
         };
         match (&c.state, self.config.role) {
             (SessionState::Handshake, Role::Hub) => match m {
-                Message::Hello(Hello {
-                    version,
-                    role,
-                    frame_max,
-                    cursor,
-                    subscriptions,
-                    prefetch,
-                }) => {
-                    self.on_hello(conn, version, role, frame_max, cursor, subscriptions, prefetch)
-                }
+                Message::Hello(hello) => match self.hold_lagging_hello(now_ms, conn, hello) {
+                    Some(hello) => self.on_hello(conn, hello),
+                    None => Ok(()),
+                },
                 other => unexpected(&other, "before Hello"),
             },
             (SessionState::Handshake, Role::Clinic) => match m {
@@ -666,6 +668,10 @@ impl<D: Directory> Node<D> {
             self.log(Level::Warn, format!("scrub failed: {e}"));
         }
         self.snapshot_if_due(now_ms);
+        if let Err(e) = self.write_stream_cursor_if_changed() {
+            self.log(Level::Warn, format!("could not write {STREAM_CURSOR_FILE}: {e}"));
+        }
+        self.retry_lagging_hellos(now_ms);
         let mut retry = Vec::new();
         for (id, c) in &mut self.conns {
             if let SessionState::Clinic(s) = &mut c.state {
