@@ -562,7 +562,7 @@ fn the_reports_staleness_is_bounded_by_what_the_simulator_measured() {
 
 /// Starts `hub serve` or `clinic serve` as a real process; returns it with the first line it
 /// printed and a reader of the rest.
-fn serve(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+pub(crate) fn serve(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = spawn(args, Stdio::null());
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -584,7 +584,7 @@ fn serve(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     (child, first, rx)
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }

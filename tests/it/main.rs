@@ -12,7 +12,9 @@
 //! - `contract`: the protocol as a contract (receipts, cursors, origin sequences, encodings);
 //! - `hardening`: identity files, permissions, API addresses, restart state (issue 13);
 //! - `damage`: answers from damaged ledgers, evidence of loss, commands that withhold (issue 13);
-//! - `field_trial`: one test per defect the field trial found (real processes and signals).
+//! - `field_trial`: one test per defect the field trial found (real processes and signals);
+//! - `jetstream`: the scaled-out hub over real 3-server NATS clusters (DEPLOY.md's
+//!   configuration), front-ends, fail-over and `kill -9`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
 
@@ -26,6 +28,7 @@ mod crash;
 mod damage;
 mod field_trial;
 mod hardening;
+mod jetstream;
 mod laws;
 mod log;
 mod net;

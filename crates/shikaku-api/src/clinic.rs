@@ -204,6 +204,13 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                     "connections": n.connections(),
                     "unacked_records": n.unacked_own(),
                     "damage": n.damage_note(),
+                    "receipt": n.receipt().map(|(r, _)| serde_json::json!({
+                        "hub": shikaku_core::hex::encode(&r.hub.0),
+                        "position": r.position,
+                        "count": r.count,
+                        "fingerprint": shikaku_core::hex::encode(&r.fingerprint),
+                        "complete": r.complete,
+                    })),
                 })
             })
             .await;

@@ -108,6 +108,8 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                     "head": n.ledger().head(),
                     "connections": n.connections(),
                     "insurers": n.config().insurers.len(),
+                    "holdings": shikaku_core::hex::encode(&n.holdings_digest()),
+                    "stream_applied": n.follows_stream().then(|| n.stream_applied()),
                 })
             })
             .await,

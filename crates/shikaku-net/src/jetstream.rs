@@ -239,18 +239,17 @@ pub async fn init_stream(client: &async_nats::Client, replicas: usize) -> Result
     }
     let js = jetstream::new(client.clone());
     let server = client.server_info().version;
-    let (mut stream, created) = match js.get_stream(STREAM_NAME).await {
-        Ok(stream) => (stream, false),
-        Err(e)
-            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-        {
+    // Right after a cluster starts, lookups answer "unavailable" for a while: retried; a
+    // stream that is not there is created.
+    let existing = find_stream(&js).await?;
+    let (mut stream, created) = match existing {
+        Some(stream) => (stream, false),
+        None => {
             let stream = retry_unavailable(|| js.create_stream(stream_config(replicas)))
                 .await
                 .context("creating the stream")?;
             (stream, true)
         }
-        Err(e) => return Err(anyhow!("looking up stream {STREAM_NAME}: {e}")),
     };
     let info = stream.info().await.context("reading the stream's configuration")?.clone();
     let problems = config_problems(&info.config, replicas.min(REPLICAS_MIN));
@@ -263,6 +262,24 @@ pub async fn init_stream(client: &async_nats::Client, replicas: usize) -> Result
         messages: info.state.messages,
         server,
     })
+}
+
+/// The deployment's stream, or `None` if it is not there (lookups retried while the cluster
+/// is unavailable).
+async fn find_stream(js: &jetstream::Context) -> Result<Option<stream::Stream>> {
+    let is_not_found = |e: &jetstream::context::GetStreamError| {
+        matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+    };
+    retry_unavailable(|| async {
+        match js.get_stream(STREAM_NAME).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .with_context(|| format!("looking up stream {STREAM_NAME}"))
 }
 
 /// A stream create answers "temporarily unavailable" for a while after a cluster starts: retry.
@@ -293,11 +310,11 @@ pub async fn open_stream(
     replicas_min: usize,
 ) -> Result<(stream::Stream, StreamIdentity)> {
     let js = jetstream::new(client.clone());
-    let mut stream = retry_unavailable(|| js.get_stream(STREAM_NAME)).await.with_context(|| {
-        format!(
+    let Some(mut stream) = find_stream(&js).await? else {
+        bail!(
             "stream {STREAM_NAME} is not there: create it with `shikaku hub stream init --store …`"
-        )
-    })?;
+        );
+    };
     let info = stream.info().await.context("reading the stream's configuration")?.clone();
     let problems = config_problems(&info.config, replicas_min);
     if !problems.is_empty() {

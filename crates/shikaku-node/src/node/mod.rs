@@ -414,6 +414,22 @@ impl<D: Directory> Node<D> {
         self.ns.get(ns).map(NsIndex::accumulator).unwrap_or_default()
     }
 
+    /// A digest of what this node holds: every namespace with its count and fingerprint, in
+    /// namespace order (BLAKE3). Two hubs — front-ends of one stream — hold the same events
+    /// exactly when their digests are equal.
+    pub fn holdings_digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for (ns, ix) in &self.ns {
+            let mut bytes = Vec::new();
+            shikaku_protocol::wire::put_namespace(&mut bytes, ns);
+            let acc = ix.accumulator();
+            h.update(&bytes);
+            h.update(&acc.count().to_le_bytes());
+            h.update(&acc.fingerprint());
+        }
+        *h.finalize().as_bytes()
+    }
+
     /// A digest of everything [`Node::open`] derives from the ledger — every namespace's
     /// positions and items, the origin sequences, the own-record map, the clock and the
     /// projection digest — so tests can show that opening from the node snapshot and folding
