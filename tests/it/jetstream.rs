@@ -161,6 +161,21 @@ fn stream_events() -> u64 {
     out.split(" replicas, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
 }
 
+/// The index (0-based) of the server leading the stream.
+fn stream_leader() -> usize {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let leader = rt.block_on(async {
+        let mut nats = shikaku_net::jetstream::NatsOptions::from_store(STORE).unwrap();
+        nats.user = Some(("shikaku".into(), PASSWORD.into()));
+        let client = shikaku_net::jetstream::connect(&nats).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("SHIKAKU").await.unwrap();
+        let info = stream.info().await.unwrap();
+        info.cluster.as_ref().and_then(|c| c.leader.clone()).unwrap()
+    });
+    ["n1", "n2", "n3"].iter().position(|n| *n == leader).unwrap()
+}
+
 /// A deployment's CA and identities: hubs `hub-a`, `hub-b`, clinics given.
 struct Identities {
     dir: PathBuf,
@@ -465,24 +480,24 @@ fn a_front_end_killed_while_clinics_sync_fails_them_over_and_loses_nothing() {
     for (i, member) in members.iter().enumerate() {
         assert_eq!(clinics[i % 2].check(member), 200);
     }
-    // Both sessions are on A (the first address): kill -9 it mid-sync.
+    // Both sessions are on A (the first address): kill -9 it mid-sync, and record more
+    // checks at once — they can only be acknowledged through B.
     a.kill();
     let failover = Stopwatch::start();
-    for c in &clinics {
-        wait_until("the clinic is in sync through B", 30.0, || {
-            let h = c.health();
-            h["in_sync"] == true && h["unacked_records"] == 0
-        });
-    }
-    let took = failover.seconds();
-    // Stated bound: 10 s from the kill to both clinics in sync through the other front-end.
-    assert!(took < 10.0, "failover took {took} s");
     for (i, member) in members.iter().enumerate() {
         assert_eq!(clinics[i % 2].check(member), 200);
     }
+    wait_until("both clinics have sessions with B", 30.0, || {
+        b.health()["connections"].as_u64() == Some(2)
+    });
     for c in &clinics {
         c.synced(30.0);
     }
+    let took = failover.seconds();
+    // The stated bound: 15 s from the kill to every record acknowledged through the other
+    // front-end — QUIC's idle timeout (10 s, keep-alives every 2 s) notices the dead peer,
+    // then the next address is tried at once.
+    assert!(took < 15.0, "failover took {took} s");
     // Nothing acknowledged is lost: 20 check records in the stream, and A, restarted on its
     // data directory, catches up to B's holdings.
     let a = FrontEnd::start(&ids.data("hub-a"));
@@ -500,16 +515,19 @@ fn a_front_end_killed_while_clinics_sync_fails_them_over_and_loses_nothing() {
 fn a_nats_server_killed_during_a_200k_event_import_loses_nothing_reported_durable() {
     let ids = Identities::new("js-import", &[]);
     let mut cluster = Cluster::start(&ids.dir.join("nats"));
-    let (roster, _) = ids.roster(62_000);
+    let (roster, _) = ids.roster(63_000);
     let lines = std::fs::read_to_string(&roster).unwrap().lines().count() as u64;
     assert!(lines >= 200_000, "{lines} events");
     init_stream();
     let mut args = vec!["hub", "import", s(&roster)];
     args.extend(nats_args());
     let import = spawn(&args, Stdio::null());
-    // Kill a server once the import is under way.
+    // Kill the stream's leader once the import is under way (while it still runs).
     wait_until("the import is under way", 60.0, || stream_events() > 20_000);
-    cluster.kill(0);
+    let mut import = import;
+    let leader = stream_leader();
+    cluster.kill(leader);
+    assert!(import.try_wait().unwrap().is_none(), "the import was still running at the kill");
     let (code, out, err) = finish(import, Duration::from_secs(300));
     if code == Some(0) {
         assert!(out.contains(" new events from "), "{out}");
@@ -521,7 +539,7 @@ fn a_nats_server_killed_during_a_200k_event_import_loses_nothing_reported_durabl
         let (code, out, err) = run(&args);
         assert_eq!(code, 0, "{out}{err}");
     }
-    cluster.start_server(0);
+    cluster.start_server(leader);
     // Every event is in the stream exactly once.
     assert_eq!(stream_events(), lines, "{out}{err}");
 }

@@ -7,6 +7,7 @@
 //! The node stays sans-IO: it emits `Output::Publish` and takes the stream's deliveries and
 //! acknowledgements as inputs (`shikaku_node::node::stream`).
 
+use std::future::IntoFuture as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,10 +34,13 @@ pub const REPLICAS_MIN: usize = 3;
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Largest message the stream takes (an event's wire form is far smaller).
 pub const MESSAGE_BYTES_MAX: i32 = 64 * 1024;
-/// Publishes in flight at once (pipelining hides the per-acknowledgement fsync).
-pub const PUBLISH_WINDOW: usize = 512;
+/// Publishes in flight at once (pipelining hides the per-acknowledgement fsync; below the
+/// client's 5,000 acknowledgement permits).
+pub const PUBLISH_WINDOW: usize = 4096;
 /// How long a publish is retried (same message id) before it is reported failed.
 pub const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(60);
+/// How long a publish waits for its acknowledgement before it is sent again.
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
 /// Messages a front-end applies per node command at most.
 pub const APPLY_BATCH_MAX: usize = 4096;
 
@@ -387,13 +391,25 @@ impl Publisher {
                         Err(e) => last_error = e,
                     }
                 }
-                for (i, future) in futures {
-                    match future.await {
-                        Ok(ack) => {
+                // Awaited together: acknowledgements lost with a killed server cost one
+                // ACK_WAIT per round, not one each.
+                let answers = futures_util::future::join_all(futures.into_iter().map(
+                    |(i, future)| async move {
+                        (i, tokio::time::timeout(ACK_WAIT, future.into_future()).await)
+                    },
+                ))
+                .await;
+                for (i, answer) in answers {
+                    match answer {
+                        Ok(Ok(ack)) => {
                             acks[i] = Some(ack);
                             last_progress = tokio::time::Instant::now();
                         }
-                        Err(e) => last_error = format!("{e}"),
+                        Ok(Err(e)) => last_error = format!("{e}"),
+                        Err(_) => {
+                            last_error =
+                                format!("no acknowledgement within {} s", ACK_WAIT.as_secs())
+                        }
                     }
                 }
                 if acks.iter().all(Option::is_some) {
