@@ -641,3 +641,126 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+const STREAM_VECTORS: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/stream-v1.json");
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct StreamMessageVector {
+    name: String,
+    subject: String,
+    msg_id: String,
+    payload_hex: String,
+    note: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct CursorVector {
+    stream: String,
+    created_ns: u64,
+    applied: u64,
+    file_hex: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct StreamVectors {
+    messages: Vec<StreamMessageVector>,
+    cursor: CursorVector,
+}
+
+#[test]
+fn stream_vectors_decode() {
+    // protocol/STREAM.md: one message per event (subject, Nats-Msg-Id, payload) and the
+    // front-end's cursor file. Regenerate only with a format version change:
+    // SHIKAKU_BLESS_VECTORS=1 cargo test -p shikaku-tests stream_vectors.
+    use crate::story::{employer_a, member, person};
+    use crate::vectors::{hex, unhex};
+    use shikaku_core::{Event, EventBody, Hlc, Namespace, Relationship, Signer};
+    let insurer = Signer::from_secret([7u8; 32]);
+    let clinic = Signer::from_secret([9u8; 32]);
+    let registered = insurer
+        .sign(Event {
+            namespace: Namespace::Insurer(employer_a()),
+            origin: insurer.node_id(),
+            origin_seq: 1,
+            hlc: Hlc::new(1_743_465_600_000, 1),
+            author: insurer.public(),
+            body: EventBody::MemberRegistered {
+                member: member(employer_a(), "1001", 0),
+                person: person("山田 花子", "1990-05-01"),
+                relationship: Relationship::Insured,
+            },
+        })
+        .unwrap();
+    let consent = clinic
+        .sign(Event {
+            namespace: Namespace::Clinic(clinic.node_id()),
+            origin: clinic.node_id(),
+            origin_seq: 1,
+            hlc: Hlc::new(1_743_465_700_000, 0),
+            author: clinic.public(),
+            body: EventBody::ConsentGiven { member: member(employer_a(), "1001", 0) },
+        })
+        .unwrap();
+    let message = |name: &str, e: &shikaku_core::SignedEvent, note: &str| StreamMessageVector {
+        name: name.to_owned(),
+        subject: shikaku_net::jetstream::subject(&e.event().namespace),
+        msg_id: e.id().to_string(),
+        payload_hex: hex(&shikaku_protocol::wire::event_to_wire(
+            e.schema_version(),
+            e.canonical_bytes(),
+            &e.signature(),
+        )),
+        note: note.to_owned(),
+    };
+    let identity = shikaku_node::StreamIdentity {
+        name: "SHIKAKU".into(),
+        created_ns: 1_764_547_200_123_456_789,
+    };
+    let built = StreamVectors {
+        messages: vec![
+            message(
+                "insurer_event",
+                &registered,
+                "member_registered of events-v1.json's first vector (insurer key secret 0x07*32)",
+            ),
+            message(
+                "clinic_event",
+                &consent,
+                "a consent recorded by the clinic with node key secret 0x09*32",
+            ),
+        ],
+        cursor: CursorVector {
+            stream: identity.name.clone(),
+            created_ns: identity.created_ns,
+            applied: 202_947,
+            file_hex: hex(&shikaku_node::node::encode_stream_cursor(&identity, 202_947)),
+        },
+    };
+    if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
+        std::fs::write(STREAM_VECTORS, serde_json::to_string_pretty(&built).unwrap() + "\n")
+            .unwrap();
+    }
+    let stored: StreamVectors =
+        serde_json::from_str(&std::fs::read_to_string(STREAM_VECTORS).unwrap()).unwrap();
+    assert_eq!(stored, built);
+    // Decoded from the stored bytes alone: the payload is the event, its id the msg-id.
+    for m in &stored.messages {
+        let prepared =
+            shikaku_node::prepare_stream(vec![(1, unhex(&m.payload_hex))]).pop().unwrap();
+        let event = prepared.1.unwrap();
+        assert_eq!(event.id().to_string(), m.msg_id, "{}", m.name);
+        assert_eq!(shikaku_net::jetstream::subject(&event.event().namespace), m.subject);
+    }
+    assert!(stored.messages[0].subject.starts_with("shikaku.ev.ins."));
+    assert_eq!(stored.messages[1].subject.len(), "shikaku.ev.cl.".len() + 64);
+    let (identity, applied) =
+        shikaku_node::node::decode_stream_cursor(&unhex(&stored.cursor.file_hex)).unwrap();
+    assert_eq!(
+        (identity.name.as_str(), identity.created_ns, applied),
+        (stored.cursor.stream.as_str(), stored.cursor.created_ns, stored.cursor.applied)
+    );
+    let mut flipped = unhex(&stored.cursor.file_hex);
+    flipped[20] ^= 1;
+    assert!(shikaku_node::node::decode_stream_cursor(&flipped).is_err(), "checksum");
+}
