@@ -13,6 +13,7 @@
 //! - `hardening`: identity files, permissions, API addresses, restart state (issue 13);
 //! - `damage`: answers from damaged ledgers, evidence of loss, commands that withhold (issue 13);
 //! - `field_trial`: one test per defect the field trial found (real processes and signals);
+//! - `shared_log`: the front-ends' sans-IO logic over a seeded model of the shared log;
 //! - `jetstream`: the scaled-out hub over real 3-server NATS clusters (DEPLOY.md's
 //!   configuration), front-ends, fail-over and `kill -9`.
 
@@ -36,6 +37,7 @@ mod node;
 mod reconcile;
 mod reference;
 mod scenarios;
+mod shared_log;
 mod sim;
 mod story;
 mod sync_vectors;

@@ -472,7 +472,16 @@ impl FrontEnd {
         stream: stream::Stream,
         identity: StreamIdentity,
     ) -> Result<FrontEnd> {
-        runtime.call(move |n, _| n.bind_stream(identity)).await.map_err(|e| anyhow!("{e}"))?;
+        // The stream's last sequence now: until the front-end has applied it, clinics'
+        // sessions wait (or go to another front-end).
+        let head = stream.cached_info().state.last_sequence;
+        runtime
+            .call(move |n, _| {
+                n.note_stream_head(head);
+                n.bind_stream(identity)
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::runtime::PublishJob>(1024);
         let publisher = Publisher::new(client);
         runtime.set_publisher(tx, publisher.clone());
@@ -538,11 +547,11 @@ async fn follow(runtime: Arc<Runtime>, stream: stream::Stream) {
                 }
                 Ok(Some(Ok(m))) => m,
             };
-            let mut batch = Vec::new();
-            let mut ok = push_message(&mut batch, first);
+            let (mut batch, mut head) = (Vec::new(), 0u64);
+            let mut ok = push_message(&mut batch, &mut head, first);
             while ok && batch.len() < APPLY_BATCH_MAX {
                 match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
-                    Ok(Some(Ok(m))) => ok = push_message(&mut batch, m),
+                    Ok(Some(Ok(m))) => ok = push_message(&mut batch, &mut head, m),
                     _ => break,
                 }
             }
@@ -550,7 +559,12 @@ async fn follow(runtime: Arc<Runtime>, stream: stream::Stream) {
                 Ok(prepared) => prepared,
                 Err(_) => break,
             };
-            let applied = runtime.call(move |n, now| n.handle_stream_events(now, prepared)).await;
+            let applied = runtime
+                .call(move |n, now| {
+                    n.note_stream_head(head);
+                    n.handle_stream_events(now, prepared)
+                })
+                .await;
             if let Err(e) = applied {
                 tracing::error!("applying the shared log: {e}");
                 break;
@@ -566,9 +580,11 @@ async fn follow(runtime: Arc<Runtime>, stream: stream::Stream) {
 }
 
 /// Adds a delivered message with its stream sequence; false (logged) if it has none.
-fn push_message(batch: &mut Vec<(u64, Vec<u8>)>, m: jetstream::Message) -> bool {
+fn push_message(batch: &mut Vec<(u64, Vec<u8>)>, head: &mut u64, m: jetstream::Message) -> bool {
     match m.info() {
         Ok(info) => {
+            // What is still pending after this message tells how far the stream goes.
+            *head = (*head).max(info.stream_sequence + info.pending);
             batch.push((info.stream_sequence, m.message.payload.to_vec()));
             true
         }

@@ -86,6 +86,9 @@ pub(super) struct Follower {
     identity: Option<StreamIdentity>,
     /// Stream sequence applied up to.
     applied: u64,
+    /// The highest stream sequence known to exist (the stream's last sequence at start,
+    /// deliveries, acknowledgements): below it, this front-end is catching up.
+    known_head: u64,
     /// `applied` as last written to the cursor file.
     written: u64,
     next_token: u64,
@@ -104,6 +107,18 @@ impl<D: Directory> Node<D> {
     /// Front-end: the stream sequence applied up to (the next delivery starts after it).
     pub fn stream_applied(&self) -> u64 {
         self.follower.applied
+    }
+
+    /// Front-end: the stream holds messages up to `seq` (its last sequence when the
+    /// front-end started, or later news): until it has applied them, this front-end is
+    /// catching up and holds clinics' `Hello`s.
+    pub fn note_stream_head(&mut self, seq: u64) {
+        self.follower.known_head = self.follower.known_head.max(seq);
+    }
+
+    /// Front-end: whether it has applied everything it knows the stream holds.
+    pub fn caught_up(&self) -> bool {
+        self.follower.applied >= self.follower.known_head
     }
 
     /// Front-end: binds this ledger to `identity` before following it. A ledger built from
@@ -144,6 +159,8 @@ impl<D: Directory> Node<D> {
                 self.follower.written = applied;
             }
         }
+        // Every insurer the stream brought so far is served (more as they arrive).
+        self.serve_held_insurers();
         if let Some(damage) = self.log.recovery().damaged.first() {
             return Err(NodeError::Refused(format!(
                 "this front-end's ledger is damaged ({damage}): empty the data directory, the front-end rebuilds it from the stream"
@@ -209,6 +226,7 @@ impl<D: Directory> Node<D> {
         }
         self.store(now_ms, &batch)?;
         self.follower.applied = self.follower.applied.max(last);
+        self.note_stream_head(last);
         self.release_uploads();
         self.retry_lagging_hellos(now_ms);
         Ok(())
@@ -220,6 +238,7 @@ impl<D: Directory> Node<D> {
     pub fn handle_published(&mut self, token: u64, result: Result<u64, String>) {
         match result {
             Ok(seq) => {
+                self.note_stream_head(seq);
                 if let Some(p) = self.follower.pending.get_mut(&token) {
                     p.acked_seq = Some(seq);
                 }
@@ -282,35 +301,44 @@ impl<D: Directory> Node<D> {
         }
     }
 
-    /// Front-end: holds a `Hello` whose cursors are beyond what this front-end has applied
-    /// (it lags the stream) until it has caught up, at most [`LAGGING_HELLO_WAIT_MS`]; then
-    /// the hub answers from what it holds (such a cursor counts as unknown, claiming
-    /// nothing). Returns the `Hello` when it is to be answered now.
+    /// Front-end: holds a `Hello` while this front-end is catching up with the stream or the
+    /// clinic's cursor is beyond what it has applied, at most [`LAGGING_HELLO_WAIT_MS`]; a
+    /// session it still cannot serve then is closed (`Shutdown`, "catching up"), and the
+    /// clinic moves to another front-end — a lagging front-end never answers as if it held
+    /// what it has not applied (nor refuses an insurer it has not reached yet). Returns the
+    /// `Hello` when it is to be answered now.
     pub(super) fn hold_lagging_hello(
         &mut self,
         now_ms: u64,
         conn: ConnId,
         hello: Hello,
     ) -> Option<Hello> {
-        if !self.config.follows_stream || !self.cursor_beyond_head(&hello) {
+        if !self.config.follows_stream || !self.lags_for(&hello) {
             return Some(hello);
         }
         self.log(
             Level::Info,
-            format!("connection {conn}: the clinic's cursor is beyond this front-end's head; waiting for the stream"),
+            format!(
+                "connection {conn}: catching up with the shared log (applied {} of {}); the session waits",
+                self.follower.applied, self.follower.known_head
+            ),
         );
         self.follower.lagging.push((conn, hello, now_ms));
         None
     }
 
-    fn cursor_beyond_head(&self, hello: &Hello) -> bool {
+    /// Whether this front-end cannot answer `hello` yet: it is catching up with the stream,
+    /// or the clinic holds positions beyond its head.
+    fn lags_for(&self, hello: &Hello) -> bool {
         let head = self.log.head().saturating_sub(1);
         let beyond = |c: u64| c != CURSOR_UNKNOWN && c > head;
-        beyond(hello.cursor) || hello.subscriptions.iter().any(|s| s.cursor.is_some_and(beyond))
+        !self.caught_up()
+            || beyond(hello.cursor)
+            || hello.subscriptions.iter().any(|s| s.cursor.is_some_and(beyond))
     }
 
-    /// Answers the held `Hello`s this front-end has caught up with, and those held for
-    /// [`LAGGING_HELLO_WAIT_MS`].
+    /// Answers the held `Hello`s this front-end can answer now; closes those held for
+    /// [`LAGGING_HELLO_WAIT_MS`] that it still cannot.
     pub(super) fn retry_lagging_hellos(&mut self, now_ms: u64) {
         if self.follower.lagging.is_empty() {
             return;
@@ -320,9 +348,17 @@ impl<D: Directory> Node<D> {
             if !self.conns.contains_key(&conn) {
                 continue;
             }
-            let waited = now_ms.saturating_sub(since) >= LAGGING_HELLO_WAIT_MS;
-            if waited || !self.cursor_beyond_head(&hello) {
+            if !self.lags_for(&hello) {
                 self.answer_hello(conn, hello);
+            } else if now_ms.saturating_sub(since) >= LAGGING_HELLO_WAIT_MS {
+                *self.counters.refusals.entry("catching_up").or_default() += 1;
+                let why = format!(
+                    "this hub front-end is catching up with the shared log (applied {} of {}, head position {}): try another front-end",
+                    self.follower.applied,
+                    self.follower.known_head,
+                    self.log.head().saturating_sub(1)
+                );
+                self.close(conn, ErrorCode::Shutdown, why);
             } else {
                 self.follower.lagging.push((conn, hello, since));
             }
