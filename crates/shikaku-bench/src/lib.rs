@@ -29,6 +29,7 @@ use crate::alloc_counter::live_bytes;
 
 pub mod alloc_counter;
 pub mod api;
+pub mod hub;
 pub mod log;
 pub mod reconcile;
 pub mod sync;
@@ -69,6 +70,31 @@ pub enum BenchCommand {
         /// Concurrent clinic connections for the capacity test (0 to skip).
         #[arg(long, default_value_t = 1000)]
         clinics: usize,
+    },
+    /// The scaled-out hub beside the embedded one, in the same run, on a NATS JetStream
+    /// cluster you run (docs/DEPLOY.md; stream SHIKAKU must be empty or absent): import
+    /// throughput (embedded ledger vs the R3 stream, and each of two front-ends following
+    /// it), a fresh clinic's initial sync (embedded hub vs front-end), and many clinics over
+    /// two front-ends (connected, synced, live-push latency to all).
+    Hub {
+        /// Directory for the benchmark's ledgers (removed afterwards).
+        #[arg(long, default_value = "shikaku-bench-tmp")]
+        dir: std::path::PathBuf,
+        /// Members on the generated roster (M tier: 1,600,000, about 5M events).
+        #[arg(long, default_value_t = 1_600_000)]
+        members: usize,
+        /// Clinics spread over the two front-ends.
+        #[arg(long, default_value_t = 2_000)]
+        clinics: usize,
+        /// The cluster: nats://HOST:PORT[,…].
+        #[arg(long)]
+        store: String,
+        /// NATS user (with --nats-password or SHIKAKU_NATS_PASSWORD).
+        #[arg(long, requires = "nats_password")]
+        nats_user: Option<String>,
+        /// NATS password.
+        #[arg(long, env = "SHIKAKU_NATS_PASSWORD", hide_env_values = true)]
+        nats_password: Option<String>,
     },
     /// Simulator speed: one hub + N clinics over a simulated day (simulated time per wall
     /// second), and seeds per minute in swarm mode.
@@ -149,6 +175,12 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
         BenchCommand::Sim { clinics, swarm_seeds } => sim_speed(*clinics, *swarm_seeds, out),
         BenchCommand::Sync { dir, events, week, random, clinics } => {
             crate::sync::run(dir, *events, *week, *random, *clinics, out)
+        }
+        BenchCommand::Hub { dir, members, clinics, store, nats_user, nats_password } => {
+            let mut nats = shikaku_net::jetstream::NatsOptions::from_store(store)?;
+            nats.user = nats_user.clone().zip(nats_password.clone());
+            nats.name = "shikaku bench hub".into();
+            crate::hub::run(dir, *members, *clinics, &nats, out)
         }
         BenchCommand::Log { dir, events, scan_events } => {
             crate::log::run(dir, *events, *scan_events, out)

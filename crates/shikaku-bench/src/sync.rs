@@ -21,19 +21,27 @@ use shikaku_protocol::negentropy::Item;
 
 use shikaku_net::clock::Stopwatch;
 
-struct Net {
+/// A deployment's CA and the nodes' directories under one root.
+pub(crate) struct Net {
     ca: PathBuf,
     root: PathBuf,
 }
 
 impl Net {
-    fn tls(&self, role: Role, name: &str, signer: &Signer) -> Result<tls::TlsFiles> {
+    /// A fresh CA under `root`.
+    pub(crate) fn new(root: &Path) -> Result<Net> {
+        let net = Net { ca: root.join("ca"), root: root.to_owned() };
+        tls::ca_init(&net.ca)?;
+        Ok(net)
+    }
+
+    pub(crate) fn tls(&self, role: Role, name: &str, signer: &Signer) -> Result<tls::TlsFiles> {
         let out = self.root.join(name).join("tls");
         tls::ca_issue(&self.ca, role, name, signer.node_id(), &out)?;
         tls::load(&out)
     }
 
-    fn node(
+    pub(crate) fn node(
         &self,
         role: Role,
         name: &str,
@@ -42,6 +50,16 @@ impl Net {
     ) -> Result<FileNode> {
         let mut config = NodeConfig::new(role, name);
         config.insurers = insurers.iter().copied().collect();
+        self.node_with(name, signer, config)
+    }
+
+    /// A node named `name` opened with `config`.
+    pub(crate) fn node_with(
+        &self,
+        name: &str,
+        signer: &Signer,
+        config: NodeConfig,
+    ) -> Result<FileNode> {
         let dir = FileDirectory::new(self.root.join(name).join("log"))?;
         Ok(Node::open(dir, signer.clone(), config)?)
     }
@@ -174,8 +192,7 @@ pub fn run(
         bail!("--events must exceed --week + --random");
     }
     let root = crate::log::fresh_dir(dir, "sync")?;
-    let net = Net { ca: root.join("ca"), root: root.clone() };
-    tls::ca_init(&net.ca)?;
+    let net = Net::new(&root)?;
     let watch = Stopwatch::start();
     let all = crate::log::events_for(events)?;
     let insurers: Vec<_> = items_by_ns(&all)
@@ -282,7 +299,7 @@ pub fn run(
     result
 }
 
-fn rss_mb() -> f64 {
+pub(crate) fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
