@@ -519,7 +519,7 @@ fn a_front_end_killed_while_clinics_sync_fails_them_over_and_loses_nothing() {
     ];
     for c in &clinics {
         c.synced(60.0);
-        assert_eq!(a.health()["connections"].as_u64().unwrap() >= 1, true);
+        assert!(a.health()["connections"].as_u64().unwrap() >= 1, "sessions on A first");
     }
     let members = members_of(&roster, &insurer, 10);
     for (i, member) in members.iter().enumerate() {

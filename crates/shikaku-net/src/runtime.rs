@@ -754,7 +754,7 @@ impl ClinicService {
                         break;
                     }
                     // Every address tried once in a row before backing off further.
-                    if next % hubs.len() == 0 {
+                    if next.is_multiple_of(hubs.len()) {
                         tokio::time::sleep(jitter.spread(backoff)).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     } else {
