@@ -819,3 +819,92 @@ fn stream_vectors_decode() {
     flipped[20] ^= 1;
     assert!(shikaku_node::node::decode_stream_cursor(&flipped).is_err(), "checksum");
 }
+
+#[test]
+fn a_front_end_reaches_nats_over_tls_and_refuses_a_server_it_cannot_verify() {
+    // DEPLOY.md's tls.conf, verbatim: one TLS server (a throwaway CA made here), the stream at
+    // replicas 1, a front-end and a clinic through it.
+    let ids = Identities::new("js-tls", &["clinic-1"]);
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DEPLOY.md")).unwrap();
+    let marker = "`tls.conf`:\n\n```conf\n";
+    let start = doc.find(marker).expect("DEPLOY.md has tls.conf") + marker.len();
+    let conf = &doc[start..start + doc[start..].find("```").unwrap()];
+    let home = ids.dir.join("nats-tls");
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    std::fs::write(home.join("tls.conf"), conf).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test NATS CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(home.join("tls/server.pem"), cert.pem()).unwrap();
+    std::fs::write(home.join("tls/server-key.pem"), key.serialize_pem()).unwrap();
+    let ca = ids.dir.join("nats-ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+
+    let _turn = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let log = std::fs::File::create(home.join("server.log")).unwrap();
+    let mut server = Command::new(nats_server())
+        .args(["-c", "tls.conf"])
+        .current_dir(&home)
+        .env("SHIKAKU_NATS_PASSWORD", PASSWORD)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = Stopwatch::start();
+    while TcpStream::connect(("127.0.0.1", 14232)).is_err() {
+        assert!(start.seconds() < 30.0, "the TLS server listens");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tls = |extra: &[&str]| {
+        let mut args = vec!["--store", "tls://127.0.0.1:14232", "--nats-user", "shikaku"];
+        args.extend(["--nats-password", PASSWORD]);
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    // Without the CA the server's certificate cannot be verified: refused, nothing sent.
+    let mut args: Vec<String> =
+        ["hub", "stream", "init", "--replicas", "1"].map(str::to_owned).to_vec();
+    args.extend(tls(&[]));
+    let (code, _, err) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(code, 0);
+    assert!(err.contains("could be reached") && err.contains("certificate"), "{err}");
+    let mut args: Vec<String> =
+        ["hub", "stream", "init", "--replicas", "1"].map(str::to_owned).to_vec();
+    args.extend(tls(&["--nats-ca", s(&ca)]));
+    let (code, out, err) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created") && out.contains("1 replicas"), "{out}");
+
+    let (roster, insurer) = ids.roster(100);
+    let mut args: Vec<String> = ["hub", "import", s(&roster)].map(str::to_owned).to_vec();
+    args.extend(tls(&["--nats-ca", s(&ca)]));
+    let (code, out, err) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    let data = ids.data("hub-a");
+    let mut args: Vec<String> =
+        ["--data-dir", s(&data), "hub", "serve", "--listen", "127.0.0.1:0", "--replicas-min", "1"]
+            .map(str::to_owned)
+            .to_vec();
+    args.extend(tls(&["--nats-ca", s(&ca)]));
+    let (child, first, lines) = serve(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(first.starts_with("following stream SHIKAKU at tls://127.0.0.1:14232"), "{first}");
+    let listening = lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    let quic = listening.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap();
+    let mut front = FrontEnd { child: Some(child), quic: quic.to_owned(), api: String::new() };
+    let clinic = Clinic::start(&ids.data("clinic-1"), &front.quic, &insurer);
+    clinic.synced(60.0);
+    let member = members_of(&roster, &insurer, 1).pop().unwrap();
+    assert_eq!(clinic.check(&member), 200);
+    clinic.synced(30.0);
+    drop(clinic);
+    front.stop();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

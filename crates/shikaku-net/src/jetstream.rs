@@ -93,12 +93,41 @@ impl NatsOptions {
     }
 }
 
-/// Connects to the NATS servers and checks their version.
+/// Connects to the NATS servers and checks their version. Servers that do not answer yet
+/// (a cluster starting) are retried for 15 s; the error says why none was reached (no answer,
+/// a certificate that does not verify, credentials refused).
 pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client> {
+    let urls: Vec<async_nats::ServerAddr> = options
+        .urls
+        .iter()
+        .map(|u| u.parse().with_context(|| format!("NATS server address {u}")))
+        .collect::<Result<_>>()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let client = loop {
+        match connect_options(options).await?.connect(urls.as_slice()).await {
+            Ok(client) => break client,
+            // Only a server not answering (yet) is worth waiting for; a certificate that
+            // does not verify or credentials refused are said at once.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!("connecting to NATS at {}: {e}; retrying", options.servers());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => bail!("no NATS server at {} could be reached: {e}", options.servers()),
+        }
+    };
+    check_server_version(&client.server_info().version)?;
+    Ok(client)
+}
+
+async fn connect_options(options: &NatsOptions) -> Result<async_nats::ConnectOptions> {
     let mut connect = async_nats::ConnectOptions::new()
         .name(&options.name)
         .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect()
         .max_reconnects(None);
     if let Some(path) = &options.creds {
         connect = connect
@@ -115,26 +144,7 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client> {
     if options.urls.iter().any(|u| u.starts_with("tls://")) {
         connect = connect.require_tls(true);
     }
-    let urls: Vec<async_nats::ServerAddr> = options
-        .urls
-        .iter()
-        .map(|u| u.parse().with_context(|| format!("NATS server address {u}")))
-        .collect::<Result<_>>()?;
-    // `retry_on_initial_connect` returns at once and connects in the background: wait for
-    // the first connection (or say which servers could not be reached).
-    let client = connect
-        .connect(urls.as_slice())
-        .await
-        .with_context(|| format!("connecting to NATS at {}", options.servers()))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() > deadline {
-            bail!("no NATS server answered at {} within 15 s", options.servers());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    check_server_version(&client.server_info().version)?;
-    Ok(client)
+    Ok(connect)
 }
 
 /// Refuses a server older than [`SERVER_MIN`], naming its version.
