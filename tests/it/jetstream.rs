@@ -655,6 +655,31 @@ fn a_wrongly_configured_stream_or_an_old_server_is_refused_naming_the_setting() 
         "{err}"
     );
 
+    // A well-made stream, but the data directory holds an embedded hub's ledger: refused
+    // (its positions are not the stream's), nothing in it touched.
+    init_stream();
+    let (roster, _) = ids.roster(50);
+    let (code, _, err) = run(&["--data-dir", s(&ids.data("hub-b")), "hub", "import", s(&roster)]);
+    assert_eq!(code, 0, "{err}");
+    let before = std::fs::read_dir(ids.data("hub-b").join("log")).unwrap().count();
+    let embedded = ids.data("hub-b");
+    let mut args = vec!["--data-dir", s(&embedded), "hub", "serve", "--listen", "127.0.0.1:0"];
+    args.extend(nats_args());
+    let (code, _, err) = run(&args);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("was not built from stream SHIKAKU") && err.contains("empty data directory"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(ids.data("hub-b").join("log")).unwrap().count(), before);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut nats = shikaku_net::jetstream::NatsOptions::from_store(STORE).unwrap();
+        nats.user = Some(("shikaku".into(), PASSWORD.into()));
+        let client = shikaku_net::jetstream::connect(&nats).await.unwrap();
+        async_nats::jetstream::new(client).delete_stream("SHIKAKU").await.unwrap();
+    });
+
     // Replicas 1.
     let mut args = vec!["hub", "stream", "init", "--replicas", "1"];
     args.extend(nats_args());
@@ -663,7 +688,6 @@ fn a_wrongly_configured_stream_or_an_old_server_is_refused_naming_the_setting() 
     assert!(err.contains("replicas is 1, fewer than 3"), "{err}");
 
     // Other subjects, and a limit (a stream someone else made).
-    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut nats = shikaku_net::jetstream::NatsOptions::from_store(STORE).unwrap();
         nats.user = Some(("shikaku".into(), PASSWORD.into()));
