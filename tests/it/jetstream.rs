@@ -497,6 +497,10 @@ fn two_front_ends_give_the_same_receipts_and_serve_each_others_uploads() {
     let (mut a, mut b) = (a, b);
     a.stop();
     b.stop();
+    // A front-end's directory takes no local import and does not serve as an embedded hub.
+    let (code, _, err) = run(&["--data-dir", s(&ids.data("hub-a")), "hub", "import", s(&more)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a hub front-end's copy of the shared stream"), "{err}");
     for hub in ["hub-a", "hub-b"] {
         let cursor = std::fs::read(ids.data(hub).join("log/stream.cursor")).unwrap();
         let (identity, applied) = shikaku_node::node::decode_stream_cursor(&cursor).unwrap();

@@ -213,6 +213,16 @@ impl DataDir {
     /// Opens the node a service runs (from its snapshot when one verifies); the lock is
     /// returned beside it, to be held as long as the node.
     pub fn open_node(self, config: NodeConfig) -> Result<(Node<FileDirectory>, std::fs::File)> {
+        // A front-end's ledger is a copy of the shared stream: anything stored into it other
+        // than by following the stream would give it positions no other front-end has.
+        let cursor = self.path.join("log").join(crate::node::STREAM_CURSOR_FILE);
+        if !config.follows_stream && cursor.exists() {
+            bail!(
+                "{} is a hub front-end's copy of the shared stream ({} exists): serve it with `hub serve --store nats://…`, import into the stream with `hub import --store nats://…`",
+                self.path.display(),
+                cursor.display()
+            );
+        }
         let node = Node::open(self.log_directory()?, self.identity.clone(), config)
             .with_context(|| format!("opening the ledger in {}", self.path.display()))?;
         Ok((node, self.lock))
