@@ -11,6 +11,8 @@
 //!   idle timeout, and the clinic reconnects with backoff.
 //! - Nodes crash (unsynced writes lost or torn) and restart through recovery; clinics' disks
 //!   can misdirect writes and rot bits. Clocks are skewed, drift and jump.
+//! - [`frontends`]: the scaled-out hub — several front-ends over a seeded model of the shared
+//!   log (unavailable, late or failed acknowledgements, repeats, crashes, lag).
 //! - [`report::html`]: the run as an HTML page with an SVG timeline.
 //! - [`scenario`]: scenario files (TOML) scripting faults over the random mix.
 //! - A safety phase with faults is followed by a liveness phase with faults healed; the
@@ -20,6 +22,7 @@
 //! container; the same seed gives the same run, byte for byte.
 
 pub mod check;
+pub mod frontends;
 pub mod report;
 pub mod run;
 pub mod scenario;

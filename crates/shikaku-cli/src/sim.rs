@@ -25,6 +25,31 @@ pub enum SimCommand {
         #[command(flatten)]
         shape: Shape,
     },
+    /// The scaled-out hub: three hub front-ends (the third one lagging) and three clinics over
+    /// a seeded model of the shared JetStream log — publishes failing while the log is
+    /// unavailable, late acknowledgements, repeats past the deduplication window, front-end
+    /// crashes — then healing; checks that every front-end holds the same events at the same
+    /// positions, that clinics converge, and that nothing acknowledged is lost. Exits 1 on a
+    /// violation, naming the law and the seed.
+    FrontEnds {
+        /// Seeds, `A..B`.
+        #[arg(long)]
+        seeds: String,
+        /// Random steps per seed before the faults heal.
+        #[arg(long, default_value_t = 400)]
+        steps: usize,
+    },
+}
+
+/// `A..B` (B excluded, not empty).
+fn seed_range(seeds: &str) -> Result<std::ops::Range<u64>> {
+    let (a, b) =
+        seeds.split_once("..").with_context(|| format!("--seeds {seeds:?}: expected A..B"))?;
+    let (a, b): (u64, u64) = (a.parse()?, b.parse()?);
+    if b <= a {
+        bail!("--seeds {seeds}: the range is empty");
+    }
+    Ok(a..b)
 }
 
 /// Arguments of `shikaku sim run`.
@@ -140,13 +165,8 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
             Ok(if outcome.violations.is_empty() { 0 } else { 1 })
         }
         SimCommand::Swarm { seeds, shape } => {
-            let (a, b) = seeds
-                .split_once("..")
-                .with_context(|| format!("--seeds {seeds:?}: expected A..B"))?;
-            let (a, b): (u64, u64) = (a.parse()?, b.parse()?);
-            if b <= a {
-                bail!("--seeds {seeds}: the range is empty");
-            }
+            let range = seed_range(seeds)?;
+            let (a, b) = (range.start, range.end);
             let watch = Stopwatch::start();
             let mut failing = Vec::new();
             for seed in a..b {
@@ -174,6 +194,28 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
                 failing.len(),
                 failing,
                 (b - a) as f64 * 60.0 / seconds
+            )?;
+            Ok(if failing.is_empty() { 0 } else { 1 })
+        }
+        SimCommand::FrontEnds { seeds, steps } => {
+            let range = seed_range(seeds)?;
+            let mut failing = Vec::new();
+            for seed in range.clone() {
+                match shikaku_sim::frontends::run(seed, *steps) {
+                    Ok(stats) => writeln!(out, "seed {seed}: ok — {stats}")?,
+                    Err(violation) => {
+                        failing.push(seed);
+                        writeln!(out, "seed {seed}: FAILED: {violation}")?;
+                    }
+                }
+                out.flush()?;
+            }
+            writeln!(
+                out,
+                "{} seeds, {} failing {:?}",
+                range.end - range.start,
+                failing.len(),
+                failing
             )?;
             Ok(if failing.is_empty() { 0 } else { 1 })
         }
