@@ -924,3 +924,30 @@ fn a_front_end_reaches_nats_over_tls_and_refuses_a_server_it_cannot_verify() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn store_arguments_are_checked_before_anything_is_touched() {
+    let dir = temp_dir("js-args");
+    let data = dir.join("hub");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["hub", "stream", "init", "--store", "http://127.0.0.1:4222"],
+            "expected nats://HOST:PORT",
+        ),
+        (&["hub", "stream", "init"], "needs the NATS cluster"),
+        (
+            &["hub", "stream", "init", "--store", "nats://127.0.0.1:1", "--nats-password", "x"],
+            "needs --nats-user",
+        ),
+        (
+            &["--data-dir", s(&data), "hub", "serve", "--nats-user", "u", "--nats-password", "x"],
+            "need --store nats://HOST:PORT",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (code, _, err) = run(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert!(!data.exists(), "nothing was created");
+}

@@ -208,8 +208,8 @@ pub struct StoreArgs {
     /// NATS user (with --nats-password or SHIKAKU_NATS_PASSWORD).
     #[arg(long, requires = "nats_password")]
     pub nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "SHIKAKU_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    /// NATS password (with --nats-user; ignored with the embedded store).
+    #[arg(long, env = "SHIKAKU_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
     /// CA certificate (PEM) of the NATS servers' TLS certificates; implies TLS.
     #[arg(long)]
@@ -224,6 +224,9 @@ impl StoreArgs {
                 bail!("--nats-creds, --nats-user and --nats-ca need --store nats://HOST:PORT");
             }
             return Ok(None);
+        }
+        if self.nats_password.is_some() && self.nats_user.is_none() && self.nats_creds.is_none() {
+            bail!("a NATS password (--nats-password or SHIKAKU_NATS_PASSWORD) needs --nats-user");
         }
         let mut nats = shikaku_net::jetstream::NatsOptions::from_store(&self.store)?;
         nats.creds = self.nats_creds.clone();
