@@ -286,6 +286,30 @@ impl Model {
         Ok(())
     }
 
+    /// Stops front-end `f` cleanly and opens it again from its disk (as a restart of the
+    /// process: its clinics' sessions end).
+    pub fn restart(&mut self, f: usize) -> Result<(), String> {
+        for c in 0..self.clinics.len() {
+            if self.links[c].is_some_and(|(g, _)| g == f) {
+                self.disconnect(c);
+            }
+        }
+        let front = &mut self.fronts[f];
+        front.node = Node::open(front.disk.clone(), front.signer.clone(), front_config())
+            .map_err(|e| format!("front-end {f} does not reopen: {e}"))?;
+        front.node.note_stream_head(self.log.messages.len() as u64);
+        front
+            .node
+            .bind_stream(self.identity.clone())
+            .map_err(|e| format!("front-end {f} refuses its own ledger: {e}"))?;
+        Ok(())
+    }
+
+    /// Front-end `f`'s disk (to damage it).
+    pub fn disk(&self, f: usize) -> &FaultDirectory {
+        &self.fronts[f].disk
+    }
+
     fn check(&mut self, c: usize) -> Result<(), String> {
         let date = Date::from_ymd(2026, 11, 20).ok_or("a valid date")?;
         self.stats.checks += 1;

@@ -69,3 +69,41 @@ fn a_lagging_front_end_holds_a_clinics_hello_then_claims_only_what_it_holds() {
     m.pump();
     assert!(m.clinics[0].in_sync());
 }
+
+#[test]
+fn a_front_end_whose_scrub_finds_rot_stops_serving_so_clinics_go_elsewhere() {
+    // A front-end cannot re-fetch a record at its position: once its scrub finds one rotten,
+    // it closes its sessions, refuses new ones naming the damage, and applies no more of the
+    // stream (its positions would drift from the other front-ends') until rebuilt.
+    use shikaku_log::storage::Directory as _;
+    let mut m = Model::new(3, 2, 1);
+    m.follow(0, usize::MAX / 2).unwrap();
+    // A snapshot and checkpoint, then a restart: the records they cover are scrubbed later.
+    m.fronts[0].node.write_snapshot(m.now_ms).unwrap();
+    m.restart(0).unwrap();
+    m.follow(0, usize::MAX / 2).unwrap();
+    m.connect(0, 0);
+    m.pump();
+    assert!(m.clinics[0].in_sync());
+    let disk = m.disk(0).clone();
+    let segment = disk.list().unwrap().into_iter().find(|f| f.starts_with("segment-")).unwrap();
+    disk.flip_bit(&segment, 4096, 3);
+    m.now_ms += 1_000;
+    m.fronts[0].node.handle_tick(m.now_ms);
+    m.pump();
+    let damage = m.fronts[0].node.front_end_damage().map(str::to_owned);
+    assert!(damage.is_some(), "the scrub found the rotten record");
+    assert!(m.links[0].is_none(), "the session was closed");
+    let applied = m.fronts[0].node.stream_applied();
+    m.follow(0, usize::MAX / 2).unwrap();
+    assert_eq!(m.fronts[0].node.stream_applied(), applied, "no more of the stream applied");
+    m.connect(0, 0);
+    m.pump();
+    assert!(m.links[0].is_none(), "a new session is refused");
+    assert_eq!(m.fronts[0].node.counters().refusals.get("front_end_damaged"), Some(&1));
+    // The other front-end serves the clinic.
+    m.follow(1, usize::MAX / 2).unwrap();
+    m.connect(0, 1);
+    m.pump();
+    assert!(m.clinics[0].in_sync());
+}

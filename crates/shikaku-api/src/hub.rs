@@ -110,6 +110,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                     "insurers": n.config().insurers.len(),
                     "holdings": shikaku_core::hex::encode(&n.holdings_digest()),
                     "stream_applied": n.follows_stream().then(|| n.stream_applied()),
+                    "damage": n.front_end_damage(),
                 })
             })
             .await,

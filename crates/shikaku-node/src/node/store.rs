@@ -49,6 +49,10 @@ impl<D: Directory> Node<D> {
         let (next, found) = self.log.scrub(self.scrub_next, max)?;
         self.scrub_next = if next >= self.log.head() { 0 } else { next };
         if !found.is_empty() {
+            if self.config.follows_stream {
+                let first = found.first().map(ToString::to_string).unwrap_or_default();
+                self.front_end_damaged(first);
+            }
             // Rebuilding reads every record again: more of them may turn out rotten.
             let more = self.rebuild()?;
             for damage in found.iter().chain(&more) {

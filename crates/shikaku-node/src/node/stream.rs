@@ -96,6 +96,10 @@ pub(super) struct Follower {
     /// Sessions whose `Hello` cursor is beyond this front-end's head: the `Hello` and when it
     /// came.
     lagging: Vec<(ConnId, Hello, u64)>,
+    /// Damage the scrub found while serving: the ledger no longer matches the stream's
+    /// positions, so this front-end stops serving and applying (clinics go to another one)
+    /// until it is rebuilt.
+    damaged: Option<String>,
 }
 
 impl<D: Directory> Node<D> {
@@ -114,6 +118,25 @@ impl<D: Directory> Node<D> {
     /// catching up and holds clinics' `Hello`s.
     pub fn note_stream_head(&mut self, seq: u64) {
         self.follower.known_head = self.follower.known_head.max(seq);
+    }
+
+    /// Front-end: the damage that stopped it serving, if any (it must be rebuilt from the
+    /// stream: emptied and started again).
+    pub fn front_end_damage(&self) -> Option<&str> {
+        self.follower.damaged.as_deref()
+    }
+
+    /// Front-end: the scrub found `damage` in the ledger. A front-end cannot re-fetch a record
+    /// at its position (a clinic can, from its hub): it stops applying the stream and serving,
+    /// closing every session so clinics fail over, and says why at every `Hello`.
+    pub(super) fn front_end_damaged(&mut self, damage: String) {
+        if self.follower.damaged.is_none() {
+            self.log(
+                Level::Warn,
+                format!("this front-end's ledger is damaged ({damage}): it stops serving; empty its data directory and start it again to rebuild it from the stream"),
+            );
+            self.follower.damaged = Some(damage);
+        }
     }
 
     /// Front-end: whether it has applied everything it knows the stream holds.
@@ -180,6 +203,9 @@ impl<D: Directory> Node<D> {
         messages: Vec<StreamMessage>,
     ) -> Result<(), NodeError> {
         let Some(last) = messages.last().map(|(seq, _)| *seq) else { return Ok(()) };
+        if self.follower.damaged.is_some() {
+            return Ok(());
+        }
         let mut batch: Vec<SignedEvent> = Vec::with_capacity(messages.len());
         let mut batch_seqs: HashMap<(NodeId, u64), EventId> = HashMap::new();
         for (seq, message) in messages {
@@ -313,7 +339,19 @@ impl<D: Directory> Node<D> {
         conn: ConnId,
         hello: Hello,
     ) -> Option<Hello> {
-        if !self.config.follows_stream || !self.lags_for(&hello) {
+        if !self.config.follows_stream {
+            return Some(hello);
+        }
+        if let Some(damage) = self.follower.damaged.clone() {
+            *self.counters.refusals.entry("front_end_damaged").or_default() += 1;
+            self.close(
+                conn,
+                ErrorCode::Internal,
+                format!("this hub front-end's ledger is damaged ({damage}) and must be rebuilt from the shared log: try another front-end"),
+            );
+            return None;
+        }
+        if !self.lags_for(&hello) {
             return Some(hello);
         }
         self.log(
