@@ -383,7 +383,13 @@ impl<D: Directory> Node<D> {
         }
         let held = std::mem::take(&mut self.follower.lagging);
         for (conn, hello, since) in held {
-            if !self.conns.contains_key(&conn) {
+            // Gone, or closed meanwhile (a shutdown, damage found): nothing to answer.
+            if !self.conns.get(&conn).is_some_and(|c| matches!(c.state, SessionState::Handshake)) {
+                continue;
+            }
+            if self.follower.damaged.is_some() {
+                // Refused as a new Hello would be.
+                let _ = self.hold_lagging_hello(now_ms, conn, hello);
                 continue;
             }
             if !self.lags_for(&hello) {
