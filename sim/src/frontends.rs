@@ -264,26 +264,13 @@ impl Model {
     /// publications in flight may or may not have reached the log.
     fn crash(&mut self, f: usize, rng: &mut Rng) -> Result<(), String> {
         self.stats.crashes += 1;
-        for c in 0..self.clinics.len() {
-            if self.links[c].is_some_and(|(g, _)| g == f) {
-                self.disconnect(c);
-            }
-        }
         for (_, events) in std::mem::take(&mut self.fronts[f].publishing) {
             if rng.chance(0.5) {
                 let _ = self.log.publish(&events, true);
             }
         }
         self.fronts[f].disk.crash();
-        let front = &mut self.fronts[f];
-        front.node = Node::open(front.disk.clone(), front.signer.clone(), front_config())
-            .map_err(|e| format!("front-end {f} does not reopen after a crash: {e}"))?;
-        front.node.note_stream_head(self.log.messages.len() as u64);
-        front
-            .node
-            .bind_stream(self.identity.clone())
-            .map_err(|e| format!("front-end {f} refuses its own ledger after a crash: {e}"))?;
-        Ok(())
+        self.restart(f)
     }
 
     /// Stops front-end `f` cleanly and opens it again from its disk (as a restart of the
