@@ -533,7 +533,9 @@ pub fn hub_import_stream(
     let summary = crate::import_stream(
         std::io::BufReader::new(reader),
         &mut |refused| Ok(writeln!(&bar, "{refused}")?),
-        &mut |events| events.iter().map(|e| stream_import_refusal(&insurer_keys, e)).collect(),
+        &mut |events| {
+            events.iter().map(|e| shikaku_node::node::import_refusal(&insurer_keys, e)).collect()
+        },
         &mut |good| match rt.block_on(publisher.publish(good)) {
             Ok(published) => {
                 durable += good.len() as u64;
@@ -551,25 +553,4 @@ pub fn hub_import_stream(
     )?;
     bar.update(total.unwrap_or(0), summary.handled(), true);
     Ok(summary)
-}
-
-/// Why an event may not go into the stream by `hub import`: not an insurer event, or signed
-/// by a key not registered for its insurer (with a registry).
-fn stream_import_refusal(keys: &InsurerKeys, event: &shikaku_core::SignedEvent) -> Option<String> {
-    let e = event.event();
-    let shikaku_core::Namespace::Insurer(insurer) = e.namespace else {
-        return Some(format!(
-            "event {} is in {}: only insurer events are imported",
-            event.id(),
-            shikaku_node::node::ns_label(&e.namespace)
-        ));
-    };
-    let registered = keys.get(&insurer)?;
-    (!registered.contains(&e.author)).then(|| {
-        format!(
-            "event {} of insurer {insurer} is signed by key {}, not one registered for that insurer",
-            event.id(),
-            &shikaku_core::hex::encode(&e.author.0)[..16]
-        )
-    })
 }

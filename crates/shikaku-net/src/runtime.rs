@@ -349,7 +349,10 @@ impl Runtime {
             // No publisher, or its queue is full: the uploads fail (their sessions close, the
             // clinics push again) instead of waiting unbounded.
             for token in unpublished {
-                node.handle_published(token, Err("the publisher's queue is full".into()));
+                node.handle_published(
+                    token,
+                    Err("no publisher for the shared stream, or its queue is full".into()),
+                );
             }
             self.dispatch(node);
         }

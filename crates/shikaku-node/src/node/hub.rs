@@ -31,14 +31,7 @@ impl<D: Directory> Node<D> {
     /// Hub: why `event` may not be imported here, if it may not — it is not an insurer event,
     /// or it is signed by a key not registered for its insurer.
     pub fn import_refusal(&self, event: &SignedEvent) -> Option<String> {
-        match event.event().namespace {
-            Namespace::Insurer(_) => self.wrong_insurer_key(event),
-            other => Some(format!(
-                "event {} is in {}: only insurer events are imported",
-                event.id(),
-                ns_label(&other)
-            )),
-        }
+        import_refusal(&self.config.insurer_keys, event)
     }
 
     /// Hub: lines of an import over the insurer API that were refused (each named in the
@@ -561,14 +554,39 @@ impl<D: Directory> Node<D> {
 
     /// Why an insurer event is not signed by a key registered for its insurer, if it is not.
     pub(super) fn wrong_insurer_key(&self, event: &SignedEvent) -> Option<String> {
-        let Namespace::Insurer(insurer) = event.event().namespace else { return None };
-        let keys = self.config.insurer_keys.get(&insurer)?;
-        (!keys.contains(&event.event().author)).then(|| {
-            format!(
-                "event {} of insurer {insurer} is signed by key {}, not one registered for that insurer",
-                event.id(),
-                &shikaku_core::hex::encode(&event.event().author.0)[..16]
-            )
-        })
+        wrong_insurer_key(&self.config.insurer_keys, event)
     }
+}
+
+/// Why `event` may not be imported under the insurer key registry `keys`, if it may not: it
+/// is not an insurer event, or it is signed by a key not registered for its insurer (insurers
+/// without an entry are not checked). A hub's import path and `hub import --store` (which
+/// publishes into the shared stream without a node) both ask this.
+pub fn import_refusal(
+    keys: &BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
+    event: &SignedEvent,
+) -> Option<String> {
+    match event.event().namespace {
+        Namespace::Insurer(_) => wrong_insurer_key(keys, event),
+        other => Some(format!(
+            "event {} is in {}: only insurer events are imported",
+            event.id(),
+            ns_label(&other)
+        )),
+    }
+}
+
+fn wrong_insurer_key(
+    keys: &BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>,
+    event: &SignedEvent,
+) -> Option<String> {
+    let Namespace::Insurer(insurer) = event.event().namespace else { return None };
+    let registered = keys.get(&insurer)?;
+    (!registered.contains(&event.event().author)).then(|| {
+        format!(
+            "event {} of insurer {insurer} is signed by key {}, not one registered for that insurer",
+            event.id(),
+            &shikaku_core::hex::encode(&event.event().author.0)[..16]
+        )
+    })
 }

@@ -50,6 +50,7 @@ mod store;
 mod stream;
 
 pub use config::*;
+pub use hub::import_refusal;
 pub use prepare::{prepare, Inbound};
 pub use stream::{
     decode_stream_cursor, encode_stream_cursor, prepare_stream, StreamIdentity, StreamMessage,
