@@ -11,9 +11,13 @@ use std::fmt;
 use crate::date::Date;
 use crate::hlc::{self, Hlc, HlcError};
 use crate::member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};
+use crate::seal::{self, Sealed};
 
-/// The schema version this build writes and the only one it reads.
+/// Schema version 1: member data in the clear (frozen; still read, and written by
+/// [`Signer::sign`] for the plaintext interchange and the tests' histories).
 pub const SCHEMA_VERSION: u16 = 1;
+/// Schema version 2: member data sealed ([`crate::seal`]); written by [`Signer::sign_sealed`].
+pub const SCHEMA_SEALED: u16 = 2;
 /// Largest canonical event encoding accepted, in bytes.
 pub const EVENT_BYTES_MAX: usize = 16 * 1024;
 /// Longest free text (names, addresses, reasons) accepted, in characters.
@@ -491,6 +495,31 @@ pub enum EventBody {
         /// Member.
         member: MemberKey,
     },
+    /// Schema 2: an insurer registers a member whose identity is sealed (replaces
+    /// `MemberRegistered`; appended last so schema-1 archives keep their layout).
+    MemberSealed {
+        /// The member reference.
+        member: MemberKey,
+        /// [`crate::seal::SealedMember`] under the member's data key.
+        sealed: Sealed,
+    },
+    /// Schema 2: new sealed demographics from `effective` on (replaces `DemographicsChanged`).
+    DemographicsSealed {
+        /// The member reference.
+        member: MemberKey,
+        /// Date of the change.
+        effective: Date,
+        /// [`crate::seal::SealedMember`] under the member's data key.
+        sealed: Sealed,
+    },
+    /// Schema 2: the insurer orders the member's data erased — every node destroys the
+    /// member's data key and wraps; the ciphertext stays and every log still verifies.
+    MemberErased {
+        /// The member reference.
+        member: MemberKey,
+        /// Why (free text, no personal data).
+        reason: String,
+    },
 }
 
 impl AnswerCode {
@@ -546,6 +575,12 @@ pub enum EventKind {
     ConsentGiven,
     /// `consent_withdrawn`.
     ConsentWithdrawn,
+    /// `member_sealed` (schema 2).
+    MemberSealed,
+    /// `demographics_sealed` (schema 2).
+    DemographicsSealed,
+    /// `member_erased` (schema 2).
+    MemberErased,
 }
 
 impl EventKind {
@@ -568,6 +603,9 @@ impl EventKind {
             EventKind::SelfDeclarationResolved => "self_declaration_resolved",
             EventKind::ConsentGiven => "consent_given",
             EventKind::ConsentWithdrawn => "consent_withdrawn",
+            EventKind::MemberSealed => "member_sealed",
+            EventKind::DemographicsSealed => "demographics_sealed",
+            EventKind::MemberErased => "member_erased",
         }
     }
 
@@ -583,7 +621,10 @@ impl EventKind {
             | EventKind::DemographicsChanged
             | EventKind::CardLinked
             | EventKind::CardUnlinked
-            | EventKind::WrongPersonLinkageRevoked => true,
+            | EventKind::WrongPersonLinkageRevoked
+            | EventKind::MemberSealed
+            | EventKind::DemographicsSealed
+            | EventKind::MemberErased => true,
             EventKind::EventVoided
             | EventKind::EventSuperseded
             | EventKind::CheckPerformed
@@ -615,6 +656,9 @@ impl EventBody {
             EventBody::SelfDeclarationResolved { .. } => EventKind::SelfDeclarationResolved,
             EventBody::ConsentGiven { .. } => EventKind::ConsentGiven,
             EventBody::ConsentWithdrawn { .. } => EventKind::ConsentWithdrawn,
+            EventBody::MemberSealed { .. } => EventKind::MemberSealed,
+            EventBody::DemographicsSealed { .. } => EventKind::DemographicsSealed,
+            EventBody::MemberErased { .. } => EventKind::MemberErased,
         }
     }
 
@@ -650,7 +694,10 @@ impl EventBody {
             | EventBody::CardUnlinked { member, .. }
             | EventBody::WrongPersonLinkageRevoked { member, .. }
             | EventBody::ConsentGiven { member }
-            | EventBody::ConsentWithdrawn { member } => return CheckQueryRef::Member(member),
+            | EventBody::ConsentWithdrawn { member }
+            | EventBody::MemberSealed { member, .. }
+            | EventBody::DemographicsSealed { member, .. }
+            | EventBody::MemberErased { member, .. } => return CheckQueryRef::Member(member),
         };
         match query {
             CheckQuery::Card(card) => CheckQueryRef::Card(card),
@@ -720,7 +767,7 @@ pub struct Event {
 #[non_exhaustive]
 pub enum EventError {
     /// The schema version is not one this build reads.
-    #[error("unknown schema version {found}; this build reads version {supported}")]
+    #[error("unknown schema version {found}; this build reads versions 1 to {supported}")]
     UnknownSchemaVersion {
         /// The version in the input.
         found: u16,
@@ -821,10 +868,68 @@ fn check_query(query: &CheckQuery) -> Result<(), EventError> {
     }
 }
 
+fn check_ref(field: &'static str, key: &MemberKey) -> Result<(), EventError> {
+    key.validate()?;
+    if !seal::is_member_ref(key) {
+        return Err(field_error(field, "schema 2 names members by reference (~ and 19 hex digits)"));
+    }
+    Ok(())
+}
+
+fn check_sealed(sealed: &Sealed) -> Result<(), EventError> {
+    if sealed.ciphertext.len() < 16 || sealed.ciphertext.len() > seal::SEALED_BYTES_MAX {
+        return Err(field_error(
+            "sealed",
+            format!("ciphertext must be 16..={} bytes", seal::SEALED_BYTES_MAX),
+        ));
+    }
+    Ok(())
+}
+
 impl Event {
-    /// Validates every field that the type system cannot: member keys, ratios, text limits,
-    /// category codes, sequence numbers and the namespace rule.
+    /// Validates a schema-1 event (see [`Event::validate_as`]).
     pub fn validate(&self) -> Result<(), EventError> {
+        self.validate_as(SCHEMA_VERSION)
+    }
+
+    /// Validates every field that the type system cannot: member keys, ratios, text limits,
+    /// category codes, sequence numbers, the namespace rule, and the schema's own rules —
+    /// schema 1 has no sealed variants; schema 2 has no plaintext demographics and names every
+    /// member by reference.
+    pub fn validate_as(&self, schema: u16) -> Result<(), EventError> {
+        match schema {
+            SCHEMA_VERSION => {
+                if matches!(
+                    self.body.kind(),
+                    EventKind::MemberSealed | EventKind::DemographicsSealed | EventKind::MemberErased
+                ) {
+                    return Err(field_error("type", "sealed event types need schema 2"));
+                }
+            }
+            SCHEMA_SEALED => {
+                if matches!(
+                    self.body.kind(),
+                    EventKind::MemberRegistered | EventKind::DemographicsChanged
+                ) {
+                    return Err(field_error(
+                        "type",
+                        "schema 2 carries demographics only sealed (member_sealed, demographics_sealed)",
+                    ));
+                }
+                if let CheckQueryRef::Member(member) = self.body.subject() {
+                    check_ref("member", member)?;
+                }
+                match &self.body {
+                    EventBody::MemberSealed { sealed, .. }
+                    | EventBody::DemographicsSealed { sealed, .. } => check_sealed(sealed)?,
+                    EventBody::MemberErased { reason, .. } => check_text("reason", reason)?,
+                    _ => {}
+                }
+            }
+            found => {
+                return Err(EventError::UnknownSchemaVersion { found, supported: SCHEMA_SEALED })
+            }
+        }
         if self.origin_seq == 0 {
             return Err(field_error("origin_seq", "sequence numbers start at 1"));
         }
@@ -902,6 +1007,9 @@ impl Event {
                 }
             }
             EventBody::SelfDeclarationResolved { query, .. } => check_query(query)?,
+            EventBody::MemberSealed { member, .. }
+            | EventBody::DemographicsSealed { member, .. }
+            | EventBody::MemberErased { member, .. } => member.validate()?,
         }
         if !self.body.allowed_in(&self.namespace) {
             return Err(EventError::WrongNamespace {
@@ -912,7 +1020,7 @@ impl Event {
         Ok(())
     }
 
-    /// The canonical rkyv encoding (schema version 1).
+    /// The canonical rkyv encoding (the same layout in schema versions 1 and 2).
     pub fn canonical_bytes(&self) -> Result<rkyv::util::AlignedVec, EventError> {
         rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .map_err(|e| EventError::Malformed(e.to_string()))
@@ -937,6 +1045,7 @@ fn signed_message(id: &EventId) -> [u8; 48] {
 /// An event whose canonical bytes, id and signature have been checked (or just produced).
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedEvent {
+    schema: u16,
     event: Event,
     canonical: Vec<u8>,
     id: EventId,
@@ -994,10 +1103,21 @@ impl Signer {
         Signature(self.key.sign(message).to_bytes())
     }
 
-    /// Validates, encodes and signs an event. The event's `author` must be this signer.
+    /// Validates, encodes and signs a schema-1 (plaintext) event. The event's `author` must be
+    /// this signer.
     pub fn sign(&self, event: Event) -> Result<SignedEvent, EventError> {
+        self.sign_as(SCHEMA_VERSION, event)
+    }
+
+    /// Validates, encodes and signs a schema-2 (sealed) event.
+    pub fn sign_sealed(&self, event: Event) -> Result<SignedEvent, EventError> {
+        self.sign_as(SCHEMA_SEALED, event)
+    }
+
+    /// Validates, encodes and signs an event under a schema version.
+    pub fn sign_as(&self, schema: u16, event: Event) -> Result<SignedEvent, EventError> {
         use ed25519_dalek::Signer as _;
-        event.validate()?;
+        event.validate_as(schema)?;
         if event.author != self.public() {
             return Err(field_error("author", "the event names another author key"));
         }
@@ -1005,9 +1125,9 @@ impl Signer {
         if canonical.len() > EVENT_BYTES_MAX {
             return Err(EventError::TooLarge(canonical.len()));
         }
-        let id = event_id(SCHEMA_VERSION, &canonical);
+        let id = event_id(schema, &canonical);
         let signature = Signature(self.key.sign(&signed_message(&id)).to_bytes());
-        Ok(SignedEvent { event, canonical, id, signature })
+        Ok(SignedEvent { schema, event, canonical, id, signature })
     }
 }
 
@@ -1129,10 +1249,10 @@ impl SignedEvent {
         signature: Signature,
         claimed_id: Option<EventId>,
     ) -> Result<SignedEvent, EventError> {
-        if schema_version != SCHEMA_VERSION {
+        if schema_version != SCHEMA_VERSION && schema_version != SCHEMA_SEALED {
             return Err(EventError::UnknownSchemaVersion {
                 found: schema_version,
-                supported: SCHEMA_VERSION,
+                supported: SCHEMA_SEALED,
             });
         }
         if canonical.len() > EVENT_BYTES_MAX {
@@ -1148,7 +1268,7 @@ impl SignedEvent {
         aligned.extend_from_slice(canonical);
         let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
             .map_err(|e| EventError::Malformed(e.to_string()))?;
-        Ok(SignedEvent { event, canonical: canonical.to_vec(), id, signature })
+        Ok(SignedEvent { schema: schema_version, event, canonical: canonical.to_vec(), id, signature })
     }
 
     /// Re-runs, on a decoded event, the checks that [`SignedEvent::decode_stored`] skips —
@@ -1159,7 +1279,7 @@ impl SignedEvent {
         if self.event.canonical_bytes()?.as_slice() != self.canonical.as_slice() {
             return Err(EventError::NotCanonical);
         }
-        self.event.validate()?;
+        self.event.validate_as(self.schema)?;
         Ok(UnverifiedEvent(self))
     }
 
@@ -1185,7 +1305,7 @@ impl SignedEvent {
 
     /// The schema version.
     pub fn schema_version(&self) -> u16 {
-        SCHEMA_VERSION
+        self.schema
     }
 
     /// The ordering key used everywhere: (hlc, id).

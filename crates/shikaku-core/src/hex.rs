@@ -31,3 +31,14 @@ pub fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
     }
     Some(out)
 }
+
+/// Decodes lower- or upper-case hex of any even length.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}

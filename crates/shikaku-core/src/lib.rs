@@ -16,6 +16,7 @@ pub mod hex;
 pub mod hlc;
 pub mod member;
 pub mod projection;
+pub mod seal;
 pub mod text;
 
 pub use answer::{
@@ -25,8 +26,8 @@ pub use date::{Date, DateError, DateRange};
 pub use event::{
     verify_all, AnswerCode, AnswerHash, AuthorKey, CheckMode, CheckQuery, DeclarationOutcome,
     EndReason, Event, EventBody, EventError, EventId, EventKind, Namespace, NodeId, Person,
-    Relationship, Sex, Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_VERSION,
+    Relationship, Sex, Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_SEALED, SCHEMA_VERSION,
 };
 pub use hlc::{Hlc, HlcClock, HlcError};
 pub use member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};
-pub use projection::{Projection, Replication};
+pub use projection::{Projection, Replication, Reveal};

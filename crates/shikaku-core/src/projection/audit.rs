@@ -8,7 +8,7 @@ impl Projection {
     pub fn conflicts(&self, as_of: Hlc) -> Vec<Conflict> {
         let mut all: BTreeSet<Conflict> = BTreeSet::new();
         for member in 0..self.members.len() as u32 {
-            all.extend(self.view(member, as_of).conflicts);
+            all.extend(self.view(member, as_of, &Revealed::default()).conflicts);
         }
         for target in self.voids.keys() {
             all.extend(self.supersede_conflict_for(target, as_of));

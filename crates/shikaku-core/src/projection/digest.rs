@@ -24,6 +24,9 @@ impl Projection {
                 h.update(id(fact.event));
                 // Each fact as (tag, value, value) with references replaced by content.
                 let (tag, a, b): (u8, i64, i64) = match fact.kind {
+                    FactKind::Registered { birth, insured: SEALED_INSURED } => {
+                        (0, i64::from(birth.0), 2)
+                    }
                     FactKind::Registered { birth, insured } => {
                         if insured != NO_MEMBER {
                             h.update(&self.members[insured as usize].key);

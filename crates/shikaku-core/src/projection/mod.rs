@@ -40,7 +40,30 @@ mod store;
 
 pub use snapshot::SnapshotError;
 
+/// What opening sealed member records revealed for one check: per member reference, the
+/// birth date and the insured person's reference (for a dependant), so the rules that need
+/// hidden fields (the 75th birthday, dependants following their insured person) apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reveal {
+    /// (member reference, birth date, insured person's reference and birth date).
+    pub members: Vec<(MemberKey, Date, Option<(MemberKey, Date)>)>,
+}
+
+/// [`Reveal`] resolved to the fold's member indexes.
+#[derive(Debug, Default)]
+struct Revealed(Vec<(u32, Date, u32)>);
+
+impl Revealed {
+    fn get(&self, member: u32) -> Option<(Date, u32)> {
+        self.0.iter().find(|r| r.0 == member).map(|r| (r.1, r.2))
+    }
+}
+
 const NO_MEMBER: u32 = u32::MAX;
+/// The insured index of a sealed registration: the relationship is known only once opened.
+const SEALED_INSURED: u32 = u32::MAX - 1;
+/// The birth date of a sealed registration until it is opened.
+const SEALED_BIRTH: Date = Date(i32::MIN);
 /// Longest void-of-void chain followed; longer chains count as voided (they cannot occur
 /// honestly, and the bound keeps a hostile input from exhausting the stack).
 const VOID_CHAIN_DEPTH_MAX: u32 = 32;

@@ -13,6 +13,40 @@ impl Projection {
         as_of: Hlc,
         freshness: Freshness,
     ) -> Answer {
+        self.check_revealed(query, service_date, as_of, freshness, &Reveal::default())
+    }
+
+    /// [`Projection::check`] with what opening sealed records revealed (schema 2): the birth
+    /// dates and insured persons the rules need. Members not revealed are answered from their
+    /// pseudonymous facts alone.
+    pub fn check_revealed(
+        &self,
+        query: &CheckQuery,
+        service_date: Date,
+        as_of: Hlc,
+        freshness: Freshness,
+        reveal: &Reveal,
+    ) -> Answer {
+        let revealed = Revealed(
+            reveal
+                .members
+                .iter()
+                .filter_map(|(reference, birth, insured)| {
+                    let member = self.find_member(reference)?;
+                    let insured = match insured {
+                        None => NO_MEMBER,
+                        Some((key, _)) => self.find_member(key).unwrap_or(NO_MEMBER),
+                    };
+                    Some((member, *birth, insured))
+                })
+                .chain(reveal.members.iter().filter_map(|(_, _, insured)| {
+                    // The insured person's own 75th birthday, sealed in the dependant's record.
+                    let (key, birth) = insured.as_ref()?;
+                    Some((self.find_member(key)?, *birth, NO_MEMBER))
+                }))
+                .collect(),
+        );
+        let revealed = &revealed;
         let knowledge = Knowledge {
             as_of,
             events_held: self.events_held(),
@@ -43,10 +77,10 @@ impl Projection {
         let mut decided: Vec<u32> = Vec::new();
         match query {
             CheckQuery::Member(key) => {
-                self.check_member(key, service_date, as_of, &mut answer, &mut decided)
+                self.check_member(key, service_date, as_of, &mut answer, &mut decided, revealed)
             }
             CheckQuery::Card(card) => {
-                self.check_card(card, service_date, as_of, &mut answer, &mut decided)
+                self.check_card(card, service_date, as_of, &mut answer, &mut decided, revealed)
             }
         }
         let mut ids: Vec<EventId> = decided.iter().map(|&e| self.ids[e as usize]).collect();
@@ -83,6 +117,7 @@ impl Projection {
         cutoff: Hlc,
         answer: &mut Answer,
         decided: &mut Vec<u32>,
+        revealed: &Revealed,
     ) {
         let not_held = if self.replication.holds(key.insurer) || self.prefetched.contains(key) {
             AnswerCode::NoMatch
@@ -93,7 +128,7 @@ impl Projection {
             answer.code = not_held;
             return;
         };
-        let (view, eval) = self.evaluate(member, date, cutoff, 0);
+        let (view, eval) = self.evaluate(member, date, cutoff, 0, revealed);
         if !view.exists {
             answer.code = not_held;
             return;
@@ -116,7 +151,7 @@ impl Projection {
                 if other == member {
                     continue;
                 }
-                let (_, other_eval) = self.evaluate(other, date, cutoff, 0);
+                let (_, other_eval) = self.evaluate(other, date, cutoff, 0, revealed);
                 if let Some(period) = other_eval.covered {
                     answer.code = AnswerCode::InvalidNewerExists;
                     answer.successor = self.key_of(other);
@@ -141,6 +176,7 @@ impl Projection {
         cutoff: Hlc,
         answer: &mut Answer,
         decided: &mut Vec<u32>,
+        revealed: &Revealed,
     ) {
         let partial = matches!(self.replication, Replication::Insurers(_));
         let links = self.find_card(token).map(|c| self.alive_links(c, cutoff)).unwrap_or_default();
@@ -158,7 +194,7 @@ impl Projection {
         let mut covered: Vec<(u32, u32, Evaluation)> = Vec::new();
         let mut latest: Option<(Date, u32, u32, Evaluation)> = None;
         for &(member, link_event) in &links {
-            let (_, eval) = self.evaluate(member, date, cutoff, 0);
+            let (_, eval) = self.evaluate(member, date, cutoff, 0, revealed);
             if let Some(key) = self.key_of(member) {
                 queries.push(CheckQuery::Member(key));
             }

@@ -56,7 +56,7 @@ impl Projection {
         Some(InsurerNumber::from_validated(u32::from_le_bytes(bytes.try_into().ok()?)))
     }
 
-    pub(super) fn view(&self, member: u32, cutoff: Hlc) -> MemberView {
+    pub(super) fn view(&self, member: u32, cutoff: Hlc, revealed: &Revealed) -> MemberView {
         let mut view = MemberView::default();
         let mut starts: Vec<Period> = Vec::new();
         let mut ends: Vec<(Date, EndReason, u32)> = Vec::new();
@@ -73,6 +73,11 @@ impl Projection {
             match fact.kind {
                 FactKind::Registered { birth, insured } => {
                     view.exists = true;
+                    let (birth, insured) = match insured {
+                        // Sealed: what opening the record revealed, or nothing.
+                        SEALED_INSURED => revealed.get(member).unwrap_or((SEALED_BIRTH, NO_MEMBER)),
+                        _ => (birth, insured),
+                    };
                     view.registered = Some((birth, insured, fact.event));
                 }
                 FactKind::Started { start, copay } => {
@@ -137,7 +142,7 @@ impl Projection {
         if let (Some((birth, _, registered)), Some(insurer)) =
             (view.registered, self.insurer_of(member))
         {
-            if !insurer.is_late_stage_elderly() {
+            if !insurer.is_late_stage_elderly() && birth != SEALED_BIRTH {
                 let birthday = birth.add_years(75);
                 for period in &mut starts {
                     let capped = period.start.max(birthday);
@@ -172,8 +177,9 @@ impl Projection {
         date: Date,
         cutoff: Hlc,
         depth: u32,
+        revealed: &Revealed,
     ) -> (MemberView, Evaluation) {
-        let mut view = self.view(member, cutoff);
+        let mut view = self.view(member, cutoff, revealed);
         let mut eval =
             Evaluation { conflicts: std::mem::take(&mut view.conflicts), ..Evaluation::default() };
         let covering = view.periods.iter().rev().find(|p| p.range().contains(date)).copied();
@@ -187,7 +193,7 @@ impl Projection {
                 eval.dependant = true;
                 eval.decided.push(registered);
                 if depth == 0 {
-                    let (insured_view, insured_eval) = self.evaluate(insured, date, cutoff, 1);
+                    let (insured_view, insured_eval) = self.evaluate(insured, date, cutoff, 1, revealed);
                     eval.conflicts.extend(insured_eval.conflicts);
                     if insured_view.exists && covering.is_some() {
                         match insured_eval.covered {

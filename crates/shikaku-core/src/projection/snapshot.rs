@@ -380,7 +380,10 @@ impl Projection {
         for member in &p.members {
             for fact in &member.facts {
                 if let FactKind::Registered { insured, .. } = fact.kind {
-                    if insured != NO_MEMBER && insured as usize >= p.members.len() {
+                    if insured != NO_MEMBER
+                        && insured != SEALED_INSURED
+                        && insured as usize >= p.members.len()
+                    {
                         return Err(SnapshotError::Malformed(r.at));
                     }
                 }

@@ -148,7 +148,16 @@ impl Projection {
                 let kind = FactKind::Limit { effective: *effective, category: code };
                 self.insert_member_fact(m, hlc, id, kind).is_some()
             }
-            EventBody::DemographicsChanged { member, .. } => {
+            EventBody::MemberSealed { member, .. } => {
+                // Birth date and relationship are sealed: the rules that need them run when
+                // the record is opened at query time (`Reveal`).
+                let m = self.member_index(member);
+                let kind = FactKind::Registered { birth: SEALED_BIRTH, insured: SEALED_INSURED };
+                self.insert_member_fact(m, hlc, id, kind).is_some()
+            }
+            EventBody::DemographicsChanged { member, .. }
+            | EventBody::DemographicsSealed { member, .. }
+            | EventBody::MemberErased { member, .. } => {
                 let m = self.member_index(member);
                 let kind = FactKind::Demographics;
                 self.insert_member_fact(m, hlc, id, kind).is_some()
