@@ -12,6 +12,8 @@ enum Node {
     Str(String),
     /// A `Vec` of 32-byte ids (the only vectors in schema 1): 8 bytes, elements out of line.
     Ids(Vec<[u8; 32]>),
+    /// A `Vec<u8>` (schema 2's ciphertexts): 8 bytes, the bytes out of line.
+    Blob(Vec<u8>),
     /// Fields laid out in order, C-style.
     Struct(Vec<Node>),
     /// A tag byte, then the variant's fields as a struct starting with that byte; the enum's
@@ -27,7 +29,7 @@ impl Node {
     fn align(&self) -> usize {
         match self {
             Node::Bytes(_, align) => *align,
-            Node::Str(_) | Node::Ids(_) => 4,
+            Node::Str(_) | Node::Ids(_) | Node::Blob(_) => 4,
             Node::Struct(fields) => fields.iter().map(Node::align).max().unwrap_or(1),
             Node::Enum { align, .. } => *align,
         }
@@ -48,7 +50,7 @@ impl Node {
     fn size(&self) -> usize {
         match self {
             Node::Bytes(bytes, _) => bytes.len(),
-            Node::Str(_) | Node::Ids(_) => 8,
+            Node::Str(_) | Node::Ids(_) | Node::Blob(_) => 8,
             Node::Struct(fields) => align_up(Node::offsets(fields, 0).1, self.align()),
             Node::Enum { size, .. } => *size,
         }
@@ -72,6 +74,10 @@ impl Node {
                     buf.extend_from_slice(id);
                 }
             }
+            Node::Blob(bytes) => {
+                places.push(buf.len());
+                buf.extend_from_slice(bytes);
+            }
             Node::Struct(fields) | Node::Enum { fields, .. } => {
                 for f in fields {
                     f.write_out_of_line(buf, places);
@@ -94,6 +100,11 @@ impl Node {
                 let target = *places.next().unwrap() as i64;
                 buf[at..at + 4].copy_from_slice(&word.to_le_bytes());
                 buf[at + 4..at + 8].copy_from_slice(&((target - at as i64) as i32).to_le_bytes());
+            }
+            Node::Blob(bytes) => {
+                let target = *places.next().unwrap() as i64;
+                buf[at..at + 4].copy_from_slice(&((target - at as i64) as i32).to_le_bytes());
+                buf[at + 4..at + 8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
             }
             Node::Ids(ids) => {
                 let target = *places.next().unwrap() as i64;
@@ -163,6 +174,11 @@ fn person(p: &shikaku_core::Person) -> Node {
         Node::Str(p.address.clone()),
         u32n(p.municipality),
     ])
+}
+
+/// `Sealed` (schema 2): the 24-byte nonce, then the ciphertext as a `Vec<u8>`.
+fn sealed(s: &shikaku_core::seal::Sealed) -> Node {
+    Node::Struct(vec![Node::Bytes(s.nonce.to_vec(), 1), Node::Blob(s.ciphertext.clone())])
 }
 
 fn body(b: &EventBody) -> Node {
@@ -243,6 +259,14 @@ fn body(b: &EventBody) -> Node {
         }
         ConsentGiven { member } => (14, vec![key(member)]),
         ConsentWithdrawn { member } => (15, vec![key(member)]),
+        MemberSealed { member, sealed: s } => (16, vec![key(member), sealed(s)]),
+        DemographicsSealed { member, effective, sealed: s } => {
+            (17, vec![key(member), i32n(effective.0), sealed(s)])
+        }
+        MemberErased { member, key_tags, reason } => (
+            18,
+            vec![key(member), Node::Ids(key_tags.clone()), Node::Str(reason.clone())],
+        ),
     };
     Node::Enum { tag, fields, size: 112, align: 8 }
 }
@@ -559,7 +583,11 @@ fn digest_by_hand(events: &[shikaku_core::SignedEvent]) -> [u8; 32] {
                     i64::from(u32::from_le_bytes([b[0], b[1], b[2], 0])),
                 )
             }
-            DemographicsChanged { member, .. } => fact(member, vec![], 5, 0, 0),
+            DemographicsChanged { member, .. }
+            | DemographicsSealed { member, .. }
+            | MemberErased { member, .. } => fact(member, vec![], 5, 0, 0),
+            // Sealed: birth date and relationship unknown until opened (EVENTS.md v2).
+            MemberSealed { member, .. } => fact(member, vec![], 0, i64::from(i32::MIN), 2),
             CardLinked { card, member }
             | CardUnlinked { card, member }
             | WrongPersonLinkageRevoked { card, member, .. } => {

@@ -517,6 +517,10 @@ pub enum EventBody {
     MemberErased {
         /// The member reference.
         member: MemberKey,
+        /// The member-key lookup tags whose wraps are destroyed: kept so that a check by
+        /// member key and birth date still finds the (pseudonymous) facts and can say "member
+        /// data erased". A tag confirms a guess of key and birth date; it opens nothing.
+        key_tags: Vec<[u8; 32]>,
         /// Why (free text, no personal data).
         reason: String,
     },
@@ -922,7 +926,12 @@ impl Event {
                 match &self.body {
                     EventBody::MemberSealed { sealed, .. }
                     | EventBody::DemographicsSealed { sealed, .. } => check_sealed(sealed)?,
-                    EventBody::MemberErased { reason, .. } => check_text("reason", reason)?,
+                    EventBody::MemberErased { reason, key_tags, .. } => {
+                        check_text("reason", reason)?;
+                        if key_tags.len() > 8 {
+                            return Err(field_error("key_tags", "more than 8 tags"));
+                        }
+                    }
                     _ => {}
                 }
             }

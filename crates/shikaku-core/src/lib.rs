@@ -14,9 +14,11 @@ pub mod date;
 pub mod event;
 pub mod hex;
 pub mod hlc;
+pub mod keystore;
 pub mod member;
 pub mod projection;
 pub mod seal;
+pub mod sealer;
 pub mod text;
 
 pub use answer::{

@@ -16,6 +16,20 @@ impl Projection {
         all.into_iter().collect()
     }
 
+    /// The events that carry a member's identity (registration and demographics changes,
+    /// sealed or not), visible at the cut-off, in record order: the last one that opens is
+    /// the member's current record.
+    pub fn identity_events(&self, member: &MemberKey, as_of: Hlc) -> Vec<EventId> {
+        let Some(m) = self.find_member(member) else { return Vec::new() };
+        self.members[m as usize]
+            .facts
+            .iter()
+            .filter(|f| matches!(f.kind, FactKind::Registered { .. } | FactKind::Demographics))
+            .filter(|f| self.visible(f.hlc, f.event, as_of))
+            .map(|f| self.ids[f.event as usize])
+            .collect()
+    }
+
     /// Checks (ids of `check_performed` events) whose answer was decided by `event` — e.g. the
     /// checks that relied on a card link later revoked as a wrong-person linkage.
     pub fn checks_decided_by(&self, event: &EventId) -> Vec<EventId> {
