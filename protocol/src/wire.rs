@@ -9,7 +9,9 @@ use shikaku_core::event::{EventId, NodeId, Signature};
 use shikaku_core::{InsurerNumber, Namespace};
 
 /// Protocol version carried in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version still spoken (version 1: no key store messages).
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// ALPN identifier of this protocol version.
 pub const ALPN: &[u8] = b"shikaku/1";
 /// Largest frame body either side may ever send (a peer may ask for less in its handshake).
@@ -28,6 +30,10 @@ pub const PREFETCH_MAX: usize = 4096;
 pub const REFUSALS_MAX: usize = 8192;
 /// Bytes of a text field (names, member keys, error messages).
 pub const TEXT_BYTES_MAX: usize = 1024;
+/// Most key store items in one `Keys` frame (and erasure orders in one `KeysFrom`).
+pub const KEY_ITEMS_PER_FRAME_MAX: usize = 8192;
+/// Largest key store item, in bytes.
+pub const KEY_ITEM_BYTES_MAX: usize = shikaku_core::keystore::ITEM_BYTES_MAX;
 /// Bytes of one event on the wire (`u16` schema version ‖ canonical bytes ‖ 64-byte signature).
 pub const EVENT_WIRE_BYTES_MAX: usize = 2 + shikaku_core::event::EVENT_BYTES_MAX + 64;
 /// Domain separation of receipt signatures.
@@ -358,6 +364,28 @@ pub enum Message {
         /// Event ids.
         ids: Vec<EventId>,
     },
+    /// 0x0A, clinic → hub (protocol 2): send me the key store items after `since` of store
+    /// `store`; here are the erasure orders I hold (the erased set is merged both ways).
+    KeysFrom {
+        /// The hub key store the clinic last received from (zeros: none).
+        store: [u8; 16],
+        /// The last item number received from it.
+        since: u64,
+        /// Erasure orders held by the clinic (event wire forms).
+        erasures: Vec<Vec<u8>>,
+    },
+    /// 0x0B, hub → clinic (protocol 2): key store items (KEYSTORE.md) for the clinic's granted
+    /// insurers, in item order.
+    Keys {
+        /// The hub's key store identity.
+        store: [u8; 16],
+        /// The number of the last item included (or the `since` asked for, when none).
+        last: u64,
+        /// Whether more items follow (ask again from `last`).
+        more: bool,
+        /// Encoded items.
+        items: Vec<Vec<u8>>,
+    },
     /// 0x09, either way, last frame before the stream closes: what went wrong.
     Error {
         /// Error code (see [`ErrorCode`]).
@@ -380,6 +408,8 @@ impl Message {
             Message::ReconcileReply { .. } => 0x07,
             Message::Fetch { .. } => 0x08,
             Message::Error { .. } => 0x09,
+            Message::KeysFrom { .. } => 0x0A,
+            Message::Keys { .. } => 0x0B,
         }
     }
 
@@ -395,6 +425,8 @@ impl Message {
             Message::ReconcileReply { .. } => "ReconcileReply",
             Message::Fetch { .. } => "Fetch",
             Message::Error { .. } => "Error",
+            Message::KeysFrom { .. } => "KeysFrom",
+            Message::Keys { .. } => "Keys",
         }
     }
 
@@ -471,6 +503,23 @@ impl Message {
             Message::Error { code, message } => {
                 out.extend_from_slice(&code.to_le_bytes());
                 put_text(&mut out, message);
+            }
+            Message::KeysFrom { store, since, erasures } => {
+                out.extend_from_slice(store);
+                out.extend_from_slice(&since.to_le_bytes());
+                put_count(&mut out, erasures.len());
+                for e in erasures {
+                    put_bytes(&mut out, e);
+                }
+            }
+            Message::Keys { store, last, more, items } => {
+                out.extend_from_slice(store);
+                out.extend_from_slice(&last.to_le_bytes());
+                out.push(u8::from(*more));
+                put_count(&mut out, items.len());
+                for item in items {
+                    put_bytes(&mut out, item);
+                }
             }
         }
         let body = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
@@ -583,6 +632,27 @@ impl Message {
             }
             0x09 => {
                 Message::Error { code: r.u16("error code")?, message: r.text("error message")? }
+            }
+            0x0A => {
+                let store = r.array("key store id")?;
+                let since = r.u64("key store position")?;
+                let n = r.count("erasure orders", KEY_ITEMS_PER_FRAME_MAX)?;
+                let mut erasures = Vec::with_capacity(n);
+                for _ in 0..n {
+                    erasures.push(r.bytes("erasure order", EVENT_WIRE_BYTES_MAX)?.to_vec());
+                }
+                Message::KeysFrom { store, since, erasures }
+            }
+            0x0B => {
+                let store = r.array("key store id")?;
+                let last = r.u64("key store position")?;
+                let more = r.bool("more keys")?;
+                let n = r.count("key items", KEY_ITEMS_PER_FRAME_MAX)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(r.bytes("key item", KEY_ITEM_BYTES_MAX)?.to_vec());
+                }
+                Message::Keys { store, last, more, items }
             }
             other => return Err(WireError::UnknownMessage(other)),
         };

@@ -217,6 +217,11 @@ impl KeyStore {
         self.wraps_len += 1;
     }
 
+    /// Every data key held (insurer side).
+    pub fn data_keys(&self) -> impl Iterator<Item = (&MemberKey, &DataKey)> {
+        self.data_keys.iter()
+    }
+
     /// A member's data key (insurer side).
     pub fn data_key(&self, member: &MemberKey) -> Option<&DataKey> {
         self.data_keys.get(member)

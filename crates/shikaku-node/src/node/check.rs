@@ -2,7 +2,64 @@
 //! clinic's own `check_performed` event — checks that arrive together in one durable write —
 //! and the clinic's other records (declarations, consents).
 
+use shikaku_core::keystore::Presented;
+use shikaku_core::seal::{self, DataKey, SealedMember};
+use shikaku_core::{Reveal, SCHEMA_SEALED, SCHEMA_VERSION};
+
 use super::*;
+
+/// What a check could say about the member's identity, beside the answer. Only ever handed to
+/// the caller (the present patient's reception screen): never stored, logged or counted.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MemberData {
+    /// The ledger holds this member in the clear (schema 1).
+    Plain,
+    /// The sealed record, opened with what the patient presented.
+    Opened(Box<SealedMember>),
+    /// The member's data was erased: the answer comes from pseudonymous facts only.
+    Erased,
+    /// The record is sealed and could not be opened here (its key has not arrived yet, or
+    /// the key store is unreadable).
+    Sealed,
+    /// The answer names no member.
+    NoMember,
+}
+
+impl std::fmt::Debug for MemberData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never member data in debug output.
+        f.write_str(match self {
+            MemberData::Plain => "Plain",
+            MemberData::Opened(_) => "Opened(…)",
+            MemberData::Erased => "Erased",
+            MemberData::Sealed => "Sealed",
+            MemberData::NoMember => "NoMember",
+        })
+    }
+}
+
+impl MemberData {
+    /// A short label: `plain`, `opened`, `erased`, `sealed`, `none`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MemberData::Plain => "plain",
+            MemberData::Opened(_) => "opened",
+            MemberData::Erased => "erased",
+            MemberData::Sealed => "sealed",
+            MemberData::NoMember => "none",
+        }
+    }
+}
+
+/// A check of something a patient presented: the answer (its member and query pseudonymous
+/// when the ledger is sealed) and what could be said about the member's identity.
+#[derive(Debug, Clone)]
+pub struct PresentedAnswer {
+    /// The answer, as recorded.
+    pub answer: Answer,
+    /// The identity, for the present patient only.
+    pub member_data: MemberData,
+}
 
 impl<D: Directory> Node<D> {
     /// Clinic: answers a check locally and records it in the clinic's namespace (access audit);
@@ -64,6 +121,122 @@ impl<D: Directory> Node<D> {
         Ok(answers)
     }
 
+    /// Clinic: answers checks of what patients presented — a card, or a member key with the
+    /// birth date. Where the ledger holds the insurer sealed (schema 2) the key store finds
+    /// the member by lookup tag (Argon2id for a member key), the record is opened with what
+    /// was presented, the rules that need hidden fields apply to what it revealed, and the
+    /// check is recorded in schema 2 naming the member by tag or reference only. Otherwise the
+    /// plaintext path of [`Node::check_many`] answers. One durable write for all.
+    pub fn check_presented(
+        &mut self,
+        now_ms: u64,
+        presented: &[(Presented, Date)],
+    ) -> Result<Vec<PresentedAnswer>, NodeError> {
+        if self.config.role != Role::Clinic {
+            return Err(NodeError::Role("checks are answered by clinic nodes".into()));
+        }
+        let online = self.in_sync();
+        let freshness = self.freshness(now_ms);
+        let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
+        let mut out = Vec::with_capacity(presented.len());
+        let mut bodies = Vec::with_capacity(presented.len());
+        for (what, service_date) in presented {
+            let lookup = self
+                .keys
+                .lookup(what)
+                .map_err(|e| NodeError::Role(format!("member-key tag: {e}")))?;
+            let (query, schema, reveal, opened) = match lookup.query {
+                None => {
+                    let query = match what {
+                        Presented::Card(token) => CheckQuery::Card(*token),
+                        Presented::Key { key, .. } => CheckQuery::Member(key.clone()),
+                    };
+                    (query, SCHEMA_VERSION, Reveal::default(), Vec::new())
+                }
+                Some(query) => {
+                    let mut reveal = Reveal::default();
+                    let mut opened = Vec::new();
+                    for (reference, data_key) in &lookup.keys {
+                        if let Some(record) = self.open_record(reference, data_key) {
+                            if let Presented::Key { key, birth } = what {
+                                // The tag matched; the record must say the same.
+                                if record.key != *key || record.person.birth_date != *birth {
+                                    continue;
+                                }
+                            }
+                            reveal.members.push((
+                                reference.clone(),
+                                record.person.birth_date,
+                                record.insured.as_ref().map(|i| (i.reference.clone(), i.birth_date)),
+                            ));
+                            opened.push((reference.clone(), record));
+                        }
+                    }
+                    (query, SCHEMA_SEALED, reveal, opened)
+                }
+            };
+            let mut answer =
+                self.projection.check_revealed(&query, *service_date, as_of, freshness, &reveal);
+            answer.knowledge.as_of = as_of;
+            let member_data = match (&answer.member, schema) {
+                (None, _) => MemberData::NoMember,
+                (Some(_), SCHEMA_VERSION) => MemberData::Plain,
+                (Some(member), _) => {
+                    match opened.into_iter().find(|(reference, _)| reference == member) {
+                        Some((_, record)) => {
+                            self.counters.records_opened += 1;
+                            MemberData::Opened(Box::new(record))
+                        }
+                        None if self.keys.is_erased(member) || lookup.erased.contains(member) => {
+                            MemberData::Erased
+                        }
+                        None => MemberData::Sealed,
+                    }
+                }
+            };
+            bodies.push((
+                schema,
+                EventBody::CheckPerformed {
+                    query,
+                    service_date: *service_date,
+                    mode: if online { CheckMode::Online } else { CheckMode::Offline },
+                    knowledge: as_of,
+                    hub_position: freshness.hub_position.unwrap_or(0),
+                    code: answer.code,
+                    answer_hash: AnswerHash(answer.hash().0),
+                    decided_by: answer.decided_by.clone(),
+                },
+            ));
+            out.push(PresentedAnswer { answer, member_data });
+        }
+        self.record_many_as(now_ms, bodies)?;
+        for p in &out {
+            self.counters.checks += 1;
+            *self.counters.checks_by.entry((p.answer.code, online)).or_default() += 1;
+        }
+        Ok(out)
+    }
+
+    /// Opens a member's current sealed record (the latest identity event that opens).
+    pub(super) fn open_record(&self, reference: &MemberKey, key: &DataKey) -> Option<SealedMember> {
+        let ids = self.projection.identity_events(reference, Hlc(u64::MAX));
+        ids.iter().rev().find_map(|id| {
+            let event = self.log.read(self.log.position_of(id)?).ok()?;
+            match &event.event().body {
+                EventBody::MemberSealed { sealed, .. } | EventBody::DemographicsSealed { sealed, .. } => {
+                    seal::open_member(key, reference, sealed).ok()
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Hub (insurer side): a member's current record, opened with the data key it holds.
+    pub fn open_member_record(&self, reference: &MemberKey) -> Option<SealedMember> {
+        let key = self.keys.data_key(reference)?;
+        self.open_record(reference, key)
+    }
+
     pub(super) fn max_acked(&self) -> u64 {
         self.conns
             .values()
@@ -120,6 +293,15 @@ impl<D: Directory> Node<D> {
         now_ms: u64,
         bodies: Vec<EventBody>,
     ) -> Result<Vec<SignedEvent>, NodeError> {
+        self.record_many_as(now_ms, bodies.into_iter().map(|b| (SCHEMA_VERSION, b)).collect())
+    }
+
+    /// [`Node::record_many`] with each body's schema version (2 names members by reference).
+    pub fn record_many_as(
+        &mut self,
+        now_ms: u64,
+        bodies: Vec<(u16, EventBody)>,
+    ) -> Result<Vec<SignedEvent>, NodeError> {
         let me = self.signer.node_id();
         let first = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
             .max(self.seq_floor);
@@ -128,7 +310,7 @@ impl<D: Directory> Node<D> {
             "an origin never numbers two events alike"
         );
         let mut events = Vec::with_capacity(bodies.len());
-        for (offset, body) in bodies.into_iter().enumerate() {
+        for (offset, (schema, body)) in bodies.into_iter().enumerate() {
             let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
             let event = Event {
                 namespace: Namespace::Clinic(me),
@@ -138,7 +320,7 @@ impl<D: Directory> Node<D> {
                 author: self.signer.public(),
                 body,
             };
-            events.push(self.signer.sign(event)?);
+            events.push(self.signer.sign_as(schema, event)?);
         }
         self.store(now_ms, &events)?;
         self.counters.record_commits += 1;

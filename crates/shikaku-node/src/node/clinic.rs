@@ -107,10 +107,10 @@ impl<D: Directory> Node<D> {
     ) -> Result<(), (ErrorCode, String)> {
         let Some(c) = self.conns.get(&conn) else { return Ok(()) };
         let peer = c.peer.clone();
-        if version != PROTOCOL_VERSION {
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
             return Err((
                 ErrorCode::Handshake,
-                format!("hub speaks protocol version {version}, this clinic {PROTOCOL_VERSION}"),
+                format!("hub speaks protocol version {version}, this clinic {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION}"),
             ));
         }
         if peer.role != Role::Hub {
@@ -172,6 +172,8 @@ impl<D: Directory> Node<D> {
             reconcile_bytes_max: (frame_max.min(self.config.frame_max).min(FRAME_BYTES_MAX)
                 as usize)
                 .saturating_sub(64),
+            keys: version >= 2,
+            keys_pending: false,
         };
         let mut first = Vec::new();
         let unknown: Vec<Namespace> = std::iter::once((own_ns, own_cursor))
@@ -197,6 +199,7 @@ impl<D: Directory> Node<D> {
             c.queue.extend(first);
             c.state = SessionState::Clinic(Box::new(session));
         }
+        self.request_keys(conn);
         Ok(())
     }
 
@@ -346,6 +349,9 @@ impl<D: Directory> Node<D> {
         let Some(session) = self.clinic_session_mut(conn) else { return Ok(()) };
         if matches {
             session.in_sync = true;
+            // New members may have come with the events: their wraps follow.
+            self.request_keys(conn);
+            let Some(session) = self.clinic_session_mut(conn) else { return Ok(()) };
             for rep in session.repairs.values_mut() {
                 rep.attempts = 0;
             }

@@ -160,6 +160,14 @@ pub struct Counters {
     pub connect_failures: u64,
     /// Durable writes of the clinic's own records (one per group of checks recorded together).
     pub record_commits: u64,
+    /// Members erased here (their keys destroyed).
+    pub members_erased: u64,
+    /// Key store items sent to clinics (hub).
+    pub key_items_sent: u64,
+    /// Wraps received from the hub (clinic).
+    pub key_items_received: u64,
+    /// Sealed records opened for a present patient (clinic).
+    pub records_opened: u64,
 }
 
 /// Why a node operation failed.

@@ -57,8 +57,8 @@ impl<D: Directory> Node<D> {
         let Hello { version, role, frame_max, cursor, subscriptions, prefetch } = hello;
         let Some(c) = self.conns.get(&conn) else { return Ok(()) };
         let peer = c.peer.clone();
-        if version != PROTOCOL_VERSION {
-            return Err((ErrorCode::Handshake, format!("protocol version {version} is not spoken here (this hub speaks {PROTOCOL_VERSION})")));
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
+            return Err((ErrorCode::Handshake, format!("protocol version {version} is not spoken here (this hub speaks {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION})")));
         }
         if role != Role::Clinic || peer.role != Role::Clinic {
             return Err((
@@ -159,7 +159,8 @@ impl<D: Directory> Node<D> {
         }
         let own_seq = self.clinic_seq.get(&peer.node).copied().unwrap_or(0);
         let welcome = Message::Welcome(Welcome {
-            version: PROTOCOL_VERSION,
+            // The clinic's version when older: a version-1 clinic never sees key messages.
+            version: version.min(PROTOCOL_VERSION),
             frame_max: self.config.frame_max,
             verdicts,
             own_seq,

@@ -35,7 +35,7 @@ use shikaku_protocol::negentropy::{Accumulator, Reconciler};
 use shikaku_protocol::wire::{
     event_from_wire, event_to_wire, Ack, ErrorCode, Hello, Message, Receipt, Refusal,
     RefusalReason, Role, Subscription, Welcome, WireError, EVENTS_PER_FRAME_MAX, FETCH_IDS_MAX,
-    FRAME_BYTES_FLOOR, FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    FRAME_BYTES_FLOOR, FRAME_BYTES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 
 use crate::index::NsIndex;
@@ -45,12 +45,15 @@ mod check;
 mod clinic;
 mod config;
 mod hub;
+mod keys;
 mod prepare;
 mod store;
 mod stream;
 
+pub use check::{MemberData, PresentedAnswer};
 pub use config::*;
 pub use hub::import_refusal;
+pub use keys::{verify_order, KEYS_FILE, KEY_ITEMS_PER_FRAME};
 pub use prepare::{prepare, Inbound};
 pub use stream::{
     decode_stream_cursor, encode_stream_cursor, prepare_stream, StreamIdentity, StreamMessage,
@@ -117,6 +120,10 @@ struct ClinicSession {
     /// Largest Negentropy message this clinic sends: the smaller of the two frame limits,
     /// less 64 bytes for the frame header and namespace.
     reconcile_bytes_max: usize,
+    /// The hub speaks protocol 2 (key store replication).
+    keys: bool,
+    /// A `KeysFrom` is outstanding.
+    keys_pending: bool,
 }
 
 /// How long a clinic waits before pushing events the hub refused once more.
@@ -250,6 +257,11 @@ pub struct Node<D: Directory> {
     signer: Signer,
     log: Log<D>,
     projection: Projection,
+    /// Wrapped data keys and erased members (schema 2).
+    keys: shikaku_core::keystore::KeyStore,
+    keys_dirty: bool,
+    /// Why `keys.store` could not be read at open.
+    keys_damage: Option<String>,
     clock: HlcClock,
     ns: BTreeMap<Namespace, NsIndex>,
     conns: BTreeMap<ConnId, Conn>,
@@ -305,6 +317,9 @@ impl<D: Directory> Node<D> {
             last_connect_warning: None,
             origin_seqs: HashMap::new(),
             projection,
+            keys: shikaku_core::keystore::KeyStore::default(),
+            keys_dirty: false,
+            keys_damage: None,
             signer,
             log,
             clock: HlcClock::new(),
@@ -325,6 +340,7 @@ impl<D: Directory> Node<D> {
             follower: stream::Follower::default(),
             config,
         };
+        node.load_keys();
         let (from, mut note) = match node.load_snapshot() {
             Ok(Some(position)) => {
                 (position + 1, format!("node snapshot at position {position} used"))
@@ -631,6 +647,9 @@ impl<D: Directory> Node<D> {
                     self.on_reconcile(conn, namespace, &message)
                 }
                 Message::Fetch { namespace, ids } => self.on_fetch(conn, namespace, &ids),
+                Message::KeysFrom { store, since, erasures } => {
+                    self.on_keys_from(conn, store, since, erasures)
+                }
                 Message::Error { code, message } => {
                     self.log(
                         Level::Warn,
@@ -648,6 +667,9 @@ impl<D: Directory> Node<D> {
                 }
                 Message::ReconcileReply { namespace, message } => {
                     self.on_reconcile_reply(conn, namespace, &message)
+                }
+                Message::Keys { store, last, more, items } => {
+                    self.on_keys(conn, store, last, more, items)
                 }
                 Message::Error { code, message } => Err((
                     ErrorCode::from_code(code).unwrap_or(ErrorCode::Unexpected),
@@ -678,6 +700,9 @@ impl<D: Directory> Node<D> {
     /// Periodic work: persists the receipt; a hub closes connections that have not said
     /// `Hello` within [`HANDSHAKE_TIMEOUT_MS`].
     pub fn handle_tick(&mut self, now_ms: u64) {
+        if let Err(e) = self.persist_keys() {
+            self.log(Level::Warn, format!("could not persist {KEYS_FILE}: {e}"));
+        }
         if let Err(e) = self.persist_receipts() {
             self.log(Level::Warn, format!("could not persist receipts: {e}"));
         }

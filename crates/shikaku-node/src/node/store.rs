@@ -256,6 +256,7 @@ impl<D: Directory> Node<D> {
             }
         }
         self.projection.apply(event);
+        self.apply_erasure(event);
     }
 
     pub(super) fn load_receipts(&mut self) {
@@ -370,6 +371,8 @@ impl<D: Directory> Node<D> {
         );
         debug_assert_eq!(new_positions.len(), outcome.new, "every new event is indexed once");
         self.counters.events_received += new_positions.len() as u64;
+        // An erasure order among them destroyed keys: make that durable now.
+        self.persist_keys()?;
         // Wake only the sessions that have something new to send: a hub session whose grants
         // cover a new event's namespace, a clinic's session to its hub (its own records).
         let woken: Vec<ConnId> = self
