@@ -34,6 +34,7 @@ mod laws;
 mod log;
 mod net;
 mod node;
+mod privacy;
 mod reconcile;
 mod reference;
 mod scenarios;

@@ -1106,6 +1106,13 @@ impl Signer {
         NodeId(self.public().0)
     }
 
+    /// A secret derived from this signer's secret key for another purpose (an insurer's
+    /// member-reference secret): `blake3::derive_key(context, secret)`; reveals nothing of the
+    /// signing key.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.as_bytes())
+    }
+
     /// Signs arbitrary bytes (receipts); callers put a domain-separation context first.
     pub fn sign_bytes(&self, message: &[u8]) -> Signature {
         use ed25519_dalek::Signer as _;

@@ -16,11 +16,11 @@ use crate::{AuthorKey, Date};
 /// A source of random bytes (data keys, nonces).
 pub type Fill<'a> = &'a mut dyn FnMut(&mut [u8]);
 
-/// The member-reference secret of an insurer, derived from its signing secret (so the key
-/// file is the one secret an insurer keeps): `blake3::derive_key("shikaku 2026 member
-/// reference secret v2", signing secret)`.
-pub fn ref_secret_of(signing_secret: &[u8; 32]) -> [u8; 32] {
-    blake3::derive_key("shikaku 2026 member reference secret v2", signing_secret)
+/// The member-reference secret of an insurer, derived from its signing key (so the key file
+/// is the one secret an insurer keeps): `blake3::derive_key("shikaku 2026 member reference
+/// secret v2", signing secret)`.
+pub fn ref_secret_of(signer: &Signer) -> [u8; 32] {
+    signer.derive_secret("shikaku 2026 member reference secret v2")
 }
 
 /// Why a body could not be sealed. Never carries member data.
@@ -46,8 +46,6 @@ pub enum SealerError {
 
 #[derive(Debug, Clone)]
 struct Known {
-    reference: MemberKey,
-    key: MemberKey,
     birth: Date,
     insured: Option<SealedInsured>,
 }
@@ -57,6 +55,9 @@ pub struct Sealer {
     ref_secret: [u8; 32],
     params: KdfParams,
     members: HashMap<MemberKey, Known>,
+    /// Birth dates of members known before their registration is sealed (a history sealed
+    /// as a whole may register a dependant before the insured person).
+    births: HashMap<MemberKey, Date>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -68,7 +69,12 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// A sealer with the insurer's reference secret and the member-key tag's parameters.
     pub fn new(ref_secret: [u8; 32], params: KdfParams) -> Sealer {
-        Sealer { ref_secret, params, members: HashMap::new() }
+        Sealer { ref_secret, params, members: HashMap::new(), births: HashMap::new() }
+    }
+
+    /// Notes a member's birth date ahead of sealing (see [`upgrade`]).
+    pub fn note_birth(&mut self, key: &MemberKey, birth: Date) {
+        self.births.insert(key.clone(), birth);
     }
 
     /// The reference of a real member key.
@@ -104,14 +110,17 @@ impl Sealer {
         let reference = self.reference(key);
         let insured = match relationship {
             Some(Relationship::Dependant { insured }) => {
-                let known = self
-                    .members
-                    .get(insured)
-                    .ok_or(SealerError::Unregistered("member_registered (dependant)"))?;
+                let birth = match self.members.get(insured) {
+                    Some(known) => known.birth,
+                    None => *self
+                        .births
+                        .get(insured)
+                        .ok_or(SealerError::Unregistered("member_registered (dependant)"))?,
+                };
                 Some(SealedInsured {
-                    reference: known.reference.clone(),
-                    key: known.key.clone(),
-                    birth_date: known.birth,
+                    reference: self.reference(insured),
+                    key: insured.clone(),
+                    birth_date: birth,
                 })
             }
             Some(Relationship::Insured) => None,
@@ -135,7 +144,7 @@ impl Sealer {
         }
         self.members.insert(
             key.clone(),
-            Known { reference: reference.clone(), key: key.clone(), birth: person.birth_date, insured },
+            Known { birth: person.birth_date, insured },
         );
         Ok((reference, sealed))
     }
@@ -271,17 +280,29 @@ pub struct Upgraded {
 }
 
 /// Converts a schema-1 history (in record order) to schema 2. Insurer events are sealed with
-/// the insurer's [`Sealer`] (from `signers`: each insurer's signing key, whose secret also
-/// gives its reference secret) and re-signed with the same origin, sequence and clock;
+/// the insurer's [`Sealer`] (from `signers`: each insurer's signing key, which also gives its
+/// reference secret, [`ref_secret_of`]) and re-signed with the same origin, sequence and clock;
 /// events already in schema 2 pass through. Data keys and wraps go into `store`.
 pub fn upgrade(
     events: &[SignedEvent],
-    signers: &BTreeMap<InsurerNumber, (Signer, [u8; 32])>,
+    signers: &BTreeMap<InsurerNumber, Signer>,
     params: KdfParams,
     store: &mut KeyStore,
     fill: Fill<'_>,
 ) -> Result<Upgraded, SealerError> {
     let mut sealers: BTreeMap<InsurerNumber, Sealer> = BTreeMap::new();
+    for signed in events {
+        if let (crate::event::Namespace::Insurer(insurer), EventBody::MemberRegistered { member, person, .. }) =
+            (signed.event().namespace, &signed.event().body)
+        {
+            if let Some(signer) = signers.get(&insurer) {
+                sealers
+                    .entry(insurer)
+                    .or_insert_with(|| Sealer::new(ref_secret_of(signer), params))
+                    .note_birth(member, person.birth_date);
+            }
+        }
+    }
     let mut out = Upgraded { events: Vec::with_capacity(events.len()), ids: BTreeMap::new(), kept_clinic_records: 0 };
     for signed in events {
         let event = signed.event();
@@ -297,13 +318,12 @@ pub fn upgrade(
                 continue;
             }
         };
-        let (signer, ref_secret) =
-            signers.get(&insurer).ok_or(SealerError::NoSigner(event.author))?;
+        let signer = signers.get(&insurer).ok_or(SealerError::NoSigner(event.author))?;
         if signer.public() != event.author {
             return Err(SealerError::NoSigner(event.author));
         }
         let sealer =
-            sealers.entry(insurer).or_insert_with(|| Sealer::new(*ref_secret, params));
+            sealers.entry(insurer).or_insert_with(|| Sealer::new(ref_secret_of(signer), params));
         let body = sealer.seal_body(&event.body, &out.ids, store, fill)?;
         let sealed = signer
             .sign_sealed(Event { body, ..event.clone() })

@@ -666,3 +666,34 @@ fn finish(world: World) -> Result<Generated, GenError> {
         insurers: insurers.iter().map(|i| (i.number, i.signer.public())).collect(),
     })
 }
+
+/// A generated world with its member data sealed (schema 2): the insurer events re-sealed and
+/// re-signed by each insurer's key, and the insurers' key store (data keys and wraps). Data
+/// keys and nonces come from a generator seeded by `seed` — reproducible synthetic data only;
+/// a real insurer seals with the operating system's random source (`shikaku ledger upgrade`).
+pub fn seal_generated(
+    generated: &Generated,
+    seed: u64,
+    params: shikaku_core::seal::KdfParams,
+) -> Result<(Vec<SignedEvent>, shikaku_core::keystore::KeyStore), GenError> {
+    let signers: BTreeMap<InsurerNumber, Signer> =
+        generated.insurers.iter().map(|(number, _)| (*number, insurer_signer(seed, *number))).collect();
+    let mut rng = Rng::new(seed ^ 0x5eed_5ea1_0000_0002);
+    let mut id = [0u8; 16];
+    fill_from(&mut rng, &mut id);
+    let mut store = shikaku_core::keystore::KeyStore::new(id);
+    let mut fill = |out: &mut [u8]| fill_from(&mut rng, out);
+    let upgraded =
+        shikaku_core::sealer::upgrade(&generated.events, &signers, params, &mut store, &mut fill)
+            .map_err(|e| GenError(format!("sealing the generated world: {e}")))?;
+    let mut events = upgraded.events;
+    events.sort_by_key(SignedEvent::order_key);
+    Ok((events, store))
+}
+
+fn fill_from(rng: &mut Rng, out: &mut [u8]) {
+    for chunk in out.chunks_mut(8) {
+        let word = rng.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}

@@ -22,7 +22,7 @@ pub mod snapshot;
 
 pub use node::{
     prepare, prepare_stream, ConnId, Counters, Inbound, Level, Node, NodeConfig, NodeError, Output,
-    PeerIdentity, StreamIdentity, StreamMessage,
+    PeerIdentity, StreamIdentity, StreamMessage, MemberData, PresentedAnswer, KEYS_FILE,
 };
 
 #[cfg(feature = "planted-bugs")]

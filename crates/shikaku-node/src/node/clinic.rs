@@ -174,6 +174,7 @@ impl<D: Directory> Node<D> {
                 .saturating_sub(64),
             keys: version >= 2,
             keys_pending: false,
+            keys_asked_head: None,
         };
         let mut first = Vec::new();
         let unknown: Vec<Namespace> = std::iter::once((own_ns, own_cursor))

@@ -186,6 +186,9 @@ impl<D: Directory> Node<D> {
         if let Some(c) = self.conns.get_mut(&conn) {
             if let SessionState::Clinic(s) = &mut c.state {
                 s.keys_pending = false;
+                if more {
+                    s.keys_asked_head = None;
+                }
             }
         }
         if more {
@@ -198,10 +201,12 @@ impl<D: Directory> Node<D> {
     /// protocol 1.
     pub(super) fn request_keys(&mut self, conn: ConnId) {
         let frame = self.keys_request();
+        let head = self.log.head();
         if let Some(c) = self.conns.get_mut(&conn) {
             if let SessionState::Clinic(s) = &mut c.state {
-                if s.keys && !s.keys_pending {
+                if s.keys && !s.keys_pending && s.keys_asked_head != Some(head) {
                     s.keys_pending = true;
+                    s.keys_asked_head = Some(head);
                     c.queue.push_back(frame);
                     self.dirty.insert(conn);
                 }

@@ -124,6 +124,9 @@ struct ClinicSession {
     keys: bool,
     /// A `KeysFrom` is outstanding.
     keys_pending: bool,
+    /// Ledger head when key items were last asked for: asked again after a receipt only
+    /// when events arrived since (new members' wraps follow their events).
+    keys_asked_head: Option<u64>,
 }
 
 /// How long a clinic waits before pushing events the hub refused once more.
