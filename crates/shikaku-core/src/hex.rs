@@ -34,7 +34,7 @@ pub fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 /// Decodes lower- or upper-case hex of any even length.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

@@ -45,9 +45,13 @@ pub use snapshot::SnapshotError;
 /// hidden fields (the 75th birthday, dependants following their insured person) apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reveal {
-    /// (member reference, birth date, insured person's reference and birth date).
-    pub members: Vec<(MemberKey, Date, Option<(MemberKey, Date)>)>,
+    /// What each opened record revealed.
+    pub members: Vec<Revealed1>,
 }
+
+/// One opened record: (member reference, birth date, the insured person's reference and
+/// birth date for a dependant).
+pub type Revealed1 = (MemberKey, Date, Option<(MemberKey, Date)>);
 
 /// [`Reveal`] resolved to the fold's member indexes.
 #[derive(Debug, Default)]
