@@ -263,10 +263,9 @@ fn body(b: &EventBody) -> Node {
         DemographicsSealed { member, effective, sealed: s } => {
             (17, vec![key(member), i32n(effective.0), sealed(s)])
         }
-        MemberErased { member, key_tags, reason } => (
-            18,
-            vec![key(member), Node::Ids(key_tags.clone()), Node::Str(reason.clone())],
-        ),
+        MemberErased { member, key_tags, reason } => {
+            (18, vec![key(member), Node::Ids(key_tags.clone()), Node::Str(reason.clone())])
+        }
     };
     Node::Enum { tag, fields, size: 112, align: 8 }
 }

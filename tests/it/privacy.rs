@@ -43,7 +43,9 @@ pub fn worlds(members: usize) -> Worlds {
 }
 
 /// Every person of the plaintext world: key, person, cards.
-pub fn people(events: &[SignedEvent]) -> BTreeMap<MemberKey, (Person, Vec<shikaku_core::CardToken>)> {
+pub fn people(
+    events: &[SignedEvent],
+) -> BTreeMap<MemberKey, (Person, Vec<shikaku_core::CardToken>)> {
     let mut out: BTreeMap<MemberKey, (Person, Vec<shikaku_core::CardToken>)> = BTreeMap::new();
     for e in events {
         match &e.event().body {
@@ -76,7 +78,11 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(events: &[SignedEvent], keys: Option<&shikaku_core::keystore::KeyStore>, w: &Worlds) -> Pair {
+    pub fn new(
+        events: &[SignedEvent],
+        keys: Option<&shikaku_core::keystore::KeyStore>,
+        w: &Worlds,
+    ) -> Pair {
         let hub_signer = Signer::derived("shikaku test hub", b"privacy");
         let mut config = NodeConfig::new(Role::Hub, "hub");
         config.insurers = w.insurers.iter().copied().collect();
@@ -89,8 +95,12 @@ impl Pair {
         }
         let clinic_signer = Signer::derived("shikaku test clinic", b"privacy");
         let clinic_disk = FaultDirectory::new(FaultConfig::default(), 2);
-        let clinic = Node::open(clinic_disk.clone(), clinic_signer.clone(), Pair::clinic_config(w.insurers[0]))
-            .unwrap();
+        let clinic = Node::open(
+            clinic_disk.clone(),
+            clinic_signer.clone(),
+            Pair::clinic_config(w.insurers[0]),
+        )
+        .unwrap();
         let mut pair = Pair {
             hub,
             clinic,
@@ -118,7 +128,11 @@ impl Pair {
         self.hub.handle_connected(
             self.now_ms,
             conn,
-            PeerIdentity { role: Role::Clinic, name: "clinic-p".into(), node: self.clinic_signer.node_id() },
+            PeerIdentity {
+                role: Role::Clinic,
+                name: "clinic-p".into(),
+                node: self.clinic_signer.node_id(),
+            },
         );
         self.clinic.handle_connected(
             self.now_ms,
@@ -195,7 +209,8 @@ pub fn found(haystack: &[u8], needles: &[String]) -> Vec<String> {
 
 /// The identifying strings of a person: name, kana, address, member key text, symbol:number.
 pub fn needles(key: &MemberKey, person: &Person) -> Vec<String> {
-    let mut out = vec![person.name.clone(), person.kana.clone(), person.address.clone(), key.to_string()];
+    let mut out =
+        vec![person.name.clone(), person.kana.clone(), person.address.clone(), key.to_string()];
     if !key.symbol.is_empty() {
         out.push(format!("{}:{}", key.symbol, key.number));
     }
@@ -239,10 +254,8 @@ fn a_synced_clinic_names_no_one_yet_opens_the_present_patients_record() {
     assert!(matches!(&by_key.member_data, MemberData::Opened(r) if r.person.name == person.name));
     assert_eq!(by_key.answer.code, by_card.answer.code);
     // A wrong birth date opens nothing and finds nobody.
-    let wrong = pair.check(
-        Presented::Key { key: key.clone(), birth: person.birth_date.add_days(1) },
-        date,
-    );
+    let wrong =
+        pair.check(Presented::Key { key: key.clone(), birth: person.birth_date.add_days(1) }, date);
     assert_eq!(wrong.answer.code, AnswerCode::NoMatch);
     assert_eq!(wrong.member_data, MemberData::NoMember);
 
@@ -252,7 +265,11 @@ fn a_synced_clinic_names_no_one_yet_opens_the_present_patients_record() {
     let own = Namespace::Clinic(pair.clinic_signer.node_id());
     assert_eq!(pair.hub.namespace_state(&own), pair.clinic.namespace_state(&own));
     let bytes = all_bytes(&pair.clinic_disk);
-    assert_eq!(found(&bytes, &all), Vec::<String>::new(), "after checks clinic files hold member data");
+    assert_eq!(
+        found(&bytes, &all),
+        Vec::<String>::new(),
+        "after checks clinic files hold member data"
+    );
     // The search would see them: the hub's (plaintext-holding) world does contain them.
     let plain: Vec<u8> = w.plain.iter().flat_map(|e| e.canonical_bytes().to_vec()).collect();
     assert!(found(&plain, &needles(key, person)).contains(&person.name));
@@ -279,8 +296,22 @@ fn sealed_answers_equal_plaintext_answers_once_opened() {
                 let a = plain.check(p.clone(), date).answer;
                 let b = sealed.check(p, date).answer;
                 assert_eq!(
-                    (a.code, a.coverage, a.copay_tenths, a.end_reason, a.dependant, a.limit_category.clone()),
-                    (b.code, b.coverage, b.copay_tenths, b.end_reason, b.dependant, b.limit_category.clone()),
+                    (
+                        a.code,
+                        a.coverage,
+                        a.copay_tenths,
+                        a.end_reason,
+                        a.dependant,
+                        a.limit_category.clone()
+                    ),
+                    (
+                        b.code,
+                        b.coverage,
+                        b.copay_tenths,
+                        b.end_reason,
+                        b.dependant,
+                        b.limit_category.clone()
+                    ),
                     "sealed and plaintext answers differ for a member on {date}"
                 );
                 assert_eq!(a.member.is_some(), b.member.is_some());
@@ -292,11 +323,7 @@ fn sealed_answers_equal_plaintext_answers_once_opened() {
 }
 
 /// An insurer-signed erasure order for `reference`, numbered after the insurer's last event.
-pub fn erasure_order(
-    w: &Worlds,
-    hub: &Node<FaultDirectory>,
-    reference: &MemberKey,
-) -> SignedEvent {
+pub fn erasure_order(w: &Worlds, hub: &Node<FaultDirectory>, reference: &MemberKey) -> SignedEvent {
     let insurer = reference.insurer;
     let signer = shikaku_gen::insurer_signer(SEED, insurer);
     let last = w

@@ -3,6 +3,8 @@
 //! [`ApiError`]. Handlers send the node commands ([`Runtime::call`], [`Runtime::check`]); none
 //! touches the ledger itself.
 
+use shikaku_core::keystore::Presented;
+use shikaku_core::CheckQuery;
 use std::sync::Arc;
 
 use shikaku_core::text as render;
@@ -57,7 +59,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         State(rt): State<Arc<Runtime>>,
         RawQuery(raw): RawQuery,
     ) -> Result<axum::response::Response, ApiError> {
-        let p = query_params(raw.as_deref(), &["card", "member", "date", "format"])?;
+        let p = query_params(raw.as_deref(), &["card", "member", "birth_date", "date", "format"])?;
         let fhir = match p.get("format").map(String::as_str) {
             None | Some("json") => false,
             Some("fhir") => true,
@@ -73,7 +75,35 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             Some(text) => text.parse::<Date>().map_err(|e| ApiError::invalid("date", e))?,
             None => Date::from_unix_ms_jst(rt.clock().now_ms()),
         };
-        let (answer, now) = rt.check(query, date).await.map_err(ApiError::internal)?;
+        let birth = match p.get("birth_date") {
+            Some(text) => {
+                Some(text.parse::<Date>().map_err(|e| ApiError::invalid("birth_date", e))?)
+            }
+            None => None,
+        };
+        let presented = match (query, birth) {
+            (CheckQuery::Card(token), None) => Presented::Card(token),
+            (CheckQuery::Card(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "birth_date",
+                    "give the birth date with a member key, not with a card",
+                ))
+            }
+            (CheckQuery::Member(key), Some(birth)) => Presented::Key { key, birth },
+            (CheckQuery::Member(key), None) => Presented::KeyWithoutBirth(key),
+        };
+        let (presented_answer, now) = match rt.check_presented(presented, date).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let shikaku_node::NodeError::Sealed(why) = &*e {
+                    return Err(
+                        ApiError::invalid("birth_date", why.to_string()).with_code("missing_field")
+                    );
+                }
+                return Err(ApiError::internal(e));
+            }
+        };
+        let shikaku_node::PresentedAnswer { answer, member_data } = presented_answer;
         if fhir {
             let resource = crate::fhir::coverage_eligibility_response(&answer, now);
             return Ok((
@@ -83,7 +113,22 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 .into_response());
         }
         let text = render::answer(&answer);
-        Ok(Json(CheckResponse { answer: &answer, text, notes }).into_response())
+        let person = match &member_data {
+            shikaku_node::MemberData::Opened(record) => Some(crate::types::PersonView {
+                member_key: record.key.to_string(),
+                name: record.person.name.clone(),
+                kana: record.person.kana.clone(),
+                birth_date: record.person.birth_date.to_string(),
+                insured: record.insured.as_ref().map(|i| i.key.to_string()),
+            }),
+            _ => None,
+        };
+        let member_data = match member_data {
+            shikaku_node::MemberData::Plain | shikaku_node::MemberData::NoMember => None,
+            other => Some(other.label().to_owned()),
+        };
+        Ok(Json(CheckResponse { answer: &answer, text, notes, member_data, person })
+            .into_response())
     }
 
     async fn declare(
@@ -113,20 +158,22 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             ),
             None => None,
         };
-        let body = shikaku_core::EventBody::SelfDeclarationRecorded {
-            query: query.clone(),
-            declared_insurer,
-            declared_start,
-        };
         let asked = query.clone();
         let event = rt
             .call(move |n, now| {
+                // Sealed ledgers: the card by its tag, in schema 2.
+                let (asked, schema) = n.record_query(&asked);
                 // A declaration follows a check of a patient who is present: one about a card or
                 // member this clinic has no record of at all is a typing error.
                 if !n.has_record_of(&asked)? {
                     return Ok(None);
                 }
-                n.record(now, body).map(Some)
+                let body = shikaku_core::EventBody::SelfDeclarationRecorded {
+                    query: asked,
+                    declared_insurer,
+                    declared_start,
+                };
+                n.record_many_as(now, vec![(schema, body)]).map(|mut e| e.pop())
             })
             .await
             .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
@@ -163,13 +210,16 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         let asked = query.clone();
         let recorded = rt
             .call(move |n, now| {
+                let (asked, _) = n.record_query(&asked);
                 let Some(member) = n.member_of(&asked) else { return Ok(None) };
                 let body = if given {
                     shikaku_core::EventBody::ConsentGiven { member: member.clone() }
                 } else {
                     shikaku_core::EventBody::ConsentWithdrawn { member: member.clone() }
                 };
-                n.record(now, body).map(|e| Some((e, member)))
+                let schema = n.record_query(&shikaku_core::CheckQuery::Member(member.clone())).1;
+                n.record_many_as(now, vec![(schema, body)])
+                    .map(|mut e| e.pop().map(|e| (e, member)))
             })
             .await
             .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;

@@ -74,10 +74,10 @@ pub fn decode_unverified(line: &str, now_ms: Option<u64>) -> Result<UnverifiedEv
     }
     let parsed: LineIn =
         serde_json::from_str(line).map_err(|e| LineError::Json(json_reason(&e)))?;
-    if parsed.v != shikaku_core::SCHEMA_VERSION {
+    if parsed.v != shikaku_core::SCHEMA_VERSION && parsed.v != shikaku_core::SCHEMA_SEALED {
         return Err(LineError::Event(EventError::UnknownSchemaVersion {
             found: parsed.v,
-            supported: shikaku_core::SCHEMA_VERSION,
+            supported: shikaku_core::SCHEMA_SEALED,
         }));
     }
     let canonical = parsed.event.canonical_bytes().map_err(LineError::Event)?;

@@ -16,6 +16,30 @@ pub struct CheckResponse<A> {
     /// What was normalised in a typed member key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Where the ledger is sealed: `opened` (the record opened with what was presented),
+    /// `erased` (the member's data was erased; the answer comes from pseudonymous facts),
+    /// `sealed` (the record could not be opened here yet). Absent for plaintext ledgers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_data: Option<String>,
+    /// The present patient's identity from the opened record (never stored at the clinic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<PersonView>,
+}
+
+/// What reception is shown of an opened record: no address (data minimisation).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PersonView {
+    /// The real member key.
+    pub member_key: String,
+    /// Name.
+    pub name: String,
+    /// Kana.
+    pub kana: String,
+    /// Birth date.
+    pub birth_date: String,
+    /// The insured person's member key, for a dependant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insured: Option<String>,
 }
 
 /// `POST /v1/consents`.

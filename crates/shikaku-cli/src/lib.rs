@@ -173,6 +173,11 @@ pub enum HubCommand {
         /// must have been started with --insurer-keys.
         #[arg(long, conflicts_with = "store")]
         hub: Option<String>,
+        /// The insurers' key store of sealed (schema-2) events (`gen --key-store-out`,
+        /// `ledger upgrade`): members' data keys and wraps, merged into the hub's
+        /// `keys.store`. Into --data-dir only.
+        #[arg(long, conflicts_with = "hub")]
+        key_store: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -373,6 +378,39 @@ pub struct GenArgs {
     /// `hub serve` / `clinic serve --insurer-keys`.
     #[arg(long)]
     pub keys_out: Option<PathBuf>,
+    /// Seal the member data (event schema 2, protocol/EVENTS.md): names, kana, addresses,
+    /// birth dates and member keys only as ciphertext; members named by reference, cards by
+    /// tag. Needs --key-store-out.
+    #[arg(long, requires = "key_store_out")]
+    pub sealed: bool,
+    /// With --sealed: write the insurers' key store (every member's data key and its wraps;
+    /// mode 0600) here, for `hub import --key-store`. Whoever holds it can read every member.
+    #[arg(long, requires = "sealed")]
+    pub key_store_out: Option<PathBuf>,
+    /// With --sealed: Argon2id parameters of the member-key tag — `reception` (64 MiB, 3
+    /// passes: the production setting, see `bench privacy`) or `light` (256 KiB, 1 pass: for
+    /// tests and the demo only; a stolen ledger's member-key tags are then cheap to guess).
+    #[arg(long, value_enum, default_value_t = KdfChoice::Reception)]
+    pub kdf: KdfChoice,
+}
+
+/// Argon2id parameter sets of the member-key tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KdfChoice {
+    /// 64 MiB, 3 passes, 1 lane (production).
+    Reception,
+    /// 256 KiB, 1 pass (tests and the demo only).
+    Light,
+}
+
+impl KdfChoice {
+    /// The parameters.
+    pub fn params(self) -> shikaku_core::seal::KdfParams {
+        match self {
+            KdfChoice::Reception => shikaku_core::seal::KdfParams::RECEPTION,
+            KdfChoice::Light => shikaku_core::seal::KdfParams::LIGHT,
+        }
+    }
 }
 
 /// `shikaku ledger …`.
@@ -647,7 +685,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             };
             serve::hub_stream_init(&nats, replicas, out).map(|()| 0)
         }
-        Command::Hub(HubCommand::Import { file, insurer_keys, hub, store }) => {
+        Command::Hub(HubCommand::Import { file, insurer_keys, hub, key_store, store }) => {
             use std::io::IsTerminal as _;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             if keys.is_none() && hub.is_none() {
@@ -667,6 +705,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                     &cli.data_dir,
                     &file,
                     keys.unwrap_or_default(),
+                    key_store.as_deref(),
                     err,
                     terminal,
                 )?,
@@ -734,9 +773,20 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         bail!("--malformed must be a fraction in [0, 1), got {}", args.malformed);
     }
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(args.members, args.seed))?;
+    let sealed = match (&args.key_store_out, args.sealed) {
+        (Some(path), true) => {
+            let (events, store) =
+                shikaku_gen::seal_generated(&generated, args.seed, args.kdf.params())?;
+            shikaku_log::fs::install_atomic(path, &store.encode_file(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(events)
+        }
+        _ => None,
+    };
+    let events = sealed.as_ref().unwrap_or(&generated.events);
     let mut sink = output(args.out.as_deref(), out)?;
     let mut rng = shikaku_gen::Rng::new(args.seed ^ 0x6d61_6c66_6f72_6d65);
-    for event in &generated.events {
+    for event in events {
         let line = jsonl::encode(event);
         if args.malformed > 0.0 && rng.chance(args.malformed) {
             writeln!(sink, "{}", malform(&line, &mut rng))?;

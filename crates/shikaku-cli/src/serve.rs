@@ -390,9 +390,18 @@ pub fn hub_import(
     data_dir: &Path,
     file: &str,
     insurer_keys: InsurerKeys,
+    key_store: Option<&Path>,
     err: &mut dyn Write,
     terminal: bool,
 ) -> Result<crate::ImportSummary> {
+    let key_store = key_store
+        .map(|path| -> Result<shikaku_core::keystore::KeyStore> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            shikaku_core::keystore::KeyStore::decode_file(&bytes)
+                .with_context(|| format!("{} is not a usable key store", path.display()))
+        })
+        .transpose()?;
     let name = tls::load(&data_dir.join(tls::TLS_DIR))
         .map(|t| t.identity.name)
         .unwrap_or_else(|_| "hub".to_owned());
@@ -422,6 +431,10 @@ pub fn hub_import(
         }
     };
     bar.update(total.unwrap_or(0), summary.handled(), true);
+    if let Some(store) = &key_store {
+        let (keys, wraps) = node.import_keys(store)?;
+        writeln!(&bar, "key store: {keys} data keys and {wraps} wraps added")?;
+    }
     // The node snapshot (and index checkpoint) `hub serve` starts from. Derived: failing to
     // write it (a full disk) loses nothing stored, the next start folds the ledger instead.
     if let Err(e) = node.write_snapshot_if_changed(crate::clock::now_ms()) {

@@ -875,7 +875,10 @@ fn check_query(query: &CheckQuery) -> Result<(), EventError> {
 fn check_ref(field: &'static str, key: &MemberKey) -> Result<(), EventError> {
     key.validate()?;
     if !seal::is_member_ref(key) {
-        return Err(field_error(field, "schema 2 names members by reference (~ and 19 hex digits)"));
+        return Err(field_error(
+            field,
+            "schema 2 names members by reference (~ and 19 hex digits)",
+        ));
     }
     Ok(())
 }
@@ -905,7 +908,9 @@ impl Event {
             SCHEMA_VERSION => {
                 if matches!(
                     self.body.kind(),
-                    EventKind::MemberSealed | EventKind::DemographicsSealed | EventKind::MemberErased
+                    EventKind::MemberSealed
+                        | EventKind::DemographicsSealed
+                        | EventKind::MemberErased
                 ) {
                     return Err(field_error("type", "sealed event types need schema 2"));
                 }
@@ -1284,7 +1289,13 @@ impl SignedEvent {
         aligned.extend_from_slice(canonical);
         let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
             .map_err(|e| EventError::Malformed(e.to_string()))?;
-        Ok(SignedEvent { schema: schema_version, event, canonical: canonical.to_vec(), id, signature })
+        Ok(SignedEvent {
+            schema: schema_version,
+            event,
+            canonical: canonical.to_vec(),
+            id,
+            signature,
+        })
     }
 
     /// Re-runs, on a decoded event, the checks that [`SignedEvent::decode_stored`] skips —

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use crdts::{CmRDT, CvRDT, GSet};
 
-
 use crate::date::Date;
 use crate::event::{CheckQuery, EventBody, SignedEvent, SCHEMA_SEALED};
 use crate::member::{CardToken, InsurerNumber, MemberKey};
@@ -146,6 +145,12 @@ impl KeyStore {
     /// Records how far this replica has received its source's items.
     pub fn set_upstream(&mut self, source: [u8; 16], last: u64) {
         self.upstream = (source, last);
+    }
+
+    /// Whether this store holds anything of sealed data (wraps or erasures): a clinic then
+    /// names cards by tag.
+    pub fn is_sealing(&self) -> bool {
+        self.wraps_len > 0 || !self.orders.is_empty()
     }
 
     /// Number of wraps held.
@@ -457,6 +462,8 @@ pub enum Presented {
         /// Birth date.
         birth: Date,
     },
+    /// A member key without a birth date: answers only where the insurer is not sealed here.
+    KeyWithoutBirth(MemberKey),
 }
 
 impl std::fmt::Debug for Presented {
@@ -464,7 +471,9 @@ impl std::fmt::Debug for Presented {
         // Never member data in debug output.
         match self {
             Presented::Card(_) => f.write_str("Presented::Card(…)"),
-            Presented::Key { key, .. } => write!(f, "Presented::Key({}…)", key.insurer),
+            Presented::Key { key, .. } | Presented::KeyWithoutBirth(key) => {
+                write!(f, "Presented::Key({}…)", key.insurer)
+            }
         }
     }
 }
@@ -491,21 +500,31 @@ impl KeyStore {
                 let tag = seal::card_tag(token);
                 let wrap_key = seal::card_wrap_key(token);
                 for wrap in self.wraps_for(&tag.0) {
-                    if let Ok(key) = seal::unwrap_data_key(&wrap_key, &tag.0, &wrap.member, &wrap.wrapped) {
+                    if let Ok(key) =
+                        seal::unwrap_data_key(&wrap_key, &tag.0, &wrap.member, &wrap.wrapped)
+                    {
                         out.keys.push((wrap.member.clone(), key));
                     }
                 }
-                if !self.wraps.is_empty() || !self.orders.is_empty() {
+                if self.is_sealing() {
                     out.query = Some(CheckQuery::Card(tag));
+                }
+            }
+            Presented::KeyWithoutBirth(key) => {
+                if !self.kdf_params(key.insurer).is_empty() {
+                    return Err(SealError::BirthDateRequired(key.insurer));
                 }
             }
             Presented::Key { key, birth } => {
                 for params in self.kdf_params(key.insurer) {
                     let secrets = seal::key_secrets(key, *birth, params)?;
                     for wrap in self.wraps_for(&secrets.tag) {
-                        if let Ok(data_key) =
-                            seal::unwrap_data_key(&secrets.wrap, &secrets.tag, &wrap.member, &wrap.wrapped)
-                        {
+                        if let Ok(data_key) = seal::unwrap_data_key(
+                            &secrets.wrap,
+                            &secrets.tag,
+                            &wrap.member,
+                            &wrap.wrapped,
+                        ) {
                             out.query.get_or_insert(CheckQuery::Member(wrap.member.clone()));
                             out.keys.push((wrap.member.clone(), data_key));
                         }
@@ -514,7 +533,10 @@ impl KeyStore {
                         out.query.get_or_insert(CheckQuery::Member(member.clone()));
                         out.erased.push(member.clone());
                     }
-                    out.query.get_or_insert(CheckQuery::Member(seal::unmatched_ref(key.insurer, &secrets.tag)));
+                    out.query.get_or_insert(CheckQuery::Member(seal::unmatched_ref(
+                        key.insurer,
+                        &secrets.tag,
+                    )));
                 }
             }
         }
@@ -529,7 +551,9 @@ pub fn erased_member(order: &SignedEvent) -> Result<MemberKey, KeyStoreError> {
     }
     match &order.event().body {
         EventBody::MemberErased { member, .. } => Ok(member.clone()),
-        other => Err(KeyStoreError::Order(format!("a {} event is no erasure order", other.type_name()))),
+        other => {
+            Err(KeyStoreError::Order(format!("a {} event is no erasure order", other.type_name())))
+        }
     }
 }
 
@@ -610,9 +634,10 @@ pub fn decode_item(bytes: &[u8]) -> Result<Item, KeyStoreError> {
                         t: r.u32("iterations")?,
                         p: r.u32("lanes")?,
                     };
-                    params
-                        .validate()
-                        .map_err(|_| KeyStoreError::Malformed { what: "kdf parameters", at: r.at })?;
+                    params.validate().map_err(|_| KeyStoreError::Malformed {
+                        what: "kdf parameters",
+                        at: r.at,
+                    })?;
                     WrapKind::MemberKey(params)
                 }
                 _ => return Err(KeyStoreError::Malformed { what: "wrap kind", at: r.at }),

@@ -50,6 +50,9 @@ pub enum SealError {
     /// The plaintext inside is not a valid sealed member record.
     #[error("sealed member record is malformed: {0}")]
     Malformed(String),
+    /// A member-key lookup of a sealed insurer came without the birth date.
+    #[error("insurer {0} keeps its members sealed: a lookup by member key needs the patient's birth date")]
+    BirthDateRequired(InsurerNumber),
     /// The Argon2id parameters are out of range.
     #[error("Argon2id parameters refused: {0}")]
     Kdf(String),
@@ -279,7 +282,11 @@ fn key_salt(insurer: InsurerNumber) -> String {
 /// Derives the member-key path's tag and wrapping key with Argon2id (64 bytes of output: the
 /// tag is `blake3::derive_key("shikaku 2026 member key tag v2", out)`, the wrapping key the
 /// same with `"… member key wrap v2"`). Deliberately slow.
-pub fn key_secrets(key: &MemberKey, birth: Date, params: KdfParams) -> Result<KeySecrets, SealError> {
+pub fn key_secrets(
+    key: &MemberKey,
+    birth: Date,
+    params: KdfParams,
+) -> Result<KeySecrets, SealError> {
     params.validate()?;
     let argon = Argon2::new(
         Algorithm::Argon2id,
@@ -338,10 +345,7 @@ pub fn open_member(
 ) -> Result<SealedMember, SealError> {
     let aad = member_aad(reference);
     let plain = aead(&data_key.0)
-        .decrypt(
-            XNonce::from_slice(&sealed.nonce),
-            Payload { msg: &sealed.ciphertext, aad: &aad },
-        )
+        .decrypt(XNonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &aad })
         .map_err(|_| SealError::Open)?;
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(plain.len());
     aligned.extend_from_slice(&plain);

@@ -128,13 +128,19 @@ impl Sealer {
             None => self.members.get(key).and_then(|k| k.insured.clone()),
         };
         let data_key = self.data_key(store, &reference, fill);
-        let record = SealedMember { key: key.clone(), person: person.clone(), insured: insured.clone() };
+        let record =
+            SealedMember { key: key.clone(), person: person.clone(), insured: insured.clone() };
         let sealed = seal::seal_member(&data_key, Self::nonce(fill), &reference, &record)?;
         let new_birth = self.members.get(key).is_none_or(|k| k.birth != person.birth_date);
         if new_birth {
             let secrets = seal::key_secrets(key, person.birth_date, self.params)?;
-            let wrapped =
-                seal::wrap_data_key(&secrets.wrap, Self::nonce(fill), &secrets.tag, &reference, &data_key);
+            let wrapped = seal::wrap_data_key(
+                &secrets.wrap,
+                Self::nonce(fill),
+                &secrets.tag,
+                &reference,
+                &data_key,
+            );
             store.put_wrap(Wrap {
                 tag: secrets.tag,
                 member: reference.clone(),
@@ -142,10 +148,7 @@ impl Sealer {
                 wrapped,
             });
         }
-        self.members.insert(
-            key.clone(),
-            Known { birth: person.birth_date, insured },
-        );
+        self.members.insert(key.clone(), Known { birth: person.birth_date, insured });
         Ok((reference, sealed))
     }
 
@@ -168,7 +171,12 @@ impl Sealer {
                 &reference,
                 &data_key,
             );
-            store.put_wrap(Wrap { tag: tag.0, member: reference.clone(), kind: WrapKind::Card, wrapped });
+            store.put_wrap(Wrap {
+                tag: tag.0,
+                member: reference.clone(),
+                kind: WrapKind::Card,
+                wrapped,
+            });
         }
         (tag, reference)
     }
@@ -194,7 +202,8 @@ impl Sealer {
         let r = |key: &MemberKey| seal::member_ref(&self.ref_secret, key);
         Ok(match body {
             EventBody::MemberRegistered { member, person, relationship } => {
-                let (member, sealed) = self.seal_record(member, person, Some(relationship), store, fill)?;
+                let (member, sealed) =
+                    self.seal_record(member, person, Some(relationship), store, fill)?;
                 EventBody::MemberSealed { member, sealed }
             }
             EventBody::DemographicsChanged { member, effective, person } => {
@@ -224,9 +233,11 @@ impl Sealer {
                     elderly_certificate: *elderly_certificate,
                 }
             }
-            EventBody::CoverageEnded { member, loss_date, reason } => {
-                EventBody::CoverageEnded { member: r(member), loss_date: *loss_date, reason: *reason }
-            }
+            EventBody::CoverageEnded { member, loss_date, reason } => EventBody::CoverageEnded {
+                member: r(member),
+                loss_date: *loss_date,
+                reason: *reason,
+            },
             EventBody::CopayRatioSet { member, effective, copay_tenths } => {
                 EventBody::CopayRatioSet {
                     member: r(member),
@@ -292,8 +303,10 @@ pub fn upgrade(
 ) -> Result<Upgraded, SealerError> {
     let mut sealers: BTreeMap<InsurerNumber, Sealer> = BTreeMap::new();
     for signed in events {
-        if let (crate::event::Namespace::Insurer(insurer), EventBody::MemberRegistered { member, person, .. }) =
-            (signed.event().namespace, &signed.event().body)
+        if let (
+            crate::event::Namespace::Insurer(insurer),
+            EventBody::MemberRegistered { member, person, .. },
+        ) = (signed.event().namespace, &signed.event().body)
         {
             if let Some(signer) = signers.get(&insurer) {
                 sealers
@@ -303,7 +316,11 @@ pub fn upgrade(
             }
         }
     }
-    let mut out = Upgraded { events: Vec::with_capacity(events.len()), ids: BTreeMap::new(), kept_clinic_records: 0 };
+    let mut out = Upgraded {
+        events: Vec::with_capacity(events.len()),
+        ids: BTreeMap::new(),
+        kept_clinic_records: 0,
+    };
     for signed in events {
         let event = signed.event();
         let insurer = match event.namespace {

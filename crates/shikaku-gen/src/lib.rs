@@ -676,8 +676,11 @@ pub fn seal_generated(
     seed: u64,
     params: shikaku_core::seal::KdfParams,
 ) -> Result<(Vec<SignedEvent>, shikaku_core::keystore::KeyStore), GenError> {
-    let signers: BTreeMap<InsurerNumber, Signer> =
-        generated.insurers.iter().map(|(number, _)| (*number, insurer_signer(seed, *number))).collect();
+    let signers: BTreeMap<InsurerNumber, Signer> = generated
+        .insurers
+        .iter()
+        .map(|(number, _)| (*number, insurer_signer(seed, *number)))
+        .collect();
     let mut rng = Rng::new(seed ^ 0x5eed_5ea1_0000_0002);
     let mut id = [0u8; 16];
     fill_from(&mut rng, &mut id);

@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shikaku_core::keystore::Presented;
 use shikaku_core::{Answer, CheckQuery, Date};
 use shikaku_log::fs::FileDirectory;
+use shikaku_node::PresentedAnswer;
 use shikaku_node::{prepare, ConnId, Level, Node, NodeError, Output, PeerIdentity, Role};
 use shikaku_protocol::wire::{ErrorCode, FrameSplitter};
 use tokio::sync::Notify;
@@ -58,7 +60,7 @@ pub const CHECKS_PER_COMMIT_MAX: usize = 256;
 /// that sees the reply also sees the closes and wake-ups its command caused).
 type Deliver = Box<dyn FnOnce() + Send>;
 type Job = Box<dyn FnOnce(&mut FileNode, u64) -> Deliver + Send>;
-type CheckReply = tokio::sync::oneshot::Sender<Result<(Answer, u64), Arc<NodeError>>>;
+type CheckReply = tokio::sync::oneshot::Sender<Result<(PresentedAnswer, u64), Arc<NodeError>>>;
 
 /// A front-end node's `Output::Publish`, for the task that talks to the shared stream.
 #[derive(Debug)]
@@ -82,7 +84,7 @@ fn job<R: Send + 'static>(
 
 enum Command {
     Run(Job),
-    Check { query: CheckQuery, date: Date, reply: CheckReply },
+    Check { presented: Presented, date: Date, reply: CheckReply },
 }
 
 /// Bytes moved by a runtime's connections.
@@ -254,8 +256,23 @@ impl Runtime {
         query: CheckQuery,
         date: Date,
     ) -> Result<(Answer, u64), Arc<NodeError>> {
+        let presented = match query {
+            CheckQuery::Card(token) => Presented::Card(token),
+            CheckQuery::Member(key) => Presented::KeyWithoutBirth(key),
+        };
+        self.check_presented(presented, date).await.map(|(p, now)| (p.answer, now))
+    }
+
+    /// Answers a check of what a patient presented (a card, or a member key and birth date),
+    /// with what could be said about the member's identity; checks that arrive together are
+    /// recorded with one durable write.
+    pub async fn check_presented(
+        &self,
+        presented: Presented,
+        date: Date,
+    ) -> Result<(PresentedAnswer, u64), Arc<NodeError>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.commands.send(Command::Check { query, date, reply }).await.is_err() {
+        if self.commands.send(Command::Check { presented, date, reply }).await.is_err() {
             panic!("the node thread has ended");
         }
         match rx.await {
@@ -819,11 +836,11 @@ fn node_thread(
         let Some(rt) = runtime.upgrade() else { return };
         let now = rt.clock.now_ms();
         let mut guard = lock(&node);
-        let mut checks: Vec<(CheckQuery, Date, CheckReply)> = Vec::new();
+        let mut checks: Vec<(Presented, Date, CheckReply)> = Vec::new();
         let mut replies: Vec<Deliver> = Vec::new();
         for command in batch {
             match command {
-                Command::Check { query, date, reply } => checks.push((query, date, reply)),
+                Command::Check { presented, date, reply } => checks.push((presented, date, reply)),
                 Command::Run(job) => {
                     answer_checks(&mut guard, now, &mut checks, &mut replies);
                     // A job that panics loses its reply (its caller panics), not the node.
@@ -850,16 +867,17 @@ fn node_thread(
 fn answer_checks(
     node: &mut FileNode,
     now: u64,
-    checks: &mut Vec<(CheckQuery, Date, CheckReply)>,
+    checks: &mut Vec<(Presented, Date, CheckReply)>,
     replies: &mut Vec<Deliver>,
 ) {
     if checks.is_empty() {
         return;
     }
-    let queries: Vec<(CheckQuery, Date)> =
-        checks.iter().map(|(query, date, _)| (query.clone(), *date)).collect();
-    let answered =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.check_many(now, &queries)));
+    let queries: Vec<(Presented, Date)> =
+        checks.iter().map(|(presented, date, _)| (presented.clone(), *date)).collect();
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        node.check_presented(now, &queries)
+    }));
     // A panic drops the replies: their callers panic, the node thread goes on.
     let Ok(answered) = answered else {
         checks.clear();

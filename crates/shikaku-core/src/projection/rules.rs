@@ -193,7 +193,8 @@ impl Projection {
                 eval.dependant = true;
                 eval.decided.push(registered);
                 if depth == 0 {
-                    let (insured_view, insured_eval) = self.evaluate(insured, date, cutoff, 1, revealed);
+                    let (insured_view, insured_eval) =
+                        self.evaluate(insured, date, cutoff, 1, revealed);
                     eval.conflicts.extend(insured_eval.conflicts);
                     if insured_view.exists && covering.is_some() {
                         match insured_eval.covered {

@@ -141,15 +141,14 @@ impl<D: Directory> Node<D> {
         let mut out = Vec::with_capacity(presented.len());
         let mut bodies = Vec::with_capacity(presented.len());
         for (what, service_date) in presented {
-            let lookup = self
-                .keys
-                .lookup(what)
-                .map_err(|e| NodeError::Role(format!("member-key tag: {e}")))?;
+            let lookup = self.keys.lookup(what).map_err(NodeError::Sealed)?;
             let (query, schema, reveal, opened) = match lookup.query {
                 None => {
                     let query = match what {
                         Presented::Card(token) => CheckQuery::Card(*token),
-                        Presented::Key { key, .. } => CheckQuery::Member(key.clone()),
+                        Presented::Key { key, .. } | Presented::KeyWithoutBirth(key) => {
+                            CheckQuery::Member(key.clone())
+                        }
                     };
                     (query, SCHEMA_VERSION, Reveal::default(), Vec::new())
                 }
@@ -167,7 +166,10 @@ impl<D: Directory> Node<D> {
                             reveal.members.push((
                                 reference.clone(),
                                 record.person.birth_date,
-                                record.insured.as_ref().map(|i| (i.reference.clone(), i.birth_date)),
+                                record
+                                    .insured
+                                    .as_ref()
+                                    .map(|i| (i.reference.clone(), i.birth_date)),
                             ));
                             opened.push((reference.clone(), record));
                         }
@@ -223,7 +225,8 @@ impl<D: Directory> Node<D> {
         ids.iter().rev().find_map(|id| {
             let event = self.log.read(self.log.position_of(id)?).ok()?;
             match &event.event().body {
-                EventBody::MemberSealed { sealed, .. } | EventBody::DemographicsSealed { sealed, .. } => {
+                EventBody::MemberSealed { sealed, .. }
+                | EventBody::DemographicsSealed { sealed, .. } => {
                     seal::open_member(key, reference, sealed).ok()
                 }
                 _ => None,
@@ -235,6 +238,25 @@ impl<D: Directory> Node<D> {
     pub fn open_member_record(&self, reference: &MemberKey) -> Option<SealedMember> {
         let key = self.keys.data_key(reference)?;
         self.open_record(reference, key)
+    }
+
+    /// The query and schema a clinic record about `query` is written in: where the ledger is
+    /// sealed, a card by its tag and a member reference as given, in schema 2; otherwise the
+    /// query itself in schema 1.
+    pub fn record_query(&self, query: &CheckQuery) -> (CheckQuery, u16) {
+        match query {
+            CheckQuery::Card(token) if self.keys.is_sealing() => {
+                (CheckQuery::Card(seal::card_tag(token)), SCHEMA_SEALED)
+            }
+            CheckQuery::Member(key) if seal::is_member_ref(key) => (query.clone(), SCHEMA_SEALED),
+            _ => (query.clone(), SCHEMA_VERSION),
+        }
+    }
+
+    /// Whether this node holds sealed data of `insurer` (a member-key lookup then needs the
+    /// birth date).
+    pub fn insurer_sealed(&self, insurer: InsurerNumber) -> bool {
+        !self.keys.kdf_params(insurer).is_empty()
     }
 
     pub(super) fn max_acked(&self) -> u64 {

@@ -177,6 +177,9 @@ pub enum NodeError {
     /// The ledger failed.
     #[error("ledger: {0}")]
     Log(#[from] LogError),
+    /// A sealed record could not be looked up (a missing birth date, bad parameters).
+    #[error("{0}")]
+    Sealed(shikaku_core::seal::SealError),
     /// An event could not be built or was refused.
     #[error("event: {0}")]
     Event(#[from] EventError),

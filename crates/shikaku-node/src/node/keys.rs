@@ -78,7 +78,9 @@ impl<D: Directory> Node<D> {
                     self.counters.members_erased += 1;
                 }
             }
-            Err(e) => self.log(Level::Warn, format!("erasure order {} not applied: {e}", event.id())),
+            Err(e) => {
+                self.log(Level::Warn, format!("erasure order {} not applied: {e}", event.id()))
+            }
         }
     }
 
@@ -90,7 +92,9 @@ impl<D: Directory> Node<D> {
         }
         let mut added = (0, 0);
         for (member, key) in export.data_keys() {
-            if self.keys.data_key(member).is_none() && self.keys.put_data_key(member.clone(), key.clone()) {
+            if self.keys.data_key(member).is_none()
+                && self.keys.put_data_key(member.clone(), key.clone())
+            {
                 added.0 += 1;
             }
         }
@@ -140,7 +144,9 @@ impl<D: Directory> Node<D> {
                         self.keys_dirty = true;
                     }
                 }
-                Err(e) => return Err((ErrorCode::Malformed, format!("erasure order refused: {e}"))),
+                Err(e) => {
+                    return Err((ErrorCode::Malformed, format!("erasure order refused: {e}")))
+                }
             }
             if let Err(e) = self.persist_keys() {
                 self.log(Level::Warn, format!("could not persist {KEYS_FILE}: {e}"));
@@ -171,7 +177,8 @@ impl<D: Directory> Node<D> {
     ) -> Result<(), (ErrorCode, String)> {
         let decoded: Result<Vec<Item>, KeyStoreError> =
             items.iter().map(|bytes| keystore::decode_item(bytes)).collect();
-        let decoded = decoded.map_err(|e| (ErrorCode::Malformed, format!("key item refused: {e}")))?;
+        let decoded =
+            decoded.map_err(|e| (ErrorCode::Malformed, format!("key item refused: {e}")))?;
         let outcome = self
             .keys
             .merge_items(decoded, |wire| verify_order(wire, None))
@@ -221,8 +228,8 @@ pub fn verify_order(
     wire: &[u8],
     registry: Option<&BTreeMap<InsurerNumber, BTreeSet<shikaku_core::AuthorKey>>>,
 ) -> Result<SignedEvent, KeyStoreError> {
-    let (schema, canonical, signature) =
-        shikaku_protocol::wire::event_from_wire(wire).map_err(|e| KeyStoreError::Order(e.to_string()))?;
+    let (schema, canonical, signature) = shikaku_protocol::wire::event_from_wire(wire)
+        .map_err(|e| KeyStoreError::Order(e.to_string()))?;
     let event = SignedEvent::decode(schema, canonical, signature, None, None)
         .map_err(|e| KeyStoreError::Order(e.to_string()))?;
     keystore::erased_member(&event)?;
