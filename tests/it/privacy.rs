@@ -400,3 +400,219 @@ fn an_erasure_order_destroys_the_keys_everywhere_and_no_stale_store_brings_them_
     assert_eq!(pair.hub.namespace_state(&own), pair.clinic.namespace_state(&own));
     let _ = CheckQuery::Card(card);
 }
+
+fn files_under(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn real_processes_a_synced_clinic_names_no_one_and_an_erasure_reaches_it_over_quic() {
+    use crate::cli::{run, temp_dir};
+    use crate::field_trial::{finish, serve, sigterm};
+    use shikaku_api::client::http_get;
+    use std::time::Duration;
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let dir = temp_dir("privacy-real");
+    let (ca, hub, clinic) = (dir.join("ca"), dir.join("hub"), dir.join("clinic"));
+    let (stream, store, keys, public) =
+        (dir.join("w.jsonl"), dir.join("insurers.keys"), dir.join("keys"), dir.join("public.keys"));
+    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
+    for (data, role, name) in [(&hub, "hub", "hub-1"), (&clinic, "clinic", "front-desk")] {
+        let args = [
+            "--data-dir",
+            &p(data),
+            "ca",
+            "issue",
+            "--ca-dir",
+            &p(&ca),
+            "--role",
+            role,
+            "--name",
+            name,
+        ];
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = run(&[
+        "gen",
+        "--members",
+        "300",
+        "--seed",
+        &SEED.to_string(),
+        "--sealed",
+        "--kdf",
+        "light",
+        "--key-store-out",
+        &p(&store),
+        "--insurer-key-dir",
+        &p(&keys),
+        "--keys-out",
+        &p(&public),
+        "--out",
+        &p(&stream),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, _, err) = run(&[
+        "--data-dir",
+        &p(&hub),
+        "hub",
+        "import",
+        &p(&stream),
+        "--key-store",
+        &p(&store),
+        "--insurer-keys",
+        &p(&public),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("data keys and"), "{err}");
+
+    // The plaintext world of the same seed: what must never appear at the clinic.
+    let g = shikaku_gen::generate(&shikaku_gen::GenConfig::new(300, SEED)).unwrap();
+    let people = people(&g.events);
+    let insurer = g.insurers[0].0;
+    let all: Vec<String> = people.iter().flat_map(|(k, (p, _))| needles(k, p)).collect();
+
+    let (hub_child, first, hub_lines) = serve(&[
+        "--data-dir",
+        &p(&hub),
+        "hub",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--insurer-keys",
+        &p(&public),
+    ]);
+    let addr = first.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let hub_api = loop {
+        let line = hub_lines.recv_timeout(Duration::from_secs(30)).unwrap();
+        if let Some(rest) = line.split("insurer API on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let (clinic_child, first, _clinic_lines) = serve(&[
+        "--data-dir",
+        &p(&clinic),
+        "clinic",
+        "serve",
+        "--hub",
+        &addr,
+        "--insurer",
+        &insurer.to_string(),
+        "--api",
+        "127.0.0.1:0",
+    ]);
+    let url = first.split("check API on ").nth(1).unwrap().trim().to_owned();
+    let start = shikaku_cli::clock::Stopwatch::start();
+    let ask = |path: &str| http_get(&url, path).unwrap_or_default();
+    let (key, (person, cards)) =
+        people.iter().find(|(k, (_, cards))| k.insurer == insurer && !cards.is_empty()).unwrap();
+    let card = cards.last().unwrap().to_string();
+    loop {
+        let answer = ask(&format!("/v1/check?card={card}"));
+        if ask("/v1/health").contains("\"in_sync\":true")
+            && answer.contains("\"member_data\":\"opened\"")
+        {
+            assert!(answer.contains(&person.name), "the present patient's name is shown: {answer}");
+            break;
+        }
+        assert!(start.seconds() < 60.0, "the clinic syncs and opens the record: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let by_key = ask(&format!("/v1/check?member={key}&birth_date={}", person.birth_date));
+    assert!(
+        by_key.contains("\"member_data\":\"opened\"") && by_key.contains(&person.name),
+        "{by_key}"
+    );
+    let (status, without_birth) =
+        shikaku_api::client::http_request(&url, "GET", &format!("/v1/check?member={key}"), None)
+            .unwrap();
+    assert_eq!(status, 400, "{without_birth}");
+    assert!(
+        without_birth.contains("birth date"),
+        "a sealed insurer needs the birth date: {without_birth}"
+    );
+    let metrics_before = ask("/metrics");
+
+    // The insurer orders the member erased; the order goes into the running hub and reaches
+    // the clinic over QUIC.
+    let order = dir.join("erase.jsonl");
+    let (code, _, err) = run(&[
+        "insurer",
+        "erase",
+        "--key",
+        &p(&keys.join(format!("{insurer}.key"))),
+        "--member",
+        &key.to_string(),
+        "--birth-date",
+        &person.birth_date.to_string(),
+        "--kdf",
+        "light",
+        "--reason",
+        "wrongful registration",
+        "--out",
+        &p(&order),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        run(&["hub", "import", &p(&order), "--hub", &hub_api]);
+    assert_eq!(code, 0, "{out}{err}");
+    let start = shikaku_cli::clock::Stopwatch::start();
+    let erased = loop {
+        let answer = ask(&format!("/v1/check?card={card}"));
+        if answer.contains("\"member_data\":\"erased\"") {
+            break answer;
+        }
+        assert!(start.seconds() < 60.0, "the erasure reaches the clinic: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!erased.contains(&person.name), "{erased}");
+    let by_key = ask(&format!("/v1/check?member={key}&birth_date={}", person.birth_date));
+    assert!(by_key.contains("\"member_data\":\"erased\""), "{by_key}");
+    assert!(!by_key.contains(&person.name), "{by_key}");
+    let metrics = ask("/metrics");
+
+    sigterm(&clinic_child);
+    let (code, clinic_out, clinic_err) = finish(clinic_child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{clinic_err}");
+    sigterm(&hub_child);
+    let (code, _, hub_err) = finish(hub_child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{hub_err}");
+
+    // Zero hits in every file of the clinic's data directory, its logs and its metrics.
+    let files = files_under(&clinic);
+    assert!(files.len() > 10_000);
+    assert_eq!(found(&files, &all), Vec::<String>::new(), "clinic files hold member data");
+    let logs = format!("{clinic_out}{clinic_err}{metrics_before}{metrics}");
+    assert_eq!(
+        found(logs.as_bytes(), &all),
+        Vec::<String>::new(),
+        "clinic logs or metrics hold member data"
+    );
+    // Not even the hub (the insurer's side) can open the erased record any more: its data key
+    // is gone from the hub's key store file too.
+    let hub_store = shikaku_core::keystore::KeyStore::decode_file(
+        &std::fs::read(hub.join("log").join(shikaku_node::KEYS_FILE)).unwrap(),
+    )
+    .unwrap();
+    let reference = shikaku_core::seal::member_ref(
+        &shikaku_core::sealer::ref_secret_of(&shikaku_gen::insurer_signer(SEED, insurer)),
+        key,
+    );
+    assert!(hub_store.is_erased(&reference));
+    assert!(hub_store.data_key(&reference).is_none());
+    assert!(hub_store.data_keys_len() > 100, "only that member's key is gone");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

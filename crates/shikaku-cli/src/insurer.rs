@@ -148,8 +148,9 @@ pub fn sign(
         }
         let parsed: UnsignedLine = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("line {number}: not an unsigned event: {e}"))?;
-        if parsed.v.is_some_and(|v| v != shikaku_core::SCHEMA_VERSION) {
-            bail!("line {number}: schema version {:?} is not 1", parsed.v);
+        let schema = parsed.v.unwrap_or(shikaku_core::SCHEMA_VERSION);
+        if schema != shikaku_core::SCHEMA_VERSION && schema != shikaku_core::SCHEMA_SEALED {
+            bail!("line {number}: schema version {schema} is not 1 or 2");
         }
         let namespace = parsed.namespace.unwrap_or(Namespace::Insurer(key_file.insurer));
         if namespace != Namespace::Insurer(key_file.insurer) {
@@ -161,8 +162,10 @@ pub fn sign(
         seq += 1;
         let hlc = clock.tick(now_ms).with_context(|| format!("line {number}: clock"))?;
         let event = Event { namespace, origin, origin_seq: seq, hlc, author, body: parsed.body };
-        let event =
-            key_file.signer.sign(event).map_err(|e| anyhow::anyhow!("line {number}: {e}"))?;
+        let event = key_file
+            .signer
+            .sign_as(schema, event)
+            .map_err(|e| anyhow::anyhow!("line {number}: {e}"))?;
         signed.push(event);
     }
     let Some(last) = signed.last() else {
@@ -178,4 +181,49 @@ pub fn sign(
     }
     out.flush()?;
     Ok(SignSummary { signed: signed.len() as u64, origin_seqs: Some((state.origin_seq + 1, seq)) })
+}
+
+/// Writes an insurer key file for a known secret (`gen --insurer-key-dir`: the synthetic
+/// world's insurers), mode 0600, never overwriting.
+pub fn write_key_file(insurer: InsurerNumber, secret: [u8; 32], key: &Path) -> Result<()> {
+    if key.exists() {
+        bail!("{} exists: a signing key is never overwritten", key.display());
+    }
+    let mut body = format!("insurer={insurer}\nsecret=").into_bytes();
+    body.extend_from_slice(shikaku_core::hex::encode(&secret).as_bytes());
+    body.push(b'\n');
+    write_private_atomic(key, &body)
+}
+
+/// `shikaku insurer erase`: the signed erasure order (a schema-2 `member_erased` event) for a
+/// member, from the insurer's key — the member's reference comes from the key, and with the
+/// birth date the member-key lookup tags too (so a check by key and birth date can still say
+/// "member data erased"). Numbered and stamped like `insurer sign`.
+pub fn erase(
+    key: &Path,
+    member: &shikaku_core::MemberKey,
+    birth: Option<(shikaku_core::Date, shikaku_core::seal::KdfParams)>,
+    reason: &str,
+    now_ms: u64,
+    out: &mut dyn Write,
+) -> Result<SignSummary> {
+    let key_file = read_key(key)?;
+    if member.insurer != key_file.insurer {
+        bail!(
+            "the member belongs to insurer {}; this key signs for {}",
+            member.insurer,
+            key_file.insurer
+        );
+    }
+    let reference = shikaku_core::seal::member_ref(
+        &shikaku_core::sealer::ref_secret_of(&key_file.signer),
+        member,
+    );
+    let key_tags = match birth {
+        Some((birth, params)) => vec![shikaku_core::seal::key_secrets(member, birth, params)?.tag],
+        None => Vec::new(),
+    };
+    let body = EventBody::MemberErased { member: reference, key_tags, reason: reason.to_owned() };
+    let line = serde_json::json!({ "v": shikaku_core::SCHEMA_SEALED, "body": body }).to_string();
+    sign(key, std::io::Cursor::new(line), now_ms, out)
 }

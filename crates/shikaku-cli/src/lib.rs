@@ -247,6 +247,32 @@ pub enum InsurerCommand {
     /// The insurer's signing key.
     #[command(subcommand)]
     Key(InsurerKeyCommand),
+    /// Sign an erasure order for a member (a schema-2 `member_erased` event, EVENTS.md): every
+    /// node that receives it destroys the member's data key and wraps, so no one can read the
+    /// member's sealed record again — not even with the card and the birth date. The
+    /// ciphertext stays and every ledger still verifies. Import the output with `hub import`.
+    Erase {
+        /// The key file from `insurer key init`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The member key (INSURER:SYMBOL:NUMBER:BRANCH).
+        #[arg(long)]
+        member: String,
+        /// The member's birth date: also erases the member-key lookup, which then says
+        /// "member data erased" to a check by key and birth date (without it such a check
+        /// finds nothing; a check by card still says so).
+        #[arg(long)]
+        birth_date: Option<Date>,
+        /// The Argon2id parameters the member was sealed with (as `gen --kdf`).
+        #[arg(long, value_enum, default_value_t = KdfChoice::Reception)]
+        kdf: KdfChoice,
+        /// Why (free text, no personal data).
+        #[arg(long)]
+        reason: String,
+        /// Write the signed order to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Sign unsigned JSON Lines events (protocol/EVENTS-JSONL.md, "Unsigned events") with the
     /// insurer's key: each gets the next origin_seq (kept in KEY.state), a hybrid-clock stamp,
     /// its id and signature. Every line is checked before anything is written; the output
@@ -392,6 +418,11 @@ pub struct GenArgs {
     /// tests and the demo only; a stolen ledger's member-key tags are then cheap to guess).
     #[arg(long, value_enum, default_value_t = KdfChoice::Reception)]
     pub kdf: KdfChoice,
+    /// Write each generated insurer's secret signing key here (`<insurer>.key`, mode 0600,
+    /// the `insurer key` format) so the synthetic insurers can sign and erase. Synthetic
+    /// worlds only: these keys follow from the seed.
+    #[arg(long)]
+    pub insurer_key_dir: Option<PathBuf>,
 }
 
 /// Argon2id parameter sets of the member-key tag.
@@ -624,6 +655,23 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             )?;
             Ok(0)
         }
+        Command::Insurer(InsurerCommand::Erase {
+            key,
+            member,
+            birth_date,
+            kdf,
+            reason,
+            out: path,
+        }) => {
+            let member: shikaku_core::MemberKey =
+                member.parse().map_err(|e| anyhow::anyhow!("--member: {e}"))?;
+            let mut sink = output(path.as_deref(), out)?;
+            let birth = birth_date.map(|d| (d, kdf.params()));
+            insurer::erase(&key, &member, birth, &reason, clock::now_ms(), &mut sink)?;
+            drop(sink);
+            writeln!(err, "signed an erasure order for a member of insurer {}", member.insurer)?;
+            Ok(0)
+        }
         Command::Insurer(InsurerCommand::Sign { key, input, out: path }) => {
             let (reader, _) = open_input(&input)?;
             let mut sink = output(path.as_deref(), out)?;
@@ -795,6 +843,13 @@ pub fn gen(args: &GenArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     sink.flush()?;
+    if let Some(dir) = &args.insurer_key_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (insurer, _) in &generated.insurers {
+            let secret = shikaku_gen::insurer_secret(args.seed, *insurer);
+            insurer::write_key_file(*insurer, secret, &dir.join(format!("{insurer}.key")))?;
+        }
+    }
     if let Some(path) = &args.keys_out {
         let lines: String = generated
             .insurers

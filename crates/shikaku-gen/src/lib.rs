@@ -232,9 +232,15 @@ const KEY_CONTEXT: &str = "shikaku-gen 2026-11 synthetic identities";
 
 /// The signer of a generated insurer, reproducible from the seed.
 pub fn insurer_signer(seed: u64, insurer: InsurerNumber) -> Signer {
+    Signer::from_secret(insurer_secret(seed, insurer))
+}
+
+/// The secret signing key of a generated insurer (`gen --insurer-key-dir` writes it as an
+/// `insurer key` file, so the synthetic world's insurers can sign and erase).
+pub fn insurer_secret(seed: u64, insurer: InsurerNumber) -> [u8; 32] {
     let mut material = seed.to_le_bytes().to_vec();
     material.extend_from_slice(&insurer.value().to_le_bytes());
-    Signer::derived(KEY_CONTEXT, &material)
+    blake3::derive_key(KEY_CONTEXT, &material)
 }
 
 /// The generated hub's node identity.
