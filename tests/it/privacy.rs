@@ -566,8 +566,7 @@ fn real_processes_a_synced_clinic_names_no_one_and_an_erasure_reaches_it_over_qu
         &p(&order),
     ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) =
-        run(&["hub", "import", &p(&order), "--hub", &hub_api]);
+    let (code, out, err) = run(&["hub", "import", &p(&order), "--hub", &hub_api]);
     assert_eq!(code, 0, "{out}{err}");
     let start = shikaku_cli::clock::Stopwatch::start();
     let erased = loop {
@@ -614,5 +613,81 @@ fn real_processes_a_synced_clinic_names_no_one_and_an_erasure_reaches_it_over_qu
     assert!(hub_store.is_erased(&reference));
     assert!(hub_store.data_key(&reference).is_none());
     assert!(hub_store.data_keys_len() > 100, "only that member's key is gone");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ledger_upgrade_seals_a_schema_1_hub_ledger_in_place() {
+    use crate::cli::{run, temp_dir};
+    let p = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let dir = temp_dir("privacy-upgrade");
+    let (stream, keys, data) = (dir.join("w.jsonl"), dir.join("keys"), dir.join("hub"));
+    let (code, _, err) = run(&[
+        "gen",
+        "--members",
+        "300",
+        "--seed",
+        "5",
+        "--insurer-key-dir",
+        &p(&keys),
+        "--out",
+        &p(&stream),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run(&["--data-dir", &p(&data), "ledger", "import", &p(&stream)]).0, 0);
+    let g = shikaku_gen::generate(&shikaku_gen::GenConfig::new(300, 5)).unwrap();
+    let people = people(&g.events);
+    let all: Vec<String> = people.iter().flat_map(|(k, (p, _))| needles(k, p)).collect();
+    assert!(!found(&files_under(&data.join("log")), &all).is_empty(), "schema 1 is plaintext");
+
+    // Without a key for every insurer nothing is touched.
+    let one = keys.join(format!("{}.key", g.insurers[0].0));
+    let (code, _, err) = run(&[
+        "--data-dir",
+        &p(&data),
+        "ledger",
+        "upgrade",
+        "--insurer-key",
+        &p(&one),
+        "--kdf",
+        "light",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no insurer key given for insurer"), "{err}");
+    assert!(!data.join("log.schema1").exists());
+
+    let (code, out, err) = run(&[
+        "--data-dir",
+        &p(&data),
+        "ledger",
+        "upgrade",
+        "--insurer-key",
+        &p(&keys),
+        "--kdf",
+        "light",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("upgraded") && out.contains("in the clear"), "{out}");
+    assert!(data.join("log.schema1").exists());
+    assert_eq!(found(&files_under(&data.join("log")), &all), Vec::<String>::new(), "sealed");
+    let (code, out, err) = run(&["--data-dir", &p(&data), "ledger", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The upgraded hub opens every member with its data keys; every event is now schema 2.
+    let taken = shikaku_node::data_dir::DataDir::take(&data, false).unwrap().unwrap();
+    let mut config = NodeConfig::new(Role::Hub, "hub");
+    config.insurers = g.insurers.iter().map(|(i, _)| *i).collect();
+    let (hub, _lock) = taken.open_node(config).unwrap();
+    assert_eq!(hub.ledger().len() as usize, g.events.len());
+    let mut opened = 0;
+    for (key, (person, _)) in people.iter().take(40) {
+        let signer = shikaku_gen::insurer_signer(5, key.insurer);
+        let reference =
+            shikaku_core::seal::member_ref(&shikaku_core::sealer::ref_secret_of(&signer), key);
+        let record = hub.open_member_record(&reference).expect("the hub opens the record");
+        assert_eq!((&record.key, &record.person.name), (key, &person.name));
+        opened += 1;
+    }
+    assert_eq!(opened, 40);
     std::fs::remove_dir_all(&dir).unwrap();
 }

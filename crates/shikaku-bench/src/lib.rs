@@ -31,6 +31,7 @@ pub mod alloc_counter;
 pub mod api;
 pub mod hub;
 pub mod log;
+pub mod privacy;
 pub mod reconcile;
 pub mod sync;
 use shikaku_net::clock::Stopwatch;
@@ -145,6 +146,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// What sealing member data costs and protects: the member-key tag's per-guess cost
+    /// (Argon2id) and the core-years to open a stolen clinic ledger in bulk, the insurer's
+    /// sealing rate, fold speed and memory sealed beside schema 1, and reception's check
+    /// latency at an offline clinic by card and by key (KDF included) beside the projection.
+    Privacy {
+        /// Members sealed at the chosen parameters (the insurer's cost, and the clinic's world).
+        #[arg(long, default_value_t = 2_000)]
+        members: usize,
+        /// Members of the fold comparison (light parameters: the KDF is not part of a fold).
+        #[arg(long, default_value_t = 100_000)]
+        fold_members: usize,
+        /// Reception checks to time.
+        #[arg(long, default_value_t = 500)]
+        checks: usize,
+        /// Argon2id memory in KiB (default: the production setting).
+        #[arg(long, default_value_t = shikaku_core::seal::KdfParams::RECEPTION.m_kib)]
+        m_kib: u32,
+        /// Argon2id passes.
+        #[arg(long, default_value_t = shikaku_core::seal::KdfParams::RECEPTION.t)]
+        t: u32,
+    },
     /// Projection fold throughput, check latency and memory per member.
     Projection {
         /// Members on the generated roster.
@@ -181,6 +203,11 @@ pub fn run(command: &BenchCommand, out: &mut dyn Write) -> Result<()> {
             nats.user = nats_user.clone().zip(nats_password.clone());
             nats.name = "shikaku bench hub".into();
             crate::hub::run(dir, *members, *clinics, &nats, out)
+        }
+        BenchCommand::Privacy { members, fold_members, checks, m_kib, t } => {
+            let params = shikaku_core::seal::KdfParams { m_kib: *m_kib, t: *t, p: 1 };
+            params.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::privacy::run(*members, *fold_members, *checks, params, out)
         }
         BenchCommand::Log { dir, events, scan_events } => {
             crate::log::run(dir, *events, *scan_events, out)

@@ -1,9 +1,9 @@
-//! `shikaku ledger verify` and `shikaku ledger stats`.
+//! `shikaku ledger verify`, `stats`, `digest` and `upgrade` (schema 1 to sealed schema 2).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::store::Store;
 use shikaku_core::text::jst;
@@ -217,4 +217,115 @@ pub fn digest(
         )?;
     }
     Ok(())
+}
+
+/// `shikaku ledger upgrade`: converts a hub's schema-1 ledger in place to schema 2 (sealed
+/// member data). Every insurer event is sealed with its insurer's key (`keys`: insurer key
+/// files) and re-signed with the same origin, sequence and clock; clinic records stay in
+/// schema 1 (only their clinic can sign them; the hub, the insurer's side, may hold them).
+/// Data keys come from the operating system's random source. The old ledger is kept beside
+/// the new one as `log.schema1` — it holds member data in the clear, and the command says so.
+pub fn upgrade(
+    data_dir: &Path,
+    keys: &[PathBuf],
+    params: shikaku_core::seal::KdfParams,
+    out: &mut dyn Write,
+) -> Result<i32> {
+    use std::collections::BTreeMap;
+    if let Ok(tls) = shikaku_net::tls::load(&data_dir.join(shikaku_net::tls::TLS_DIR)) {
+        if tls.identity.role != shikaku_node::Role::Hub {
+            bail!(
+                "{} is a clinic's ledger: a clinic cannot re-sign its insurers' events. Stop it, remove {}, and let it sync again from the upgraded hub (its own records come back from the hub)",
+                data_dir.display(),
+                data_dir.join("log").display()
+            );
+        }
+    }
+    let old = data_dir.join("log.schema1");
+    if old.exists() {
+        bail!("{} exists: an earlier upgrade's plaintext ledger; remove it first", old.display());
+    }
+    let mut signers: BTreeMap<shikaku_core::InsurerNumber, shikaku_core::Signer> = BTreeMap::new();
+    for key in keys {
+        let files: Vec<PathBuf> = if key.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(key)
+                .with_context(|| format!("reading {}", key.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "key"))
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![key.clone()]
+        };
+        for file in files {
+            let key = crate::insurer::read_key(&file)?;
+            signers.insert(key.insurer, key.signer);
+        }
+    }
+    let store = Store::open_existing(data_dir)?;
+    let (events, withheld) = store.verified_events()?;
+    if !withheld.is_empty() {
+        bail!(
+            "the ledger is damaged ({}); repair it first (ledger verify --repair, then re-fetch), so nothing is left behind",
+            withheld.join("; ")
+        );
+    }
+    let missing: std::collections::BTreeSet<shikaku_core::InsurerNumber> = events
+        .iter()
+        .filter(|e| e.schema_version() == shikaku_core::SCHEMA_VERSION)
+        .filter_map(|e| match e.event().namespace {
+            shikaku_core::Namespace::Insurer(insurer) if !signers.contains_key(&insurer) => {
+                Some(insurer)
+            }
+            _ => None,
+        })
+        .collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        bail!("no insurer key given for insurer(s) {}: pass --insurer-key FILE or a directory of .key files", list.join(", "));
+    }
+    let mut urandom = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    let mut random_error = None;
+    let mut fill = |buf: &mut [u8]| {
+        if let Err(e) = std::io::Read::read_exact(&mut urandom, buf) {
+            random_error.get_or_insert(e);
+        }
+    };
+    let mut id = [0u8; 16];
+    fill(&mut id);
+    let mut keys_store = shikaku_core::keystore::KeyStore::new(id);
+    let upgraded =
+        shikaku_core::sealer::upgrade(&events, &signers, params, &mut keys_store, &mut fill)?;
+    if let Some(e) = random_error {
+        bail!("reading /dev/urandom: {e}");
+    }
+    drop(store);
+    let log = data_dir.join("log");
+    std::fs::rename(&log, &old)
+        .with_context(|| format!("moving {} to {}", log.display(), old.display()))?;
+    let mut store = Store::open_existing(data_dir)?;
+    for chunk in upgraded.events.chunks(4096) {
+        store.append(chunk)?;
+    }
+    store.checkpoint()?;
+    shikaku_log::fs::install_atomic(
+        &log.join(shikaku_node::KEYS_FILE),
+        &keys_store.encode_file(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", log.join(shikaku_node::KEYS_FILE).display()))?;
+    writeln!(
+        out,
+        "upgraded {} events to schema 2 ({} members sealed under {params}); {} clinic records kept in schema 1",
+        upgraded.ids.len(),
+        keys_store.data_keys_len(),
+        upgraded.kept_clinic_records
+    )?;
+    writeln!(
+        out,
+        "the schema-1 ledger is kept in {}: it holds member data in the clear — delete it once the upgraded hub serves",
+        old.display()
+    )?;
+    Ok(0)
 }

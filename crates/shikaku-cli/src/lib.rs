@@ -489,6 +489,20 @@ pub enum LedgerCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Convert a hub's ledger (stopped) to event schema 2 in place: member data sealed under
+    /// per-member data keys (protocol/EVENTS.md, PRIVACY.md), insurer events re-signed with
+    /// the insurers' keys, the data keys in the hub's key store. Clinic records stay in schema
+    /// 1. The old ledger is kept as log.schema1 (plaintext: delete it once the hub serves).
+    /// A clinic's ledger is not upgraded: remove it and let the clinic sync again.
+    Upgrade {
+        /// An insurer key file (`insurer key init`), or a directory of `*.key` files; one per
+        /// insurer in the ledger. Repeatable.
+        #[arg(long = "insurer-key", required = true)]
+        insurer_keys: Vec<PathBuf>,
+        /// Argon2id parameters of the member-key tag.
+        #[arg(long, value_enum, default_value_t = KdfChoice::Reception)]
+        kdf: KdfChoice,
+    },
 }
 
 /// Arguments of `shikaku check`.
@@ -631,6 +645,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
         }
         Command::Ledger(LedgerCommand::Digest { namespace, json }) => {
             ledger::digest(&cli.data_dir, namespace.as_deref(), json, out).map(|()| 0)
+        }
+        Command::Ledger(LedgerCommand::Upgrade { insurer_keys, kdf }) => {
+            ledger::upgrade(&cli.data_dir, &insurer_keys, kdf.params(), out)
         }
         Command::Ledger(LedgerCommand::Export { out: path }) => {
             export(&cli.data_dir, path.as_deref(), out, err)
