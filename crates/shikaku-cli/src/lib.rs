@@ -491,9 +491,9 @@ pub enum LedgerCommand {
     },
     /// Convert a hub's ledger (stopped) to event schema 2 in place: member data sealed under
     /// per-member data keys (protocol/EVENTS.md, PRIVACY.md), insurer events re-signed with
-    /// the insurers' keys, the data keys in the hub's key store. Clinic records stay in schema
-    /// 1. The old ledger is kept as log.schema1 (plaintext: delete it once the hub serves).
-    /// A clinic's ledger is not upgraded: remove it and let the clinic sync again.
+    /// the insurers' keys, the data keys in the hub's key store. Clinic records stay in
+    /// schema 1. The old ledger is kept as log.schema1 (plaintext: delete it once the hub
+    /// serves). A clinic's ledger is not upgraded: remove it and let the clinic sync again.
     Upgrade {
         /// An insurer key file (`insurer key init`), or a directory of `*.key` files; one per
         /// insurer in the ledger. Repeatable.
