@@ -332,3 +332,212 @@ fn golden_log_segments_open_and_rebuild_identically() {
     assert_eq!(node.projection().unwrap().digest(), projection.digest());
     assert_eq!(stored, built, "this build writes different log bytes: bump the format version");
 }
+
+const VECTORS_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/events-v2.json");
+const KEYSTORE_VECTORS: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/keystore-v1.json");
+
+/// The key store vectors: every item as encoded, the store file, and what opens the wraps.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct KeyStoreVector {
+    /// The card token whose wrap opens (hex), and the member key and birth date whose does.
+    card_token: String,
+    member_key: String,
+    birth_date: String,
+    /// The member reference both wraps open, and the data key inside (hex).
+    reference: String,
+    data_key: String,
+    /// Encoded items (KEYSTORE.md "Items"), hex, in item order.
+    items: Vec<String>,
+    /// The insurer's key store file (KEYSTORE.md "The file"), hex.
+    file: String,
+}
+
+/// The schema-1 vectors sealed into schema 2 with a counting "random" source (so the bytes
+/// are reproducible), plus a `member_erased` order; and the key store that results.
+fn vector_events_v2() -> (Vec<(String, [u8; 32], Event)>, shikaku_core::keystore::KeyStore) {
+    use shikaku_core::seal;
+    use shikaku_core::sealer::{ref_secret_of, Sealer};
+    let signer = Signer::from_secret([7u8; 32]);
+    let mut sealer = Sealer::new(ref_secret_of(&signer), shikaku_core::seal::KdfParams::LIGHT);
+    let mut store = shikaku_core::keystore::KeyStore::new([3u8; 16]);
+    let mut counter = 0u8;
+    let mut fill = |buf: &mut [u8]| {
+        for b in buf {
+            counter = counter.wrapping_add(1);
+            *b = counter;
+        }
+    };
+    let mut ids = std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    let query = |sealer: &Sealer, q: &CheckQuery| match q {
+        CheckQuery::Card(c) => CheckQuery::Card(seal::card_tag(c)),
+        CheckQuery::Member(m) => CheckQuery::Member(sealer.reference(m)),
+    };
+    for (name, secret, event) in vector_events() {
+        let v1_id = Signer::from_secret(secret).sign(event.clone()).unwrap().id();
+        let body = match &event.body {
+            EventBody::CheckPerformed {
+                query: q,
+                service_date,
+                mode,
+                knowledge,
+                hub_position,
+                code,
+                answer_hash,
+                decided_by,
+            } => EventBody::CheckPerformed {
+                query: query(&sealer, q),
+                service_date: *service_date,
+                mode: *mode,
+                knowledge: *knowledge,
+                hub_position: *hub_position,
+                code: *code,
+                answer_hash: *answer_hash,
+                decided_by: decided_by
+                    .iter()
+                    .map(|id| ids.get(id).copied().unwrap_or(*id))
+                    .collect(),
+            },
+            EventBody::SelfDeclarationRecorded { query: q, declared_insurer, declared_start } => {
+                EventBody::SelfDeclarationRecorded {
+                    query: query(&sealer, q),
+                    declared_insurer: *declared_insurer,
+                    declared_start: *declared_start,
+                }
+            }
+            EventBody::SelfDeclarationResolved { query: q, declaration, outcome } => {
+                EventBody::SelfDeclarationResolved {
+                    query: query(&sealer, q),
+                    declaration: ids.get(declaration).copied().unwrap_or(*declaration),
+                    outcome: *outcome,
+                }
+            }
+            EventBody::ConsentGiven { member } => {
+                EventBody::ConsentGiven { member: sealer.reference(member) }
+            }
+            EventBody::ConsentWithdrawn { member } => {
+                EventBody::ConsentWithdrawn { member: sealer.reference(member) }
+            }
+            insurer => sealer.seal_body(insurer, &ids, &mut store, &mut fill).unwrap(),
+        };
+        let name = match name.as_str() {
+            "member_registered" => "member_sealed".to_owned(),
+            "member_registered_dependant" => "member_sealed_dependant".to_owned(),
+            "demographics_changed" => "demographics_sealed".to_owned(),
+            other => other.to_owned(),
+        };
+        let event = Event { body, ..event };
+        let v2_id = Signer::from_secret(secret).sign_sealed(event.clone()).unwrap().id();
+        ids.insert(v1_id, v2_id);
+        out.push((name, secret, event));
+    }
+    let m = member(employer_a(), "1001", 0);
+    let reference = sealer.reference(&m);
+    let erase = Event {
+        namespace: Namespace::Insurer(employer_a()),
+        origin: signer.node_id(),
+        origin_seq: 100,
+        hlc: Hlc::new(1_790_000_000_000, 0),
+        author: signer.public(),
+        body: EventBody::MemberErased {
+            member: reference.clone(),
+            key_tags: store.key_tags_of(&reference),
+            reason: "retention period over".into(),
+        },
+    };
+    out.push(("member_erased".to_owned(), [7u8; 32], erase));
+    (out, store)
+}
+
+#[test]
+fn golden_schema_2_vectors_decode_and_reencode_identically() {
+    // Pins EVENTS.md "Schema version 2" and KEYSTORE.md: every event type sealed, the key
+    // store items and file, and that the wraps open with the card and with key + birth date.
+    let (events, store) = vector_events_v2();
+    let built: Vec<Vector> = events
+        .into_iter()
+        .map(|(name, secret, event)| {
+            let signed = Signer::from_secret(secret).sign_sealed(event).unwrap();
+            Vector {
+                name,
+                signer_secret_hex: hex(&secret),
+                canonical_hex: hex(signed.canonical_bytes()),
+                id: signed.id().to_string(),
+                signature: signed.signature().to_string(),
+                jsonl: shikaku_cli::jsonl::encode(&signed),
+            }
+        })
+        .collect();
+    let m = member(employer_a(), "1001", 0);
+    let signer = Signer::from_secret([7u8; 32]);
+    let reference =
+        shikaku_core::seal::member_ref(&shikaku_core::sealer::ref_secret_of(&signer), &m);
+    let (items, _) = store.items_since(0, usize::MAX, |_| true);
+    let keys = KeyStoreVector {
+        card_token: card("vector").to_string(),
+        member_key: m.to_string(),
+        birth_date: "1990-05-01".into(),
+        reference: reference.to_string(),
+        data_key: hex(&store.data_key(&reference).unwrap().0),
+        items: items.iter().map(|i| hex(&shikaku_core::keystore::encode_item(i))).collect(),
+        file: hex(&store.encode_file()),
+    };
+    if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
+        std::fs::write(VECTORS_V2, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+        std::fs::write(KEYSTORE_VECTORS, serde_json::to_string_pretty(&keys).unwrap() + "\n")
+            .unwrap();
+    }
+    let stored: Vec<Vector> =
+        serde_json::from_str(&std::fs::read_to_string(VECTORS_V2).expect("v2 vectors present"))
+            .unwrap();
+    assert_eq!(stored.len(), built.len());
+    let mut types = std::collections::BTreeSet::new();
+    for (vector, fresh) in stored.iter().zip(&built) {
+        let bytes = unhex(&vector.canonical_hex);
+        let signature: Signature = vector.signature.parse().unwrap();
+        let id: EventId = vector.id.parse().unwrap();
+        let decoded = SignedEvent::decode(2, &bytes, signature, Some(id), None)
+            .unwrap_or_else(|e| panic!("vector {}: {e}", vector.name));
+        assert!(
+            SignedEvent::decode(1, &bytes, signature, None, None).is_err(),
+            "{}: a schema-2 event is not a schema-1 one",
+            vector.name
+        );
+        let from_line = shikaku_cli::jsonl::decode(&vector.jsonl, None).unwrap();
+        assert_eq!(decoded, from_line, "vector {}: bytes and JSON line agree", vector.name);
+        types.insert(decoded.event().body.type_name());
+        assert_eq!(vector, fresh, "vector {} no longer matches this build", vector.name);
+    }
+    assert_eq!(types.len(), 17, "every schema-2 event type has a vector: {types:?}");
+
+    let stored: KeyStoreVector =
+        serde_json::from_str(&std::fs::read_to_string(KEYSTORE_VECTORS).unwrap()).unwrap();
+    assert_eq!(stored, keys, "the key store vectors no longer match this build");
+    for item in &stored.items {
+        let bytes = unhex(item);
+        let decoded = shikaku_core::keystore::decode_item(&bytes).unwrap();
+        assert_eq!(shikaku_core::keystore::encode_item(&decoded), bytes);
+    }
+    let file = shikaku_core::keystore::KeyStore::decode_file(&unhex(&stored.file)).unwrap();
+    // Both wraps open to the stored data key, and it opens the sealed registration.
+    let token: shikaku_core::CardToken = stored.card_token.parse().unwrap();
+    let presented = shikaku_core::keystore::Presented::Card(token);
+    let found = file.lookup(&presented).unwrap();
+    assert!(!found.keys.is_empty(), "the card's wrap opens");
+    for (reference, key) in &found.keys {
+        assert_eq!(file.data_key(reference), Some(key), "the card's wrap holds that member's key");
+    }
+    let by_key = file
+        .lookup(&shikaku_core::keystore::Presented::Key {
+            key: stored.member_key.parse().unwrap(),
+            birth: stored.birth_date.parse().unwrap(),
+        })
+        .unwrap();
+    assert_eq!(by_key.keys[0].0.to_string(), stored.reference);
+    assert_eq!(hex(&by_key.keys[0].1 .0), stored.data_key);
+    let registration = shikaku_cli::jsonl::decode(&built[0].jsonl, None).unwrap();
+    let EventBody::MemberSealed { member, sealed } = &registration.event().body else { panic!() };
+    let record = shikaku_core::seal::open_member(&by_key.keys[0].1, member, sealed).unwrap();
+    assert_eq!(record.person.name, "山田 花子");
+}
