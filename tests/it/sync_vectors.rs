@@ -101,6 +101,8 @@ fn messages() -> Vec<(&'static str, Message, &'static str)> {
         ("reconcile_reply", Message::ReconcileReply { namespace: ins, message: vec![0x61] }, "Negentropy v1: nothing left to reconcile"),
         ("fetch", Message::Fetch { namespace: ins, ids: vec![EventId([0x11; 32]), EventId([0x22; 32])] }, "two ids asked for"),
         ("error", Message::Error { code: ErrorCode::TooLarge.code(), message: "frame of 8388608 bytes exceeds the limit of 1048576".into() }, "last frame before the stream is closed"),
+        ("keys_from", Message::KeysFrom { store: [3; 16], since: 41, erasures: vec![vec![2, 0, 0xAB, 0xCD]] }, "protocol 2: key store items after 41 of store 0303…, with one erasure order (its bytes are opaque here)"),
+        ("keys", Message::Keys { store: [3; 16], last: 42, more: false, items: vec![vec![2, 4, 0, 0, 0, 2, 0, 0xAB, 0xCD]] }, "protocol 2: one key store item (an erasure order item), nothing more"),
     ]
 }
 

@@ -413,7 +413,7 @@ pub struct GenArgs {
     /// mode 0600) here, for `hub import --key-store`. Whoever holds it can read every member.
     #[arg(long, requires = "sealed")]
     pub key_store_out: Option<PathBuf>,
-    /// With --sealed: Argon2id parameters of the member-key tag — `reception` (64 MiB, 3
+    /// With --sealed: Argon2id parameters of the member-key tag — `reception` (32 MiB, 2
     /// passes: the production setting, see `bench privacy`) or `light` (256 KiB, 1 pass: for
     /// tests and the demo only; a stolen ledger's member-key tags are then cheap to guess).
     #[arg(long, value_enum, default_value_t = KdfChoice::Reception)]
@@ -428,7 +428,7 @@ pub struct GenArgs {
 /// Argon2id parameter sets of the member-key tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KdfChoice {
-    /// 64 MiB, 3 passes, 1 lane (production).
+    /// 32 MiB, 2 passes, 1 lane (production).
     Reception,
     /// 256 KiB, 1 pass (tests and the demo only).
     Light,
