@@ -112,7 +112,37 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             )
                 .into_response());
         }
-        let text = render::answer(&answer);
+        // The text reception reads: the opened record's real key in place of the reference,
+        // and the patient's name — for the present patient only, never stored.
+        let text = match &member_data {
+            shikaku_node::MemberData::Opened(record) => {
+                let mut shown = answer.clone();
+                shown.member = Some(record.key.clone());
+                if matches!(shown.query, CheckQuery::Member(_)) {
+                    shown.query = CheckQuery::Member(record.key.clone());
+                }
+                let mut text = render::answer(&shown);
+                if let Some(first_end) = text.find('\n') {
+                    text.insert_str(
+                        first_end + 1,
+                        &format!(
+                            "  patient     {} ({}), born {}\n",
+                            record.person.name, record.person.kana, record.person.birth_date
+                        ),
+                    );
+                }
+                text
+            }
+            shikaku_node::MemberData::Erased => {
+                render::answer(&answer)
+                    + "  MEMBER DATA ERASED: eligibility from pseudonymous facts only\n"
+            }
+            shikaku_node::MemberData::Sealed => {
+                render::answer(&answer)
+                    + "  member data sealed: the record cannot be opened here yet\n"
+            }
+            _ => render::answer(&answer),
+        };
         let person = match &member_data {
             shikaku_node::MemberData::Opened(record) => Some(crate::types::PersonView {
                 member_key: record.key.to_string(),

@@ -42,12 +42,21 @@ pub const IMPORT_BODY_MAX: usize = 64 << 20;
 /// The ledger is read while holding the node; the report is computed after letting it go, so
 /// sync is held up only for the read.
 pub async fn hub_report(rt: &Runtime) -> Result<shikaku_reconcile::Report> {
-    let (events, names, now) =
-        rt.call(|n, now| (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now)).await;
+    let (events, names, now, keys) = rt
+        .call(|n, now| {
+            let keys = n.key_store().encode_file();
+            (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now, keys)
+        })
+        .await;
     let events = events?;
-    tokio::task::spawn_blocking(move || shikaku_reconcile::compute(&events, &names, now))
-        .await
-        .context("computing the report")
+    tokio::task::spawn_blocking(move || {
+        // Sealed records re-derive with what the hub's data keys open.
+        let keys = shikaku_core::keystore::KeyStore::decode_file(&keys).unwrap_or_default();
+        let reveal = shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), &keys);
+        shikaku_reconcile::compute_revealed(&events, &names, now, Some(&reveal))
+    })
+    .await
+    .context("computing the report")
 }
 
 /// Serves the hub's insurer API on `listener` until the task is dropped.

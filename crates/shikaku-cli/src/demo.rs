@@ -7,7 +7,12 @@
 //! correction) → offline checks, including the patient who just changed jobs (invalid → a
 //! self-declaration → pending successor) → the hub is back; the new insurer registers the
 //! patient → every clinic converges (namespace fingerprints equal to the hub's) → the
-//! reconciliation report says which offline answers were wrong and what is owed.
+//! reconciliation report says which offline answers were wrong and what is owed → the demo
+//! searches a clinic's data directory for the names it showed, and finds none.
+//!
+//! The world is sealed (event schema 2): clinics hold member data only as ciphertext and open
+//! the present patient's record with the card, or the member key and birth date. The demo uses
+//! light Argon2id parameters and says so.
 //!
 //! Every check goes through a clinic's HTTP API, the same one the reception page uses. The
 //! demo's clock is shifted so the day reads 08:50–13:00 JST today; all nodes share it.
@@ -29,6 +34,9 @@ use shikaku_node::Level;
 use crate::clock::{self, Stopwatch};
 use crate::serve;
 use shikaku_api::cluster;
+use shikaku_core::keystore::KeyStore;
+use shikaku_core::seal::KdfParams;
+use shikaku_core::sealer::{ref_secret_of, Sealer};
 use shikaku_core::text::hhmm;
 
 /// Arguments of `shikaku demo`.
@@ -198,6 +206,11 @@ struct Publisher {
     origin: NodeId,
     seq: u64,
     clock: HlcClock,
+    /// Each insurer's sealer, and the key store its new data keys and wraps go into (handed
+    /// to the hub with the events).
+    sealers: BTreeMap<InsurerNumber, Sealer>,
+    keys: KeyStore,
+    rng: shikaku_gen::Rng,
 }
 
 impl Publisher {
@@ -208,8 +221,20 @@ impl Publisher {
         body: EventBody,
     ) -> Result<SignedEvent> {
         let signer = shikaku_gen::insurer_signer(self.seed, insurer);
+        let sealer = self
+            .sealers
+            .entry(insurer)
+            .or_insert_with(|| Sealer::new(ref_secret_of(&signer), KdfParams::LIGHT));
+        let rng = &mut self.rng;
+        let mut fill = |buf: &mut [u8]| {
+            for chunk in buf.chunks_mut(8) {
+                let word = rng.next_u64().to_le_bytes();
+                chunk.copy_from_slice(&word[..chunk.len()]);
+            }
+        };
+        let body = sealer.seal_body(&body, &BTreeMap::new(), &mut self.keys, &mut fill)?;
         self.seq += 1;
-        Ok(signer.sign(Event {
+        Ok(signer.sign_sealed(Event {
             namespace: Namespace::Insurer(insurer),
             origin: self.origin,
             origin_seq: self.seq,
@@ -226,20 +251,52 @@ enum Presented<'a> {
     Key(&'a MemberKey),
 }
 
-/// Asks a clinic's API; returns the answer's code and its text.
-fn ask(clinic: &cluster::Clinic, who: Presented<'_>, date: Date) -> Result<(String, String)> {
-    let query = match who {
-        Presented::Card(card) => shikaku_core::CheckQuery::Card(*card),
-        Presented::Key(key) => shikaku_core::CheckQuery::Member(key.clone()),
-    };
-    let body = shikaku_api::client::http_get(
-        &clinic.url,
-        &shikaku_api::client::check_path_for(&query, Some(date), None),
-    )?;
-    let value: serde_json::Value = serde_json::from_str(&body).context("the answer is not JSON")?;
-    let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
-    let text = value["text"].as_str().unwrap_or_default().to_owned();
-    Ok((code, text))
+/// Reception: what patients present, and every name the screens showed today.
+struct Reception {
+    /// The world's people (the birth date a patient gives with a member key).
+    persons: BTreeMap<MemberKey, Person>,
+    /// Names shown on reception screens (searched for in a clinic's files at the end).
+    shown: Vec<String>,
+}
+
+impl Reception {
+    /// Asks a clinic's API (a member key with the patient's birth date); returns the answer's
+    /// code, its text and the whole reply.
+    fn ask(
+        &mut self,
+        clinic: &cluster::Clinic,
+        who: Presented<'_>,
+        date: Date,
+    ) -> Result<(String, String, serde_json::Value)> {
+        let path = match who {
+            Presented::Card(card) => {
+                shikaku_api::client::check_path_for(&CheckQuery::Card(*card), Some(date), None)
+            }
+            Presented::Key(key) => {
+                let birth = self
+                    .persons
+                    .get(key)
+                    .map(|p| p.birth_date)
+                    .ok_or_else(|| anyhow!("no birth date known for a demo patient"))?;
+                shikaku_api::client::check_path_for(
+                    &CheckQuery::Member(key.clone()),
+                    Some(date),
+                    None,
+                ) + &format!("&birth_date={birth}")
+            }
+        };
+        let body = shikaku_api::client::http_get(&clinic.url, &path)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&body).context("the answer is not JSON")?;
+        let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
+        let text = value["text"].as_str().unwrap_or_default().to_owned();
+        if let Some(name) = value["person"]["name"].as_str() {
+            if !self.shown.iter().any(|n| n == name) {
+                self.shown.push(name.to_owned());
+            }
+        }
+        Ok((code, text, value))
+    }
 }
 
 fn story(
@@ -276,6 +333,26 @@ fn story(
         watch.seconds()
     ))?;
     let cast = find_cast(&generated.events, today)?;
+    let watch = Stopwatch::start();
+    let (sealed_events, insurer_keys) =
+        shikaku_gen::seal_generated(&generated, args.seed, KdfParams::LIGHT)?;
+    n.say(&format!(
+        "member data sealed (event schema 2): names, kana, addresses, birth dates and member keys travel and rest at clinics only as ciphertext, {} per-member data keys stay with the insurers ({:.1} s)",
+        insurer_keys.data_keys_len(),
+        watch.seconds()
+    ))?;
+    n.say(&format!(
+        "  (this demo seals with light Argon2id parameters, {}, to start in seconds; production uses {})",
+        KdfParams::LIGHT,
+        KdfParams::RECEPTION
+    ))?;
+    let mut desk = Reception { persons: persons_of(&generated.events), shown: Vec::new() };
+    let sealed_world = shikaku_gen::Generated {
+        events: sealed_events,
+        hub: generated.hub,
+        insurers: generated.insurers.clone(),
+        last_hlc: generated.last_hlc,
+    };
 
     n.step("A throwaway CA certifies the hub and three clinics (mutual TLS)")?;
     let ca_dir = workdir.join("ca");
@@ -286,7 +363,8 @@ fn story(
     let watch = Stopwatch::start();
     let hub_dir = workdir.join("hub");
     let local = cluster::Local { root: workdir, clock: &clock, level };
-    let mut hub = cluster::start_hub(&local, &generated)?;
+    let mut hub = cluster::start_hub(&local, &sealed_world)?;
+    hub.runtime.with_node(|h, _| h.import_keys(&insurer_keys))?;
     n.say(&format!(
         "{} events verified and stored durably ({:.1} s); insurer keys registered for {} insurers",
         hub.runtime.with_node(|h, _| h.ledger().len()),
@@ -330,9 +408,9 @@ fn story(
 
     clock.advance(20 * 60_000);
     n.step("Morning: checks online")?;
-    let (_, text) = ask(&clinics[0], Presented::Card(&cast.regular.0), today)?;
+    let (_, text, _) = desk.ask(&clinics[0], Presented::Card(&cast.regular.0), today)?;
     n.block(&format!("{}: a regular patient's card", clinics[0].name), &text)?;
-    let (_, text) = ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
+    let (_, text, _) = desk.ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: another patient", clinics[2].name), &text)?;
 
     clock.advance(30 * 60_000);
@@ -342,6 +420,9 @@ fn story(
         origin: generated.hub,
         seq: generated.events.iter().map(|e| e.event().origin_seq).max().unwrap_or(0),
         clock: HlcClock::resume(generated.last_hlc),
+        sealers: BTreeMap::new(),
+        keys: KeyStore::new([0xde; 16]),
+        rng: shikaku_gen::Rng::new(args.seed ^ 0xdead_5ea1),
     };
     let (job_card, old_key, person) = cast.job_changer.clone();
     let job_day = today.add_days(-4);
@@ -354,7 +435,7 @@ fn story(
             reason: EndReason::JobChange,
         },
     )?;
-    publish(&hub_rt, std::slice::from_ref(&ended))?;
+    publish(&hub_rt, std::slice::from_ref(&ended), &publisher.keys)?;
     let pushed = cluster::wait_until("every clinic holds the job change", 30.0, || {
         clinics
             .iter()
@@ -399,7 +480,7 @@ fn story(
             },
         )?,
     ];
-    publish(&hub_rt, &during)?;
+    publish(&hub_rt, &during, &publisher.keys)?;
     n.say(&format!(
         "  · insurer {}: {retired_key} retired on {retro_loss} (reported late, today)",
         retired_key.insurer
@@ -411,12 +492,12 @@ fn story(
 
     clock.advance(35 * 60_000);
     n.step("Offline checks (answers say how old they are)")?;
-    let (_, text) = ask(&clinics[0], Presented::Card(&cast.retired.0), today)?;
+    let (_, text, _) = desk.ask(&clinics[0], Presented::Card(&cast.retired.0), today)?;
     n.block(
         &format!("{}: the patient whose retirement the clinic has not heard of", clinics[0].name),
         &text,
     )?;
-    let (_, text) = ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
+    let (_, text, _) = desk.ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: the patient whose copay was corrected", clinics[2].name), &text)?;
     let health = shikaku_api::client::http_get(&clinics[1].url, "/v1/health")?;
     let health: serde_json::Value = serde_json::from_str(&health)?;
@@ -429,18 +510,24 @@ fn story(
 
     clock.advance(10 * 60_000);
     n.step("The patient who just changed jobs, offline")?;
-    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
+    let (_, text, _) = desk.ask(&clinics[1], Presented::Card(&job_card), today)?;
     n.block(
         &format!("{}: the card of the patient who changed jobs (this clinic replicates 8 insurers, not all of Japan's, so a newer coverage could exist elsewhere)", clinics[1].name),
         &text,
     )?;
-    let (code, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    let (code, text, _) = desk.ask(&clinics[1], Presented::Key(&old_key), today)?;
     n.block("their eligibility certificate (資格確認書), by member key", &text)?;
     if code != "invalid" {
         bail!("the job changer's old member key answered {code}, not invalid");
     }
-    let new_insurer =
-        self_declarations(&mut n, &clinics, &generated, (&old_key, job_day), (&cast, today))?;
+    let new_insurer = self_declarations(
+        &mut n,
+        &mut desk,
+        &clinics,
+        &generated,
+        (&old_key, job_day),
+        (&cast, today),
+    )?;
 
     clock.advance(70 * 60_000);
     n.step("Recovery: the hub is reachable again; the new insurer registers the patient")?;
@@ -477,7 +564,7 @@ fn story(
             EventBody::CardLinked { card: job_card, member: new_key.clone() },
         )?,
     ];
-    publish(&hub_rt, &registered)?;
+    publish(&hub_rt, &registered, &publisher.keys)?;
     n.say(&format!(
         "insurer {new_insurer} registers them as {new_key}, covered from {job_day} (retroactively: reported four days late)"
     ))?;
@@ -490,9 +577,9 @@ fn story(
 
     n.step("Convergence")?;
     converge(&mut n, &clinics, &hub_rt)?;
-    let (_, text) = ask(&clinics[1], Presented::Card(&job_card), today)?;
+    let (_, text, _) = desk.ask(&clinics[1], Presented::Card(&job_card), today)?;
     n.block(&format!("{}: the job changer's card, online again", clinics[1].name), &text)?;
-    let (_, text) = ask(&clinics[1], Presented::Key(&old_key), today)?;
+    let (_, text, _) = desk.ask(&clinics[1], Presented::Key(&old_key), today)?;
     n.block("and their old member key", &text)?;
 
     clock.advance(10 * 60_000);
@@ -525,6 +612,23 @@ fn story(
     hub_server.abort();
     hub.stop(rt);
     n.say("clinics and hub closed their sessions and persisted their receipts")?;
+
+    n.step("What a stolen reception PC gives away")?;
+    let clinic_dir = workdir.join(CLINICS[0]);
+    let (files, bytes, found) = search_names(&clinic_dir, &desk.shown)?;
+    n.say(&format!(
+        "searched all {files} files ({bytes} bytes) of {}'s data directory for the {} names shown on today's screens: {} found",
+        CLINICS[0],
+        desk.shown.len(),
+        found.len()
+    ))?;
+    if desk.shown.is_empty() {
+        bail!("no name was shown today; the story went wrong");
+    }
+    if !found.is_empty() {
+        bail!("a clinic file holds a name shown today: sealing failed");
+    }
+    n.say("the ledger holds every member of 8 insurers, sealed: without the card or the key and birth date, no name")?;
     Ok(())
 }
 
@@ -533,6 +637,7 @@ fn story(
 /// changer's new insurer.
 fn self_declarations(
     n: &mut Narrator<'_>,
+    desk: &mut Reception,
     clinics: &[cluster::Clinic],
     generated: &shikaku_gen::Generated,
     (old_key, job_day): (&MemberKey, Date),
@@ -546,8 +651,11 @@ fn self_declarations(
             *i != old_key.insurer && !i.is_national_health_insurance() && !i.is_late_stage_elderly()
         })
         .ok_or_else(|| anyhow!("the world has a single employer insurer"))?;
+    // The clinic names the member by the reference its check found (the ledger is sealed).
+    let (_, _, checked) = desk.ask(&clinics[1], Presented::Key(old_key), today)?;
+    let reference = checked["answer"]["query"]["member"].as_str().unwrap_or_default().to_owned();
     let body = serde_json::json!({
-        "member": old_key.to_string(),
+        "member": reference,
         "declared_insurer": new_insurer.to_string(),
         "declared_start": job_day.to_string(),
     });
@@ -563,13 +671,13 @@ fn self_declarations(
     n.say(&format!(
         "the patient says they joined insurer {new_insurer} on {job_day}: reception records a self-declaration (POST /v1/declarations → {status})"
     ))?;
-    let (_, text) = ask(&clinics[1], Presented::Key(old_key), today)?;
+    let (_, text, _) = desk.ask(&clinics[1], Presented::Key(old_key), today)?;
     n.block("checked again", &text)?;
+    let (code, _, checked) = desk.ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
     let body = serde_json::json!({
-        "member": cast.uncovered.to_string(),
+        "member": checked["answer"]["query"]["member"].as_str().unwrap_or_default(),
         "declared_start": today.add_days(-1).to_string(),
     });
-    let (code, _) = ask(&clinics[2], Presented::Key(&cast.uncovered), today)?;
     let (status, reply) = shikaku_api::client::http_request(
         &clinics[2].url,
         "POST",
@@ -681,8 +789,50 @@ fn reconciliation(
 
 /// Stores insurer events at the running hub (its import path: keys and namespaces checked),
 /// which pushes them live to connected clinics.
-fn publish(hub: &Runtime, events: &[SignedEvent]) -> Result<()> {
+fn publish(hub: &Runtime, events: &[SignedEvent], keys: &KeyStore) -> Result<()> {
+    hub.with_node(|h, _| h.import_keys(keys)).context("the hub refused the insurer's keys")?;
     hub.with_node(|h, now| h.import(now, events))
         .context("the hub refused the insurer's events")?;
     Ok(())
+}
+
+/// Every person of the plaintext world, by member key (what the demo's patients tell reception).
+fn persons_of(events: &[SignedEvent]) -> BTreeMap<MemberKey, Person> {
+    let mut persons = BTreeMap::new();
+    for e in events {
+        if let EventBody::MemberRegistered { member, person, .. }
+        | EventBody::DemographicsChanged { member, person, .. } = &e.event().body
+        {
+            persons.insert(member.clone(), person.clone());
+        }
+    }
+    persons
+}
+
+/// Searches every file under `dir` for each of `names`; returns (files, bytes, names found).
+fn search_names(dir: &Path, names: &[String]) -> Result<(u64, u64, Vec<String>)> {
+    let mut files = 0;
+    let mut bytes = 0;
+    let mut found: Vec<String> = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).with_context(|| format!("reading {}", at.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            files += 1;
+            bytes += data.len() as u64;
+            for name in names {
+                let needle = name.as_bytes();
+                if !found.contains(name) && data.windows(needle.len()).any(|w| w == needle) {
+                    found.push(name.clone());
+                }
+            }
+        }
+    }
+    Ok((files, bytes, found))
 }

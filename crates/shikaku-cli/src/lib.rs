@@ -796,7 +796,24 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                         let _ = writeln!(err, "warning: {e:#}; clinics are shown by node id");
                         Default::default()
                     });
-                    let report = shikaku_reconcile::compute(&events, &names, clock::now_ms());
+                    // Sealed records re-derive with what the hub's data keys open.
+                    let keys_path = cli.data_dir.join("log").join(shikaku_node::KEYS_FILE);
+                    let keys = match std::fs::read(&keys_path) {
+                        Err(_) => shikaku_core::keystore::KeyStore::default(),
+                        Ok(bytes) => shikaku_core::keystore::KeyStore::decode_file(&bytes)
+                            .unwrap_or_else(|e| {
+                                let _ = writeln!(err, "warning: {}: {e}; sealed checks re-derive without the hidden fields (birth dates, insured persons)", keys_path.display());
+                                Default::default()
+                            }),
+                    };
+                    let reveal =
+                        shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), &keys);
+                    let report = shikaku_reconcile::compute_revealed(
+                        &events,
+                        &names,
+                        clock::now_ms(),
+                        Some(&reveal),
+                    );
                     shikaku_reconcile::render(&report, name)?
                 }
             };

@@ -350,3 +350,33 @@ pub fn upgrade(
     }
     Ok(out)
 }
+
+/// What a store's data keys reveal of the sealed records among `events` (insurer side): per
+/// member, the birth date and insured person of its current record — the input a hub's
+/// reconciliation re-derives sealed checks with.
+pub fn reveal_from<'a>(
+    events: impl IntoIterator<Item = &'a SignedEvent>,
+    store: &KeyStore,
+) -> crate::Reveal {
+    let mut records: Vec<(crate::Hlc, EventId, &'a MemberKey, &'a seal::Sealed)> = Vec::new();
+    for event in events {
+        if let EventBody::MemberSealed { member, sealed }
+        | EventBody::DemographicsSealed { member, sealed, .. } = &event.event().body
+        {
+            records.push((event.event().hlc, event.id(), member, sealed));
+        }
+    }
+    records.sort_by_key(|r| (r.0, r.1));
+    let mut reveal = crate::Reveal::default();
+    for (_, _, member, sealed) in records {
+        let Some(key) = store.data_key(member) else { continue };
+        if let Ok(record) = seal::open_member(key, member, sealed) {
+            reveal.insert(
+                member.clone(),
+                record.person.birth_date,
+                record.insured.map(|i| (i.reference, i.birth_date)),
+            );
+        }
+    }
+    reveal
+}

@@ -237,6 +237,14 @@ pub fn render_text(r: &Report) -> String {
         r.retroactive.len(),
         r.conflicts.len()
     );
+    if t.erased_members > 0 {
+        let _ = writeln!(
+            s,
+            "{} members' data erased ({}): their facts and checks still count, named by reference only",
+            t.erased_members,
+            r.erased.join(", ")
+        );
+    }
     for section in sections(r) {
         let _ = writeln!(s, "\n{}", section.title);
         if section.rows.is_empty() {

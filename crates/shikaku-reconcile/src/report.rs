@@ -36,6 +36,9 @@ pub struct Report {
     pub revoked_link_uses: Vec<RevokedLinkUse>,
     /// Clinics, stalest first.
     pub clinics: Vec<ClinicRow>,
+    /// References of members whose data was erased (their facts and checks remain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<String>,
 }
 
 /// Headline numbers.
@@ -59,6 +62,14 @@ pub struct Totals {
     pub declarations: u64,
     /// Unresolved self-declarations.
     pub unresolved_declarations: u64,
+    /// Members whose data was erased (`member_erased` orders): their checks still balance,
+    /// from pseudonymous facts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub erased_members: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A check record, identified.
@@ -305,7 +316,27 @@ pub fn compute(
     names: &BTreeMap<NodeId, String>,
     now_ms: u64,
 ) -> Report {
-    let (hub, clinics) = HubView::of(events, now_ms);
+    compute_revealed(events, names, now_ms, None)
+}
+
+/// [`compute`] for a hub holding sealed records (schema 2): `reveal` is what its data keys
+/// open (every member's birth date and insured person), so checks re-derive with the rules
+/// that need them, as the clinic answered.
+pub fn compute_revealed(
+    events: &[(u64, SignedEvent)],
+    names: &BTreeMap<NodeId, String>,
+    now_ms: u64,
+    reveal: Option<&shikaku_core::Reveal>,
+) -> Report {
+    let (mut hub, clinics) = HubView::of(events, now_ms);
+    hub.reveal = reveal;
+    let erased: BTreeSet<String> = events
+        .iter()
+        .filter_map(|(_, e)| match &e.event().body {
+            EventBody::MemberErased { member, .. } => Some(member.to_string()),
+            _ => None,
+        })
+        .collect();
     let mut report = Report {
         generated_ms: now_ms,
         hub_events: events.len() as u64,
@@ -317,7 +348,9 @@ pub fn compute(
         conflicts: hub.global.conflicts(Hlc(u64::MAX)),
         revoked_link_uses: Vec::new(),
         clinics: Vec::new(),
+        erased: erased.into_iter().collect(),
     };
+    report.totals.erased_members = report.erased.len() as u64;
     let mut check_conflicts: BTreeSet<Conflict> = BTreeSet::new();
     let mut retro: BTreeMap<EventId, BTreeSet<EventId>> = BTreeMap::new();
     for (node, own) in clinics {
@@ -369,6 +402,24 @@ struct HubView<'a> {
     revocations: Vec<(shikaku_core::CardToken, MemberKey, EventId, u64)>,
     fresh: Freshness,
     now_ms: u64,
+    /// What the hub's data keys reveal of sealed records (birth dates, insured persons), so
+    /// sealed checks re-derive with the rules that need them.
+    reveal: Option<&'a shikaku_core::Reveal>,
+}
+
+impl HubView<'_> {
+    fn check(
+        &self,
+        p: &Projection,
+        query: &CheckQuery,
+        date: shikaku_core::Date,
+        cutoff: Hlc,
+    ) -> Answer {
+        match self.reveal {
+            Some(reveal) => p.check_revealed(query, date, cutoff, self.fresh, reveal),
+            None => p.check(query, date, cutoff, self.fresh),
+        }
+    }
 }
 
 type ClinicEvents<'a> = BTreeMap<NodeId, Vec<&'a SignedEvent>>;
@@ -416,7 +467,16 @@ impl<'a> HubView<'a> {
             })
             .collect();
         let fresh = Freshness { now_ms, last_hub_sync_ms: None, hub_position: None, damage: None };
-        let hub = HubView { insurer, by_id, by_position, global, revocations, fresh, now_ms };
+        let hub = HubView {
+            insurer,
+            by_id,
+            by_position,
+            global,
+            revocations,
+            fresh,
+            now_ms,
+            reveal: None,
+        };
         (hub, clinics)
     }
 
@@ -505,7 +565,7 @@ fn clinic_section(
                     next += 1;
                 }
                 let then = [&subset, &all].into_iter().find_map(|p| {
-                    let a = p.check(query, *service_date, *knowledge, hub.fresh);
+                    let a = hub.check(p, query, *service_date, *knowledge);
                     // Records written before the v2 answer hash carry the v1 one.
                     (a.hash() == *answer_hash || a.hash_v1() == *answer_hash).then(|| {
                         let billed = answer_billing(p, &a, *knowledge);
@@ -574,7 +634,7 @@ fn clinic_section(
             service_date: c.service_date,
             answered: c.code,
         };
-        let now = truth.check(&c.query, c.service_date, Hlc(u64::MAX), hub.fresh);
+        let now = hub.check(&truth, &c.query, c.service_date, Hlc(u64::MAX));
         check_conflicts.extend(now.conflicts.iter().cloned());
         if let Some((then, _)) = &c.then {
             check_conflicts.extend(then.conflicts.iter().cloned());
@@ -651,7 +711,7 @@ fn clinic_section(
         });
     }
     for (e, query, declared_insurer, declared_start) in declarations {
-        let now = truth.check(&query, declared_start, Hlc(u64::MAX), hub.fresh);
+        let now = hub.check(&truth, &query, declared_start, Hlc(u64::MAX));
         let explicit = resolutions.get(&e.id()).cloned();
         let covered_as = match now.code {
             AnswerCode::Valid => now.member.clone(),

@@ -45,21 +45,44 @@ pub use snapshot::SnapshotError;
 /// hidden fields (the 75th birthday, dependants following their insured person) apply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reveal {
-    /// What each opened record revealed.
-    pub members: Vec<Revealed1>,
+    /// What each opened record revealed, by member reference.
+    pub members: BTreeMap<MemberKey, Revealed1>,
 }
 
-/// One opened record: (member reference, birth date, the insured person's reference and
-/// birth date for a dependant).
-pub type Revealed1 = (MemberKey, Date, Option<(MemberKey, Date)>);
+/// One opened record: the birth date, and the insured person's reference and birth date for
+/// a dependant.
+pub type Revealed1 = (Date, Option<(MemberKey, Date)>);
 
-/// [`Reveal`] resolved to the fold's member indexes.
+impl Reveal {
+    /// Adds what one record revealed.
+    pub fn insert(
+        &mut self,
+        reference: MemberKey,
+        birth: Date,
+        insured: Option<(MemberKey, Date)>,
+    ) {
+        self.members.insert(reference, (birth, insured));
+    }
+}
+
+/// [`Reveal`] as the rules read it: looked up per member index (an insured person's birth
+/// date, sealed in a dependant's record, counts too).
 #[derive(Debug, Default)]
-struct Revealed(Vec<(u32, Date, u32)>);
+struct Revealed<'a> {
+    reveal: Option<&'a Reveal>,
+    insured_births: BTreeMap<MemberKey, Date>,
+}
 
-impl Revealed {
-    fn get(&self, member: u32) -> Option<(Date, u32)> {
-        self.0.iter().find(|r| r.0 == member).map(|r| (r.1, r.2))
+impl Projection {
+    fn revealed_get(&self, revealed: &Revealed<'_>, member: u32) -> Option<(Date, u32)> {
+        let reveal = revealed.reveal?;
+        let key = self.key_of(member)?;
+        if let Some((birth, insured)) = reveal.members.get(&key) {
+            let insured =
+                insured.as_ref().and_then(|(k, _)| self.find_member(k)).unwrap_or(NO_MEMBER);
+            return Some((*birth, insured));
+        }
+        revealed.insured_births.get(&key).map(|birth| (*birth, NO_MEMBER))
     }
 }
 

@@ -27,25 +27,14 @@ impl Projection {
         freshness: Freshness,
         reveal: &Reveal,
     ) -> Answer {
-        let revealed = Revealed(
-            reveal
+        let revealed = Revealed {
+            reveal: (!reveal.members.is_empty()).then_some(reveal),
+            insured_births: reveal
                 .members
-                .iter()
-                .filter_map(|(reference, birth, insured)| {
-                    let member = self.find_member(reference)?;
-                    let insured = match insured {
-                        None => NO_MEMBER,
-                        Some((key, _)) => self.find_member(key).unwrap_or(NO_MEMBER),
-                    };
-                    Some((member, *birth, insured))
-                })
-                .chain(reveal.members.iter().filter_map(|(_, _, insured)| {
-                    // The insured person's own 75th birthday, sealed in the dependant's record.
-                    let (key, birth) = insured.as_ref()?;
-                    Some((self.find_member(key)?, *birth, NO_MEMBER))
-                }))
+                .values()
+                .filter_map(|(_, insured)| insured.clone())
                 .collect(),
-        );
+        };
         let revealed = &revealed;
         let knowledge = Knowledge {
             as_of,
@@ -117,7 +106,7 @@ impl Projection {
         cutoff: Hlc,
         answer: &mut Answer,
         decided: &mut Vec<u32>,
-        revealed: &Revealed,
+        revealed: &Revealed<'_>,
     ) {
         let not_held = if self.replication.holds(key.insurer) || self.prefetched.contains(key) {
             AnswerCode::NoMatch
@@ -176,7 +165,7 @@ impl Projection {
         cutoff: Hlc,
         answer: &mut Answer,
         decided: &mut Vec<u32>,
-        revealed: &Revealed,
+        revealed: &Revealed<'_>,
     ) {
         let partial = matches!(self.replication, Replication::Insurers(_));
         let links = self.find_card(token).map(|c| self.alive_links(c, cutoff)).unwrap_or_default();

@@ -56,7 +56,7 @@ impl Projection {
         Some(InsurerNumber::from_validated(u32::from_le_bytes(bytes.try_into().ok()?)))
     }
 
-    pub(super) fn view(&self, member: u32, cutoff: Hlc, revealed: &Revealed) -> MemberView {
+    pub(super) fn view(&self, member: u32, cutoff: Hlc, revealed: &Revealed<'_>) -> MemberView {
         let mut view = MemberView::default();
         let mut starts: Vec<Period> = Vec::new();
         let mut ends: Vec<(Date, EndReason, u32)> = Vec::new();
@@ -75,7 +75,9 @@ impl Projection {
                     view.exists = true;
                     let (birth, insured) = match insured {
                         // Sealed: what opening the record revealed, or nothing.
-                        SEALED_INSURED => revealed.get(member).unwrap_or((SEALED_BIRTH, NO_MEMBER)),
+                        SEALED_INSURED => {
+                            self.revealed_get(revealed, member).unwrap_or((SEALED_BIRTH, NO_MEMBER))
+                        }
                         _ => (birth, insured),
                     };
                     view.registered = Some((birth, insured, fact.event));
@@ -177,7 +179,7 @@ impl Projection {
         date: Date,
         cutoff: Hlc,
         depth: u32,
-        revealed: &Revealed,
+        revealed: &Revealed<'_>,
     ) -> (MemberView, Evaluation) {
         let mut view = self.view(member, cutoff, revealed);
         let mut eval =

@@ -163,14 +163,14 @@ impl<D: Directory> Node<D> {
                                     continue;
                                 }
                             }
-                            reveal.members.push((
+                            reveal.insert(
                                 reference.clone(),
                                 record.person.birth_date,
                                 record
                                     .insured
                                     .as_ref()
                                     .map(|i| (i.reference.clone(), i.birth_date)),
-                            ));
+                            );
                             opened.push((reference.clone(), record));
                         }
                     }
