@@ -195,6 +195,10 @@ fn demo_runs_to_completion() {
         "UNRESOLVED",
         "Conflicts waiting for a decision",
         "reception page of aoba-hospital",
+        "member data sealed (event schema 2)",
+        "light Argon2id parameters",
+        "  patient     ",
+        "names shown on today's screens: 0 found",
         "Demo finished",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");

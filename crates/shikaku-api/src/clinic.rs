@@ -44,6 +44,22 @@ pub fn reception_page() -> String {
     RECEPTION_PAGE.replace("__STALE_AFTER_S__", &shikaku_core::STALE_AFTER_S.to_string())
 }
 
+/// The answer as shown to reception: where the sealed record opened, its real member key in
+/// place of the reference (the recorded answer keeps the reference).
+fn shown_answer(
+    answer: &shikaku_core::Answer,
+    data: &shikaku_node::MemberData,
+) -> shikaku_core::Answer {
+    let mut shown = answer.clone();
+    if let shikaku_node::MemberData::Opened(record) = data {
+        shown.member = Some(record.key.clone());
+        if matches!(shown.query, CheckQuery::Member(_)) {
+            shown.query = CheckQuery::Member(record.key.clone());
+        }
+    }
+    shown
+}
+
 /// The body limit of the clinic API's POST requests.
 pub const CLINIC_BODY_MAX: usize = 2 << 20;
 
@@ -105,7 +121,10 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         };
         let shikaku_node::PresentedAnswer { answer, member_data } = presented_answer;
         if fhir {
-            let resource = crate::fhir::coverage_eligibility_response(&answer, now);
+            // The present patient's real member key where the record opened (the response
+            // goes to the receipt computer at reception); the reference otherwise.
+            let shown = shown_answer(&answer, &member_data);
+            let resource = crate::fhir::coverage_eligibility_response(&shown, now);
             return Ok((
                 [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
                 resource.to_string(),
@@ -116,12 +135,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         // and the patient's name — for the present patient only, never stored.
         let text = match &member_data {
             shikaku_node::MemberData::Opened(record) => {
-                let mut shown = answer.clone();
-                shown.member = Some(record.key.clone());
-                if matches!(shown.query, CheckQuery::Member(_)) {
-                    shown.query = CheckQuery::Member(record.key.clone());
-                }
-                let mut text = render::answer(&shown);
+                let mut text = render::answer(&shown_answer(&answer, &member_data));
                 if let Some(first_end) = text.find('\n') {
                     text.insert_str(
                         first_end + 1,

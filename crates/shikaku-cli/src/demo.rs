@@ -515,7 +515,9 @@ fn story(
         &format!("{}: the card of the patient who changed jobs (this clinic replicates 8 insurers, not all of Japan's, so a newer coverage could exist elsewhere)", clinics[1].name),
         &text,
     )?;
-    let (code, text, _) = desk.ask(&clinics[1], Presented::Key(&old_key), today)?;
+    let (code, text, checked) = desk.ask(&clinics[1], Presented::Key(&old_key), today)?;
+    // The clinic names the member by the reference its check found (the ledger is sealed).
+    let reference = checked["answer"]["query"]["member"].as_str().unwrap_or_default().to_owned();
     n.block("their eligibility certificate (資格確認書), by member key", &text)?;
     if code != "invalid" {
         bail!("the job changer's old member key answered {code}, not invalid");
@@ -525,7 +527,7 @@ fn story(
         &mut desk,
         &clinics,
         &generated,
-        (&old_key, job_day),
+        (&old_key, &reference, job_day),
         (&cast, today),
     )?;
 
@@ -640,7 +642,7 @@ fn self_declarations(
     desk: &mut Reception,
     clinics: &[cluster::Clinic],
     generated: &shikaku_gen::Generated,
-    (old_key, job_day): (&MemberKey, Date),
+    (old_key, reference, job_day): (&MemberKey, &str, Date),
     (cast, today): (&Cast, Date),
 ) -> Result<InsurerNumber> {
     let new_insurer = generated
@@ -651,9 +653,6 @@ fn self_declarations(
             *i != old_key.insurer && !i.is_national_health_insurance() && !i.is_late_stage_elderly()
         })
         .ok_or_else(|| anyhow!("the world has a single employer insurer"))?;
-    // The clinic names the member by the reference its check found (the ledger is sealed).
-    let (_, _, checked) = desk.ask(&clinics[1], Presented::Key(old_key), today)?;
-    let reference = checked["answer"]["query"]["member"].as_str().unwrap_or_default().to_owned();
     let body = serde_json::json!({
         "member": reference,
         "declared_insurer": new_insurer.to_string(),
