@@ -46,7 +46,7 @@ pub struct ClinicView<'a> {
 #[derive(Debug, Default)]
 pub struct Checker {
     acked: BTreeMap<Who, BTreeSet<EventId>>,
-    checks: Vec<(usize, CheckQuery, Date, Answer)>,
+    checks: Vec<(usize, CheckQuery, Date, Answer, shikaku_core::Reveal)>,
     violations: Vec<Violation>,
     answers_checked: u64,
     lost_to_media: u64,
@@ -146,8 +146,15 @@ impl Checker {
     }
 
     /// Keeps a check for the report.
-    pub fn record_check(&mut self, clinic: usize, query: CheckQuery, date: Date, answer: Answer) {
-        self.checks.push((clinic, query, date, answer));
+    pub fn record_check(
+        &mut self,
+        clinic: usize,
+        query: CheckQuery,
+        date: Date,
+        answer: Answer,
+        reveal: shikaku_core::Reveal,
+    ) {
+        self.checks.push((clinic, query, date, answer, reveal));
     }
 
     /// The end of the liveness phase.
@@ -259,12 +266,13 @@ impl Checker {
         let converged = hub.projection();
         let mut contradicted = 0;
         let mut offline = 0;
-        for (_, query, date, answer) in &self.checks {
+        for (_, query, date, answer, reveal) in &self.checks {
             if answer.knowledge.staleness_s == Some(0) {
                 continue;
             }
             offline += 1;
-            let truth = converged.check(query, *date, Hlc(u64::MAX), Freshness::default());
+            let truth =
+                converged.check_revealed(query, *date, Hlc(u64::MAX), Freshness::default(), reveal);
             if answer.code != shikaku_core::AnswerCode::Unknown
                 && (truth.code != answer.code || truth.copay_tenths != answer.copay_tenths)
             {

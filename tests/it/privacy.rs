@@ -398,6 +398,30 @@ fn an_erasure_order_destroys_the_keys_everywhere_and_no_stale_store_brings_them_
     // Every log still verifies: the ciphertext stays, ids and chains are untouched.
     let own = Namespace::Insurer(pair.insurer);
     assert_eq!(pair.hub.namespace_state(&own), pair.clinic.namespace_state(&own));
+    // The reconciliation report still balances — every check of the erased member re-derives
+    // from pseudonymous facts — and lists the member as erased.
+    let events = pair.hub.ledger().read_from(1, usize::MAX).unwrap();
+    let reveal =
+        shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), pair.hub.key_store());
+    assert!(
+        !reveal.members.contains_key(&reference),
+        "the hub reveals nothing of the erased member"
+    );
+    let report = shikaku_reconcile::compute_revealed(
+        &events,
+        &Default::default(),
+        pair.now_ms,
+        Some(&reveal),
+    );
+    assert_eq!(report.totals.erased_members, 1);
+    assert_eq!(report.erased, vec![reference.to_string()]);
+    assert_eq!(report.totals.checks, 4, "the checks synced before the last check");
+    // It balances: the check answered with the record opened, before the erasure, used the
+    // birth date the erasure destroyed, so it is listed as not re-derivable; the checks after
+    // it re-derive exactly.
+    assert_eq!(report.totals.rederived + report.not_rederivable.len() as u64, report.totals.checks);
+    assert_eq!(report.not_rederivable.len(), 1, "{:?}", report.not_rederivable);
+    assert!(shikaku_reconcile::render_text(&report).contains("members' data erased"));
     let _ = CheckQuery::Card(card);
 }
 

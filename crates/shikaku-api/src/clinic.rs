@@ -163,7 +163,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                 name: record.person.name.clone(),
                 kana: record.person.kana.clone(),
                 birth_date: record.person.birth_date.to_string(),
-                insured: record.insured.as_ref().map(|i| i.key.to_string()),
+                insured: record.insured.as_ref().map(|i| i.reference.to_string()),
             }),
             _ => None,
         };

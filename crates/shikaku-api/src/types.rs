@@ -37,7 +37,8 @@ pub struct PersonView {
     pub kana: String,
     /// Birth date.
     pub birth_date: String,
-    /// The insured person's member key, for a dependant.
+    /// The insured person's member reference, for a dependant (a dependant's record does not
+    /// name the insured person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insured: Option<String>,
 }

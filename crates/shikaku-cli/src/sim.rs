@@ -104,6 +104,10 @@ pub struct Shape {
     /// within this much simulated time.
     #[arg(long, default_value = "15m")]
     pub liveness: String,
+    /// Seal the world's member data (event schema 2; light Argon2id): checks by member key
+    /// and birth date open records through the clinics' synced key stores.
+    #[arg(long)]
+    pub sealed: bool,
 }
 
 /// The fault mix swarm mode draws for a seed.
@@ -120,6 +124,7 @@ fn config(seed: u64, shape: &Shape) -> Result<SimConfig> {
     cfg.members = shape.members;
     cfg.checks_per_day = shape.checks_per_day;
     cfg.liveness_ms = parse_duration(&shape.liveness)?;
+    cfg.sealed = shape.sealed;
     Ok(cfg)
 }
 
@@ -150,9 +155,13 @@ pub fn run_command(command: &SimCommand, out: &mut dyn Write) -> Result<i32> {
                 writeln!(out, "{line}")?;
             }
             if args.reconcile {
-                let report = shikaku_reconcile::compute_at_last_event(
+                let last =
+                    outcome.hub_events.iter().map(|(_, e)| e.event().hlc.physical_ms()).max();
+                let report = shikaku_reconcile::compute_revealed(
                     &outcome.hub_events,
                     &outcome.clinic_names,
+                    last.unwrap_or(0),
+                    outcome.hub_reveal.as_ref(),
                 );
                 writeln!(out)?;
                 write!(out, "{}", shikaku_reconcile::render_text(&report))?;

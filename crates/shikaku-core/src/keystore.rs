@@ -511,12 +511,25 @@ impl KeyStore {
                 }
             }
             Presented::KeyWithoutBirth(key) => {
-                if !self.kdf_params(key.insurer).is_empty() {
+                // A sealing node never records a typed key in the clear, even of an insurer it
+                // does not hold: without the birth date there is no tag to record it by.
+                if !self.kdf_params(key.insurer).is_empty() || self.is_sealing() {
                     return Err(SealError::BirthDateRequired(key.insurer));
                 }
             }
             Presented::Key { key, birth } => {
-                for params in self.kdf_params(key.insurer) {
+                let mut params = self.kdf_params(key.insurer);
+                if params.is_empty() && self.is_sealing() {
+                    // An insurer not held here (a walk-in): the answer is "unknown", and the
+                    // check is recorded by a tag under the parameters this store uses, never
+                    // by the key itself.
+                    params.extend(self.kdf.values().flatten().next().copied());
+                    params.truncate(1);
+                    if params.is_empty() {
+                        params.push(KdfParams::RECEPTION);
+                    }
+                }
+                for params in params {
                     let secrets = seal::key_secrets(key, *birth, params)?;
                     for wrap in self.wraps_for(&secrets.tag) {
                         if let Ok(data_key) = seal::unwrap_data_key(

@@ -125,16 +125,15 @@ mod hex_bytes {
     }
 }
 
-/// The insured person of a dependant, as sealed inside the dependant's record: what the
-/// query-time rules need (their reference and 75th birthday) and what reception shows.
+/// The insured person of a dependant, as sealed inside the dependant's record: only what the
+/// query-time rules need (their reference and birth date, for the 75th birthday) — not their
+/// member key, so opening a dependant's record names nobody else.
 #[derive(
     Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
 )]
 pub struct SealedInsured {
     /// The insured person's member reference.
     pub reference: MemberKey,
-    /// The insured person's real member key.
-    pub key: MemberKey,
     /// The insured person's birth date (their 75th birthday ends the dependant's coverage).
     pub birth_date: Date,
 }

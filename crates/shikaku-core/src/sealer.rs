@@ -117,11 +117,7 @@ impl Sealer {
                         .get(insured)
                         .ok_or(SealerError::Unregistered("member_registered (dependant)"))?,
                 };
-                Some(SealedInsured {
-                    reference: self.reference(insured),
-                    key: insured.clone(),
-                    birth_date: birth,
-                })
+                Some(SealedInsured { reference: self.reference(insured), birth_date: birth })
             }
             Some(Relationship::Insured) => None,
             // Demographics change: the relationship stays as registered.
@@ -371,10 +367,15 @@ pub fn reveal_from<'a>(
     for (_, _, member, sealed) in records {
         let Some(key) = store.data_key(member) else { continue };
         if let Ok(record) = seal::open_member(key, member, sealed) {
+            // An erased insured person's birth date, though sealed in the dependant's record,
+            // is not used (as at a clinic): the erasure makes it unreadable everywhere.
             reveal.insert(
                 member.clone(),
                 record.person.birth_date,
-                record.insured.map(|i| (i.reference, i.birth_date)),
+                record
+                    .insured
+                    .filter(|i| !store.is_erased(&i.reference))
+                    .map(|i| (i.reference, i.birth_date)),
             );
         }
     }

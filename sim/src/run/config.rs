@@ -163,6 +163,11 @@ pub struct SimConfig {
     /// Hand back the hub's ledger in [`Outcome::hub_events`] (for the insurer's
     /// reconciliation); off by default, so swarms and benchmarks do not read it.
     pub keep_hub_ledger: bool,
+    /// Seal the world's member data (event schema 2, light Argon2id parameters): reception
+    /// presents member keys with birth dates, clinics open records through their synced key
+    /// stores, and each answer is checked against the reference projection with what that
+    /// clinic could open.
+    pub sealed: bool,
 }
 
 /// Known bugs the simulator must find (faults the system must survive, such as a disk that
@@ -221,6 +226,7 @@ impl SimConfig {
             #[cfg(feature = "planted-bugs")]
             plant: None,
             keep_hub_ledger: false,
+            sealed: false,
         }
     }
 }

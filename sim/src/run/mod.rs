@@ -85,6 +85,9 @@ pub struct Outcome {
     pub hub_events: Vec<(u64, SignedEvent)>,
     /// The clinics' names by node id.
     pub clinic_names: BTreeMap<shikaku_core::NodeId, String>,
+    /// A sealed run with the hub's ledger kept: what the insurers' data keys reveal (the
+    /// reconciliation re-derives sealed checks with it).
+    pub hub_reveal: Option<shikaku_core::Reveal>,
 }
 
 /// Which node: the hub or a clinic.
@@ -200,6 +203,9 @@ struct Sim {
     /// Every check's question and answer code, by its index in `timeline`, to mark the ones
     /// the converged truth contradicts when the run ends.
     asked: Vec<(usize, CheckQuery, Date, AnswerCode)>,
+    /// A sealed world's insurer side: the key store the hub imports, and per real member key
+    /// the birth date, the reference and what opening its record reveals.
+    sealed: Option<SealedWorld>,
 }
 
 fn stream(seed: u64, name: u64) -> Rng {
@@ -236,18 +242,61 @@ pub fn run(cfg: &SimConfig) -> Outcome {
     outcome(sim, cfg, end)
 }
 
+/// The insurer side of a sealed run.
+struct SealedWorld {
+    keys: shikaku_core::keystore::KeyStore,
+    people: BTreeMap<MemberKey, (Date, MemberKey, shikaku_core::Reveal)>,
+}
+
+impl SealedWorld {
+    /// The key store, the people and the schema-2 history of a generated world.
+    fn of(
+        generated: &shikaku_gen::Generated,
+        gen_seed: u64,
+    ) -> Result<(SealedWorld, Vec<SignedEvent>), String> {
+        let (events, keys) =
+            shikaku_gen::seal_generated(generated, gen_seed, shikaku_core::seal::KdfParams::LIGHT)
+                .map_err(|e| e.to_string())?;
+        let full = shikaku_core::sealer::reveal_from(&events, &keys);
+        let mut people = BTreeMap::new();
+        for e in &generated.events {
+            if let shikaku_core::EventBody::MemberRegistered { member, person, .. } =
+                &e.event().body
+            {
+                let signer = shikaku_gen::insurer_signer(gen_seed, member.insurer);
+                let reference = shikaku_core::seal::member_ref(
+                    &shikaku_core::sealer::ref_secret_of(&signer),
+                    member,
+                );
+                let mut reveal = shikaku_core::Reveal::default();
+                if let Some((birth, insured)) = full.members.get(&reference) {
+                    reveal.insert(reference.clone(), *birth, insured.clone());
+                }
+                people.insert(member.clone(), (person.birth_date, reference, reveal));
+            }
+        }
+        Ok((SealedWorld { keys, people }, events))
+    }
+}
+
 /// The world a run starts from: a generated history, the hub and the clinics (their disks,
 /// clocks and subscriptions drawn from the seed's streams), every ledger opened; why not, when
 /// the workload cannot be generated.
 fn world(cfg: &SimConfig) -> Result<Sim, String> {
     let seed = cfg.seed;
     let mut workload = stream(seed, 4);
-    let generated =
-        match shikaku_gen::generate(&shikaku_gen::GenConfig::new(cfg.members, workload.next_u64()))
-        {
-            Ok(g) => g,
-            Err(e) => return Err(e.to_string()),
-        };
+    let gen_seed = workload.next_u64();
+    let generated = match shikaku_gen::generate(&shikaku_gen::GenConfig::new(cfg.members, gen_seed))
+    {
+        Ok(g) => g,
+        Err(e) => return Err(e.to_string()),
+    };
+    let (sealed, sealed_events) = if cfg.sealed {
+        let (world, events) = SealedWorld::of(&generated, gen_seed)?;
+        (Some(world), Some(events))
+    } else {
+        (None, None)
+    };
     let base_ms = generated.last_hlc.physical_ms() + 3_600_000;
     let mut clock_rng = stream(seed, 3);
     let mut members: BTreeMap<InsurerNumber, BTreeSet<MemberKey>> = BTreeMap::new();
@@ -358,7 +407,7 @@ fn world(cfg: &SimConfig) -> Result<Sim, String> {
         });
     }
     // Workload: the roster at the start, the rest of the history spread over the safety phase.
-    let events = generated.events;
+    let events = sealed_events.unwrap_or(generated.events);
     let roster = events.len() * 6 / 10;
     let mut batches = vec![events[..roster].to_vec()];
     let rest = &events[roster..];
@@ -388,6 +437,7 @@ fn world(cfg: &SimConfig) -> Result<Sim, String> {
         base_ms,
         timeline: Vec::new(),
         asked: Vec::new(),
+        sealed,
     };
     // Nodes run on the simulated clock, offset to just after the generated history.
     for site in std::iter::once(&mut sim.hub).chain(sim.clinics.iter_mut()) {
@@ -420,6 +470,7 @@ fn generation_failed(cfg: &SimConfig, why: &str) -> Outcome {
         simulated_ms: 0,
         hub_events: Vec::new(),
         clinic_names: BTreeMap::new(),
+        hub_reveal: None,
     }
 }
 
@@ -609,6 +660,11 @@ fn outcome(mut sim: Sim, cfg: &SimConfig, end: u64) -> Outcome {
         .unwrap_or_default();
     let clinic_names =
         sim.clinics.iter().map(|c| (c.signer.node_id(), c.config.name.clone())).collect();
+    let hub_reveal = sim
+        .sealed
+        .as_ref()
+        .filter(|_| cfg.keep_hub_ledger)
+        .map(|w| shikaku_core::sealer::reveal_from(hub_events.iter().map(|(_, e)| e), &w.keys));
     Outcome {
         timeline: sim.timeline,
         healed_at_ms: duration,
@@ -618,5 +674,6 @@ fn outcome(mut sim: Sim, cfg: &SimConfig, end: u64) -> Outcome {
         simulated_ms: end,
         hub_events,
         clinic_names,
+        hub_reveal,
     }
 }

@@ -18,22 +18,52 @@ impl Sim {
         let member = list[work.below(list.len() as u64) as usize].clone();
         let date =
             Date(Date::from_ymd(2025, 4, 1).map_or(20_179, |d| d.0) + work.below(570) as i32);
-        let query = CheckQuery::Member(member);
+        let query = CheckQuery::Member(member.clone());
         let site = &mut self.clinics[i];
         let local = site.clock.local(self.now);
         let Some(node) = site.node.as_mut() else { return };
         let freshness: Freshness = node.freshness(local);
         let online = node.in_sync();
         let damage_open = self.cstate[i].damage_open;
-        let answer = match node.check(local, &query, date) {
-            Ok(a) => a,
-            Err(e) => {
-                self.note(format!("clinic {i} check failed: {e}"));
-                return;
+        // A sealed world: reception presents the member key and the birth date; the answer
+        // and the record name the member by reference, and the reference projection is asked
+        // the same pseudonymous query with what this clinic could open.
+        let sealed = self.sealed.as_ref().and_then(|w| w.people.get(&member));
+        let (answer, query, reveal) = match sealed {
+            Some((birth, _, reveal)) => {
+                let presented =
+                    shikaku_core::keystore::Presented::Key { key: member.clone(), birth: *birth };
+                match node.check_presented(local, &[(presented, date)]) {
+                    Ok(mut answered) => match answered.pop() {
+                        Some(p) => {
+                            let opened =
+                                matches!(p.member_data, shikaku_node::MemberData::Opened(_));
+                            let query = p.answer.query.clone();
+                            (
+                                p.answer,
+                                query,
+                                if opened { reveal.clone() } else { Default::default() },
+                            )
+                        }
+                        None => return,
+                    },
+                    Err(e) => {
+                        self.note(format!("clinic {i} check failed: {e}"));
+                        return;
+                    }
+                }
             }
+            None => match node.check(local, &query, date) {
+                Ok(a) => (a, query, shikaku_core::Reveal::default()),
+                Err(e) => {
+                    self.note(format!("clinic {i} check failed: {e}"));
+                    return;
+                }
+            },
         };
         let as_of = answer.knowledge.as_of;
-        let reference: Answer = site.reference.check(&query, date, as_of, freshness);
+        let reference: Answer =
+            site.reference.check_revealed(&query, date, as_of, freshness, &reveal);
         self.stats.checks += 1;
         self.asked.push((self.timeline.len(), query.clone(), date, answer.code));
         self.timeline.push((
@@ -74,7 +104,8 @@ impl Sim {
             };
             let local = self.clinics[i].clock.local(self.now);
             if let Some(node) = self.clinics[i].node.as_mut() {
-                match node.record(local, body) {
+                let schema = node.record_query(&query).1;
+                match node.record_many_as(local, vec![(schema, body)]) {
                     Ok(_) => self.stats.declarations += 1,
                     Err(e) => {
                         self.note(format!("clinic {i} could not record a self-declaration: {e}"))
@@ -82,7 +113,7 @@ impl Sim {
                 }
             }
         }
-        self.checker.record_check(i, query, date, answer);
+        self.checker.record_check(i, query, date, answer, reveal);
         self.fold_new(Who::Clinic(i));
     }
 }

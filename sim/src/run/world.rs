@@ -61,6 +61,7 @@ impl Sim {
         // The node scrubs what its index checkpoint let open skip before it serves (a real
         // node does it on its ticks), so bit rot since the records were written is found.
         while node.scrub(u64::MAX).map_err(|e| format!("{who:?} failed to scrub: {e}"))? {}
+
         let replication = match who {
             Who::Hub => Replication::All,
             Who::Clinic(_) => Replication::Insurers(site.config.insurers.clone()),
@@ -68,6 +69,12 @@ impl Sim {
         site.reference = Projection::new(replication);
         site.folded = 0;
         site.node = Some(node);
+        // A sealed world's hub holds the insurers' key store (merged again on every open: a
+        // disk that lost it gets it back, as an insurer's re-import would).
+        if let (Who::Hub, Some(node), Some(sealed)) = (who, self.hub.node.as_mut(), &self.sealed) {
+            node.import_keys(&sealed.keys)
+                .map_err(|e| format!("the hub refused the insurers' key store: {e}"))?;
+        }
         self.fold_new(who);
         Ok(())
     }

@@ -169,6 +169,8 @@ impl<D: Directory> Node<D> {
                                 record
                                     .insured
                                     .as_ref()
+                                    // An erased insured person's birth date is not used.
+                                    .filter(|i| !self.keys.is_erased(&i.reference))
                                     .map(|i| (i.reference.clone(), i.birth_date)),
                             );
                             opened.push((reference.clone(), record));
