@@ -715,3 +715,51 @@ fn ledger_upgrade_seals_a_schema_1_hub_ledger_in_place() {
     assert_eq!(opened, 40);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_clinic_cannot_bring_the_hub_an_erasure_order_it_cannot_vouch_for() {
+    // The erased set merges both ways, so a clinic's orders reach the hub — but only orders
+    // signed by a key registered for the insurer, or already in the hub's ledger. An order a
+    // tampered clinic signed itself is refused one by one (counted), the session goes on, and
+    // nothing is erased at the hub.
+    let w = worlds(300);
+    let mut pair = Pair::new(&w.sealed, Some(&w.keys), &w);
+    let people = people(&w.plain);
+    let (key, _) = people.iter().find(|(k, _)| k.insurer == pair.insurer).unwrap();
+    let signer = shikaku_gen::insurer_signer(SEED, key.insurer);
+    let reference =
+        shikaku_core::seal::member_ref(&shikaku_core::sealer::ref_secret_of(&signer), key);
+    let forger = Signer::derived("shikaku test forger", b"clinic");
+    let forged = forger
+        .sign_sealed(Event {
+            namespace: Namespace::Insurer(key.insurer),
+            origin: forger.node_id(),
+            origin_seq: 1,
+            hlc: shikaku_core::Hlc::new(w.now_ms, 0),
+            author: forger.public(),
+            body: EventBody::MemberErased {
+                member: reference.clone(),
+                key_tags: vec![],
+                reason: "forged".into(),
+            },
+        })
+        .unwrap();
+    // Planted in the clinic's own key store file (whoever holds the disk can do that).
+    let mut disk = pair.clinic_disk.clone();
+    let mut store = shikaku_core::keystore::KeyStore::decode_file(
+        &disk.read_whole(shikaku_node::KEYS_FILE).unwrap().unwrap(),
+    )
+    .unwrap();
+    store.erase(&forged).unwrap();
+    disk.write_atomic(shikaku_node::KEYS_FILE, &store.encode_file()).unwrap();
+    pair.reopen_clinic();
+    let refused_before = pair.hub.counters().refusals.get("invalid").copied().unwrap_or(0);
+    pair.sync();
+    assert!(
+        !pair.hub.key_store().is_erased(&reference),
+        "a clinic's forged order erased a member at the hub"
+    );
+    assert!(pair.hub.open_member_record(&reference).is_some());
+    let refused = pair.hub.counters().refusals.get("invalid").copied().unwrap_or(0);
+    assert_eq!(refused, refused_before + 1, "the order is refused and counted");
+}

@@ -135,8 +135,38 @@ impl<D: Directory> Node<D> {
             })
             .collect();
         if !erasures.is_empty() {
+            // A clinic may only bring back orders the hub can vouch for: signed by a key
+            // registered for the insurer, or already in the hub's own ledger. (A hub without a
+            // registry would otherwise let any clinic erase any member.)
             let registry = self.config.insurer_keys.clone();
-            let items = erasures.into_iter().map(Item::Erasure).collect();
+            let log = &self.log;
+            let vouched = |wire: &[u8]| -> Result<SignedEvent, KeyStoreError> {
+                let order = verify_order(wire, Some(&registry))?;
+                let Namespace::Insurer(insurer) = order.event().namespace else {
+                    return Err(KeyStoreError::Order("not an insurer event".into()));
+                };
+                if registry.contains_key(&insurer) || log.position_of(&order.id()).is_some() {
+                    Ok(order)
+                } else {
+                    Err(KeyStoreError::Order(format!(
+                        "insurer {insurer} has no registered key here and the order is not in this hub's ledger"
+                    )))
+                }
+            };
+            // Orders it cannot vouch for are refused one by one (counted, logged), never the
+            // session: the clinic syncs on.
+            let mut items = Vec::new();
+            let mut refused = Vec::new();
+            for wire in erasures {
+                match vouched(&wire) {
+                    Ok(_) => items.push(Item::Erasure(wire)),
+                    Err(e) => refused.push(e.to_string()),
+                }
+            }
+            for why in refused {
+                self.refuse(RefusalReason::Invalid, format!("erasure order from a clinic: {why}"));
+            }
+            let registry = self.config.insurer_keys.clone();
             match self.keys.merge_items(items, |wire| verify_order(wire, Some(&registry))) {
                 Ok(outcome) => {
                     if outcome.erased > 0 {
