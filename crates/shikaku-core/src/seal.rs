@@ -129,7 +129,7 @@ mod hex_bytes {
 /// query-time rules need (their reference and birth date, for the 75th birthday) — not their
 /// member key, so opening a dependant's record names nobody else.
 #[derive(
-    Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
 )]
 pub struct SealedInsured {
     /// The insured person's member reference.
@@ -140,7 +140,7 @@ pub struct SealedInsured {
 
 /// What a sealed record holds: everything that identifies the member.
 #[derive(
-    Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
 )]
 pub struct SealedMember {
     /// The real member key (symbol, number, branch).
@@ -149,6 +149,19 @@ pub struct SealedMember {
     pub person: Person,
     /// The insured person, for a dependant.
     pub insured: Option<SealedInsured>,
+}
+
+// Opened records never appear in debug output (logs): only that one is there.
+impl fmt::Debug for SealedInsured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealedInsured(…)")
+    }
+}
+
+impl fmt::Debug for SealedMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SealedMember(…)")
+    }
 }
 
 /// The member reference of a real key: `insurer::~<19 hex>:00`, the hex being the first 76
