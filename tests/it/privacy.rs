@@ -252,6 +252,18 @@ fn a_synced_clinic_names_no_one_yet_opens_the_present_patients_record() {
     }
     let by_key = pair.check(Presented::Key { key: key.clone(), birth: person.birth_date }, date);
     assert!(matches!(&by_key.member_data, MemberData::Opened(r) if r.person.name == person.name));
+    // The same with the Argon2id secrets derived beforehand (the runtime does it off the
+    // node's thread).
+    let params = pair.clinic.key_store().key_params(key.insurer);
+    assert_eq!(params, vec![KdfParams::LIGHT]);
+    let secrets = vec![(
+        params[0],
+        shikaku_core::seal::key_secrets(key, person.birth_date, params[0]).unwrap(),
+    )];
+    let derived = pair
+        .check(Presented::KeyDerived { key: key.clone(), birth: person.birth_date, secrets }, date);
+    assert!(matches!(&derived.member_data, MemberData::Opened(r) if r.person.name == person.name));
+    assert_eq!(derived.answer.query, by_key.answer.query);
     assert_eq!(by_key.answer.code, by_card.answer.code);
     // A wrong birth date opens nothing and finds nobody.
     let wrong =

@@ -464,6 +464,17 @@ pub enum Presented {
     },
     /// A member key without a birth date: answers only where the insurer is not sealed here.
     KeyWithoutBirth(MemberKey),
+    /// [`Presented::Key`] with the member-key secrets already derived for these parameters
+    /// (the runtime runs Argon2id on a blocking thread, not on the node's); parameters the
+    /// store uses that are missing here are derived during the lookup.
+    KeyDerived {
+        /// Member key.
+        key: MemberKey,
+        /// Birth date.
+        birth: Date,
+        /// Secrets per parameter set.
+        secrets: Vec<(KdfParams, seal::KeySecrets)>,
+    },
 }
 
 impl std::fmt::Debug for Presented {
@@ -471,9 +482,9 @@ impl std::fmt::Debug for Presented {
         // Never member data in debug output.
         match self {
             Presented::Card(_) => f.write_str("Presented::Card(…)"),
-            Presented::Key { key, .. } | Presented::KeyWithoutBirth(key) => {
-                write!(f, "Presented::Key({}…)", key.insurer)
-            }
+            Presented::Key { key, .. }
+            | Presented::KeyDerived { key, .. }
+            | Presented::KeyWithoutBirth(key) => write!(f, "Presented::Key({}…)", key.insurer),
         }
     }
 }
@@ -490,6 +501,21 @@ pub struct Lookup {
 }
 
 impl KeyStore {
+    /// The Argon2id parameter sets a member-key lookup of `insurer` derives its tag with: those
+    /// its wraps here use; for an insurer not held by a sealing store (a walk-in, answered
+    /// "unknown"), one set this store uses, so the check is recorded by a tag and never by the
+    /// key itself; none for a plaintext store.
+    pub fn key_params(&self, insurer: InsurerNumber) -> Vec<KdfParams> {
+        let mut params = self.kdf_params(insurer);
+        if params.is_empty() && self.is_sealing() {
+            params.extend(self.kdf.values().flatten().next().copied());
+            if params.is_empty() {
+                params.push(KdfParams::RECEPTION);
+            }
+        }
+        params
+    }
+
     /// Looks up what the patient presented: the card tag, or the member-key tag computed with
     /// each Argon2id parameter set this insurer uses (one, normally); then unwraps the data
     /// keys found. A store holding nothing of the insurer gives no query (not sealed here).
@@ -517,20 +543,16 @@ impl KeyStore {
                     return Err(SealError::BirthDateRequired(key.insurer));
                 }
             }
-            Presented::Key { key, birth } => {
-                let mut params = self.kdf_params(key.insurer);
-                if params.is_empty() && self.is_sealing() {
-                    // An insurer not held here (a walk-in): the answer is "unknown", and the
-                    // check is recorded by a tag under the parameters this store uses, never
-                    // by the key itself.
-                    params.extend(self.kdf.values().flatten().next().copied());
-                    params.truncate(1);
-                    if params.is_empty() {
-                        params.push(KdfParams::RECEPTION);
-                    }
-                }
-                for params in params {
-                    let secrets = seal::key_secrets(key, *birth, params)?;
+            Presented::Key { key, birth } | Presented::KeyDerived { key, birth, .. } => {
+                let derived = match presented {
+                    Presented::KeyDerived { secrets, .. } => secrets.as_slice(),
+                    _ => &[],
+                };
+                for params in self.key_params(key.insurer) {
+                    let secrets = match derived.iter().find(|(p, _)| *p == params) {
+                        Some((_, secrets)) => secrets.clone(),
+                        None => seal::key_secrets(key, *birth, params)?,
+                    };
                     for wrap in self.wraps_for(&secrets.tag) {
                         if let Ok(data_key) = seal::unwrap_data_key(
                             &secrets.wrap,

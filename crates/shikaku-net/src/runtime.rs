@@ -271,6 +271,29 @@ impl Runtime {
         presented: Presented,
         date: Date,
     ) -> Result<(PresentedAnswer, u64), Arc<NodeError>> {
+        // Argon2id (tens of milliseconds by design) runs on a blocking thread, so the node's
+        // thread keeps answering other checks and syncing meanwhile.
+        let presented = match presented {
+            Presented::Key { key, birth } => {
+                let insurer = key.insurer;
+                let params = self.call(move |n, _| n.key_store().key_params(insurer)).await;
+                let derive_key = key.clone();
+                let secrets = tokio::task::spawn_blocking(move || {
+                    params
+                        .into_iter()
+                        .filter_map(|p| {
+                            shikaku_core::seal::key_secrets(&derive_key, birth, p)
+                                .ok()
+                                .map(|s| (p, s))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                Presented::KeyDerived { key, birth, secrets }
+            }
+            other => other,
+        };
         let (reply, rx) = tokio::sync::oneshot::channel();
         if self.commands.send(Command::Check { presented, date, reply }).await.is_err() {
             panic!("the node thread has ended");

@@ -146,9 +146,9 @@ impl<D: Directory> Node<D> {
                 None => {
                     let query = match what {
                         Presented::Card(token) => CheckQuery::Card(*token),
-                        Presented::Key { key, .. } | Presented::KeyWithoutBirth(key) => {
-                            CheckQuery::Member(key.clone())
-                        }
+                        Presented::Key { key, .. }
+                        | Presented::KeyDerived { key, .. }
+                        | Presented::KeyWithoutBirth(key) => CheckQuery::Member(key.clone()),
                     };
                     (query, SCHEMA_VERSION, Reveal::default(), Vec::new())
                 }
@@ -157,7 +157,9 @@ impl<D: Directory> Node<D> {
                     let mut opened = Vec::new();
                     for (reference, data_key) in &lookup.keys {
                         if let Some(record) = self.open_record(reference, data_key) {
-                            if let Presented::Key { key, birth } = what {
+                            if let Presented::Key { key, birth }
+                            | Presented::KeyDerived { key, birth, .. } = what
+                            {
                                 // The tag matched; the record must say the same.
                                 if record.key != *key || record.person.birth_date != *birth {
                                     continue;
