@@ -26,6 +26,20 @@ struct Vector {
     jsonl: String,
 }
 
+impl Vector {
+    /// The vector of a signed event: its signer's secret, bytes, id, signature and line.
+    fn of(name: String, secret: [u8; 32], signed: SignedEvent) -> Vector {
+        Vector {
+            name,
+            signer_secret_hex: hex(&secret),
+            canonical_hex: hex(signed.canonical_bytes()),
+            id: signed.id().to_string(),
+            signature: signed.signature().to_string(),
+            jsonl: shikaku_cli::jsonl::encode(&signed),
+        }
+    }
+}
+
 fn vector_events() -> Vec<(String, [u8; 32], Event)> {
     let secret = [7u8; 32];
     let signer = Signer::from_secret(secret);
@@ -192,15 +206,7 @@ fn golden_event_vectors_decode_and_reencode_identically() {
     let built: Vec<Vector> = vector_events()
         .into_iter()
         .map(|(name, secret, event)| {
-            let signed = Signer::from_secret(secret).sign(event).unwrap();
-            Vector {
-                name,
-                signer_secret_hex: hex(&secret),
-                canonical_hex: hex(signed.canonical_bytes()),
-                id: signed.id().to_string(),
-                signature: signed.signature().to_string(),
-                jsonl: shikaku_cli::jsonl::encode(&signed),
-            }
+            Vector::of(name, secret, Signer::from_secret(secret).sign(event).unwrap())
         })
         .collect();
     if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
@@ -458,15 +464,7 @@ fn golden_schema_2_vectors_decode_and_reencode_identically() {
     let built: Vec<Vector> = events
         .into_iter()
         .map(|(name, secret, event)| {
-            let signed = Signer::from_secret(secret).sign_sealed(event).unwrap();
-            Vector {
-                name,
-                signer_secret_hex: hex(&secret),
-                canonical_hex: hex(signed.canonical_bytes()),
-                id: signed.id().to_string(),
-                signature: signed.signature().to_string(),
-                jsonl: shikaku_cli::jsonl::encode(&signed),
-            }
+            Vector::of(name, secret, Signer::from_secret(secret).sign_sealed(event).unwrap())
         })
         .collect();
     let m = member(employer_a(), "1001", 0);

@@ -44,14 +44,13 @@ pub const IMPORT_BODY_MAX: usize = 64 << 20;
 pub async fn hub_report(rt: &Runtime) -> Result<shikaku_reconcile::Report> {
     let (events, names, now, keys) = rt
         .call(|n, now| {
-            let keys = n.key_store().encode_file();
+            let keys = n.key_store().clone();
             (n.ledger().read_from(1, usize::MAX), n.peer_names().clone(), now, keys)
         })
         .await;
     let events = events?;
     tokio::task::spawn_blocking(move || {
         // Sealed records re-derive with what the hub's data keys open.
-        let keys = shikaku_core::keystore::KeyStore::decode_file(&keys).unwrap_or_default();
         let reveal = shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), &keys);
         shikaku_reconcile::compute_revealed(&events, &names, now, Some(&reveal))
     })

@@ -97,7 +97,7 @@ pub struct MergeOutcome {
 }
 
 /// The key store. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KeyStore {
     /// Random identity of this store, so a replica notices when its source was replaced.
     id: [u8; 16],
@@ -313,11 +313,6 @@ impl KeyStore {
         numbered.truncate(max);
         let last = numbered.last().map_or(since, |(seq, _)| *seq);
         (numbered.into_iter().map(|(_, item)| item).collect(), last)
-    }
-
-    /// The highest item number among items that pass `holds` (what a replica must reach).
-    pub fn last_seq(&self) -> u64 {
-        self.seq
     }
 
     /// Merges items received from a replica. Erasure orders are verified by `verify` (which
