@@ -448,9 +448,7 @@ async fn reconciliation_finds_the_offline_answer_a_late_retirement_contradicts()
 
 #[test]
 fn hub_import_shows_progress_refuses_bad_lines_and_reconcile_reads_the_ledger() {
-    let dir = std::env::temp_dir().join(format!("shikaku-hub-import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::scratch::Scratch::new("hub-import");
     let stream = dir.join("roster.jsonl");
     let keys = dir.join("keys.txt");
     let data = dir.join("hub");

@@ -3,8 +3,6 @@
 //! byte-identically, `check` answers (snapshotted), the demo completes, and a 100,000-member
 //! import agrees with an independent recomputation on 1,000 random members.
 
-use std::path::PathBuf;
-
 use shikaku_core::{AnswerCode, CheckQuery, Date, EventBody, Freshness, Hlc, Replication};
 
 use crate::reference::Reference;
@@ -20,11 +18,8 @@ pub(crate) fn run(args: &[&str]) -> (i32, String, String) {
     (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
 }
 
-pub(crate) fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shikaku-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub(crate) fn temp_dir(name: &str) -> crate::scratch::Scratch {
+    crate::scratch::Scratch::new(name)
 }
 
 #[test]
@@ -162,7 +157,7 @@ fn check_answers_by_card_and_key() {
     let (code, _, err) = run(&["--data-dir", data, "check"]);
     assert_eq!(code, 2);
     assert!(err.contains("--card") && err.contains("--member"), "{err}");
-    std::fs::remove_dir_all(dir.as_path()).unwrap();
+    drop(dir);
 }
 
 #[test]

@@ -30,9 +30,7 @@ fn child_import() {
 fn real_sigkill_never_loses_acknowledged_events() {
     let kills: u64 =
         std::env::var("SHIKAKU_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let dir = std::env::temp_dir().join(format!("shikaku-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::scratch::Scratch::new("crash");
     let stream = dir.join("in.jsonl");
     let generated = shikaku_gen::generate(&shikaku_gen::GenConfig::new(3_000, 77)).unwrap();
     let lines: Vec<String> = generated.events.iter().map(shikaku_cli::jsonl::encode).collect();

@@ -85,7 +85,7 @@ fn an_answer_from_a_damaged_ledger_says_so_until_the_hub_repairs_it() {
 
 /// A generated world imported into a fresh ledger, with its index checkpoint and projection
 /// snapshot written: (directory, data dir, events).
-fn checkpointed_ledger(name: &str) -> (std::path::PathBuf, std::path::PathBuf, usize) {
+fn checkpointed_ledger(name: &str) -> (crate::scratch::Scratch, std::path::PathBuf, usize) {
     let (dir, stream, data) = crate::field_trial::imported_ledger(name, 600);
     let mut store = shikaku_cli::store::Store::open(&data).unwrap();
     store.checkpoint().unwrap();

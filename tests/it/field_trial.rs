@@ -73,7 +73,10 @@ pub(crate) fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String,
 use crate::cli::{run, temp_dir};
 
 /// A generated world of `members` imported into a fresh ledger: (directory, stream, data dir).
-pub(crate) fn imported_ledger(name: &str, members: usize) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn imported_ledger(
+    name: &str,
+    members: usize,
+) -> (crate::scratch::Scratch, PathBuf, PathBuf) {
     let dir = temp_dir(name);
     let stream = dir.join("w.jsonl");
     let members = members.to_string();

@@ -79,10 +79,10 @@ fn a_ledger_without_its_identity_file_is_refused_naming_it() {
 }
 
 #[test]
-fn an_http_api_beyond_loopback_needs_insecure_lan() {
+fn an_http_api_beyond_loopback_needs_tls() {
     // Proves item 10 with real processes: `--api 0.0.0.0:PORT` used to bind every interface
     // without a word. Both services now refuse before binding anything, naming the address and
-    // the way out (`--insecure-lan`).
+    // the way out (HTTPS with `--api-cert`; issue 17 removed the plain-HTTP `--insecure-lan`).
     let dir = temp_dir("lan");
     for args in [
         vec!["clinic", "serve", "--insurer", "06130017", "--api", "0.0.0.0:0"],
@@ -93,7 +93,7 @@ fn an_http_api_beyond_loopback_needs_insecure_lan() {
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let (code, _, err) = finish(spawn(&refs, Stdio::null()), Duration::from_secs(30));
         assert_eq!(code, Some(2), "{args:?}: {err}");
-        assert!(err.contains("0.0.0.0:0") && err.contains("--insecure-lan"), "{err}");
+        assert!(err.contains("0.0.0.0:0") && err.contains("--api-cert"), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

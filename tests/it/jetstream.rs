@@ -179,7 +179,7 @@ fn stream_leader() -> usize {
 
 /// A deployment's CA and identities: hubs `hub-a`, `hub-b`, clinics given.
 struct Identities {
-    dir: PathBuf,
+    dir: crate::scratch::Scratch,
 }
 
 impl Identities {

@@ -38,6 +38,7 @@ mod privacy;
 mod reconcile;
 mod reference;
 mod scenarios;
+mod scratch;
 mod shared_log;
 mod sim;
 mod story;

@@ -3,7 +3,7 @@
 //! converge), a clinic restored from an old backup, refusals of unauthorized writes and reads,
 //! and malformed/oversized frames closing only their own session.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +15,12 @@ use shikaku_node::{Level, Node, NodeConfig, Role};
 use shikaku_protocol::wire::{Ack, Hello, Welcome};
 use shikaku_protocol::wire::{FrameSplitter, Message, Subscription};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shikaku-net-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> crate::scratch::Scratch {
+    crate::scratch::Scratch::new(&format!("net-{name}"))
 }
 
 pub(crate) struct Deployment {
-    pub(crate) root: PathBuf,
+    pub(crate) root: crate::scratch::Scratch,
     pub(crate) events: Vec<SignedEvent>,
     pub(crate) insurers: Vec<InsurerNumber>,
 }

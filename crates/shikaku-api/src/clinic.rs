@@ -11,6 +11,7 @@ use shikaku_core::text as render;
 use shikaku_core::{Date, InsurerNumber};
 use shikaku_net::Runtime;
 
+use crate::auth::{ClinicAuth, Operator};
 use crate::metrics::metrics_text;
 use crate::request::{api_query, json_body, query_params, unknown_member, ApiError};
 use crate::serve::{serve_guarded, ApiOptions};
@@ -30,7 +31,18 @@ pub async fn serve_api_with(
     runtime: Arc<Runtime>,
     options: &ApiOptions,
 ) -> std::io::Result<()> {
-    serve_guarded(listener, api_router(runtime), options).await
+    let auth = Arc::new(ClinicAuth::loopback(runtime.clock().clone()));
+    serve_guarded(listener, api_router_with(runtime, auth), options).await
+}
+
+/// [`serve_api_with`] with staff authentication (`auth`'s login mode).
+pub async fn serve_api_auth(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    auth: Arc<ClinicAuth>,
+    options: &ApiOptions,
+) -> std::io::Result<()> {
+    serve_guarded(listener, api_router_with(runtime, auth), options).await
 }
 
 /// The reception page (plain HTML and JavaScript, served from the binary): check a card or a
@@ -63,8 +75,17 @@ fn shown_answer(
 /// The body limit of the clinic API's POST requests.
 pub const CLINIC_BODY_MAX: usize = 2 << 20;
 
-/// The clinic's local API.
+/// The clinic's local API in the loopback no-login mode.
 pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
+    let auth = Arc::new(ClinicAuth::loopback(runtime.clock().clone()));
+    api_router_with(runtime, auth)
+}
+
+/// The staff member a request came from, if staff log in.
+type MaybeOperator = Option<axum::Extension<Operator>>;
+
+/// The clinic's local API behind staff authentication.
+pub fn api_router_with(runtime: Arc<Runtime>, auth: Arc<ClinicAuth>) -> axum::Router {
     use axum::extract::{RawQuery, State};
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::IntoResponse;
@@ -73,8 +94,10 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn check(
         State(rt): State<Arc<Runtime>>,
+        operator: MaybeOperator,
         RawQuery(raw): RawQuery,
     ) -> Result<axum::response::Response, ApiError> {
+        let operator = operator.map(|o| o.0.id);
         let p = query_params(raw.as_deref(), &["card", "member", "birth_date", "date", "format"])?;
         let fhir = match p.get("format").map(String::as_str) {
             None | Some("json") => false,
@@ -108,7 +131,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             (CheckQuery::Member(key), Some(birth)) => Presented::Key { key, birth },
             (CheckQuery::Member(key), None) => Presented::KeyWithoutBirth(key),
         };
-        let (presented_answer, now) = match rt.check_presented(presented, date).await {
+        let (presented_answer, now) = match rt.check_presented(presented, date, operator).await {
             Ok(ok) => ok,
             Err(e) => {
                 if let shikaku_node::NodeError::Sealed(why) = &*e {
@@ -177,6 +200,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn declare(
         State(rt): State<Arc<Runtime>>,
+        operator: MaybeOperator,
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> Result<(StatusCode, Json<DeclarationResponse>), ApiError> {
@@ -203,6 +227,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             None => None,
         };
         let asked = query.clone();
+        let operator = operator.map(|o| o.0.id);
         let event = rt
             .call(move |n, now| {
                 // Sealed ledgers: the card by its tag, in schema 2.
@@ -217,7 +242,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                     declared_insurer,
                     declared_start,
                 };
-                n.record_many_as(now, vec![(schema, body)]).map(|mut e| e.pop())
+                n.record_many_by(now, vec![(schema, body)], operator).map(|mut e| e.pop())
             })
             .await
             .map_err(|e: shikaku_node::NodeError| ApiError::internal(e))?;
@@ -232,6 +257,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn consent(
         State(rt): State<Arc<Runtime>>,
+        operator: MaybeOperator,
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> Result<(StatusCode, Json<ConsentResponse>), ApiError> {
@@ -252,6 +278,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
             }
         };
         let asked = query.clone();
+        let operator = operator.map(|o| o.0.id);
         let recorded = rt
             .call(move |n, now| {
                 let (asked, _) = n.record_query(&asked);
@@ -262,7 +289,7 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
                     shikaku_core::EventBody::ConsentWithdrawn { member: member.clone() }
                 };
                 let schema = n.record_query(&shikaku_core::CheckQuery::Member(member.clone())).1;
-                n.record_many_as(now, vec![(schema, body)])
+                n.record_many_by(now, vec![(schema, body)], operator)
                     .map(|mut e| e.pop().map(|e| (e, member)))
             })
             .await
@@ -313,8 +340,21 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn metrics(
         State(rt): State<Arc<Runtime>>,
+        axum::Extension(auth): axum::Extension<Arc<ClinicAuth>>,
     ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-        let text = rt.call(|n, now| metrics_text(n, now)).await;
+        let staff = auth.staff();
+        let mut text = rt
+            .call(move |n, now| {
+                let mut text = metrics_text(n, now);
+                if !staff.is_empty() {
+                    text.push_str(&crate::audit::staff_metrics(&crate::audit::clinic_audit(
+                        n, &staff, now,
+                    )));
+                }
+                text
+            })
+            .await;
+        text.push_str(&crate::audit::auth_metrics(&auth.counters()));
         ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
     }
 
@@ -325,9 +365,18 @@ pub fn api_router(runtime: Arc<Runtime>) -> axum::Router {
         .route("/", get(|| async { axum::response::Html(reception_page()) }))
         .route("/v1/declarations", axum::routing::post(declare))
         .route("/v1/consents", axum::routing::post(consent))
+        .route("/v1/login", axum::routing::post(crate::auth::login))
+        .route("/v1/logout", axum::routing::post(crate::auth::logout))
+        .route("/v1/session", get(crate::auth::session))
+        .route("/v1/staff", get(crate::auth::staff_list))
+        .route("/v1/staff/disable", axum::routing::post(crate::auth::staff_disable))
+        .route("/v1/audit", get(crate::audit::audit_view))
         .layer(axum::extract::DefaultBodyLimit::max(CLINIC_BODY_MAX))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            crate::auth::guard(auth.clone(), request, next)
+        }))
         .with_state(runtime)
 }
 

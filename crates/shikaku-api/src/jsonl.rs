@@ -15,6 +15,9 @@ struct LineOut<'a> {
     v: u16,
     id: EventId,
     sig: Signature,
+    /// Schema 3: the staff member who made the clinic record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operator: Option<shikaku_core::StaffId>,
     #[serde(flatten)]
     event: &'a Event,
 }
@@ -24,6 +27,8 @@ struct LineIn {
     v: u16,
     id: EventId,
     sig: Signature,
+    #[serde(default)]
+    operator: Option<shikaku_core::StaffId>,
     #[serde(flatten)]
     event: Event,
 }
@@ -59,6 +64,7 @@ pub fn encode(event: &SignedEvent) -> String {
         v: event.schema_version(),
         id: event.id(),
         sig: event.signature(),
+        operator: event.operator(),
         event: event.event(),
     };
     serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -74,13 +80,15 @@ pub fn decode_unverified(line: &str, now_ms: Option<u64>) -> Result<UnverifiedEv
     }
     let parsed: LineIn =
         serde_json::from_str(line).map_err(|e| LineError::Json(json_reason(&e)))?;
-    if parsed.v != shikaku_core::SCHEMA_VERSION && parsed.v != shikaku_core::SCHEMA_SEALED {
+    if !(shikaku_core::SCHEMA_VERSION..=shikaku_core::SCHEMA_MAX).contains(&parsed.v) {
         return Err(LineError::Event(EventError::UnknownSchemaVersion {
             found: parsed.v,
-            supported: shikaku_core::SCHEMA_SEALED,
+            supported: shikaku_core::SCHEMA_MAX,
         }));
     }
-    let canonical = parsed.event.canonical_bytes().map_err(LineError::Event)?;
+    let canonical =
+        shikaku_core::event::canonical_bytes_as(parsed.v, &parsed.event, parsed.operator)
+            .map_err(LineError::Event)?;
     SignedEvent::decode_unverified(parsed.v, &canonical, parsed.sig, Some(parsed.id), now_ms)
         .map_err(LineError::Event)
 }

@@ -15,6 +15,8 @@
 //! Handlers never touch a ledger: they send the node thread commands through
 //! [`shikaku_net::Runtime`].
 
+pub mod audit;
+pub mod auth;
 pub mod client;
 pub mod clinic;
 pub mod cluster;
@@ -25,6 +27,7 @@ pub mod jsonl;
 pub mod metrics;
 pub mod request;
 pub mod serve;
+pub mod staff;
 pub mod types;
 
 pub use import::{import_stream, ImportSummary, RefusedLine};

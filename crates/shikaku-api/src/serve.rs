@@ -40,6 +40,18 @@ pub async fn serve(
     router: axum::Router,
     limits: HttpLimits,
 ) -> std::io::Result<()> {
+    serve_maybe_tls(listener, router, limits, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake must finish within the header
+/// timeout too.
+pub async fn serve_maybe_tls(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.connections_max));
     let draining = Arc::new(tokio::sync::Semaphore::new(REFUSALS_DRAINED_MAX));
     // Dropped with this future (the server stopping): every open connection then closes too,
@@ -86,14 +98,36 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let header_timeout = limits.header_timeout;
         let mut stopped = stopped.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = stopped.changed() => {}
+            let builder = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                b
+            };
+            match acceptor {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Some(acceptor) => {
+                    // A client that never finishes the handshake is dropped like one that
+                    // never sends a header.
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                    else {
+                        drop(permit);
+                        return;
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
             }
             drop(permit);
         });
@@ -119,14 +153,17 @@ pub fn allowed_hosts(addr: SocketAddr, names: &[String]) -> Vec<String> {
     hosts
 }
 
-/// How an HTTP API is served: its connection limits and the host names (besides its address)
-/// clients may call it by.
+/// How an HTTP API is served: its connection limits, the host names (besides its address)
+/// clients may call it by, and TLS.
 #[derive(Debug, Clone, Default)]
 pub struct ApiOptions {
     /// Timeouts and the connection cap.
     pub limits: crate::serve::HttpLimits,
     /// Extra names for the Host check (e.g. the reception PC's name on the LAN).
     pub host_names: Vec<String>,
+    /// HTTPS: required whenever the API listens beyond loopback
+    /// ([`shikaku_net::tls::https_server_config`]).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// The header every request that records something must carry: a browser sends a custom
@@ -160,6 +197,9 @@ pub async fn guard(
     let records = matches!(
         (request.method(), path),
         (&Method::GET, "/v1/check")
+            | (&Method::POST, "/v1/login")
+            | (&Method::POST, "/v1/logout")
+            | (&Method::POST, "/v1/staff/disable")
             | (&Method::POST, "/v1/declarations")
             | (&Method::POST, "/v1/consents")
             | (&Method::POST, "/v1/import")
@@ -200,5 +240,6 @@ pub async fn serve_guarded(
     let hosts = Arc::new(crate::serve::allowed_hosts(listener.local_addr()?, &options.host_names));
     let router = router
         .layer(axum::middleware::from_fn(move |request, next| guard(hosts.clone(), request, next)));
-    crate::serve::serve(listener, router, options.limits.clone()).await
+    crate::serve::serve_maybe_tls(listener, router, options.limits.clone(), options.tls.clone())
+        .await
 }

@@ -116,6 +116,22 @@ pub enum CaCommand {
         #[arg(long)]
         name: String,
     },
+    /// Issue an HTTPS certificate for an API on the LAN (the clinic's check API, the hub's
+    /// insurer API): `api-cert.pem`, `api-key.pem` (0600) and `ca.pem` into --out. Give the
+    /// names and addresses reception PCs use to reach it; install `ca.pem` in their browsers'
+    /// trust store.
+    IssueApi {
+        /// The CA's folder.
+        #[arg(long, default_value = "shikaku-ca")]
+        ca_dir: PathBuf,
+        /// A DNS name or IP address the API is reached by (repeatable, at least one).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where the files go (then: serve --api-cert DIR/api-cert.pem --api-key
+        /// DIR/api-key.pem).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `shikaku hub …`.
@@ -134,15 +150,11 @@ pub enum HubCommand {
         /// importing an insurer event signed by another key is refused.
         #[arg(long)]
         insurer_keys: Option<PathBuf>,
-        /// Address of the insurer's HTTP API (reconciliation report, health, metrics); off
-        /// unless given. Plain HTTP without authentication: only a loopback address, unless
-        /// --insecure-lan.
+        /// Address of the insurer's HTTP API (reconciliation report, import, member access
+        /// reports, health, metrics); off unless given. Beyond loopback it needs HTTPS
+        /// (--api-cert, --api-key) and insurer accounts (hub account add).
         #[arg(long)]
         api: Option<std::net::SocketAddr>,
-        /// Allow --api to listen beyond this machine in plain HTTP without authentication (a
-        /// trusted LAN only; a warning is printed at every start).
-        #[arg(long)]
-        insecure_lan: bool,
         #[command(flatten)]
         api_limits: ApiLimitArgs,
         #[command(flatten)]
@@ -319,18 +331,30 @@ pub struct ApiLimitArgs {
     /// HTTP connections open at once; more are closed as they arrive (and logged).
     #[arg(long, default_value_t = 256)]
     pub api_connections_max: usize,
+    /// Serve the API over HTTPS with this PEM certificate chain (from `shikaku ca issue-api`
+    /// or the clinic's own); required beyond loopback.
+    #[arg(long, requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+    /// The PEM (PKCS#8) key of --api-cert.
+    #[arg(long, requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
 }
 
 impl ApiLimitArgs {
-    /// The serving options these flags ask for.
-    pub fn options(&self) -> shikaku_api::serve::ApiOptions {
-        shikaku_api::serve::ApiOptions {
+    /// The serving options these flags ask for (the TLS files read and checked).
+    pub fn options(&self) -> Result<shikaku_api::serve::ApiOptions> {
+        let tls = match (&self.api_cert, &self.api_key) {
+            (Some(cert), Some(key)) => Some(shikaku_net::tls::https_server_config(cert, key)?),
+            _ => None,
+        };
+        Ok(shikaku_api::serve::ApiOptions {
             limits: shikaku_api::serve::HttpLimits {
                 header_timeout: std::time::Duration::from_secs(self.api_header_timeout_s.max(1)),
                 connections_max: self.api_connections_max.max(1),
             },
             host_names: self.api_names.clone(),
-        }
+            tls,
+        })
     }
 }
 
@@ -345,9 +369,50 @@ pub enum ReportFormat {
     Html,
 }
 
+/// `shikaku clinic staff …`.
+#[derive(Debug, Subcommand)]
+pub enum StaffCommand {
+    /// Add a staff account; prints its first password once (or reads one from standard
+    /// input with --password-stdin). Takes effect at once, also in a running clinic.
+    Add {
+        /// Login name: 1-32 characters of a-z, 0-9, '.', '_' and '-'.
+        #[arg(long)]
+        name: String,
+        /// reception (check, declare, consent) or admin (staff, health, metrics, audit);
+        /// repeatable.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Read the password (at least 12 characters) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account: it cannot log in, and its open sessions end at their next request.
+    Disable {
+        /// Login name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Set a new password (printed once, or --password-stdin) and enable the account again;
+    /// its open sessions end.
+    Reset {
+        /// Login name.
+        #[arg(long)]
+        name: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the accounts: name, pseudonymous id (what the clinic's records carry), roles,
+    /// state.
+    List,
+}
+
 /// `shikaku clinic …`.
 #[derive(Debug, Subcommand)]
 pub enum ClinicCommand {
+    /// Staff accounts of the clinic's check API (in <data-dir>/staff.json).
+    #[command(subcommand)]
+    Staff(StaffCommand),
     /// Sync with the hub in the background (reconnecting with backoff) and answer checks from
     /// the local ledger on the check API until Ctrl-C or SIGTERM.
     Serve {
@@ -358,14 +423,17 @@ pub enum ClinicCommand {
         /// An insurer number to replicate (repeatable; at least one).
         #[arg(long = "insurer")]
         insurers: Vec<String>,
-        /// Address of the local check API (HTTP). Plain HTTP without authentication: only a
-        /// loopback address, unless --insecure-lan.
+        /// Address of the local check API. On loopback with no staff accounts it runs in the
+        /// no-login mode of a single-PC clinic; with staff accounts everyone logs in. Beyond
+        /// loopback it needs HTTPS (--api-cert, --api-key) and staff accounts.
         #[arg(long, default_value = "127.0.0.1:7401")]
         api: std::net::SocketAddr,
-        /// Allow --api to listen beyond this machine in plain HTTP without authentication (a
-        /// trusted LAN only; a warning is printed at every start).
-        #[arg(long)]
-        insecure_lan: bool,
+        /// Minutes without a request after which a staff session ends.
+        #[arg(long, default_value_t = 15)]
+        session_idle_min: u64,
+        /// Seconds instead of minutes (tests).
+        #[arg(long, hide = true)]
+        session_idle_s: Option<u64>,
         #[command(flatten)]
         api_limits: ApiLimitArgs,
         /// A member of an insurer not subscribed to, whose events to fetch anyway (an
@@ -707,6 +775,19 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             writeln!(out, "created a CA in {} ({})", ca_dir.display(), cert.display())?;
             Ok(0)
         }
+        Command::Ca(CaCommand::IssueApi { ca_dir, hosts, out: dir }) => {
+            shikaku_net::tls::ca_issue_api(&ca_dir, &hosts, &dir)?;
+            writeln!(
+                out,
+                "issued an HTTPS certificate for {} into {}: serve with --api-cert {} --api-key {}; browsers must trust {}",
+                hosts.join(", "),
+                dir.display(),
+                dir.join(shikaku_net::tls::API_CERT_FILE).display(),
+                dir.join(shikaku_net::tls::API_KEY_FILE).display(),
+                dir.join(shikaku_net::tls::CA_CERT_FILE).display()
+            )?;
+            Ok(0)
+        }
         Command::Ca(CaCommand::Issue { ca_dir, role, name }) => {
             let role =
                 if role == "hub" { shikaku_node::Role::Hub } else { shikaku_node::Role::Clinic };
@@ -717,13 +798,13 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             insurers,
             insurer_keys,
             api,
-            insecure_lan,
             api_limits,
             store,
             replicas_min,
         }) => {
+            let options = api_limits.options()?;
             if let Some(api) = api {
-                serve::check_api_address("insurer API", api, insecure_lan, err)?;
+                serve::check_api_address("insurer API", api, options.tls.is_some())?;
             }
             let store = match store.nats()? {
                 Some(nats) => serve::HubStore::Stream(nats, replicas_min),
@@ -731,7 +812,6 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             };
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let insurers = parse_insurers(&insurers)?;
-            let options = api_limits.options();
             serve::hub_serve(
                 &cli.data_dir,
                 listen,
@@ -828,10 +908,12 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             api,
             prefetch,
             insurer_keys,
-            insecure_lan,
             api_limits,
+            session_idle_min,
+            session_idle_s,
         }) => {
-            serve::check_api_address("clinic check API", api, insecure_lan, err)?;
+            let options = api_limits.options()?;
+            serve::check_api_address("clinic check API", api, options.tls.is_some())?;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
             let prefetch = prefetch
                 .iter()
@@ -839,9 +921,14 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let insurers = parse_insurers(&insurers)?;
             let keys = keys.unwrap_or_default();
-            let options = api_limits.options();
             let replicated = serve::Replicated { insurers, prefetch, insurer_keys: keys };
-            serve::clinic_serve(&cli.data_dir, &hub, replicated, api, &options, out).map(|()| 0)
+            let idle_ms = session_idle_s
+                .map_or(session_idle_min.saturating_mul(60_000), |s| s.saturating_mul(1000));
+            serve::clinic_serve(&cli.data_dir, &hub, replicated, api, &options, idle_ms, out)
+                .map(|()| 0)
+        }
+        Command::Clinic(ClinicCommand::Staff(command)) => {
+            serve::staff_command(&cli.data_dir, &command, out).map(|()| 0)
         }
         #[cfg(feature = "bench")]
         Command::Bench(command) => shikaku_bench::run(&command, out).map(|()| 0),

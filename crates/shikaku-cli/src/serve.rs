@@ -19,7 +19,7 @@ use shikaku_node::{NodeConfig, Role};
 
 use crate::store::node_identity;
 use shikaku_api::client::{check_path, http_get, http_request, post_json, status_error};
-use shikaku_api::clinic::serve_api_with;
+use shikaku_api::clinic::serve_api_auth;
 use shikaku_api::hub::{hub_router, import_into, IMPORT_BODY_MAX};
 use shikaku_api::serve::{serve_guarded, ApiOptions};
 use shikaku_api::types::{CheckResponse, ConsentRequest, ConsentResponse, ImportResponse};
@@ -61,27 +61,88 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// The node's TLS files from `<data-dir>/tls/`, refused unless the certificate is for `role`.
 pub use shikaku_net::tls::load_for as load_tls;
 
-/// Refuses an HTTP API address beyond loopback — plain HTTP, no authentication, member data
-/// in every answer — unless `insecure_lan` says the operator accepts that (a warning then, at
-/// every start).
-pub fn check_api_address(
-    what: &str,
-    addr: SocketAddr,
-    insecure_lan: bool,
-    err: &mut dyn Write,
-) -> Result<()> {
-    if addr.ip().is_loopback() {
+/// Refuses an HTTP API address beyond loopback without TLS: member data would cross the
+/// network in the clear. (Who may log in is checked when the API starts.)
+pub fn check_api_address(what: &str, addr: SocketAddr, tls: bool) -> Result<()> {
+    if addr.ip().is_loopback() || tls {
         return Ok(());
     }
-    if !insecure_lan {
-        bail!(
-            "the {what} would listen on {addr}, beyond this machine, in plain HTTP without authentication: bind a loopback address (127.0.0.1 or [::1]), or pass --insecure-lan on a trusted network only"
-        );
+    bail!(
+        "the {what} would listen on {addr}, beyond this machine, without TLS: bind a loopback address (127.0.0.1 or [::1]), or serve HTTPS with --api-cert FILE --api-key FILE (`shikaku ca issue-api` makes them from the deployment CA)"
+    );
+}
+
+/// `shikaku clinic staff …`.
+pub fn staff_command(
+    data_dir: &Path,
+    command: &crate::StaffCommand,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use shikaku_api::staff::{new_password, StaffFile, StaffRole};
+    let read_password = |from_stdin: bool| -> Result<(String, bool)> {
+        if !from_stdin {
+            return Ok((new_password()?, true));
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        Ok((line.trim_end_matches(['\r', '\n']).to_owned(), false))
+    };
+    let mut file = StaffFile::load(data_dir)?;
+    let now = shikaku_net::clock::now_ms();
+    match command {
+        crate::StaffCommand::Add { name, roles, password_stdin } => {
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<StaffRole>().map_err(anyhow::Error::msg))
+                .collect::<Result<Vec<_>>>()?;
+            let (password, generated) = read_password(*password_stdin)?;
+            let account = file.add(name, &roles, &password, now)?.clone();
+            file.save(data_dir)?;
+            writeln!(
+                out,
+                "added staff account {name} ({}), id {}",
+                account.roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
+                account.id
+            )?;
+            if generated {
+                writeln!(out, "password (shown once; hand it over in person): {password}")?;
+            }
+        }
+        crate::StaffCommand::Reset { name, password_stdin } => {
+            let (password, generated) = read_password(*password_stdin)?;
+            file.reset(name, &password, now)?;
+            file.save(data_dir)?;
+            writeln!(out, "new password set for {name}; its open sessions have ended")?;
+            if generated {
+                writeln!(out, "password (shown once; hand it over in person): {password}")?;
+            }
+        }
+        crate::StaffCommand::Disable { name } => {
+            file.disable(name)?;
+            file.save(data_dir)?;
+            writeln!(out, "disabled {name}: it cannot log in, and its open sessions have ended")?;
+        }
+        crate::StaffCommand::List => {
+            if file.accounts.is_empty() {
+                writeln!(
+                    out,
+                    "no staff accounts: the check API runs in the loopback no-login mode"
+                )?;
+            }
+            for a in &file.accounts {
+                writeln!(
+                    out,
+                    "{:<20} {}  {:<17} {}",
+                    a.name,
+                    a.id,
+                    a.roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
+                    if a.disabled { "disabled" } else { "active" }
+                )?;
+            }
+        }
     }
-    writeln!(
-        err,
-        "warning: the {what} listens on {addr} in plain HTTP without authentication (--insecure-lan): anyone who reaches it can check members and read answers"
-    )?;
     Ok(())
 }
 
@@ -231,6 +292,7 @@ pub fn clinic_serve(
     replicated: Replicated,
     api: SocketAddr,
     options: &ApiOptions,
+    session_idle_ms: u64,
     out: &mut dyn Write,
 ) -> Result<()> {
     let Replicated { insurers, prefetch, insurer_keys } = replicated;
@@ -245,14 +307,32 @@ pub fn clinic_serve(
     let (node, _lock) = open_node(data_dir, config)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let runtime = Runtime::new(node, Clock::wall(), log_level_from_env());
+        let clock = Clock::wall();
+        let auth = std::sync::Arc::new(shikaku_api::auth::ClinicAuth::open(
+            data_dir,
+            api.ip().is_loopback(),
+            session_idle_ms,
+            clock.clone(),
+        )?);
+        let runtime = Runtime::new(node, clock, log_level_from_env());
         let service = ClinicService::start(runtime.clone(), &tls_files, hubs)?;
         let listener = tokio::net::TcpListener::bind(api)
             .await
             .with_context(|| format!("binding the check API on {api}"))?;
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let login = match auth.mode() {
+            shikaku_api::auth::LoginMode::Required => format!(
+                "staff log in ({} accounts; sessions end after {} s idle)",
+                auth.staff().accounts.len(),
+                session_idle_ms / 1000
+            ),
+            shikaku_api::auth::LoginMode::Loopback => {
+                "loopback no-login mode (no staff accounts)".to_owned()
+            }
+        };
         writeln!(
             out,
-            "clinic {} syncing with hub {}; check API on http://{}",
+            "clinic {} syncing with hub {}; check API on {scheme}://{}, {login}",
             tls_files.identity.name,
             hubs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             listener.local_addr()?
@@ -260,7 +340,7 @@ pub fn clinic_serve(
         out.flush()?;
         let server = {
             let (runtime, options) = (runtime.clone(), options.clone());
-            tokio::spawn(async move { serve_api_with(listener, runtime, &options).await })
+            tokio::spawn(async move { serve_api_auth(listener, runtime, auth, &options).await })
         };
         let signal = shutdown_signal().await?;
         writeln!(out, "shutting down ({signal})")?;

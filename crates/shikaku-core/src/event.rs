@@ -18,6 +18,12 @@ use crate::seal::{self, Sealed};
 pub const SCHEMA_VERSION: u16 = 1;
 /// Schema version 2: member data sealed ([`crate::seal`]); written by [`Signer::sign_sealed`].
 pub const SCHEMA_SEALED: u16 = 2;
+/// Schema version 3: a clinic record (check, declaration, consent) attributed to the staff
+/// member who made it — the schema-1 or schema-2 event and a pseudonymous [`StaffId`],
+/// signed together; written by [`Signer::sign_attributed`].
+pub const SCHEMA_ATTRIBUTED: u16 = 3;
+/// The newest schema version this build reads.
+pub const SCHEMA_MAX: u16 = SCHEMA_ATTRIBUTED;
 /// Largest canonical event encoding accepted, in bytes.
 pub const EVENT_BYTES_MAX: usize = 16 * 1024;
 /// Longest free text (names, addresses, reasons) accepted, in characters.
@@ -69,6 +75,12 @@ macro_rules! byte_id {
         }
     };
 }
+
+byte_id!(
+    /// A clinic staff member, pseudonymously: 8 random bytes the clinic assigned when the
+    /// account was made. Only the clinic maps it to a name; the hub sees the id alone.
+    StaffId, 8, "StaffId"
+);
 
 byte_id!(
     /// Content address of an event: blake3 of its schema version and canonical bytes.
@@ -613,6 +625,19 @@ impl EventKind {
         }
     }
 
+    /// A clinic's own record about a patient it checked: a check, a self-declaration or its
+    /// resolution, a consent. Only these may be attributed to a staff member (schema 3).
+    pub fn is_clinic_record(self) -> bool {
+        matches!(
+            self,
+            EventKind::CheckPerformed
+                | EventKind::SelfDeclarationRecorded
+                | EventKind::SelfDeclarationResolved
+                | EventKind::ConsentGiven
+                | EventKind::ConsentWithdrawn
+        )
+    }
+
     /// A membership fact: written by an insurer about one of its members (registration,
     /// coverage, copay, limit category, demographics, card links).
     pub fn is_membership(self) -> bool {
@@ -766,6 +791,35 @@ pub struct Event {
     pub body: EventBody,
 }
 
+/// The canonical content of a schema-3 event: a clinic record and the staff member who made
+/// it, hashed and signed together.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Attributed {
+    event: Event,
+    operator: StaffId,
+}
+
+/// The canonical bytes of `event` under `schema`: the event's archive (schemas 1 and 2), or
+/// that of the event with its operator (schema 3, which needs one).
+pub fn canonical_bytes_as(
+    schema: u16,
+    event: &Event,
+    operator: Option<StaffId>,
+) -> Result<Vec<u8>, EventError> {
+    match (schema, operator) {
+        (SCHEMA_ATTRIBUTED, Some(operator)) => {
+            rkyv::to_bytes::<rkyv::rancor::Error>(&Attributed { event: event.clone(), operator })
+                .map(|b| b.to_vec())
+                .map_err(|e| EventError::Malformed(e.to_string()))
+        }
+        (SCHEMA_ATTRIBUTED, None) => {
+            Err(field_error("operator", "schema 3 events name the staff member who made them"))
+        }
+        (_, Some(_)) => Err(field_error("operator", "only schema 3 events name an operator")),
+        (_, None) => Ok(event.canonical_bytes()?.to_vec()),
+    }
+}
+
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -782,7 +836,7 @@ pub enum EventError {
     #[error("event is {0} bytes; at most {EVENT_BYTES_MAX} are accepted")]
     TooLarge(usize),
     /// The bytes are not a valid rkyv archive of an event.
-    #[error("event bytes are not a valid schema-1 archive: {0}")]
+    #[error("event bytes are not a valid archive of their schema: {0}")]
     Malformed(String),
     /// Re-encoding the decoded event does not give the same bytes.
     #[error("event bytes are not in canonical form")]
@@ -905,6 +959,18 @@ impl Event {
     /// member by reference.
     pub fn validate_as(&self, schema: u16) -> Result<(), EventError> {
         match schema {
+            SCHEMA_ATTRIBUTED => {
+                // A clinic record, written as its clinic writes it (plaintext or sealed).
+                if !self.body.kind().is_clinic_record() {
+                    return Err(field_error(
+                        "type",
+                        "schema 3 attributes only clinic records (checks, declarations, consents)",
+                    ));
+                }
+                return self
+                    .validate_as(SCHEMA_SEALED)
+                    .or_else(|_| self.validate_as(SCHEMA_VERSION));
+            }
             SCHEMA_VERSION => {
                 if matches!(
                     self.body.kind(),
@@ -940,9 +1006,7 @@ impl Event {
                     _ => {}
                 }
             }
-            found => {
-                return Err(EventError::UnknownSchemaVersion { found, supported: SCHEMA_SEALED })
-            }
+            found => return Err(EventError::UnknownSchemaVersion { found, supported: SCHEMA_MAX }),
         }
         if self.origin_seq == 0 {
             return Err(field_error("origin_seq", "sequence numbers start at 1"));
@@ -1061,6 +1125,7 @@ fn signed_message(id: &EventId) -> [u8; 48] {
 pub struct SignedEvent {
     schema: u16,
     event: Event,
+    operator: Option<StaffId>,
     canonical: Vec<u8>,
     id: EventId,
     signature: Signature,
@@ -1137,18 +1202,37 @@ impl Signer {
 
     /// Validates, encodes and signs an event under a schema version.
     pub fn sign_as(&self, schema: u16, event: Event) -> Result<SignedEvent, EventError> {
+        self.sign_with(schema, event, None)
+    }
+
+    /// Validates, encodes and signs a clinic record made by staff member `operator`
+    /// (schema 3).
+    pub fn sign_attributed(
+        &self,
+        event: Event,
+        operator: StaffId,
+    ) -> Result<SignedEvent, EventError> {
+        self.sign_with(SCHEMA_ATTRIBUTED, event, Some(operator))
+    }
+
+    fn sign_with(
+        &self,
+        schema: u16,
+        event: Event,
+        operator: Option<StaffId>,
+    ) -> Result<SignedEvent, EventError> {
         use ed25519_dalek::Signer as _;
         event.validate_as(schema)?;
         if event.author != self.public() {
             return Err(field_error("author", "the event names another author key"));
         }
-        let canonical = event.canonical_bytes()?.to_vec();
+        let canonical = canonical_bytes_as(schema, &event, operator)?;
         if canonical.len() > EVENT_BYTES_MAX {
             return Err(EventError::TooLarge(canonical.len()));
         }
         let id = event_id(schema, &canonical);
         let signature = Signature(self.key.sign(&signed_message(&id)).to_bytes());
-        Ok(SignedEvent { schema, event, canonical, id, signature })
+        Ok(SignedEvent { schema, event, operator, canonical, id, signature })
     }
 }
 
@@ -1270,10 +1354,10 @@ impl SignedEvent {
         signature: Signature,
         claimed_id: Option<EventId>,
     ) -> Result<SignedEvent, EventError> {
-        if schema_version != SCHEMA_VERSION && schema_version != SCHEMA_SEALED {
+        if !(SCHEMA_VERSION..=SCHEMA_MAX).contains(&schema_version) {
             return Err(EventError::UnknownSchemaVersion {
                 found: schema_version,
-                supported: SCHEMA_SEALED,
+                supported: SCHEMA_MAX,
             });
         }
         if canonical.len() > EVENT_BYTES_MAX {
@@ -1287,11 +1371,19 @@ impl SignedEvent {
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(canonical.len());
         aligned.extend_from_slice(canonical);
-        let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| EventError::Malformed(e.to_string()))?;
+        let (event, operator) = if schema_version == SCHEMA_ATTRIBUTED {
+            let a = rkyv::from_bytes::<Attributed, rkyv::rancor::Error>(&aligned)
+                .map_err(|e| EventError::Malformed(e.to_string()))?;
+            (a.event, Some(a.operator))
+        } else {
+            let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned)
+                .map_err(|e| EventError::Malformed(e.to_string()))?;
+            (event, None)
+        };
         Ok(SignedEvent {
             schema: schema_version,
             event,
+            operator,
             canonical: canonical.to_vec(),
             id,
             signature,
@@ -1303,7 +1395,9 @@ impl SignedEvent {
     pub fn recheck(self) -> Result<UnverifiedEvent, EventError> {
         // Bytes that validate but are not what we would write (padding, alternative layouts)
         // would give one event two ids: refuse them.
-        if self.event.canonical_bytes()?.as_slice() != self.canonical.as_slice() {
+        if canonical_bytes_as(self.schema, &self.event, self.operator)?.as_slice()
+            != self.canonical.as_slice()
+        {
             return Err(EventError::NotCanonical);
         }
         self.event.validate_as(self.schema)?;
@@ -1333,6 +1427,11 @@ impl SignedEvent {
     /// The schema version.
     pub fn schema_version(&self) -> u16 {
         self.schema
+    }
+
+    /// The staff member who made this clinic record (schema 3 only).
+    pub fn operator(&self) -> Option<StaffId> {
+        self.operator
     }
 
     /// The ordering key used everywhere: (hlc, id).

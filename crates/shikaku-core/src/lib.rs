@@ -28,8 +28,8 @@ pub use date::{Date, DateError, DateRange};
 pub use event::{
     verify_all, AnswerCode, AnswerHash, AuthorKey, CheckMode, CheckQuery, DeclarationOutcome,
     EndReason, Event, EventBody, EventError, EventId, EventKind, Namespace, NodeId, Person,
-    Relationship, Sex, Signature, SignedEvent, Signer, UnverifiedEvent, SCHEMA_SEALED,
-    SCHEMA_VERSION,
+    Relationship, Sex, Signature, SignedEvent, Signer, StaffId, UnverifiedEvent, SCHEMA_ATTRIBUTED,
+    SCHEMA_MAX, SCHEMA_SEALED, SCHEMA_VERSION,
 };
 pub use hlc::{Hlc, HlcClock, HlcError};
 pub use member::{CardToken, InsurerNumber, MemberKey, MemberKeyError};

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use shikaku_core::keystore::Presented;
-use shikaku_core::{Answer, CheckQuery, Date};
+use shikaku_core::{Answer, CheckQuery, Date, StaffId};
 use shikaku_log::fs::FileDirectory;
 use shikaku_node::PresentedAnswer;
 use shikaku_node::{prepare, ConnId, Level, Node, NodeError, Output, PeerIdentity, Role};
@@ -84,7 +84,7 @@ fn job<R: Send + 'static>(
 
 enum Command {
     Run(Job),
-    Check { presented: Presented, date: Date, reply: CheckReply },
+    Check { presented: Presented, date: Date, operator: Option<StaffId>, reply: CheckReply },
 }
 
 /// Bytes moved by a runtime's connections.
@@ -260,16 +260,18 @@ impl Runtime {
             CheckQuery::Card(token) => Presented::Card(token),
             CheckQuery::Member(key) => Presented::KeyWithoutBirth(key),
         };
-        self.check_presented(presented, date).await.map(|(p, now)| (p.answer, now))
+        self.check_presented(presented, date, None).await.map(|(p, now)| (p.answer, now))
     }
 
     /// Answers a check of what a patient presented (a card, or a member key and birth date),
     /// with what could be said about the member's identity; checks that arrive together are
     /// recorded with one durable write.
+    /// `operator` is the logged-in staff member who asked, recorded with the check.
     pub async fn check_presented(
         &self,
         presented: Presented,
         date: Date,
+        operator: Option<StaffId>,
     ) -> Result<(PresentedAnswer, u64), Arc<NodeError>> {
         // Argon2id (tens of milliseconds by design) runs on a blocking thread, so the node's
         // thread keeps answering other checks and syncing meanwhile.
@@ -295,7 +297,7 @@ impl Runtime {
             other => other,
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.commands.send(Command::Check { presented, date, reply }).await.is_err() {
+        if self.commands.send(Command::Check { presented, date, operator, reply }).await.is_err() {
             panic!("the node thread has ended");
         }
         match rx.await {
@@ -859,11 +861,13 @@ fn node_thread(
         let Some(rt) = runtime.upgrade() else { return };
         let now = rt.clock.now_ms();
         let mut guard = lock(&node);
-        let mut checks: Vec<(Presented, Date, CheckReply)> = Vec::new();
+        let mut checks: Vec<(Presented, Date, Option<StaffId>, CheckReply)> = Vec::new();
         let mut replies: Vec<Deliver> = Vec::new();
         for command in batch {
             match command {
-                Command::Check { presented, date, reply } => checks.push((presented, date, reply)),
+                Command::Check { presented, date, operator, reply } => {
+                    checks.push((presented, date, operator, reply))
+                }
                 Command::Run(job) => {
                     answer_checks(&mut guard, now, &mut checks, &mut replies);
                     // A job that panics loses its reply (its caller panics), not the node.
@@ -890,16 +894,18 @@ fn node_thread(
 fn answer_checks(
     node: &mut FileNode,
     now: u64,
-    checks: &mut Vec<(Presented, Date, CheckReply)>,
+    checks: &mut Vec<(Presented, Date, Option<StaffId>, CheckReply)>,
     replies: &mut Vec<Deliver>,
 ) {
     if checks.is_empty() {
         return;
     }
-    let queries: Vec<(Presented, Date)> =
-        checks.iter().map(|(presented, date, _)| (presented.clone(), *date)).collect();
+    let queries: Vec<(Presented, Date, Option<StaffId>)> = checks
+        .iter()
+        .map(|(presented, date, operator, _)| (presented.clone(), *date, *operator))
+        .collect();
     let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        node.check_presented(now, &queries)
+        node.check_presented_by(now, &queries)
     }));
     // A panic drops the replies: their callers panic, the node thread goes on.
     let Ok(answered) = answered else {
@@ -908,7 +914,7 @@ fn answer_checks(
     };
     match answered {
         Ok(answers) => {
-            for ((_, _, reply), answer) in checks.drain(..).zip(answers) {
+            for ((_, _, _, reply), answer) in checks.drain(..).zip(answers) {
                 replies.push(Box::new(move || {
                     let _ = reply.send(Ok((answer, now)));
                 }));
@@ -916,7 +922,7 @@ fn answer_checks(
         }
         Err(e) => {
             let e = Arc::new(e);
-            for (_, _, reply) in checks.drain(..) {
+            for (_, _, _, reply) in checks.drain(..) {
                 let e = e.clone();
                 replies.push(Box::new(move || {
                     let _ = reply.send(Err(e));

@@ -312,3 +312,84 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity> {
     let first = certs.first().context("the peer presented no certificate")?;
     identity_of(first)
 }
+
+/// Issues a certificate for an HTTPS API (the clinic's reception API on the LAN, the hub's
+/// insurer API) from the deployment CA: subject alternative names are the DNS names and IP
+/// addresses in `hosts`, the key usage server authentication only. Writes `api-cert.pem`,
+/// `api-key.pem` (0600) and a copy of `ca.pem` — the file browsers at reception must trust —
+/// into `out`.
+pub fn ca_issue_api(ca_dir: &Path, hosts: &[String], out: &Path) -> Result<()> {
+    if hosts.is_empty() {
+        bail!("name the host names or addresses the API is reached by (--host, repeatable)");
+    }
+    let ca_key_pem = std::fs::read_to_string(ca_dir.join(CA_KEY_FILE)).with_context(|| {
+        format!("reading {} (run `shikaku ca init` first)", ca_dir.join(CA_KEY_FILE).display())
+    })?;
+    let ca_cert_pem = std::fs::read_to_string(ca_dir.join(CA_CERT_FILE))
+        .with_context(|| format!("reading {}", ca_dir.join(CA_CERT_FILE).display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).context("the CA key is not a valid PEM key")?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let key = KeyPair::generate().context("generating the API's TLS key")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    for host in hosts {
+        let san =
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.as_str().try_into().with_context(|| {
+                    format!("{host:?} is neither an IP address nor a DNS name")
+                })?),
+            };
+        params.subject_alt_names.push(san);
+    }
+    params.distinguished_name.push(DnType::CommonName, format!("shikaku API {}", hosts[0]));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).context("signing the API certificate")?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for file in [API_CERT_FILE, API_KEY_FILE] {
+        if out.join(file).exists() {
+            bail!("{} already exists; refusing to overwrite it", out.join(file).display());
+        }
+    }
+    write_private(&out.join(API_KEY_FILE), &key.serialize_pem())?;
+    std::fs::write(out.join(API_CERT_FILE), cert.pem())?;
+    std::fs::write(out.join(CA_CERT_FILE), ca_cert_pem)?;
+    Ok(())
+}
+
+/// An HTTPS API's certificate file (PEM chain).
+pub const API_CERT_FILE: &str = "api-cert.pem";
+/// An HTTPS API's key file (PEM, PKCS#8).
+pub const API_KEY_FILE: &str = "api-key.pem";
+
+/// The server config of an HTTPS API from a PEM certificate chain and PKCS#8 key — one the
+/// deployment CA issued ([`ca_issue_api`]) or the clinic's own: TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, no client certificates (staff log in).
+pub fn https_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    install_provider();
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        pem_blocks(&read(cert)?, "CERTIFICATE").into_iter().map(CertificateDer::from).collect();
+    if chain.is_empty() {
+        bail!("{} holds no PEM certificate", cert.display());
+    }
+    let key_der = pem_blocks(&read(key)?, "PRIVATE KEY")
+        .into_iter()
+        .next()
+        .map(PrivatePkcs8KeyDer::from)
+        .with_context(|| {
+            format!("{} holds no PKCS#8 private key (BEGIN PRIVATE KEY)", key.display())
+        })?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, PrivateKeyDer::Pkcs8(key_der))
+        .with_context(|| {
+            format!("{} and {} are not a certificate and its key", cert.display(), key.display())
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -4,7 +4,7 @@
 
 use shikaku_core::keystore::Presented;
 use shikaku_core::seal::{self, DataKey, SealedMember};
-use shikaku_core::{Reveal, SCHEMA_SEALED, SCHEMA_VERSION};
+use shikaku_core::{Reveal, StaffId, SCHEMA_SEALED, SCHEMA_VERSION};
 
 use super::*;
 
@@ -132,6 +132,17 @@ impl<D: Directory> Node<D> {
         now_ms: u64,
         presented: &[(Presented, Date)],
     ) -> Result<Vec<PresentedAnswer>, NodeError> {
+        let presented: Vec<_> = presented.iter().map(|(p, d)| (p.clone(), *d, None)).collect();
+        self.check_presented_by(now_ms, &presented)
+    }
+
+    /// [`Node::check_presented`] where each check may have been made by a logged-in staff
+    /// member: its record then names that operator (schema 3).
+    pub fn check_presented_by(
+        &mut self,
+        now_ms: u64,
+        presented: &[(Presented, Date, Option<StaffId>)],
+    ) -> Result<Vec<PresentedAnswer>, NodeError> {
         if self.config.role != Role::Clinic {
             return Err(NodeError::Role("checks are answered by clinic nodes".into()));
         }
@@ -140,7 +151,7 @@ impl<D: Directory> Node<D> {
         let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
         let mut out = Vec::with_capacity(presented.len());
         let mut bodies = Vec::with_capacity(presented.len());
-        for (what, service_date) in presented {
+        for (what, service_date, operator) in presented {
             let lookup = self.keys.lookup(what).map_err(NodeError::Sealed)?;
             let (query, schema, reveal, opened) = match lookup.query {
                 None => {
@@ -212,10 +223,11 @@ impl<D: Directory> Node<D> {
                     answer_hash: AnswerHash(answer.hash().0),
                     decided_by: answer.decided_by.clone(),
                 },
+                *operator,
             ));
             out.push(PresentedAnswer { answer, member_data });
         }
-        self.record_many_as(now_ms, bodies)?;
+        self.record_all(now_ms, bodies)?;
         for p in &out {
             self.counters.checks += 1;
             *self.counters.checks_by.entry((p.answer.code, online)).or_default() += 1;
@@ -255,6 +267,25 @@ impl<D: Directory> Node<D> {
             CheckQuery::Member(key) if seal::is_member_ref(key) => (query.clone(), SCHEMA_SEALED),
             _ => (query.clone(), SCHEMA_VERSION),
         }
+    }
+
+    /// Clinic: its own records (checks, declarations, consents) in origin-sequence order —
+    /// the clinic's own audit trail. Records that cannot be read back are skipped and counted
+    /// in the second value.
+    pub fn own_records(&self) -> (Vec<SignedEvent>, u64) {
+        let mut unreadable = 0;
+        let records = self
+            .own
+            .values()
+            .filter_map(|position| match self.log.read(*position) {
+                Ok(event) => Some(event),
+                Err(_) => {
+                    unreadable += 1;
+                    None
+                }
+            })
+            .collect();
+        (records, unreadable)
     }
 
     /// Whether this node holds sealed data of `insurer` (a member-key lookup then needs the
@@ -328,6 +359,26 @@ impl<D: Directory> Node<D> {
         now_ms: u64,
         bodies: Vec<(u16, EventBody)>,
     ) -> Result<Vec<SignedEvent>, NodeError> {
+        self.record_all(now_ms, bodies.into_iter().map(|(s, b)| (s, b, None)).collect())
+    }
+
+    /// [`Node::record_many_as`] made by staff member `operator`, when given.
+    pub fn record_many_by(
+        &mut self,
+        now_ms: u64,
+        bodies: Vec<(u16, EventBody)>,
+        operator: Option<StaffId>,
+    ) -> Result<Vec<SignedEvent>, NodeError> {
+        self.record_all(now_ms, bodies.into_iter().map(|(s, b)| (s, b, operator)).collect())
+    }
+
+    /// Records in the clinic's namespace with one durable write: each body in its schema, or,
+    /// where a staff member made it, in schema 3 naming that operator.
+    fn record_all(
+        &mut self,
+        now_ms: u64,
+        bodies: Vec<(u16, EventBody, Option<StaffId>)>,
+    ) -> Result<Vec<SignedEvent>, NodeError> {
         let me = self.signer.node_id();
         let first = (self.own.keys().next_back().copied().unwrap_or(0).max(self.max_acked()) + 1)
             .max(self.seq_floor);
@@ -336,7 +387,7 @@ impl<D: Directory> Node<D> {
             "an origin never numbers two events alike"
         );
         let mut events = Vec::with_capacity(bodies.len());
-        for (offset, (schema, body)) in bodies.into_iter().enumerate() {
+        for (offset, (schema, body, operator)) in bodies.into_iter().enumerate() {
             let hlc = self.clock.tick(now_ms.saturating_sub(self.ahead_of_hub_ms))?;
             let event = Event {
                 namespace: Namespace::Clinic(me),
@@ -346,7 +397,10 @@ impl<D: Directory> Node<D> {
                 author: self.signer.public(),
                 body,
             };
-            events.push(self.signer.sign_as(schema, event)?);
+            events.push(match operator {
+                Some(operator) => self.signer.sign_attributed(event, operator)?,
+                None => self.signer.sign_as(schema, event)?,
+            });
         }
         self.store(now_ms, &events)?;
         self.counters.record_commits += 1;
