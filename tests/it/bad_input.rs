@@ -57,8 +57,8 @@ fn wrong_check_digit_names_the_expected_digit() {
 fn unknown_schema_version_is_refused() {
     let event = one_event(Hlc::new(1_000, 0));
     let error =
-        SignedEvent::decode(3, event.canonical_bytes(), event.signature(), None, None).unwrap_err();
-    assert_eq!(error, EventError::UnknownSchemaVersion { found: 3, supported: 2 });
+        SignedEvent::decode(4, event.canonical_bytes(), event.signature(), None, None).unwrap_err();
+    assert_eq!(error, EventError::UnknownSchemaVersion { found: 4, supported: 3 });
 }
 
 #[test]

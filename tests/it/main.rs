@@ -14,6 +14,8 @@
 //! - `damage`: answers from damaged ledgers, evidence of loss, commands that withhold (issue 13);
 //! - `field_trial`: one test per defect the field trial found (real processes and signals);
 //! - `shared_log`: the front-ends' sans-IO logic over a seeded model of the shared log;
+//! - `staff`: staff login, sessions and roles at the clinic API, insurer tokens and the use log
+//!   at the hub's (issue 17);
 //! - `jetstream`: the scaled-out hub over real 3-server NATS clusters (DEPLOY.md's
 //!   configuration), front-ends, fail-over and `kill -9`.
 
@@ -41,6 +43,7 @@ mod scenarios;
 mod scratch;
 mod shared_log;
 mod sim;
+mod staff;
 mod story;
 mod sync_vectors;
 mod vectors;

@@ -40,7 +40,12 @@ pub fn check_path_for(
 /// A plain HTTP/1.1 GET of `path` on the node at `url` (`http://HOST:PORT`); the body of a 200
 /// answer, else an error naming the status and the node's message.
 pub fn http_get(url: &str, path: &str) -> Result<String> {
-    let (status, body) = http_request(url, "GET", path, None)?;
+    http_get_with_token(url, path, None)
+}
+
+/// [`http_get`] with an insurer account's API token.
+pub fn http_get_with_token(url: &str, path: &str, token: Option<&str>) -> Result<String> {
+    let (status, body) = http_request_with_token(url, "GET", path, None, token)?;
     if status != 200 {
         bail!("{}", status_error(url, path, status, &body));
     }
@@ -80,6 +85,17 @@ pub fn http_request(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
+    http_request_with_token(url, method, path, body, None)
+}
+
+/// [`http_request`] with an insurer account's API token (`Authorization: Bearer`).
+pub fn http_request_with_token(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
     let base = url.trim_end_matches('/');
     if !base.starts_with("http://") {
         bail!("the node's address must be an http:// URL, got {url}");
@@ -90,13 +106,25 @@ pub fn http_request(
         .build()
         .into();
     let target = format!("{base}{path}");
+    let bearer = token.map(|t| format!("Bearer {t}"));
     let sent = match (method, body) {
-        ("GET", _) => agent.get(&target).header(CLIENT_HEADER, "shikaku-cli").call(),
-        ("POST", body) => agent
-            .post(&target)
-            .header(CLIENT_HEADER, "shikaku-cli")
-            .header("Content-Type", "application/json")
-            .send(body.unwrap_or_default()),
+        ("GET", _) => {
+            let mut request = agent.get(&target).header(CLIENT_HEADER, "shikaku-cli");
+            if let Some(bearer) = &bearer {
+                request = request.header("Authorization", bearer);
+            }
+            request.call()
+        }
+        ("POST", body) => {
+            let mut request = agent
+                .post(&target)
+                .header(CLIENT_HEADER, "shikaku-cli")
+                .header("Content-Type", "application/json");
+            if let Some(bearer) = &bearer {
+                request = request.header("Authorization", bearer);
+            }
+            request.send(body.unwrap_or_default())
+        }
         (other, _) => bail!("unsupported method {other}"),
     };
     let mut response = sent.with_context(|| format!("asking the node at {base}"))?;

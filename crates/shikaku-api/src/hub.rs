@@ -8,10 +8,12 @@ use shikaku_net::runtime::FileNode;
 use shikaku_net::Runtime;
 
 use crate::import::RefusedLine;
+use crate::insurer_auth::{HubAuth, LoggedMember, Scope};
 use crate::metrics::metrics_text;
 use crate::request::ApiError;
 use crate::serve::{serve_guarded, ApiOptions};
 use crate::types::ImportResponse;
+use shikaku_core::MemberKey;
 
 /// Stores verified, screened insurer events at a hub, serving their insurers from now on;
 /// returns how many were new.
@@ -42,6 +44,15 @@ pub const IMPORT_BODY_MAX: usize = 64 << 20;
 /// The ledger is read while holding the node; the report is computed after letting it go, so
 /// sync is held up only for the read.
 pub async fn hub_report(rt: &Runtime) -> Result<shikaku_reconcile::Report> {
+    Ok(hub_report_for(rt, None).await?.0)
+}
+
+/// [`hub_report`], and with `member` the names the ledger knows that member by (its key and,
+/// sealed, its reference): what a member access report is filtered by.
+pub async fn hub_report_for(
+    rt: &Runtime,
+    member: Option<MemberKey>,
+) -> Result<(shikaku_reconcile::Report, Vec<MemberKey>)> {
     let (events, names, now, keys) = rt
         .call(|n, now| {
             let keys = n.key_store().clone();
@@ -50,12 +61,33 @@ pub async fn hub_report(rt: &Runtime) -> Result<shikaku_reconcile::Report> {
         .await;
     let events = events?;
     tokio::task::spawn_blocking(move || {
-        // Sealed records re-derive with what the hub's data keys open.
-        let reveal = shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), &keys);
-        shikaku_reconcile::compute_revealed(&events, &names, now, Some(&reveal))
+        report_and_names(&events, &names, &keys, now, member.as_ref())
     })
     .await
     .context("computing the report")
+}
+
+/// The report over a hub's events (sealed records re-derived with what its data keys open)
+/// and the names `member` goes by in them.
+pub fn report_and_names(
+    events: &[(u64, shikaku_core::SignedEvent)],
+    names: &std::collections::BTreeMap<shikaku_core::NodeId, String>,
+    keys: &shikaku_core::keystore::KeyStore,
+    now_ms: u64,
+    member: Option<&MemberKey>,
+) -> (shikaku_reconcile::Report, Vec<MemberKey>) {
+    let reveal = shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), keys);
+    let report = shikaku_reconcile::compute_revealed(events, names, now_ms, Some(&reveal));
+    let mut known_as = Vec::new();
+    if let Some(key) = member {
+        known_as.push(key.clone());
+        known_as.extend(shikaku_core::sealer::reference_of(
+            events.iter().map(|(_, e)| e),
+            keys,
+            key,
+        ));
+    }
+    (report, known_as)
 }
 
 /// Serves the hub's insurer API on `listener` until the task is dropped.
@@ -69,6 +101,13 @@ pub async fn serve_hub_api(
 /// The insurer's API on a hub: `GET /v1/reconcile?format=html|json|table`, `POST /v1/import`
 /// (JSON Lines, only on a hub with an insurer key registry), `/v1/health`, `/metrics`.
 pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
+    let auth = Arc::new(HubAuth::unrecorded_open(runtime.clock().clone()));
+    hub_router_with(runtime, auth)
+}
+
+/// The insurer's API behind insurer accounts (`auth`): every answer scoped to the account's
+/// insurers, every use recorded. Adds `GET /v1/members/{key}/accesses`.
+pub fn hub_router_with(runtime: Arc<Runtime>, auth: Arc<HubAuth>) -> axum::Router {
     use axum::extract::{Query, State};
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
@@ -82,6 +121,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
 
     async fn report(
         State(rt): State<Arc<Runtime>>,
+        axum::Extension(scope): axum::Extension<Scope>,
         Query(p): Query<ReportParams>,
     ) -> Result<axum::response::Response, (StatusCode, String)> {
         let format = p.format.unwrap_or_else(|| "html".to_owned());
@@ -99,6 +139,11 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
         let report = hub_report(&rt)
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")))?;
+        // An insurer never sees another insurer's members.
+        let report = match &scope.insurers {
+            Some(insurers) => report.scoped(insurers),
+            None => report,
+        };
         let body = tokio::task::spawn_blocking(move || shikaku_reconcile::render(&report, &format))
             .await
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
@@ -135,6 +180,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
     async fn import(
         State(rt): State<Arc<Runtime>>,
         axum::Extension(slot): axum::Extension<ImportSlot>,
+        axum::Extension(scope): axum::Extension<Scope>,
         body: axum::body::Body,
     ) -> Result<axum::Json<ImportResponse>, ApiError> {
         use http_body_util::BodyExt as _;
@@ -203,6 +249,7 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
             let lines = piece.iter().filter(|&&b| b == b'\n').count() as u64
                 + u64::from(!piece.is_empty() && !piece.ends_with(b"\n"));
             let rt2 = rt.clone();
+            let scope = scope.clone();
             let (part, part_refused) = tokio::task::spawn_blocking(move || {
                 let mut refused = Vec::new();
                 let part = crate::import_stream(
@@ -214,8 +261,21 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
                     // One node command per batch, not per event.
                     &mut |events| {
                         let events = events.to_vec();
+                        let scope = scope.clone();
                         rt2.call_blocking(move |n, _| {
-                            events.iter().map(|e| n.import_refusal(e)).collect()
+                            events
+                                .iter()
+                                .map(|e| match e.event().namespace {
+                                    shikaku_core::Namespace::Insurer(i) if !scope.covers(i) => {
+                                        Some(format!(
+                                            "event {} is of insurer {i}, which account {} may not write",
+                                            e.id(),
+                                            scope.account
+                                        ))
+                                    }
+                                    _ => n.import_refusal(e),
+                                })
+                                .collect()
                         })
                     },
                     &mut |good| match rt2.stream_publisher() {
@@ -273,11 +333,68 @@ pub fn hub_router(runtime: Arc<Runtime>) -> axum::Router {
         }))
     }
 
+    async fn accesses(
+        State(rt): State<Arc<Runtime>>,
+        axum::Extension(scope): axum::Extension<Scope>,
+        axum::extract::Path(key): axum::extract::Path<String>,
+        axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    ) -> Result<axum::response::Response, ApiError> {
+        let p = crate::request::query_params(raw.as_deref(), &["from", "to", "format"])?;
+        let key: MemberKey = key.parse().map_err(|e| ApiError::invalid("member", e))?;
+        let day = |field: &str| {
+            p.get(field)
+                .map(|t| t.parse::<shikaku_core::Date>().map_err(|e| ApiError::invalid(field, e)))
+                .transpose()
+        };
+        let (from, to) = (day("from")?, day("to")?);
+        let format = p.get("format").map_or("json", String::as_str).to_owned();
+        if !["json", "html", "table"].contains(&format.as_str()) {
+            return Err(ApiError::invalid(
+                "format",
+                format!("must be json, html or table, got {format:?}"),
+            ));
+        }
+        if !scope.covers(key.insurer) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_member",
+                format!("no such member among the insurers account {} may see", scope.account),
+            ));
+        }
+        let tag = crate::insurer_auth::member_tag(&key);
+        let (report, known_as) =
+            hub_report_for(&rt, Some(key.clone())).await.map_err(ApiError::internal)?;
+        let r = shikaku_reconcile::access::member_accesses(
+            &report,
+            &key.to_string(),
+            &known_as,
+            from,
+            to,
+        );
+        let mut response = match format.as_str() {
+            "html" => {
+                axum::response::Html(shikaku_reconcile::access::accesses_html(&r)).into_response()
+            }
+            "table" => (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                shikaku_reconcile::access::accesses_text(&r),
+            )
+                .into_response(),
+            _ => axum::Json(r).into_response(),
+        };
+        response.extensions_mut().insert(LoggedMember(tag));
+        Ok(response)
+    }
+
     axum::Router::new()
         .route("/v1/import", axum::routing::post(import))
         .layer(axum::Extension(ImportSlot(Arc::new(tokio::sync::Semaphore::new(1)))))
         .route("/v1/reconcile", get(report))
+        .route("/v1/members/{key}/accesses", get(accesses))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            crate::insurer_auth::guard(auth.clone(), request, next)
+        }))
         .with_state(runtime)
 }

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod fhir;
 pub mod hub;
 pub mod import;
+pub mod insurer_auth;
 pub mod jsonl;
 pub mod metrics;
 pub mod request;

@@ -92,6 +92,64 @@ pub enum Command {
     /// The deterministic simulator: partitions, crashes, disk faults and clock skew from a seed.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// What the insurer can tell a member.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+/// `shikaku member …`.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// The member's access report: every check of their eligibility record across clinics —
+    /// when, which institution, online or offline, by card or by key, the answer given,
+    /// whether it was later contradicted, and checks through a card link later revoked as a
+    /// wrong-person linkage. Institution-level (no staff). Reads the hub's --data-dir (hub
+    /// stopped), or asks a running hub's API.
+    Accesses {
+        /// The member key, `INSURER:SYMBOL:NUMBER:BRANCH`.
+        #[arg(long)]
+        member: String,
+        /// From this day (JST, YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<shikaku_core::Date>,
+        /// To this day (JST, inclusive).
+        #[arg(long)]
+        to: Option<shikaku_core::Date>,
+        /// table, json or html (a printable page to hand the member).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A running hub's API (`http://HOST:PORT` or `https://…`).
+        #[arg(long)]
+        hub: Option<String>,
+        /// With --hub: a file holding the insurer account's API token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+/// `shikaku hub account …`.
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Add an insurer account scoped to the insurers given; prints its API token once.
+    Add {
+        /// The insurer staff member's name (1-32 of a-z, 0-9, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// An insurer the account may see (repeatable, at least one).
+        #[arg(long = "insurer", required = true)]
+        insurers: Vec<String>,
+    },
+    /// Revoke an account's token (at once, also in a running hub).
+    Revoke {
+        /// Account name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List the accounts and their insurers.
+    List,
 }
 
 /// `shikaku ca …`.
@@ -166,6 +224,10 @@ pub enum HubCommand {
     /// The scaled-out hub's shared log (a NATS JetStream stream, docs/DEPLOY.md).
     #[command(subcommand)]
     Stream(StreamCommand),
+    /// Insurer accounts of the hub's API (in <data-dir>/insurer-accounts.json); every use is
+    /// recorded in <data-dir>/insurer-api.log.
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Import an insurer roster or change stream (JSON Lines, `-` for standard input) into the
     /// hub's ledger, with a progress bar. Every id and signature is verified; lines refused are
     /// reported as `line N: reason` and nothing else is lost. Into --data-dir while the hub is
@@ -447,7 +509,7 @@ pub enum ClinicCommand {
     },
 }
 
-fn parse_insurers(list: &[String]) -> Result<Vec<shikaku_core::InsurerNumber>> {
+pub(crate) fn parse_insurers(list: &[String]) -> Result<Vec<shikaku_core::InsurerNumber>> {
     list.iter()
         .map(|s| s.parse::<shikaku_core::InsurerNumber>().with_context(|| format!("--insurer {s}")))
         .collect()
@@ -926,6 +988,55 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                 .map_or(session_idle_min.saturating_mul(60_000), |s| s.saturating_mul(1000));
             serve::clinic_serve(&cli.data_dir, &hub, replicated, api, &options, idle_ms, out)
                 .map(|()| 0)
+        }
+        Command::Hub(HubCommand::Account(command)) => {
+            serve::account_command(&cli.data_dir, &command, out).map(|()| 0)
+        }
+        Command::Member(MemberCommand::Accesses {
+            member,
+            from,
+            to,
+            format,
+            out: path,
+            hub,
+            token_file,
+        }) => {
+            let key: MemberKey = member.parse().with_context(|| format!("--member {member}"))?;
+            let name = match format {
+                ReportFormat::Table => "table",
+                ReportFormat::Json => "json",
+                ReportFormat::Html => "html",
+            };
+            let text = match hub {
+                Some(url) => {
+                    let token = token_file
+                        .as_deref()
+                        .map(|f| {
+                            std::fs::read_to_string(f)
+                                .with_context(|| format!("reading {}", f.display()))
+                                .map(|t| t.trim().to_owned())
+                        })
+                        .transpose()?;
+                    let mut query = format!("format={name}");
+                    if let Some(f) = from {
+                        query.push_str(&format!("&from={f}"));
+                    }
+                    if let Some(t) = to {
+                        query.push_str(&format!("&to={t}"));
+                    }
+                    let path = format!(
+                        "/v1/members/{}/accesses?{query}",
+                        form_urlencoded::byte_serialize(key.to_string().as_bytes())
+                            .collect::<String>()
+                    );
+                    shikaku_api::client::http_get_with_token(&url, &path, token.as_deref())?
+                }
+                None => serve::member_accesses_offline(&cli.data_dir, &key, from, to, name, err)?,
+            };
+            let mut sink = output(path.as_deref(), out)?;
+            sink.write_all(text.as_bytes())?;
+            sink.flush()?;
+            Ok(0)
         }
         Command::Clinic(ClinicCommand::Staff(command)) => {
             serve::staff_command(&cli.data_dir, &command, out).map(|()| 0)

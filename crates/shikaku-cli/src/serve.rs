@@ -20,7 +20,7 @@ use shikaku_node::{NodeConfig, Role};
 use crate::store::node_identity;
 use shikaku_api::client::{check_path, http_get, http_request, post_json, status_error};
 use shikaku_api::clinic::serve_api_auth;
-use shikaku_api::hub::{hub_router, import_into, IMPORT_BODY_MAX};
+use shikaku_api::hub::{import_into, IMPORT_BODY_MAX};
 use shikaku_api::serve::{serve_guarded, ApiOptions};
 use shikaku_api::types::{CheckResponse, ConsentRequest, ConsentResponse, ImportResponse};
 
@@ -70,6 +70,87 @@ pub fn check_api_address(what: &str, addr: SocketAddr, tls: bool) -> Result<()> 
     bail!(
         "the {what} would listen on {addr}, beyond this machine, without TLS: bind a loopback address (127.0.0.1 or [::1]), or serve HTTPS with --api-cert FILE --api-key FILE (`shikaku ca issue-api` makes them from the deployment CA)"
     );
+}
+
+/// `shikaku hub account …`.
+pub fn account_command(
+    data_dir: &Path,
+    command: &crate::AccountCommand,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use shikaku_api::insurer_auth::AccountsFile;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut file = AccountsFile::load(data_dir)?;
+    match command {
+        crate::AccountCommand::Add { name, insurers } => {
+            let insurers = crate::parse_insurers(insurers)?;
+            let token = file.add(name, &insurers, shikaku_net::clock::now_ms())?;
+            file.save(data_dir)?;
+            writeln!(
+                out,
+                "added insurer account {name} for {}; its API token (shown once, keep it in a 0600 file):\n{token}",
+                insurers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )?;
+        }
+        crate::AccountCommand::Revoke { name } => {
+            file.revoke(name)?;
+            file.save(data_dir)?;
+            writeln!(out, "revoked {name}'s token")?;
+        }
+        crate::AccountCommand::List => {
+            if file.accounts.is_empty() {
+                writeln!(out, "no insurer accounts: the insurer API answers on loopback only, for every insurer")?;
+            }
+            for a in &file.accounts {
+                writeln!(
+                    out,
+                    "{:<20} {:<30} {}",
+                    a.name,
+                    a.insurers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                    if a.revoked { "revoked" } else { "active" }
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `shikaku member accesses` on a stopped hub's data directory.
+pub fn member_accesses_offline(
+    data_dir: &Path,
+    key: &shikaku_core::MemberKey,
+    from: Option<shikaku_core::Date>,
+    to: Option<shikaku_core::Date>,
+    format: &str,
+    err: &mut dyn Write,
+) -> Result<String> {
+    let store = crate::store::Store::open_existing(data_dir)?;
+    let events = store.log().read_from(1, usize::MAX)?;
+    let names = load_clinic_names(data_dir).unwrap_or_else(|e| {
+        let _ = writeln!(err, "warning: {e:#}; clinics are shown by node id");
+        Default::default()
+    });
+    let keys_path = data_dir.join("log").join(shikaku_node::KEYS_FILE);
+    let keys = match std::fs::read(&keys_path) {
+        Err(_) => shikaku_core::keystore::KeyStore::default(),
+        Ok(bytes) => shikaku_core::keystore::KeyStore::decode_file(&bytes)
+            .with_context(|| format!("reading {}", keys_path.display()))?,
+    };
+    let (report, known_as) = shikaku_api::hub::report_and_names(
+        &events,
+        &names,
+        &keys,
+        shikaku_net::clock::now_ms(),
+        Some(key),
+    );
+    let r =
+        shikaku_reconcile::access::member_accesses(&report, &key.to_string(), &known_as, from, to);
+    Ok(match format {
+        "html" => shikaku_reconcile::access::accesses_html(&r),
+        "json" => serde_json::to_string_pretty(&r)? + "\n",
+        _ => shikaku_reconcile::access::accesses_text(&r),
+    })
 }
 
 /// `shikaku clinic staff …`.
@@ -246,7 +327,12 @@ pub fn hub_serve(
                     "insurer API on http://{} (reconciliation report at /v1/reconcile?format=html)",
                     listener.local_addr()?
                 )?;
-                let router = hub_router(service.runtime.clone());
+                let auth = std::sync::Arc::new(shikaku_api::insurer_auth::HubAuth::open(
+                    data_dir,
+                    api.ip().is_loopback(),
+                    service.runtime.clock().clone(),
+                )?);
+                let router = shikaku_api::hub::hub_router_with(service.runtime.clone(), auth);
                 let options = options.clone();
                 Some(tokio::spawn(async move { serve_guarded(listener, router, &options).await }))
             }
@@ -332,11 +418,12 @@ pub fn clinic_serve(
         };
         writeln!(
             out,
-            "clinic {} syncing with hub {}; check API on {scheme}://{}, {login}",
+            "clinic {} syncing with hub {}; check API on {scheme}://{}",
             tls_files.identity.name,
             hubs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             listener.local_addr()?
         )?;
+        writeln!(out, "check API: {login}")?;
         out.flush()?;
         let server = {
             let (runtime, options) = (runtime.clone(), options.clone());

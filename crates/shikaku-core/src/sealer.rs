@@ -381,3 +381,21 @@ pub fn reveal_from<'a>(
     }
     reveal
 }
+
+/// The reference a hub's sealed ledger names the member with key `key` by: the registration
+/// whose record, opened with the data key the hub holds, carries that key. `None` when the
+/// ledger holds no sealed record of it (a plaintext ledger names the key itself).
+pub fn reference_of<'a>(
+    events: impl IntoIterator<Item = &'a SignedEvent>,
+    store: &KeyStore,
+    key: &crate::MemberKey,
+) -> Option<crate::MemberKey> {
+    events.into_iter().find_map(|event| match &event.event().body {
+        EventBody::MemberSealed { member, sealed } if member.insurer == key.insurer => {
+            let data_key = store.data_key(member)?;
+            let record = seal::open_member(data_key, member, sealed).ok()?;
+            (record.key == *key).then(|| member.clone())
+        }
+        _ => None,
+    })
+}

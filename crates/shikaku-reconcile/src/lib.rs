@@ -17,10 +17,12 @@
 //!
 //! - [`report`]: the computation, a pure function of the events (no clock: `now_ms` is an
 //!   input), and the billing rules;
-//! - [`render`]: plain text, JSON or a self-contained HTML page.
+//! - [`render`]: plain text, JSON or a self-contained HTML page;
+//! - [`access`]: the member access report (every check of one member, institution-level).
 //!
 //! Depends on `shikaku-core` only (and serde for the JSON form).
 
+pub mod access;
 pub mod render;
 pub mod report;
 

@@ -39,6 +39,33 @@ pub struct Report {
     /// References of members whose data was erased (their facts and checks remain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub erased: Vec<String>,
+    /// Every check, with whom it concerned then and now: what member access reports are
+    /// made of ([`crate::access`]). Not part of the report's own forms.
+    #[serde(skip)]
+    pub accesses: Vec<Access>,
+}
+
+/// One check as an access to a member's record: who was named then and now, and what became
+/// of the answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Access {
+    /// The check.
+    pub check: CheckRef,
+    /// The staff member who made it (schema 3), as the clinic's pseudonymous id.
+    pub operator: Option<shikaku_core::StaffId>,
+    /// The member the clinic's answer named (when it re-derived).
+    pub member_then: Option<MemberKey>,
+    /// The member the converged truth names for the same question.
+    pub member_now: Option<MemberKey>,
+    /// The successor coverage the truth names, if any.
+    pub successor_now: Option<MemberKey>,
+    /// The converged truth's answer.
+    pub truth: AnswerCode,
+    /// Whether the truth contradicts the answer given (as in [`Report::contradicted`]).
+    pub contradicted: bool,
+    /// The card link the check used, when it was later revoked as a wrong-person linkage:
+    /// (wrongly linked member, revocation, when).
+    pub revoked_link: Option<(MemberKey, EventId, u64)>,
 }
 
 /// Headline numbers.
@@ -349,6 +376,7 @@ pub fn compute_revealed(
         revoked_link_uses: Vec::new(),
         clinics: Vec::new(),
         erased: erased.into_iter().collect(),
+        accesses: Vec::new(),
     };
     report.totals.erased_members = report.erased.len() as u64;
     let mut check_conflicts: BTreeSet<Conflict> = BTreeSet::new();
@@ -678,6 +706,16 @@ fn clinic_section(
                 (None, differs || unknown_now_covered)
             }
         };
+        report.accesses.push(Access {
+            check: check.clone(),
+            operator: c.event.operator(),
+            member_then: c.then.as_ref().and_then(|(a, _)| a.member.clone()),
+            member_now: now.member.clone(),
+            successor_now: now.successor.clone(),
+            truth: now.code,
+            contradicted: contradicted && due.is_some(),
+            revoked_link: revoked_uses.get(&check.check).cloned(),
+        });
         if !contradicted {
             continue;
         }
