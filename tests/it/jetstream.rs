@@ -865,14 +865,17 @@ fn a_front_end_reaches_nats_over_tls_and_refuses_a_server_it_cannot_verify() {
 
     let _turn = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let log = std::fs::File::create(home.join("server.log")).unwrap();
-    let mut server = Command::new(nats_server())
-        .args(["-c", "tls.conf"])
-        .current_dir(&home)
-        .env("SHIKAKU_NATS_PASSWORD", PASSWORD)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    // Killed when dropped: a failing assertion must not leave a server holding the port.
+    let server = KilledOnDrop(
+        Command::new(nats_server())
+            .args(["-c", "tls.conf"])
+            .current_dir(&home)
+            .env("SHIKAKU_NATS_PASSWORD", PASSWORD)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     let start = Stopwatch::start();
     while TcpStream::connect(("127.0.0.1", 14232)).is_err() {
         assert!(start.seconds() < 30.0, "the TLS server listens");
@@ -921,8 +924,17 @@ fn a_front_end_reaches_nats_over_tls_and_refuses_a_server_it_cannot_verify() {
     clinic.synced(30.0);
     drop(clinic);
     front.stop();
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

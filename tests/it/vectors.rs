@@ -539,3 +539,71 @@ fn golden_schema_2_vectors_decode_and_reencode_identically() {
     let record = shikaku_core::seal::open_member(&by_key.keys[0].1, member, sealed).unwrap();
     assert_eq!(record.person.name, "山田 花子");
 }
+
+const VECTORS_V3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/vectors/events-v3.json");
+
+#[test]
+fn golden_schema_3_vectors_decode_and_reencode_identically() {
+    // Pins EVENTS.md "Schema version 3": every clinic record of the schema-1 and schema-2
+    // vectors, attributed to operator 0102030405060708; the canonical bytes are the inner
+    // event's followed by the operator's 8 bytes, and only clinic records may be attributed.
+    let operator = shikaku_core::StaffId([1, 2, 3, 4, 5, 6, 7, 8]);
+    let inner: Vec<(String, u16, [u8; 32], Event)> = vector_events()
+        .into_iter()
+        .map(|(name, secret, event)| (format!("v1/{name}"), 1, secret, event))
+        .chain(
+            vector_events_v2()
+                .0
+                .into_iter()
+                .map(|(name, secret, event)| (format!("v2/{name}"), 2, secret, event)),
+        )
+        .filter(|(_, _, _, e)| e.body.kind().is_clinic_record())
+        .collect();
+    let mut built = Vec::new();
+    for (name, schema, secret, event) in &inner {
+        let signer = Signer::from_secret(*secret);
+        let attributed = signer.sign_attributed(event.clone(), operator).unwrap();
+        let plain = signer.sign_as(*schema, event.clone()).unwrap();
+        let mut expected = plain.canonical_bytes().to_vec();
+        expected.extend_from_slice(&operator.0);
+        assert_eq!(attributed.canonical_bytes(), expected, "{name}: inner bytes ‖ operator");
+        built.push(Vector::of(name.clone(), *secret, attributed));
+    }
+    if std::env::var_os("SHIKAKU_BLESS_VECTORS").is_some() {
+        std::fs::write(VECTORS_V3, serde_json::to_string_pretty(&built).unwrap() + "\n").unwrap();
+    }
+    let stored: Vec<Vector> =
+        serde_json::from_str(&std::fs::read_to_string(VECTORS_V3).expect("v3 vectors present"))
+            .unwrap();
+    assert_eq!(stored.len(), built.len());
+    let mut types = std::collections::BTreeSet::new();
+    for (vector, fresh) in stored.iter().zip(&built) {
+        let bytes = unhex(&vector.canonical_hex);
+        let signature: Signature = vector.signature.parse().unwrap();
+        let id: EventId = vector.id.parse().unwrap();
+        let decoded = SignedEvent::decode(3, &bytes, signature, Some(id), None)
+            .unwrap_or_else(|e| panic!("vector {}: {e}", vector.name));
+        assert_eq!(decoded.operator(), Some(operator), "{}", vector.name);
+        for other in [1, 2] {
+            assert!(
+                SignedEvent::decode(other, &bytes, signature, None, None).is_err(),
+                "{}: a schema-3 event is not a schema-{other} one",
+                vector.name
+            );
+        }
+        let from_line = shikaku_cli::jsonl::decode(&vector.jsonl, None).unwrap();
+        assert_eq!(decoded, from_line, "vector {}: bytes and JSON line agree", vector.name);
+        assert!(vector.jsonl.contains("\"operator\":\"0102030405060708\""), "{}", vector.jsonl);
+        types.insert(decoded.event().body.type_name());
+        assert_eq!(vector, fresh, "vector {} no longer matches this build", vector.name);
+    }
+    assert_eq!(types.len(), 5, "every clinic record type has a vector: {types:?}");
+    // Only clinic records may be attributed.
+    let membership = vector_events().into_iter().find(|(_, _, e)| e.body.kind().is_membership());
+    let (name, secret, event) = membership.unwrap();
+    let refused = Signer::from_secret(secret).sign_attributed(event, operator).unwrap_err();
+    assert!(
+        refused.to_string().contains("schema 3 attributes only clinic records"),
+        "{name}: {refused}"
+    );
+}

@@ -43,6 +43,28 @@ pub fn http_get(url: &str, path: &str) -> Result<String> {
     http_get_with_token(url, path, None)
 }
 
+/// Logs a staff member in at a clinic API; returns the session cookie (`name=value`) to send
+/// with [`http_get_in_session`].
+pub fn login(url: &str, name: &str, password: &str) -> Result<String> {
+    let body = serde_json::json!({ "name": name, "password": password }).to_string();
+    let (status, reply, cookie) = exchange(url, "POST", "/v1/login", Some(&body), &[])?;
+    if status != 200 {
+        bail!("{}", status_error(url, "/v1/login", status, &reply));
+    }
+    cookie.context("the login answer set no session cookie")
+}
+
+/// A request within a staff session (the cookie [`login`] returned): the status and body.
+pub fn request_in_session(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    cookie: &str,
+) -> Result<(u16, String)> {
+    exchange(url, method, path, body, &[("Cookie", cookie)]).map(|(status, body, _)| (status, body))
+}
+
 /// [`http_get`] with an insurer account's API token.
 pub fn http_get_with_token(url: &str, path: &str, token: Option<&str>) -> Result<String> {
     let (status, body) = http_request_with_token(url, "GET", path, None, token)?;
@@ -96,6 +118,20 @@ pub fn http_request_with_token(
     body: Option<&str>,
     token: Option<&str>,
 ) -> Result<(u16, String)> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> =
+        bearer.as_deref().map(|b| ("Authorization", b)).into_iter().collect();
+    exchange(url, method, path, body, &headers).map(|(status, body, _)| (status, body))
+}
+
+/// One request with extra headers: status, body, and the session cookie it set, if any.
+fn exchange(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, Option<String>)> {
     let base = url.trim_end_matches('/');
     if !base.starts_with("http://") {
         bail!("the node's address must be an http:// URL, got {url}");
@@ -106,12 +142,11 @@ pub fn http_request_with_token(
         .build()
         .into();
     let target = format!("{base}{path}");
-    let bearer = token.map(|t| format!("Bearer {t}"));
     let sent = match (method, body) {
         ("GET", _) => {
             let mut request = agent.get(&target).header(CLIENT_HEADER, "shikaku-cli");
-            if let Some(bearer) = &bearer {
-                request = request.header("Authorization", bearer);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             request.call()
         }
@@ -120,8 +155,8 @@ pub fn http_request_with_token(
                 .post(&target)
                 .header(CLIENT_HEADER, "shikaku-cli")
                 .header("Content-Type", "application/json");
-            if let Some(bearer) = &bearer {
-                request = request.header("Authorization", bearer);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             request.send(body.unwrap_or_default())
         }
@@ -129,13 +164,19 @@ pub fn http_request_with_token(
     };
     let mut response = sent.with_context(|| format!("asking the node at {base}"))?;
     let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
     let text = response
         .body_mut()
         .with_config()
         .limit(RESPONSE_BYTES_MAX)
         .read_to_string()
         .with_context(|| format!("reading the answer of {target}"))?;
-    Ok((status, text))
+    Ok((status, text, cookie))
 }
 
 /// A POST of `request` as JSON, decoding a `expect`-status answer as `T`; any other status is

@@ -130,7 +130,18 @@ pub fn start_clinic(
     let service = ClinicService::start(runtime.clone(), &tls_files, &[hub])?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(crate::clinic::serve_api(listener, runtime.clone()));
+    // Staff log in where the data directory holds staff accounts (the demo's clinics).
+    let auth = Arc::new(crate::auth::ClinicAuth::open(
+        &dir,
+        true,
+        crate::auth::IDLE_DEFAULT_MS,
+        clock.clone(),
+    )?);
+    let served = runtime.clone();
+    let server = tokio::spawn(async move {
+        let options = crate::serve::ApiOptions::default();
+        crate::clinic::serve_api_auth(listener, served, auth, &options).await
+    });
     Ok(Clinic { name: name.to_owned(), runtime, service: Some(service), url, server, _lock: lock })
 }
 

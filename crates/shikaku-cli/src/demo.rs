@@ -34,6 +34,7 @@ use shikaku_node::Level;
 use crate::clock::{self, Stopwatch};
 use crate::serve;
 use shikaku_api::cluster;
+use shikaku_api::staff::StaffRole;
 use shikaku_core::keystore::KeyStore;
 use shikaku_core::seal::KdfParams;
 use shikaku_core::sealer::{ref_secret_of, Sealer};
@@ -59,6 +60,8 @@ pub struct DemoArgs {
 
 /// The clinics of the story.
 const CLINICS: [&str; 3] = ["sakura-clinic", "midori-pharmacy", "aoba-hospital"];
+/// The receptionist on duty at each clinic.
+const RECEPTIONISTS: [&str; 3] = ["aiko", "ren", "yui"];
 
 struct Narrator<'a> {
     out: &'a mut dyn Write,
@@ -251,15 +254,55 @@ enum Presented<'a> {
     Key(&'a MemberKey),
 }
 
-/// Reception: what patients present, and every name the screens showed today.
+/// A receptionist's login at one clinic.
+struct Login {
+    staff: String,
+    password: String,
+    cookie: String,
+}
+
+/// Reception: what patients present, every name the screens showed today, and who is logged
+/// in where.
 struct Reception {
     /// The world's people (the birth date a patient gives with a member key).
     persons: BTreeMap<MemberKey, Person>,
     /// Names shown on reception screens (searched for in a clinic's files at the end).
     shown: Vec<String>,
+    /// By clinic API URL.
+    logins: BTreeMap<String, Login>,
+    /// Logins again after a session ended idle.
+    relogins: u64,
 }
 
 impl Reception {
+    /// A request at a clinic's API in the receptionist's session, logging in again when the
+    /// session ended (15 idle minutes).
+    fn request(
+        &mut self,
+        clinic: &cluster::Clinic,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let login = self
+            .logins
+            .get_mut(&clinic.url)
+            .ok_or_else(|| anyhow!("nobody is logged in at {}", clinic.name))?;
+        let (status, reply) = shikaku_api::client::request_in_session(
+            &clinic.url,
+            method,
+            path,
+            body,
+            &login.cookie,
+        )?;
+        if status != 401 {
+            return Ok((status, reply));
+        }
+        login.cookie = shikaku_api::client::login(&clinic.url, &login.staff, &login.password)?;
+        self.relogins += 1;
+        shikaku_api::client::request_in_session(&clinic.url, method, path, body, &login.cookie)
+    }
+
     /// Asks a clinic's API (a member key with the patient's birth date); returns the answer's
     /// code, its text and the whole reply.
     fn ask(
@@ -285,7 +328,10 @@ impl Reception {
                 ) + &format!("&birth_date={birth}")
             }
         };
-        let body = shikaku_api::client::http_get(&clinic.url, &path)?;
+        let (status, body) = self.request(clinic, "GET", &path, None)?;
+        if status != 200 {
+            bail!("{}", shikaku_api::client::status_error(&clinic.url, &path, status, &body));
+        }
         let value: serde_json::Value =
             serde_json::from_str(&body).context("the answer is not JSON")?;
         let code = value["answer"]["code"].as_str().unwrap_or_default().to_owned();
@@ -346,7 +392,12 @@ fn story(
         KdfParams::LIGHT,
         KdfParams::RECEPTION
     ))?;
-    let mut desk = Reception { persons: persons_of(&generated.events), shown: Vec::new() };
+    let mut desk = Reception {
+        persons: persons_of(&generated.events),
+        shown: Vec::new(),
+        logins: BTreeMap::new(),
+        relogins: 0,
+    };
     let sealed_world = shikaku_gen::Generated {
         events: sealed_events,
         hub: generated.hub,
@@ -374,12 +425,37 @@ fn story(
     let (hub_rt, hub_addr) = (hub.runtime.clone(), hub.addr);
     let hub_api = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let report_url = format!("http://{}/v1/reconcile", hub_api.local_addr()?);
-    let hub_server = tokio::spawn(shikaku_api::hub::serve_hub_api(hub_api, hub_rt.clone()));
+    // The insurer's staff have accounts scoped to their insurers; every use is recorded.
+    let mut accounts = shikaku_api::insurer_auth::AccountsFile::load(&hub_dir)?;
+    let counter_insurer = cast.job_changer.1.insurer;
+    let counter_token = accounts.add("counter-desk", &[counter_insurer], clock.now_ms())?;
+    accounts.save(&hub_dir)?;
+    let hub_auth =
+        Arc::new(shikaku_api::insurer_auth::HubAuth::open(&hub_dir, true, clock.clone())?);
+    let hub_router = shikaku_api::hub::hub_router_with(hub_rt.clone(), hub_auth);
+    let hub_server = tokio::spawn(async move {
+        let options = shikaku_api::serve::ApiOptions::default();
+        shikaku_api::serve::serve_guarded(hub_api, hub_router, &options).await
+    });
+    let hub_url = report_url.trim_end_matches("/v1/reconcile").to_owned();
     n.say(&format!(
         "hub listening on {hub_addr} (QUIC, ALPN shikaku/1); insurer API at {report_url}"
     ))?;
 
     n.step("Three clinics start, each with its reception page, and sync")?;
+    // Each clinic's admin has given reception an account (Argon2id password, role reception)
+    // and kept one for themself (role admin).
+    let mut staff_passwords = Vec::new();
+    for (name, receptionist) in CLINICS.iter().zip(RECEPTIONISTS) {
+        let dir = workdir.join(name);
+        let mut file = shikaku_api::staff::StaffFile::load(&dir)?;
+        let password = shikaku_api::staff::new_password()?;
+        file.add(receptionist, &[StaffRole::Reception], &password, clock.now_ms())?;
+        let admin_password = shikaku_api::staff::new_password()?;
+        file.add("director", &[StaffRole::Admin], &admin_password, clock.now_ms())?;
+        file.save(&dir)?;
+        staff_passwords.push((password, admin_password));
+    }
     let watch = Stopwatch::start();
     let all_insurers: std::collections::BTreeSet<InsurerNumber> =
         generated.insurers.iter().map(|(i, _)| *i).collect();
@@ -407,6 +483,30 @@ fn story(
     ))?;
 
     clock.advance(20 * 60_000);
+    n.step("Morning: reception logs in")?;
+    for ((c, receptionist), (password, _)) in
+        clinics.iter().zip(RECEPTIONISTS).zip(&staff_passwords)
+    {
+        let cookie = shikaku_api::client::login(&c.url, receptionist, password)?;
+        desk.logins.insert(
+            c.url.clone(),
+            Login { staff: receptionist.to_owned(), password: password.clone(), cookie },
+        );
+        n.say(&format!(
+            "{:<16} {receptionist} logs in (POST /v1/login: an HttpOnly, Secure, SameSite=Strict session cookie that ends after 15 idle minutes)",
+            c.name
+        ))?;
+    }
+    let wrong = shikaku_api::client::login(&clinics[0].url, RECEPTIONISTS[0], "not-the-password");
+    n.say(&format!(
+        "a mistyped password is refused: {}",
+        wrong
+            .err()
+            .map(|e| e.to_string().rsplit(": ").next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    ))?;
+    n.say("every check, declaration and consent from now on is signed with the receptionist's pseudonymous staff id")?;
+
     n.step("Morning: checks online")?;
     let (_, text, _) = desk.ask(&clinics[0], Presented::Card(&cast.regular.0), today)?;
     n.block(&format!("{}: a regular patient's card", clinics[0].name), &text)?;
@@ -499,7 +599,7 @@ fn story(
     )?;
     let (_, text, _) = desk.ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: the patient whose copay was corrected", clinics[2].name), &text)?;
-    let health = shikaku_api::client::http_get(&clinics[1].url, "/v1/health")?;
+    let (_, health) = desk.request(&clinics[1], "GET", "/v1/health", None)?;
     let health: serde_json::Value = serde_json::from_str(&health)?;
     n.say(&format!(
         "{}'s reception banner: amber, \"Offline since {}\" (staleness {} s)",
@@ -597,6 +697,49 @@ fn story(
         &clinics,
         (workdir, removed_on_exit),
     )?;
+
+    n.step("The member's access report: who checked the patient who changed jobs")?;
+    let path = format!(
+        "/v1/members/{}/accesses?format=table",
+        form_urlencoded::byte_serialize(old_key.to_string().as_bytes()).collect::<String>()
+    );
+    let table = shikaku_api::client::http_get_with_token(&hub_url, &path, Some(&counter_token))?;
+    n.block(
+        &format!(
+            "insurer {counter_insurer}'s counter, account counter-desk (GET {hub_url}/v1/members/…/accesses; the same as `shikaku member accesses`)"
+        ),
+        &table,
+    )?;
+    let html_path = path.replace("format=table", "format=html");
+    let page =
+        shikaku_api::client::http_get_with_token(&hub_url, &html_path, Some(&counter_token))?;
+    let page_file = workdir.join("member-accesses.html");
+    std::fs::write(&page_file, page)?;
+    n.say(&format!("the printable page to hand the member: {}", page_file.display()))?;
+    if !table.contains("offline") || !table.contains("contradicted") {
+        bail!("the access report shows no offline or no contradicted check; the story went wrong");
+    }
+    let (_, admin_password) = &staff_passwords[1];
+    let admin = shikaku_api::client::login(&clinics[1].url, "director", admin_password)?;
+    let (_, audit) =
+        shikaku_api::client::request_in_session(&clinics[1].url, "GET", "/v1/audit", None, &admin)?;
+    let audit: serde_json::Value = serde_json::from_str(&audit).context("the audit view")?;
+    for row in audit["staff"].as_array().into_iter().flatten().filter(|r| r["checks"] != 0) {
+        n.say(&format!(
+            "{}'s admin view (GET /v1/audit): {} made {} checks, {} by member key; {}",
+            clinics[1].name,
+            row["name"].as_str().unwrap_or_default(),
+            row["checks"],
+            row["key_lookups"],
+            if row["flagged"] == true { "FLAGGED" } else { "no anomaly flag" }
+        ))?;
+    }
+    if desk.relogins > 0 {
+        n.say(&format!(
+            "(reception logged in again {} after sessions ended idle over the outage)",
+            shikaku_core::text::count(desk.relogins, "time", "times")
+        ))?;
+    }
     if !args.keep_running {
         n.say("these pages answer only while the demo runs: `shikaku demo --keep-running` keeps")?;
         n.say("the hub and clinics up after the story, until Ctrl-C")?;
@@ -658,12 +801,8 @@ fn self_declarations(
         "declared_insurer": new_insurer.to_string(),
         "declared_start": job_day.to_string(),
     });
-    let (status, reply) = shikaku_api::client::http_request(
-        &clinics[1].url,
-        "POST",
-        "/v1/declarations",
-        Some(&body.to_string()),
-    )?;
+    let (status, reply) =
+        desk.request(&clinics[1], "POST", "/v1/declarations", Some(&body.to_string()))?;
     if status != 201 {
         bail!("the self-declaration was refused ({status}): {reply}");
     }
@@ -677,12 +816,8 @@ fn self_declarations(
         "member": checked["answer"]["query"]["member"].as_str().unwrap_or_default(),
         "declared_start": today.add_days(-1).to_string(),
     });
-    let (status, reply) = shikaku_api::client::http_request(
-        &clinics[2].url,
-        "POST",
-        "/v1/declarations",
-        Some(&body.to_string()),
-    )?;
+    let (status, reply) =
+        desk.request(&clinics[2], "POST", "/v1/declarations", Some(&body.to_string()))?;
     if status != 201 {
         bail!("the second self-declaration was refused ({status}): {reply}");
     }

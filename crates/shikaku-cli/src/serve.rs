@@ -418,12 +418,11 @@ pub fn clinic_serve(
         };
         writeln!(
             out,
-            "clinic {} syncing with hub {}; check API on {scheme}://{}",
+            "clinic {} syncing with hub {}; {login}; check API on {scheme}://{}",
             tls_files.identity.name,
             hubs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             listener.local_addr()?
         )?;
-        writeln!(out, "check API: {login}")?;
         out.flush()?;
         let server = {
             let (runtime, options) = (runtime.clone(), options.clone());
