@@ -184,6 +184,10 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
         20,
     );
 
+    // No staff accounts, on loopback: the single-PC mode, and the page says so.
+    b.wait("the session bar", "document.getElementById('who-am-i').textContent !== '…'", 10);
+    assert!(b.text("who-am-i").starts_with("Loopback no-login mode"), "{}", b.text("who-am-i"));
+
     // Online: a card check answers VALID with insurer, copay and coverage, and is current.
     b.check(&card.to_string(), date);
     assert_eq!(b.text("code"), "VALID 有効");
@@ -263,6 +267,83 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
         "document.getElementById('banner').textContent === 'This clinic node does not answer'",
         10,
     );
+    drop(b);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reception_page_login_and_logout_in_headless_chromium() {
+    let running = Running::start("browser-login", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let (card, _, _) = cast(&running.d, date);
+    let staff_dir = running.d.root.join("staff");
+    let mut file = shikaku_api::staff::StaffFile::load(&staff_dir).unwrap();
+    let now = running.clinic.clock().now_ms();
+    file.add("aiko", &[shikaku_api::staff::StaffRole::Reception], "aiko-password-1", now).unwrap();
+    file.save(&staff_dir).unwrap();
+    let aiko = file.find("aiko").unwrap().id;
+    let auth = std::sync::Arc::new(
+        shikaku_api::auth::ClinicAuth::open(
+            &staff_dir,
+            true,
+            15 * 60_000,
+            running.clinic.clock().clone(),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rt = running.clinic.clone();
+    tokio::spawn(async move {
+        let options = shikaku_api::serve::ApiOptions::default();
+        let _ = shikaku_api::clinic::serve_api_auth(listener, rt, auth, &options).await;
+    });
+    let mut b = Browser::launch(running.d.root.join("chromium-login-profile"));
+    // localhost is a secure context, so the Secure cookie is kept over plain HTTP there.
+    b.open(&format!("http://localhost:{port}/"));
+    b.wait(
+        "the log-in form",
+        "getComputedStyle(document.getElementById('login')).display === 'block'",
+        20,
+    );
+    assert_eq!(b.eval("getComputedStyle(document.getElementById('work')).display"), json!("none"));
+    let login = |b: &mut Browser, password: &str| {
+        b.eval(&format!(
+            "document.getElementById('login-name').value = 'aiko'; \
+             document.getElementById('login-password').value = {password:?}; \
+             document.getElementById('login-error').textContent = ''; \
+             document.querySelector('#login-form button').click(); true"
+        ));
+    };
+    login(&mut b, "not-her-password");
+    b.wait(
+        "the refusal",
+        "document.getElementById('login-error').textContent.includes('wrong name or password')",
+        10,
+    );
+    login(&mut b, "aiko-password-1");
+    b.wait(
+        "the session",
+        "document.getElementById('who-am-i').textContent.startsWith('Logged in as aiko')",
+        10,
+    );
+    assert_eq!(b.eval("document.cookie.includes('shikaku_session')"), json!(false), "HttpOnly");
+    b.check(&card.to_string(), date);
+    assert_eq!(b.text("code"), "VALID 有効");
+    let (records, _) = running.clinic.with_node(|n, _| n.own_records());
+    assert_eq!(records.last().unwrap().operator(), Some(aiko), "the check names aiko's id");
+
+    b.eval("document.getElementById('logout').click(); true");
+    b.wait(
+        "the log-in form again",
+        "getComputedStyle(document.getElementById('login')).display === 'block'",
+        10,
+    );
+    assert_eq!(b.text("login-error"), "Logged out.");
+    let status = b.eval(
+        "fetch('/v1/check?card=00', { headers: { 'X-Shikaku-Client': 'reception-page' } }).then(r => r.status)",
+    );
+    assert_eq!(status, json!(401), "the session is gone");
     drop(b);
     running.shutdown().await;
 }

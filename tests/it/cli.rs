@@ -194,10 +194,23 @@ fn demo_runs_to_completion() {
         "light Argon2id parameters",
         "  patient     ",
         "names shown on today's screens: 0 found",
+        "aiko logs in (POST /v1/login",
+        "a mistyped password is refused: wrong name or password",
+        "The member's access report: who checked the patient who changed jobs",
+        "admin view (GET /v1/audit): ren made",
         "Demo finished",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
+    // The job changer's access report after the outage day: their offline checks, one of them
+    // contradicted, all at the pharmacy where they presented themselves — and no staff names.
+    let report = out.split("The member's access report").nth(1).unwrap();
+    let rows: Vec<&str> = report.lines().filter(|l| l.contains(" JST ")).collect();
+    assert!(rows.iter().filter(|r| r.contains("offline")).count() >= 2, "{report}");
+    assert!(rows.iter().any(|r| r.contains("offline") && r.contains("contradicted")), "{report}");
+    assert!(rows.iter().all(|r| r.contains("midori-pharmacy") && !r.contains("ren")), "{report}");
+    let page = std::fs::read_to_string(dir.join("member-accesses.html")).unwrap();
+    assert!(page.contains("Who checked your eligibility record"), "{page}");
     // The reports stay in the work directory given.
     let json = std::fs::read_to_string(dir.join("reconciliation.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();

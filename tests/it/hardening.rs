@@ -584,3 +584,204 @@ fn an_independent_quic_client_completes_the_handshake_with_a_real_hub() {
     assert_eq!(stdout.trim(), "handshake shikaku/1", "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// One HTTPS/1.1 exchange with `addr`, trusting only `ca` (PEM): (status, head, body).
+fn https(
+    addr: &str,
+    ca: &std::path::Path,
+    request: &str,
+    headers: &[&str],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    shikaku_net::tls::install_provider();
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let ip: std::net::IpAddr = addr.rsplit_once(':').unwrap().0.parse().unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    if !body.is_empty() {
+        extra.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    let message = format!("{request} HTTP/1.1\r\nHost: {addr}\r\nX-Shikaku-Client: test\r\n{extra}Connection: close\r\n\r\n{body}");
+    tls.write_all(message.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let _ = tls.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_clinic_api_on_the_lan_serves_https_to_logged_in_staff_only() {
+    // Issue 17 with real processes, following README "The clinic API on the LAN": a
+    // certificate from the deployment CA, staff added from the command line, the API over
+    // HTTPS; beyond loopback without staff accounts it refuses to start, naming the fix.
+    let dir = temp_dir("lan-tls");
+    let ca = dir.join("ca");
+    let data = dir.join("clinic");
+    let https_dir = dir.join("https");
+    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
+    let (code, _, err) = run(&[
+        "--data-dir",
+        &p(&data),
+        "ca",
+        "issue",
+        "--ca-dir",
+        &p(&ca),
+        "--role",
+        "clinic",
+        "--name",
+        "front",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&[
+        "ca",
+        "issue-api",
+        "--ca-dir",
+        &p(&ca),
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "reception.clinic.lan",
+        "--out",
+        &p(&https_dir),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("--api-cert"), "{out}");
+    assert_eq!(mode(&https_dir.join("api-key.pem")), 0o600);
+    let cert = p(&https_dir.join("api-cert.pem"));
+    let key = p(&https_dir.join("api-key.pem"));
+    let serve_args = |api: &str| -> Vec<String> {
+        [
+            "--data-dir",
+            &p(&data),
+            "clinic",
+            "serve",
+            "--hub",
+            "127.0.0.1:9",
+            "--insurer",
+            "06130017",
+            "--api",
+            api,
+            "--api-cert",
+            &cert,
+            "--api-key",
+            &key,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    // Beyond loopback with a certificate but no staff: refused before binding anything.
+    let args = serve_args("0.0.0.0:0");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = finish(spawn(&refs, Stdio::null()), Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no staff accounts") && err.contains("clinic staff add"), "{err}");
+
+    // Staff from the command line: a password from standard input, and one generated.
+    let mut child = spawn(
+        &[
+            "--data-dir",
+            &p(&data),
+            "clinic",
+            "staff",
+            "add",
+            "--name",
+            "aiko",
+            "--role",
+            "reception",
+            "--password-stdin",
+        ],
+        Stdio::piped(),
+    );
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"aiko-password-1\n").unwrap();
+    drop(child.stdin.take());
+    let (code, out, err) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("added staff account aiko (reception)") && !out.contains("password ("),
+        "{out}"
+    );
+    let (code, out, _) = run(&[
+        "--data-dir",
+        &p(&data),
+        "clinic",
+        "staff",
+        "add",
+        "--name",
+        "boss",
+        "--role",
+        "admin",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("password (shown once"), "{out}");
+    assert_eq!(mode(&data.join("staff.json")), 0o600);
+    let (_, list, _) = run(&["--data-dir", &p(&data), "clinic", "staff", "list"]);
+    assert!(list.contains("aiko") && list.contains("boss") && !list.contains("argon2"), "{list}");
+    let (code, _, err) = run(&[
+        "--data-dir",
+        &p(&data),
+        "clinic",
+        "staff",
+        "add",
+        "--name",
+        "Aiko!",
+        "--role",
+        "reception",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("must be 1-32 characters"), "{err}");
+
+    // HTTPS on loopback (the test may not bind beyond it): login, a check, and plain HTTP
+    // answered with nothing.
+    let args = serve_args("127.0.0.1:0");
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (child, first, _lines) = crate::field_trial::serve(&refs);
+    assert!(first.contains("staff log in (2 accounts"), "{first}");
+    let url = first.split("check API on ").nth(1).unwrap().trim().to_owned();
+    let addr = url.strip_prefix("https://").unwrap_or_else(|| panic!("{first}")).to_owned();
+    let ca_pem = https_dir.join("ca.pem");
+    let (status, _, _) = https(&addr, &ca_pem, "GET /v1/check?card=00", &[], "");
+    assert_eq!(status, 401, "no session, no check");
+    let (status, head, body) = https(
+        &addr,
+        &ca_pem,
+        "POST /v1/login",
+        &[],
+        r#"{"name":"aiko","password":"aiko-password-1"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie")).unwrap();
+    assert!(cookie.contains("Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    let session = cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_owned();
+    let card = "ab".repeat(32);
+    let (status, _, body) = https(
+        &addr,
+        &ca_pem,
+        &format!("GET /v1/check?card={card}&date=2026-10-15"),
+        &[&format!("Cookie: {session}")],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"code\":\"unknown\""), "a clinic that never synced: {body}");
+    let plain = raw_exchange(
+        &addr,
+        &format!("GET /v1/health HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        Duration::from_secs(5),
+    );
+    assert!(!plain.contains("HTTP/1.1 200"), "plain HTTP gets no answer: {plain}");
+    crate::field_trial::sigterm(&child);
+    let (code, _, err) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{err}");
+}
