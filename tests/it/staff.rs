@@ -311,10 +311,46 @@ async fn an_insurer_token_sees_only_its_insurers_members_and_every_use_is_record
     let (status, _, _) = call(&url, &path_of(&member_a), &as_b, "").await;
     assert_eq!(status, 404, "and B cannot ask about A's");
 
+    // B may import only B's events: A's lines are refused one by one, B's are taken.
+    let mut registry: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
+        Default::default();
+    for e in &running.d.events {
+        if let Namespace::Insurer(i) = e.event().namespace {
+            registry.entry(i).or_default().insert(e.event().author);
+        }
+    }
+    running.hub.with_node(|n, _| n.set_insurer_keys(registry));
+    let of = |insurer| {
+        running
+            .d
+            .events
+            .iter()
+            .find(|e| e.event().namespace == Namespace::Insurer(insurer))
+            .unwrap()
+    };
+    let body = format!(
+        "{}\n{}\n",
+        shikaku_cli::jsonl::encode(of(insurer_a)),
+        shikaku_cli::jsonl::encode(of(insurer_b))
+    );
+    let (status, _, reply) = call(&url, "POST /v1/import", &as_b, &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["rejected"], 1, "{reply}");
+    assert_eq!(reply["refused"][0]["line"], 1, "{reply}");
+    assert!(
+        reply["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("which account mari may not write"),
+        "{reply}"
+    );
+    assert_eq!(reply["duplicates"], 1, "B's own line is taken (already held): {reply}");
+
     // Every use is in the log, refused ones too, naming the account and never a member key.
     let log = std::fs::read_to_string(hub_dir.join("insurer-api.log")).unwrap();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 7, "{log}");
+    assert_eq!(lines.len(), 8, "{log}");
     assert_eq!(lines.iter().filter(|l| l["account"] == "(refused)").count(), 2);
     assert_eq!(lines.iter().filter(|l| l["account"] == "kenji").count(), 3);
     let member_use = lines

@@ -237,7 +237,15 @@ impl HubAuth {
         })
     }
 
-    fn record(&self, scope: &str, method: &str, path: &str, member: Option<&str>, status: u16) {
+    /// Appends one line to the use log and syncs it; false if that failed.
+    fn record(
+        &self,
+        scope: &str,
+        method: &str,
+        path: &str,
+        member: Option<&str>,
+        status: u16,
+    ) -> bool {
         let line = serde_json::json!({
             "at_ms": self.clock.now_ms(),
             "account": scope,
@@ -247,17 +255,22 @@ impl HubAuth {
             "status": status,
         });
         let mut guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(f) = guard.as_mut() {
-            if writeln!(f, "{line}").and_then(|()| f.sync_data()).is_err() {
-                tracing::error!("the insurer API's use log cannot be written: requests are refused until it can");
-            }
+        let Some(f) = guard.as_mut() else { return true };
+        let written = writeln!(f, "{line}").and_then(|()| f.sync_data()).is_ok();
+        if !written {
+            tracing::error!("the insurer API's use log cannot be written: answering 503");
         }
+        written
     }
+}
 
-    fn log_healthy(&self) -> bool {
-        let guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_ref().is_none_or(|f| f.metadata().is_ok())
-    }
+fn unrecorded() -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "use_log_unwritable",
+        "the insurer API's use log cannot be written: no answer leaves unrecorded".into(),
+    )
+    .into_response()
 }
 
 /// The path as logged: a member key segment replaced by `{member}`.
@@ -270,7 +283,8 @@ fn logged_path(path: &str) -> String {
 
 /// The guard in front of the hub's insurer API: the account's [`Scope`] goes with the
 /// request, and every request — refused ones too — is recorded in the use log before the
-/// answer leaves.
+/// answer leaves; if the line cannot be written the answer is a 503 instead (what the request
+/// did, e.g. an import, stays done, and is in the hub's own ledger).
 pub async fn guard(
     auth: Arc<HubAuth>,
     mut request: axum::extract::Request,
@@ -278,18 +292,12 @@ pub async fn guard(
 ) -> Response {
     let method = request.method().to_string();
     let path = logged_path(request.uri().path());
-    if !auth.log_healthy() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "use_log_unwritable",
-            "the insurer API's use log cannot be written: no request is answered unrecorded".into(),
-        )
-        .into_response();
-    }
     let scope = match auth.scope_of(request.headers()) {
         Ok(scope) => scope,
         Err(why) => {
-            auth.record("(refused)", &method, &path, None, 401);
+            if !auth.record("(refused)", &method, &path, None, 401) {
+                return unrecorded();
+            }
             return ApiError::new(StatusCode::UNAUTHORIZED, "token_required", why.into())
                 .into_response();
         }
@@ -297,6 +305,9 @@ pub async fn guard(
     request.extensions_mut().insert(scope.clone());
     let response = next.run(request).await;
     let member = response.extensions().get::<LoggedMember>().map(|m| m.0.clone());
-    auth.record(&scope.account, &method, &path, member.as_deref(), response.status().as_u16());
+    let status = response.status().as_u16();
+    if !auth.record(&scope.account, &method, &path, member.as_deref(), status) {
+        return unrecorded();
+    }
     response
 }

@@ -229,7 +229,12 @@ impl StaffFile {
 
     /// Writes the file atomically, readable by its owner only.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(data_dir)
+        use std::os::unix::fs::DirBuilderExt as _;
+        // A data directory made here is private, as every data directory is (0700).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');

@@ -79,7 +79,11 @@ pub fn account_command(
     out: &mut dyn Write,
 ) -> Result<()> {
     use shikaku_api::insurer_auth::AccountsFile;
-    std::fs::create_dir_all(data_dir)
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut file = AccountsFile::load(data_dir)?;
     match command {

@@ -276,7 +276,7 @@ impl Report {
             t.checks += 1;
             t.offline_checks += u64::from(a.check.mode == CheckMode::Offline);
         }
-        t.rederived = t.checks - r.not_rederivable.len() as u64;
+        t.rederived = t.checks.saturating_sub(r.not_rederivable.len() as u64);
         for c in &r.contradicted {
             t.contradicted += 1;
             t.contradicted_offline += u64::from(c.check.mode == CheckMode::Offline);
