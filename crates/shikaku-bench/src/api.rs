@@ -5,7 +5,9 @@
 //! same run: the projection alone (the baseline: no recording, no HTTP), the node's `check`
 //! (answer + the durable `check_performed` record), `GET /v1/check` over HTTP (a new TCP
 //! connection per request, as `shikaku check --node` does), and the same with `format=fhir`;
-//! then N concurrent HTTP clients for throughput.
+//! the same checks by a logged-in receptionist (a second API of the same node in the login
+//! mode: session cookie, staff file, operator in each record, schema 3) and what a login costs
+//! (Argon2id); then N concurrent HTTP clients for throughput.
 
 use std::io::Write;
 
@@ -129,6 +131,7 @@ fn measure(
         }
         summary(label, times, out)?;
     }
+    staff_session(&rt, root, &clinic, &queries, out)?;
     let watch = Stopwatch::start();
     let per_client = queries.len().div_ceil(clients);
     let results: Vec<Result<Vec<u64>>> = std::thread::scope(|scope| {
@@ -166,5 +169,60 @@ fn measure(
     )?;
     clinic.shutdown(&rt);
     hub.stop(&rt);
+    Ok(())
+}
+
+/// Staff logins: the Argon2id cost of a login, and checks in a session against the same
+/// checks without login (the first API), on a second API of the same node.
+fn staff_session(
+    rt: &tokio::runtime::Runtime,
+    root: &std::path::Path,
+    clinic: &cluster::Clinic,
+    queries: &[CheckQuery],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let staff_dir = root.join("bench-staff");
+    let mut file = shikaku_api::staff::StaffFile::load(&staff_dir)?;
+    let password = "bench-password-1";
+    file.add(
+        "bench",
+        &[shikaku_api::staff::StaffRole::Reception],
+        password,
+        clinic.runtime.clock().now_ms(),
+    )?;
+    file.save(&staff_dir)?;
+    let auth = std::sync::Arc::new(shikaku_api::auth::ClinicAuth::open(
+        &staff_dir,
+        true,
+        shikaku_api::auth::IDLE_DEFAULT_MS,
+        clinic.runtime.clock().clone(),
+    )?);
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let served = clinic.runtime.clone();
+    let server = rt.spawn(async move {
+        let options = shikaku_api::serve::ApiOptions::default();
+        shikaku_api::clinic::serve_api_auth(listener, served, auth, &options).await
+    });
+    let mut times = Vec::new();
+    let mut cookie = String::new();
+    for _ in 0..20 {
+        let watch = Stopwatch::start();
+        cookie = shikaku_api::client::login(&url, "bench", password)?;
+        times.push((watch.seconds() * 1e6) as u64);
+    }
+    summary("POST /v1/login (Argon2id 19 MiB, t=2)", times, out)?;
+    let mut times = Vec::with_capacity(queries.len());
+    for q in queries {
+        let watch = Stopwatch::start();
+        let (status, body) =
+            shikaku_api::client::request_in_session(&url, "GET", &path(q, false), None, &cookie)?;
+        if status != 200 {
+            anyhow::bail!("a check in the session answered {status}: {body}");
+        }
+        times.push((watch.seconds() * 1e6) as u64);
+    }
+    summary("GET /v1/check in a staff session (schema 3)", times, out)?;
+    server.abort();
     Ok(())
 }

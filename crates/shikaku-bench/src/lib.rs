@@ -134,7 +134,8 @@ pub enum BenchCommand {
     },
     /// Reception's view: check latency at a clinic node answered four ways in the same run —
     /// the projection alone (baseline), the node's check with its durable record, the HTTP
-    /// API in JSON and in FHIR — and throughput with concurrent HTTP clients.
+    /// API in JSON and in FHIR, in a logged-in staff session (and what a login costs) — and
+    /// throughput with concurrent HTTP clients.
     Api {
         /// Members on the generated roster (S tier: 20,000).
         #[arg(long, default_value_t = 20_000)]
