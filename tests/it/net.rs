@@ -458,14 +458,26 @@ pub(crate) async fn cli(args: &[&str]) -> (i32, String, String) {
 /// Sends one HTTP/1.1 request (`"METHOD /path"`, a JSON body when not empty) to `url` and
 /// returns the whole response.
 pub(crate) async fn http(url: &str, request: &str, body: &str) -> String {
+    http_with(url, request, &[("X-Shikaku-Client", "test")], body).await
+}
+
+/// [`http`] with the headers given (and no others but Host, the body's and `Connection`).
+pub(crate) async fn http_with(
+    url: &str,
+    request: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     let host = url.trim_start_matches("http://").to_owned();
-    let content = if body.is_empty() {
-        String::new()
-    } else {
-        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
-    };
+    let mut extra: String = headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+    if !body.is_empty() {
+        extra.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     let message =
-        format!("{request} HTTP/1.1\r\nHost: {host}\r\nX-Shikaku-Client: test\r\n{content}Connection: close\r\n\r\n{body}");
+        format!("{request} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n{body}");
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(host).unwrap();

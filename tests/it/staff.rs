@@ -23,29 +23,7 @@ async fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let host = url.trim_start_matches("http://").to_owned();
-    let mut extra = String::new();
-    for (name, value) in headers {
-        extra.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !body.is_empty() {
-        extra.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    let message =
-        format!("{request} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n{body}");
-    let text = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        stream.write_all(message.as_bytes()).unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    })
-    .await
-    .unwrap();
+    let text = crate::net::http_with(url, request, headers, body).await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, head.to_owned(), body.to_owned())

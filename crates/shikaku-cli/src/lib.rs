@@ -121,7 +121,8 @@ pub enum MemberCommand {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// A running hub's API (`http://HOST:PORT` or `https://…`).
+        /// A running hub's API on this machine (`http://HOST:PORT`, as given to `hub serve
+        /// --api`).
         #[arg(long)]
         hub: Option<String>,
         /// With --hub: a file holding the insurer account's API token.
@@ -429,6 +430,17 @@ pub enum ReportFormat {
     Json,
     /// A self-contained HTML page.
     Html,
+}
+
+impl ReportFormat {
+    /// The name the APIs take in `format=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportFormat::Table => "table",
+            ReportFormat::Json => "json",
+            ReportFormat::Html => "html",
+        }
+    }
 }
 
 /// `shikaku clinic staff …`.
@@ -921,11 +933,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             Ok(if summary.rejected > 0 { 1 } else { 0 })
         }
         Command::Reconcile { format, out: path, hub } => {
-            let name = match format {
-                ReportFormat::Table => "table",
-                ReportFormat::Json => "json",
-                ReportFormat::Html => "html",
-            };
+            let name = format.name();
             let text = match hub {
                 Some(url) => {
                     shikaku_api::client::http_get(&url, &format!("/v1/reconcile?format={name}"))?
@@ -1002,11 +1010,7 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             token_file,
         }) => {
             let key: MemberKey = member.parse().with_context(|| format!("--member {member}"))?;
-            let name = match format {
-                ReportFormat::Table => "table",
-                ReportFormat::Json => "json",
-                ReportFormat::Html => "html",
-            };
+            let name = format.name();
             let text = match hub {
                 Some(url) => {
                     let token = token_file

@@ -112,17 +112,22 @@ pub fn load_for(data_dir: &Path, role: Role) -> Result<TlsFiles> {
     Ok(tls_files)
 }
 
-/// Issues a certificate for a node whose signing key is `node`, writing `cert.pem`, `key.pem`
-/// and a copy of `ca.pem` into `out`.
-pub fn ca_issue(ca_dir: &Path, role: Role, name: &str, node: NodeId, out: &Path) -> Result<()> {
-    check_name(name)?;
+/// The CA of `ca_dir` as an issuer, and its certificate (PEM, copied beside what it issues).
+fn load_ca(ca_dir: &Path) -> Result<(Issuer<'static, KeyPair>, String)> {
     let ca_key_pem = std::fs::read_to_string(ca_dir.join(CA_KEY_FILE)).with_context(|| {
         format!("reading {} (run `shikaku ca init` first)", ca_dir.join(CA_KEY_FILE).display())
     })?;
     let ca_cert_pem = std::fs::read_to_string(ca_dir.join(CA_CERT_FILE))
         .with_context(|| format!("reading {}", ca_dir.join(CA_CERT_FILE).display()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).context("the CA key is not a valid PEM key")?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
+    Ok((Issuer::new(ca_params()?, ca_key), ca_cert_pem))
+}
+
+/// Issues a certificate for a node whose signing key is `node`, writing `cert.pem`, `key.pem`
+/// and a copy of `ca.pem` into `out`.
+pub fn ca_issue(ca_dir: &Path, role: Role, name: &str, node: NodeId, out: &Path) -> Result<()> {
+    check_name(name)?;
+    let (issuer, ca_cert_pem) = load_ca(ca_dir)?;
     let key = KeyPair::generate().context("generating the node's TLS key")?;
     let mut params = CertificateParams::new(vec![format!("shikaku-{}", role.name())])?;
     params.distinguished_name.push(DnType::CommonName, format!("{} {name}", role.name()));
@@ -322,13 +327,7 @@ pub fn ca_issue_api(ca_dir: &Path, hosts: &[String], out: &Path) -> Result<()> {
     if hosts.is_empty() {
         bail!("name the host names or addresses the API is reached by (--host, repeatable)");
     }
-    let ca_key_pem = std::fs::read_to_string(ca_dir.join(CA_KEY_FILE)).with_context(|| {
-        format!("reading {} (run `shikaku ca init` first)", ca_dir.join(CA_KEY_FILE).display())
-    })?;
-    let ca_cert_pem = std::fs::read_to_string(ca_dir.join(CA_CERT_FILE))
-        .with_context(|| format!("reading {}", ca_dir.join(CA_CERT_FILE).display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).context("the CA key is not a valid PEM key")?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
+    let (issuer, ca_cert_pem) = load_ca(ca_dir)?;
     let key = KeyPair::generate().context("generating the API's TLS key")?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     for host in hosts {
