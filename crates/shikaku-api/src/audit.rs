@@ -21,10 +21,13 @@ use crate::staff::StaffFile;
 /// Checks by one account within an hour above which it is flagged.
 pub const CHECKS_PER_HOUR_FLAG: u64 = 40;
 /// Lookups by member key, within the last 24 hours, of members checked only that once at this
-/// clinic, above which an account is flagged.
+/// clinic (within the window), above which an account is flagged.
 pub const ONE_OFF_KEY_LOOKUPS_FLAG: u64 = 5;
 /// Rows of recent checks the view lists.
 pub const RECENT_ROWS: usize = 200;
+/// The view covers this many days back (read on the node's thread at every request and
+/// `/metrics` scrape, so its cost is bounded by the window, not the clinic's history).
+pub const WINDOW_DAYS: u64 = 30;
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
@@ -67,9 +70,11 @@ pub struct AuditRow {
     pub code: shikaku_core::AnswerCode,
 }
 
-/// The clinic's audit view.
+/// The clinic's audit view, over the last [`WINDOW_DAYS`] days.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ClinicAudit {
+    /// Days covered.
+    pub window_days: u64,
     /// Per account (and `(no login)`), by name.
     pub staff: Vec<StaffFigures>,
     /// The latest checks, newest first.
@@ -84,7 +89,7 @@ pub struct ClinicAudit {
 
 /// The audit view from the node's own records and the staff file.
 pub fn clinic_audit(n: &FileNode, staff: &StaffFile, now_ms: u64) -> ClinicAudit {
-    let (records, unreadable) = n.own_records();
+    let (records, unreadable) = n.own_records_since(now_ms.saturating_sub(WINDOW_DAYS * DAY_MS));
     let name_of = |id: Option<StaffId>| match id {
         Some(id) => staff.by_id(id).map_or_else(|| format!("staff {id}"), |a| a.name.clone()),
         None => "(no login)".to_owned(),
@@ -154,6 +159,7 @@ pub fn clinic_audit(n: &FileNode, staff: &StaffFile, now_ms: u64) -> ClinicAudit
     recent.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
     recent.truncate(RECENT_ROWS);
     ClinicAudit {
+        window_days: WINDOW_DAYS,
         staff: staff_rows,
         recent,
         unreadable_records: unreadable,
@@ -239,6 +245,7 @@ fn audit_html(a: &ClinicAudit) -> String {
          <style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .6em;border-bottom:1px solid #ccc}\
          .flag{background:#fdd}</style><h1>This clinic's checks by staff member</h1>",
     );
+    let _ = write!(out, "<p>The last {} days.</p>", a.window_days);
     let _ = write!(
         out,
         "<p>Flagged when an account makes more than {} checks in an hour, or more than {} lookups by member key in 24 h of members never checked here again.</p>\

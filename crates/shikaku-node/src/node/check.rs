@@ -273,18 +273,22 @@ impl<D: Directory> Node<D> {
     /// the clinic's own audit trail. Records that cannot be read back are skipped and counted
     /// in the second value.
     pub fn own_records(&self) -> (Vec<SignedEvent>, u64) {
+        self.own_records_since(0)
+    }
+
+    /// [`Node::own_records`] recorded at or after `since_ms`: read newest first, stopping at
+    /// the first older one, so the cost is bounded by the window, not the clinic's history.
+    pub fn own_records_since(&self, since_ms: u64) -> (Vec<SignedEvent>, u64) {
         let mut unreadable = 0;
-        let records = self
-            .own
-            .values()
-            .filter_map(|position| match self.log.read(*position) {
-                Ok(event) => Some(event),
-                Err(_) => {
-                    unreadable += 1;
-                    None
-                }
-            })
-            .collect();
+        let mut records = Vec::new();
+        for position in self.own.values().rev() {
+            match self.log.read(*position) {
+                Ok(event) if event.event().hlc.physical_ms() < since_ms => break,
+                Ok(event) => records.push(event),
+                Err(_) => unreadable += 1,
+            }
+        }
+        records.reverse();
         (records, unreadable)
     }
 
