@@ -698,16 +698,36 @@ pub struct ConsentArgs {
 /// level, at the level `SHIKAKU_LOG` names (`warn`, `info` (default), `debug`). Call once,
 /// from a binary's `main`.
 pub fn init_logging() {
-    let level = match shikaku_net::runtime::log_level_from_env() {
+    let mut level = match shikaku_net::runtime::log_level_from_env() {
         shikaku_node::Level::Warn => tracing::Level::WARN,
         shikaku_node::Level::Info => tracing::Level::INFO,
         shikaku_node::Level::Debug => tracing::Level::DEBUG,
     };
+    // The demo's screen is its story: without SHIKAKU_LOG its services log warnings only
+    // (as its nodes do), not every staff login.
+    if std::env::var_os("SHIKAKU_LOG").is_none() && subcommand_is_demo(std::env::args()) {
+        level = tracing::Level::WARN;
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
         .try_init();
+}
+
+/// Whether the command line's subcommand is `demo` (after the global `--data-dir VALUE`).
+fn subcommand_is_demo(args: impl Iterator<Item = String>) -> bool {
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--data-dir" => {
+                args.next();
+            }
+            a if a.starts_with("--data-dir=") => {}
+            a => return a == "demo",
+        }
+    }
+    false
 }
 
 /// Runs the command line with `args` (including the program name), writing to `out` and
