@@ -486,3 +486,39 @@ fn a_segment_size_beyond_32_bit_offsets_is_refused_on_open() {
     assert!(matches!(error, LogError::Config(_)), "{error}");
     assert!(error.to_string().contains("32-bit record offsets"), "{error}");
 }
+
+#[test]
+fn a_record_with_nonzero_padding_is_refused_even_when_its_checksum_matches() {
+    // Found by `cargo fuzz run record_decoder` (CI, issue 17's run): libFuzzer learned the
+    // keyed checksum from its comparison and wrote a record whose padding after the payload
+    // was not zero, with a matching checksum. It decoded, and re-encoding it gave other
+    // bytes: one record, two encodings. Padding must be zero, as LOG-FORMAT.md says.
+    let event = &events(1)[0];
+    let key = format::checksum_key(&NODE);
+    let payload = event.canonical_bytes();
+    let header = format::RecordHeader {
+        kind: format::KIND_EVENT,
+        flags: 0,
+        stream_tag: 0,
+        schema_version: 1,
+        payload_bytes: payload.len() as u32,
+        seq: 1,
+        hlc: event.event().hlc,
+        event_id: event.id(),
+        prev_hash: [0; 32],
+        signature: event.signature(),
+    };
+    // A payload one byte short of alignment leaves padding to write into.
+    let short = &payload[..payload.len() - 1];
+    let header = format::RecordHeader { payload_bytes: short.len() as u32, ..header };
+    let mut bytes = Vec::new();
+    header.encode_into(short, &key, &mut bytes);
+    assert!(format::RecordHeader::decode(&bytes, &key).is_ok(), "the honest record decodes");
+    let padding_at = format::RECORD_HEADER_BYTES + short.len();
+    assert!(padding_at < bytes.len() - format::CHECKSUM_BYTES, "the record has padding");
+    bytes[padding_at] = 0xff;
+    let body_end = bytes.len() - format::CHECKSUM_BYTES;
+    let sum = format::checksum(&key, &bytes[..body_end]);
+    bytes[body_end..].copy_from_slice(&sum);
+    assert!(format::RecordHeader::decode(&bytes, &key).is_err(), "nonzero padding is refused");
+}
