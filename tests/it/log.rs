@@ -520,5 +520,8 @@ fn a_record_with_nonzero_padding_is_refused_even_when_its_checksum_matches() {
     let body_end = bytes.len() - format::CHECKSUM_BYTES;
     let sum = format::checksum(&key, &bytes[..body_end]);
     bytes[body_end..].copy_from_slice(&sum);
-    assert!(format::RecordHeader::decode(&bytes, &key).is_err(), "nonzero padding is refused");
+    assert_eq!(
+        format::RecordHeader::decode(&bytes, &key).unwrap_err(),
+        format::FormatError::NonZeroPadding
+    );
 }

@@ -116,6 +116,10 @@ pub enum FormatError {
     /// The record checksum does not match its bytes.
     #[error("record checksum mismatch")]
     RecordChecksum,
+    /// The bytes between the payload and the checksum are not zero: not the one encoding of
+    /// the record.
+    #[error("record padding is not zero")]
+    NonZeroPadding,
     /// The record does not continue the hash chain.
     #[error("record does not continue the hash chain")]
     BrokenChain,
@@ -280,7 +284,11 @@ impl RecordHeader {
             prev_hash,
             signature: Signature(signature),
         };
-        let payload = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_bytes as usize];
+        let payload_end = RECORD_HEADER_BYTES + payload_bytes as usize;
+        if bytes[payload_end..body_end].iter().any(|&b| b != 0) {
+            return Err(FormatError::NonZeroPadding);
+        }
+        let payload = &bytes[RECORD_HEADER_BYTES..payload_end];
         Ok((header, payload, sum))
     }
 }
