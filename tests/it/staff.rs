@@ -69,6 +69,13 @@ async fn staff_log_in_expire_are_throttled_disabled_at_once_and_the_hub_sees_the
     let date = Date::from_ymd(2026, 10, 15).unwrap();
     let (card, _, _) = cast(&running.d, date);
     let staff_dir = running.d.root.join("front-desk-staff");
+    // No accounts yet: the loopback no-login mode, until the first account is added.
+    let auth = Arc::new(
+        ClinicAuth::open(&staff_dir, true, 15 * 60_000, running.clinic.clock().clone()).unwrap(),
+    );
+    let url = serve_with_staff(&running, auth.clone()).await;
+    let check = format!("GET /v1/check?card={card}&date={date}");
+    assert_eq!(call(&url, &check, &[PAGE], "").await.0, 200, "no login needed yet");
     let mut file = StaffFile::load(&staff_dir).unwrap();
     let now = running.clinic.clock().now_ms();
     file.add("aiko", &[StaffRole::Reception], "aiko-password-1", now).unwrap();
@@ -78,11 +85,6 @@ async fn staff_log_in_expire_are_throttled_disabled_at_once_and_the_hub_sees_the
     let aiko_id = file.find("aiko").unwrap().id;
     let mode = std::fs::metadata(staff_dir.join("staff.json")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
-    let auth = Arc::new(
-        ClinicAuth::open(&staff_dir, true, 15 * 60_000, running.clinic.clock().clone()).unwrap(),
-    );
-    let url = serve_with_staff(&running, auth.clone()).await;
-    let check = format!("GET /v1/check?card={card}&date={date}");
 
     // No session: nothing but the page, the login and the session probe.
     let (status, _, body) = call(&url, &check, &[PAGE], "").await;
@@ -239,10 +241,6 @@ async fn an_insurer_token_sees_only_its_insurers_members_and_every_use_is_record
 
     let hub_dir = running.d.root.join("hub-api");
     std::fs::create_dir_all(&hub_dir).unwrap();
-    let mut accounts = AccountsFile::load(&hub_dir).unwrap();
-    let token_a = accounts.add("kenji", &[insurer_a], 1).unwrap();
-    let token_b = accounts.add("mari", &[insurer_b], 1).unwrap();
-    accounts.save(&hub_dir).unwrap();
     let auth = Arc::new(HubAuth::open(&hub_dir, true, running.hub.clock().clone()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -250,6 +248,13 @@ async fn an_insurer_token_sees_only_its_insurers_members_and_every_use_is_record
     tokio::spawn(async move {
         let _ = shikaku_api::serve::serve_guarded(listener, router, &Default::default()).await;
     });
+    // No accounts yet, on loopback: open to every insurer (and recorded).
+    assert_eq!(call(&url, "GET /v1/reconcile?format=json", &[PAGE], "").await.0, 200);
+    // Accounts added while the API runs take effect at once.
+    let mut accounts = AccountsFile::load(&hub_dir).unwrap();
+    let token_a = accounts.add("kenji", &[insurer_a], 1).unwrap();
+    let token_b = accounts.add("mari", &[insurer_b], 1).unwrap();
+    accounts.save(&hub_dir).unwrap();
     let bearer_a = format!("Bearer {token_a}");
     let bearer_b = format!("Bearer {token_b}");
     let as_a = [PAGE, ("Authorization", bearer_a.as_str())];
@@ -328,7 +333,8 @@ async fn an_insurer_token_sees_only_its_insurers_members_and_every_use_is_record
     // Every use is in the log, refused ones too, naming the account and never a member key.
     let log = std::fs::read_to_string(hub_dir.join("insurer-api.log")).unwrap();
     let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 8, "{log}");
+    assert_eq!(lines.len(), 9, "{log}");
+    assert_eq!(lines.iter().filter(|l| l["account"] == "(loopback, no accounts)").count(), 1);
     assert_eq!(lines.iter().filter(|l| l["account"] == "(refused)").count(), 2);
     assert_eq!(lines.iter().filter(|l| l["account"] == "kenji").count(), 3);
     let member_use = lines

@@ -12,6 +12,7 @@
 //!   does not exist costs the same Argon2id time as a wrong password.
 //! - Without staff accounts, on loopback only, the API runs in the no-login mode of a
 //!   single-PC clinic ([`LoginMode::Loopback`]): no operator is recorded and the page says so.
+//!   The first account added (`shikaku clinic staff add`, also while it runs) ends that mode.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,10 @@ pub struct AuthCounters {
 #[derive(Debug)]
 pub struct ClinicAuth {
     data_dir: PathBuf,
-    mode: LoginMode,
+    /// The API binds loopback only (the no-login mode is allowed while no account exists).
+    loopback: bool,
+    /// No staff file at all: always the no-login mode ([`ClinicAuth::loopback`]).
+    fixed_loopback: bool,
     idle_ms: u64,
     clock: Arc<Clock>,
     state: Mutex<State>,
@@ -130,28 +134,22 @@ impl ClinicAuth {
         clock: Arc<Clock>,
     ) -> anyhow::Result<ClinicAuth> {
         let staff = StaffFile::load(data_dir)?;
-        let mode = if staff.is_empty() {
-            if !loopback {
-                anyhow::bail!(
-                    "the check API listens beyond this machine but {} holds no staff accounts: add them first (shikaku clinic staff add --name NAME --role reception)",
-                    staff::staff_path(data_dir).display()
-                );
-            }
-            LoginMode::Loopback
-        } else {
-            LoginMode::Required
-        };
+        if staff.is_empty() && !loopback {
+            anyhow::bail!(
+                "the check API listens beyond this machine but {} holds no staff accounts: add them first (shikaku clinic staff add --name NAME --role reception)",
+                staff::staff_path(data_dir).display()
+            );
+        }
         let auth = ClinicAuth {
             data_dir: data_dir.to_owned(),
-            mode,
+            loopback,
+            fixed_loopback: false,
             idle_ms,
             clock,
             state: Mutex::new(State::default()),
             counters: Mutex::new(AuthCounters::default()),
         };
-        if mode == LoginMode::Required {
-            auth.refresh(&mut lock(&auth.state));
-        }
+        auth.refresh(&mut lock(&auth.state));
         Ok(auth)
     }
 
@@ -159,7 +157,8 @@ impl ClinicAuth {
     pub fn loopback(clock: Arc<Clock>) -> ClinicAuth {
         ClinicAuth {
             data_dir: PathBuf::new(),
-            mode: LoginMode::Loopback,
+            loopback: true,
+            fixed_loopback: true,
             idle_ms: IDLE_DEFAULT_MS,
             clock,
             state: Mutex::new(State::default()),
@@ -167,9 +166,19 @@ impl ClinicAuth {
         }
     }
 
-    /// Whether staff log in.
+    /// Whether staff log in: as soon as the staff file holds an account (also one added
+    /// while the API runs), or whenever the API binds beyond loopback.
     pub fn mode(&self) -> LoginMode {
-        self.mode
+        if self.fixed_loopback {
+            return LoginMode::Loopback;
+        }
+        let mut state = lock(&self.state);
+        self.refresh(&mut state);
+        if self.loopback && state.staff.is_empty() && state.unreadable.is_none() {
+            LoginMode::Loopback
+        } else {
+            LoginMode::Required
+        }
     }
 
     /// Idle time after which a session ends.
@@ -185,7 +194,7 @@ impl ClinicAuth {
     /// The staff accounts as last read.
     pub fn staff(&self) -> StaffFile {
         let mut state = lock(&self.state);
-        if self.mode == LoginMode::Required {
+        if !self.fixed_loopback {
             self.refresh(&mut state);
         }
         state.staff.clone()
@@ -343,7 +352,7 @@ pub async fn guard(
     next: axum::middleware::Next,
 ) -> Response {
     request.extensions_mut().insert(auth.clone());
-    if auth.mode == LoginMode::Loopback {
+    if auth.mode() == LoginMode::Loopback {
         if request.uri().path().starts_with("/v1/staff") || request.uri().path() == "/v1/login" {
             return ApiError::new(
                 StatusCode::CONFLICT,
@@ -473,11 +482,12 @@ pub async fn session(
     axum::Extension(auth): axum::Extension<Arc<ClinicAuth>>,
     headers: HeaderMap,
 ) -> axum::Json<serde_json::Value> {
-    let mode = match auth.mode {
+    let current = auth.mode();
+    let mode = match current {
         LoginMode::Loopback => "loopback-no-login",
         LoginMode::Required => "login",
     };
-    let who = match auth.mode {
+    let who = match current {
         LoginMode::Required => auth.operator(&headers).ok(),
         LoginMode::Loopback => None,
     };

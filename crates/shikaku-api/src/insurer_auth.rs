@@ -170,7 +170,10 @@ impl Scope {
 #[derive(Debug)]
 pub struct HubAuth {
     data_dir: PathBuf,
-    open: bool,
+    /// The API binds loopback only: with no accounts it answers every insurer.
+    loopback: bool,
+    /// No accounts file at all (tests, embedded uses): always open.
+    unrecorded: bool,
     log: Mutex<Option<std::fs::File>>,
     clock: Arc<shikaku_net::Clock>,
 }
@@ -202,7 +205,8 @@ impl HubAuth {
         };
         Ok(HubAuth {
             data_dir: data_dir.to_owned(),
-            open: accounts.accounts.is_empty(),
+            loopback,
+            unrecorded: false,
             log: Mutex::new(Some(log)),
             clock,
         })
@@ -210,21 +214,32 @@ impl HubAuth {
 
     /// A hub API with no accounts and no use log (tests, embedded uses on loopback).
     pub fn unrecorded_open(clock: Arc<shikaku_net::Clock>) -> HubAuth {
-        HubAuth { data_dir: PathBuf::new(), open: true, log: Mutex::new(None), clock }
+        HubAuth {
+            data_dir: PathBuf::new(),
+            loopback: true,
+            unrecorded: true,
+            log: Mutex::new(None),
+            clock,
+        }
     }
 
     fn scope_of(&self, headers: &axum::http::HeaderMap) -> Result<Scope, &'static str> {
-        if self.open {
-            return Ok(Scope { account: "(loopback, no accounts)".into(), insurers: None });
+        let open = Scope { account: "(loopback, no accounts)".into(), insurers: None };
+        if self.unrecorded {
+            return Ok(open);
+        }
+        // Re-read at every request: the first account added, or a revocation, takes effect
+        // at once.
+        let accounts =
+            AccountsFile::load(&self.data_dir).map_err(|_| "the accounts file cannot be read")?;
+        if accounts.accounts.is_empty() {
+            return if self.loopback { Ok(open) } else { Err("this hub has no insurer accounts") };
         }
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or("send the account's token: Authorization: Bearer shk_…")?;
-        // Re-read at every request: a revocation takes effect at once.
-        let accounts =
-            AccountsFile::load(&self.data_dir).map_err(|_| "the accounts file cannot be read")?;
         let hash = token_hash(token.trim());
         let account =
             accounts.accounts.iter().find(|a| a.token_hash == hash).ok_or("unknown token")?;
