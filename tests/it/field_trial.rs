@@ -521,6 +521,33 @@ fn the_report_lists_unknowns_now_covered_revoked_links_used_and_card_conflicts()
     let text = shikaku_reconcile::render_text(&report);
     assert!(text.contains("Checks that used a card link later revoked"), "{text}");
     assert!(text.contains(&alice.to_string()), "{text}");
+
+    // Issue 17: Alice's access report lists the check through the wrongly linked card,
+    // flagged; Bob's lists the unknown now covered as contradicted; an insurer-A account's
+    // report has nothing of Bob's.
+    use shikaku_reconcile::access::member_accesses;
+    let alices = member_accesses(&report, "alice", std::slice::from_ref(&alice), None, None);
+    assert_eq!(alices.accesses.len(), 1, "{alices:?}");
+    assert!(alices.accesses[0].wrong_person_link && alices.accesses[0].by == "card");
+    let page = shikaku_reconcile::access::accesses_html(&alices);
+    assert!(page.contains("A card was linked to your record by mistake"), "{page}");
+    let bobs = member_accesses(&report, "bob", std::slice::from_ref(&bob), None, None);
+    assert_eq!(bobs.accesses.len(), 1, "{bobs:?}");
+    assert!(bobs.accesses[0].contradicted && !bobs.accesses[0].wrong_person_link);
+    assert_eq!(bobs.accesses[0].answered, AnswerCode::Unknown);
+    let day = |d: &str| d.parse::<shikaku_core::Date>().unwrap();
+    let later = member_accesses(&report, "bob", &[bob.clone()], Some(day("2026-01-07")), None);
+    assert!(later.accesses.is_empty(), "--from filters by the day of the check");
+    let only_a = report.scoped(&[a].into_iter().collect());
+    assert!(only_a.contradicted.iter().all(|c| c.check.answered != AnswerCode::Unknown));
+    assert!(!serde_json::to_string(&only_a).unwrap().contains(&bob.to_string()));
+    // Alice's check; the shared card's check answered no single member, so it belongs to no
+    // insurer's count — its conflict (Carol of A, Dave of B) is in A's conflict queue.
+    assert_eq!(only_a.totals.checks, 1, "{:?}", only_a.totals);
+    assert!(only_a
+        .conflicts
+        .iter()
+        .any(|c| matches!(c, shikaku_core::Conflict::MultipleMembers { .. })));
 }
 
 #[test]

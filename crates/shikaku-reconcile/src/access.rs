@@ -184,14 +184,14 @@ pub fn accesses_html(r: &MemberAccesses) -> String {
     }
     let _ = write!(
         out,
-        ". Made {} (JST). Every check a medical institution made of your record is listed: when, which institution, whether it was online or offline, whether you showed your card or your insurance key, and the answer. Staff names are not shown; the institution can tell you who.</p>",
+        ". Made {}. Every check a medical institution made of your record is listed: when, which institution, whether it was online or offline, whether you showed your card or your insurance key, and the answer. Staff names are not shown; the institution can tell you who.</p>",
         esc(&jst(r.generated_ms))
     );
     out.push_str("<table><tr><th>when (JST)</th><th>institution</th><th>mode</th><th>by</th><th>for</th><th>answer given</th><th>later</th></tr>");
     for a in &r.accesses {
         let later = match (a.contradicted, a.wrong_person_link) {
             (_, true) => format!(
-                "Your card was linked to another person's record by mistake; the link was revoked. Now: {}",
+                "A card was linked to your record by mistake (the link has been revoked): this check may have shown your record for someone else's card. Now: {}",
                 code_name(a.truth)
             ),
             (true, false) => format!("Corrected later: {}", code_name(a.truth)),
