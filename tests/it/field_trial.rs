@@ -536,7 +536,8 @@ fn the_report_lists_unknowns_now_covered_revoked_links_used_and_card_conflicts()
     assert!(bobs.accesses[0].contradicted && !bobs.accesses[0].wrong_person_link);
     assert_eq!(bobs.accesses[0].answered, AnswerCode::Unknown);
     let day = |d: &str| d.parse::<shikaku_core::Date>().unwrap();
-    let later = member_accesses(&report, "bob", &[bob.clone()], Some(day("2026-01-07")), None);
+    let later =
+        member_accesses(&report, "bob", std::slice::from_ref(&bob), Some(day("2026-01-07")), None);
     assert!(later.accesses.is_empty(), "--from filters by the day of the check");
     let only_a = report.scoped(&[a].into_iter().collect());
     assert!(only_a.contradicted.iter().all(|c| c.check.answered != AnswerCode::Unknown));
