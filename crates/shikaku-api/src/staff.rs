@@ -123,6 +123,17 @@ pub fn check_staff_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates a data directory (and its parents) that does not exist yet private to its owner
+/// (0700), as every data directory is.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
@@ -229,13 +240,7 @@ impl StaffFile {
 
     /// Writes the file atomically, readable by its owner only.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        // A data directory made here is private, as every data directory is (0700).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        create_private_dir(data_dir)?;
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
         let path = staff_path(data_dir);

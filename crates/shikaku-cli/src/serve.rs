@@ -79,12 +79,7 @@ pub fn account_command(
     out: &mut dyn Write,
 ) -> Result<()> {
     use shikaku_api::insurer_auth::AccountsFile;
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    shikaku_api::staff::create_private_dir(data_dir)?;
     let mut file = AccountsFile::load(data_dir)?;
     match command {
         crate::AccountCommand::Add { name, insurers } => {
