@@ -634,3 +634,100 @@ async fn a_running_hub_imports_over_its_api_and_pushes_live() {
     api.abort();
     running.shutdown().await;
 }
+
+/// Parses (path, model) pairs with fhir.resources: each file must validate as its resource.
+const FHIR_MODELS: &str = r#"
+import importlib, json, sys
+args = sys.argv[1:]
+for path, model in zip(args[0::2], args[1::2]):
+    module = importlib.import_module("fhir.resources." + model.lower())
+    r = getattr(module, model).parse_file(path)
+    print(json.dumps({"model": model, "type": r.resource_type}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_coverage_eligibility_request_is_answered_and_every_resource_validates() {
+    // Issue 18, item 2: the request side of FHIR. A CoverageEligibilityRequest by card is
+    // answered with the CoverageEligibilityResponse /v1/check?format=fhir renders (and recorded
+    // like any check); errors are OperationOutcomes; /fhir/metadata is a CapabilityStatement.
+    // fhir.resources validates the request we accept and everything we answer.
+    let running = Running::start("fhir-request", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let (card, member, _) = cast(&running.d, date);
+    let request = serde_json::json!({
+        "resourceType": "CoverageEligibilityRequest",
+        "status": "active",
+        "purpose": ["validation"],
+        "patient": { "identifier": { "system": "urn:shikaku:card-token", "value": card.to_string() } },
+        "servicedDate": date.to_string(),
+        "created": "2026-10-15T09:00:00+09:00",
+        "insurer": { "display": "any" }
+    });
+    let post = |body: String| {
+        let url = running.url.clone();
+        async move {
+            let text = crate::net::http_with(
+                &url,
+                "POST /fhir/CoverageEligibilityRequest",
+                &[("X-Shikaku-Client", "test"), ("Content-Type", "application/fhir+json")],
+                &body,
+            )
+            .await;
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+            (status, head.to_owned(), body.to_owned())
+        }
+    };
+    let before = running.clinic.with_node(|n, _| n.ledger().len());
+    let (status, head, answer) = post(request.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(head.contains("application/fhir+json"), "{head}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["resourceType"], "CoverageEligibilityResponse");
+    assert_eq!(answer["patient"]["identifier"]["value"], member.to_string());
+    assert_eq!(answer["insurance"][0]["inforce"], true);
+    assert_eq!(running.clinic.with_node(|n, _| n.ledger().len()), before + 1, "recorded");
+
+    // Errors name the element at fault.
+    let mut wrong = request.clone();
+    wrong["patient"]["identifier"]["system"] = "urn:oid:1.2.392.200119.6.102".into();
+    let (status, _, outcome) = post(wrong.to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    let outcome: Value = serde_json::from_str(&outcome).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "not-supported");
+    assert_eq!(outcome["issue"][0]["expression"][0], "patient.identifier.system");
+    let (status, _, not_json) = post("{".into()).await;
+    assert_eq!(status, 400);
+    assert!(not_json.contains("\"structure\""), "{not_json}");
+    let metadata = crate::net::http(&running.url, "GET /fhir/metadata", "").await;
+    let metadata = metadata.split_once("\r\n\r\n").unwrap().1.to_owned();
+
+    let dir = running.d.root.join("fhir-request");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = Vec::new();
+    for (name, text, model) in [
+        ("request", request.to_string(), "CoverageEligibilityRequest"),
+        ("response", answer.to_string(), "CoverageEligibilityResponse"),
+        ("outcome", outcome.to_string(), "OperationOutcome"),
+        ("metadata", metadata, "CapabilityStatement"),
+    ] {
+        let path = dir.join(format!("{name}.json"));
+        std::fs::write(&path, text).unwrap();
+        args.push(path.to_str().unwrap().to_owned());
+        args.push(model.to_owned());
+    }
+    let output = std::process::Command::new(fhir_python())
+        .arg("-c")
+        .arg(FHIR_MODELS)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fhir.resources refused a resource:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 4);
+    running.shutdown().await;
+}

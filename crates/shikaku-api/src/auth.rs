@@ -335,8 +335,11 @@ fn needs(method: &Method, path: &str) -> Option<&'static [StaffRole]> {
     const ADMIN: &[StaffRole] = &[StaffRole::Admin];
     const ANY: &[StaffRole] = &[StaffRole::Reception, StaffRole::Admin];
     match (method, path) {
-        (_, "/" | "/v1/login" | "/v1/logout" | "/v1/session") => None,
-        (_, "/v1/check" | "/v1/declarations" | "/v1/consents") => Some(RECEPTION),
+        (_, "/" | "/v1/login" | "/v1/logout" | "/v1/session" | "/fhir/metadata") => None,
+        (
+            _,
+            "/v1/check" | "/v1/declarations" | "/v1/consents" | "/fhir/CoverageEligibilityRequest",
+        ) => Some(RECEPTION),
         (_, "/metrics" | "/v1/audit") => Some(ADMIN),
         (_, p) if p.starts_with("/v1/staff") => Some(ADMIN),
         _ => Some(ANY),

@@ -1,6 +1,7 @@
 //! The clinic's local API: `/` the reception page, `GET /v1/check` (JSON or FHIR), `POST
-//! /v1/declarations`, `POST /v1/consents`, `/v1/health`, `/metrics` — every error a JSON
-//! [`ApiError`]. Handlers send the node commands ([`Runtime::call`], [`Runtime::check`]); none
+//! /v1/declarations`, `POST /v1/consents`, `/v1/health`, `/metrics`, staff login and audit,
+//! and FHIR's `POST /fhir/CoverageEligibilityRequest` and `GET /fhir/metadata` — every error
+//! a JSON [`ApiError`] (an `OperationOutcome` on the FHIR paths). Handlers send the node commands ([`Runtime::call`], [`Runtime::check`]); none
 //! touches the ledger itself.
 
 use shikaku_core::keystore::Presented;
@@ -72,6 +73,102 @@ fn shown_answer(
     shown
 }
 
+/// Answers what a patient presented (a card, or a member key with the birth date if given),
+/// recorded as made by `operator`: the answer and when it was given.
+async fn answer_presented(
+    rt: &Runtime,
+    query: CheckQuery,
+    birth: Option<Date>,
+    date: Date,
+    operator: Option<shikaku_core::StaffId>,
+) -> Result<(shikaku_node::PresentedAnswer, u64), ApiError> {
+    let presented = match (query, birth) {
+        (CheckQuery::Card(token), None) => Presented::Card(token),
+        (CheckQuery::Card(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "birth_date",
+                "give the birth date with a member key, not with a card",
+            ))
+        }
+        (CheckQuery::Member(key), Some(birth)) => Presented::Key { key, birth },
+        (CheckQuery::Member(key), None) => Presented::KeyWithoutBirth(key),
+    };
+    match rt.check_presented(presented, date, operator).await {
+        Ok(ok) => Ok(ok),
+        Err(e) => {
+            if let shikaku_node::NodeError::Sealed(why) = &*e {
+                return Err(
+                    ApiError::invalid("birth_date", why.to_string()).with_code("missing_field")
+                );
+            }
+            Err(ApiError::internal(e))
+        }
+    }
+}
+
+/// `POST /fhir/CoverageEligibilityRequest`: the FHIR request side of `/v1/check`. The answer is
+/// the `CoverageEligibilityResponse` `/v1/check?format=fhir` renders; every error an
+/// `OperationOutcome`.
+async fn fhir_eligibility(
+    axum::extract::State(rt): axum::extract::State<Arc<Runtime>>,
+    operator: Option<axum::Extension<Operator>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let fhir = |status: StatusCode, value: serde_json::Value| {
+        (status, [(header::CONTENT_TYPE, "application/fhir+json")], value.to_string())
+            .into_response()
+    };
+    let outcome = |status, code, expression: Option<&str>, message: &str| {
+        fhir(status, crate::fhir::operation_outcome(code, expression, message))
+    };
+    let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = kind.split(';').next().unwrap_or("").trim();
+    if essence != "application/fhir+json" && essence != "application/json" {
+        return outcome(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            None,
+            "send the resource as application/fhir+json",
+        );
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "structure",
+                None,
+                &format!("not a JSON resource: {e}"),
+            )
+        }
+    };
+    let request = match crate::fhir::eligibility_request(&value) {
+        Ok(r) => r,
+        Err(p) => return outcome(StatusCode::BAD_REQUEST, p.code, Some(p.expression), &p.message),
+    };
+    let date = request.serviced.unwrap_or_else(|| Date::from_unix_ms_jst(rt.clock().now_ms()));
+    let operator = operator.map(|o| o.0.id);
+    match answer_presented(&rt, request.query, request.birth_date, date, operator).await {
+        Ok((presented, now)) => {
+            let shown = shown_answer(&presented.answer, &presented.member_data);
+            fhir(StatusCode::OK, crate::fhir::coverage_eligibility_response(&shown, now))
+        }
+        Err(e) if e.status().is_client_error() => outcome(
+            e.status(),
+            "required",
+            Some("extension"),
+            &format!(
+                "{} (the birth date goes in the extension urn:shikaku:fhir:extension:birth-date)",
+                e.message()
+            ),
+        ),
+        Err(e) => outcome(e.status(), "exception", None, e.message()),
+    }
+}
+
 /// The body limit of the clinic API's POST requests.
 pub const CLINIC_BODY_MAX: usize = 2 << 20;
 
@@ -120,28 +217,7 @@ pub fn api_router_with(runtime: Arc<Runtime>, auth: Arc<ClinicAuth>) -> axum::Ro
             }
             None => None,
         };
-        let presented = match (query, birth) {
-            (CheckQuery::Card(token), None) => Presented::Card(token),
-            (CheckQuery::Card(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "birth_date",
-                    "give the birth date with a member key, not with a card",
-                ))
-            }
-            (CheckQuery::Member(key), Some(birth)) => Presented::Key { key, birth },
-            (CheckQuery::Member(key), None) => Presented::KeyWithoutBirth(key),
-        };
-        let (presented_answer, now) = match rt.check_presented(presented, date, operator).await {
-            Ok(ok) => ok,
-            Err(e) => {
-                if let shikaku_node::NodeError::Sealed(why) = &*e {
-                    return Err(
-                        ApiError::invalid("birth_date", why.to_string()).with_code("missing_field")
-                    );
-                }
-                return Err(ApiError::internal(e));
-            }
-        };
+        let (presented_answer, now) = answer_presented(&rt, query, birth, date, operator).await?;
         let shikaku_node::PresentedAnswer { answer, member_data } = presented_answer;
         if fhir {
             // The present patient's real member key where the record opened (the response
@@ -371,6 +447,17 @@ pub fn api_router_with(runtime: Arc<Runtime>, auth: Arc<ClinicAuth>) -> axum::Ro
         .route("/v1/staff", get(crate::auth::staff_list))
         .route("/v1/staff/disable", axum::routing::post(crate::auth::staff_disable))
         .route("/v1/audit", get(crate::audit::audit_view))
+        .route("/fhir/CoverageEligibilityRequest", axum::routing::post(fhir_eligibility))
+        .route(
+            "/fhir/metadata",
+            get(|State(rt): State<Arc<Runtime>>| async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
+                    crate::fhir::capability_statement(Date::from_unix_ms_jst(rt.clock().now_ms()))
+                        .to_string(),
+                )
+            }),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(CLINIC_BODY_MAX))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,4 +1,6 @@
-//! A check answer as a FHIR R4 (4.0.1) `CoverageEligibilityResponse`.
+//! A check answer as a FHIR R4 (4.0.1) `CoverageEligibilityResponse`, and the request side:
+//! a `CoverageEligibilityRequest` read ([`eligibility_request`]), errors as
+//! `OperationOutcome`s, the node's `CapabilityStatement`.
 //!
 //! Mapping (also in the README's API section):
 //! - `status` `active`, `purpose` `[validation]`, `servicedDate` = the service date asked about,
@@ -162,4 +164,136 @@ pub fn coverage_eligibility_response(answer: &Answer, created_ms: u64) -> Value 
         }]);
     }
     resource
+}
+
+/// What a `CoverageEligibilityRequest` asks: the card or member key (and, for a sealed member
+/// key, the birth date), and the service date if given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EligibilityRequest {
+    /// The card token or member key of `patient.identifier`.
+    pub query: CheckQuery,
+    /// `extension[birth-date].valueDate`: needed with a member key where records are sealed.
+    pub birth_date: Option<Date>,
+    /// `servicedDate` (today, JST, when absent).
+    pub serviced: Option<Date>,
+}
+
+/// Why a request resource was refused: the FHIR issue code and what is wrong (the path of the
+/// element first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestProblem {
+    /// `OperationOutcome.issue.code` (`structure`, `required`, `value`, `not-supported`).
+    pub code: &'static str,
+    /// `OperationOutcome.issue.expression[0]`.
+    pub expression: &'static str,
+    /// `OperationOutcome.issue.diagnostics`.
+    pub message: String,
+}
+
+fn problem(
+    code: &'static str,
+    expression: &'static str,
+    message: impl Into<String>,
+) -> RequestProblem {
+    RequestProblem { code, expression, message: message.into() }
+}
+
+/// Reads a FHIR R4 `CoverageEligibilityRequest` (JSON): `resourceType`, `status` `active`,
+/// `purpose` containing `validation`, `patient.identifier` with system
+/// `urn:shikaku:card-token` or `urn:shikaku:member-key`, optional `servicedDate` and the
+/// optional extension `urn:shikaku:fhir:extension:birth-date` (`valueDate`).
+pub fn eligibility_request(body: &Value) -> Result<EligibilityRequest, RequestProblem> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    if body["resourceType"] != "CoverageEligibilityRequest" {
+        return Err(problem(
+            "structure",
+            "resourceType",
+            "this endpoint takes a CoverageEligibilityRequest resource",
+        ));
+    }
+    if body["status"] != "active" {
+        return Err(problem("value", "status", "status must be \"active\""));
+    }
+    let purposes = body["purpose"].as_array().cloned().unwrap_or_default();
+    if !purposes.iter().any(|p| p == "validation") {
+        return Err(problem(
+            "not-supported",
+            "purpose",
+            "only purpose \"validation\" (is the patient covered on the date) is answered",
+        ));
+    }
+    let identifier = &body["patient"]["identifier"];
+    let (Some(system), Some(value)) = (text(&identifier["system"]), text(&identifier["value"]))
+    else {
+        return Err(problem(
+            "required",
+            "patient.identifier",
+            "patient.identifier needs a system (urn:shikaku:card-token or urn:shikaku:member-key) and a value",
+        ));
+    };
+    let query = match system.as_str() {
+        "urn:shikaku:card-token" => CheckQuery::Card(
+            value.parse().map_err(|e| problem("value", "patient.identifier.value", format!("{e}")))?,
+        ),
+        "urn:shikaku:member-key" => CheckQuery::Member(
+            value.parse().map_err(|e| problem("value", "patient.identifier.value", format!("{e}")))?,
+        ),
+        other => {
+            return Err(problem(
+                "not-supported",
+                "patient.identifier.system",
+                format!("identifier system {other:?} is not one this node answers (urn:shikaku:card-token, urn:shikaku:member-key)"),
+            ))
+        }
+    };
+    let date = |v: &Value, expression: &'static str| -> Result<Option<Date>, RequestProblem> {
+        match v {
+            Value::Null => Ok(None),
+            Value::String(s) => s
+                .parse::<Date>()
+                .map(Some)
+                .map_err(|e| problem("value", expression, format!("{e}"))),
+            _ => Err(problem("value", expression, "a date is a string YYYY-MM-DD")),
+        }
+    };
+    let serviced = date(&body["servicedDate"], "servicedDate")?;
+    let mut birth_date = None;
+    for e in body["extension"].as_array().into_iter().flatten() {
+        if e["url"] == format!("{EXTENSION_BASE}birth-date") {
+            birth_date = date(&e["valueDate"], "extension.valueDate")?;
+        }
+    }
+    Ok(EligibilityRequest { query, birth_date, serviced })
+}
+
+/// An `OperationOutcome` with one error issue.
+pub fn operation_outcome(code: &str, expression: Option<&str>, diagnostics: &str) -> Value {
+    let mut issue = json!({ "severity": "error", "code": code, "diagnostics": diagnostics });
+    if let Some(expression) = expression {
+        issue["expression"] = json!([expression]);
+    }
+    json!({ "resourceType": "OperationOutcome", "issue": [issue] })
+}
+
+/// The clinic node's `CapabilityStatement` (`GET /fhir/metadata`): FHIR 4.0.1, JSON, the
+/// `CoverageEligibilityRequest` create interaction answered with a `CoverageEligibilityResponse`.
+pub fn capability_statement(date: Date) -> Value {
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date.to_string(),
+        "kind": "instance",
+        "software": { "name": "shikaku", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "shikaku clinic node: eligibility answered from the local ledger, with its freshness" },
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [{
+                "type": "CoverageEligibilityRequest",
+                "interaction": [{ "code": "create" }],
+                "documentation": "POST a CoverageEligibilityRequest (patient.identifier: urn:shikaku:card-token or urn:shikaku:member-key; with a member key of a sealed insurer the extension urn:shikaku:fhir:extension:birth-date); the answer is a CoverageEligibilityResponse, errors an OperationOutcome"
+            }]
+        }]
+    })
 }

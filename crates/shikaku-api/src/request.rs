@@ -44,6 +44,16 @@ impl ApiError {
         self.code = code;
         self
     }
+
+    /// The HTTP status.
+    pub fn status(&self) -> axum::http::StatusCode {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl axum::response::IntoResponse for ApiError {

@@ -201,6 +201,7 @@ pub async fn guard(
             | (&Method::POST, "/v1/logout")
             | (&Method::POST, "/v1/staff/disable")
             | (&Method::POST, "/v1/declarations")
+            | (&Method::POST, "/fhir/CoverageEligibilityRequest")
             | (&Method::POST, "/v1/consents")
             | (&Method::POST, "/v1/import")
     );
