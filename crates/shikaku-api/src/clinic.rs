@@ -1,8 +1,8 @@
 //! The clinic's local API: `/` the reception page, `GET /v1/check` (JSON or FHIR), `POST
 //! /v1/declarations`, `POST /v1/consents`, `/v1/health`, `/metrics`, staff login and audit,
 //! and FHIR's `POST /fhir/CoverageEligibilityRequest` and `GET /fhir/metadata` — every error
-//! a JSON [`ApiError`] (an `OperationOutcome` on the FHIR paths). Handlers send the node commands ([`Runtime::call`], [`Runtime::check`]); none
-//! touches the ledger itself.
+//! a JSON [`ApiError`] (an `OperationOutcome` on the FHIR paths). Handlers send the node
+//! commands ([`Runtime::call`], [`Runtime::check`]); none touches the ledger itself.
 
 use shikaku_core::keystore::Presented;
 use shikaku_core::CheckQuery;
