@@ -100,9 +100,7 @@ impl AccountsFile {
     pub fn save(&self, data_dir: &Path) -> Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        let path = data_dir.join(ACCOUNTS_FILE);
-        shikaku_log::fs::install_atomic(&path, &bytes, 0o600)
-            .with_context(|| format!("writing {}", path.display()))
+        shikaku_node::data_dir::write_private_atomic(&data_dir.join(ACCOUNTS_FILE), &bytes)
     }
 
     /// Adds an account; returns its token (shown once).

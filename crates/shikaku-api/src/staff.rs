@@ -123,17 +123,6 @@ pub fn check_staff_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates a data directory (and its parents) that does not exist yet private to its owner
-/// (0700), as every data directory is.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
@@ -240,12 +229,10 @@ impl StaffFile {
 
     /// Writes the file atomically, readable by its owner only.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        create_private_dir(data_dir)?;
+        shikaku_node::data_dir::create_private_dir(data_dir)?;
         let mut bytes = serde_json::to_vec_pretty(self)?;
         bytes.push(b'\n');
-        let path = staff_path(data_dir);
-        shikaku_log::fs::install_atomic(&path, &bytes, 0o600)
-            .with_context(|| format!("writing {}", path.display()))
+        shikaku_node::data_dir::write_private_atomic(&staff_path(data_dir), &bytes)
     }
 
     /// The account called `name`.

@@ -976,13 +976,12 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
                                 Default::default()
                             }),
                     };
-                    let reveal =
-                        shikaku_core::sealer::reveal_from(events.iter().map(|(_, e)| e), &keys);
-                    let report = shikaku_reconcile::compute_revealed(
+                    let (report, _) = shikaku_api::hub::report_and_names(
                         &events,
                         &names,
+                        &keys,
                         clock::now_ms(),
-                        Some(&reveal),
+                        None,
                     );
                     shikaku_reconcile::render(&report, name)?
                 }

@@ -79,7 +79,7 @@ pub fn account_command(
     out: &mut dyn Write,
 ) -> Result<()> {
     use shikaku_api::insurer_auth::AccountsFile;
-    shikaku_api::staff::create_private_dir(data_dir)?;
+    shikaku_node::data_dir::create_private_dir(data_dir)?;
     let mut file = AccountsFile::load(data_dir)?;
     match command {
         crate::AccountCommand::Add { name, insurers } => {
