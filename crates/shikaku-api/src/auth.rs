@@ -4,7 +4,8 @@
 //! - Login (`POST /v1/login`) checks the Argon2id hash on a blocking thread and sets the
 //!   session cookie `shikaku_session` (`HttpOnly; Secure; SameSite=Strict; Path=/`): 32
 //!   random bytes, kept here only as their blake3 hash. Sessions live in memory (a restart
-//!   logs everyone out) and end after [`ClinicAuth::idle_ms`] without a request, at logout,
+//!   logs everyone out) and end after [`ClinicAuth::idle_ms`] without a request of the staff
+//!   member's own (the page's polling of `/v1/health` and `/v1/session` does not count), at logout,
 //!   when the account is disabled or its password reset — checked at every request against
 //!   the staff file, re-read whenever it changes on disk.
 //! - Wrong passwords: [`FAILURES_FREE`] per account name, then each further attempt waits
@@ -222,8 +223,9 @@ impl ClinicAuth {
         self.clock.now_ms()
     }
 
-    /// The operator of a request's session, refreshing its idle timer.
-    fn operator(&self, headers: &HeaderMap) -> Result<Operator, NoSession> {
+    /// The operator of a request's session; `touch` refreshes its idle timer (a request of the
+    /// staff member's own, not the page's background polling of health and session).
+    fn operator(&self, headers: &HeaderMap, touch: bool) -> Result<Operator, NoSession> {
         let token = session_token(headers).ok_or(NoSession::Missing)?;
         let key = *blake3::hash(&token).as_bytes();
         let now = self.now();
@@ -242,7 +244,7 @@ impl ClinicAuth {
         let account = state.staff.by_id(staff_id).cloned();
         match account {
             Some(a) if !a.disabled && a.password_set_ms <= started => {
-                if let Some(s) = state.sessions.get_mut(&key) {
+                if let Some(s) = state.sessions.get_mut(&key).filter(|_| touch) {
                     s.last_ms = now;
                 }
                 Ok(Operator { id: a.id, name: a.name, roles: a.roles })
@@ -369,7 +371,9 @@ pub async fn guard(
     let Some(roles) = needs(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
-    match auth.operator(request.headers()) {
+    // What the page polls on its own (the banner's health) is not activity.
+    let touch = request.uri().path() != "/v1/health";
+    match auth.operator(request.headers(), touch) {
         Ok(op) if roles.iter().any(|r| op.roles.contains(r)) => {
             request.extensions_mut().insert(op);
             next.run(request).await
@@ -491,7 +495,7 @@ pub async fn session(
         LoginMode::Required => "login",
     };
     let who = match current {
-        LoginMode::Required => auth.operator(&headers).ok(),
+        LoginMode::Required => auth.operator(&headers, false).ok(),
         LoginMode::Loopback => None,
     };
     axum::Json(serde_json::json!({
