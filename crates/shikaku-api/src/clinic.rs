@@ -218,7 +218,7 @@ pub fn api_router_with(runtime: Arc<Runtime>, auth: Arc<ClinicAuth>) -> axum::Ro
             None => None,
         };
         let (presented_answer, now) = answer_presented(&rt, query, birth, date, operator).await?;
-        let shikaku_node::PresentedAnswer { answer, member_data } = presented_answer;
+        let shikaku_node::PresentedAnswer { answer, member_data, .. } = presented_answer;
         if fhir {
             // The present patient's real member key where the record opened (the response
             // goes to the receipt computer at reception); the reference otherwise.

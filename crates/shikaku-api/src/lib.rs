@@ -26,6 +26,7 @@ pub mod import;
 pub mod insurer_auth;
 pub mod jsonl;
 pub mod metrics;
+pub mod ovs;
 pub mod request;
 pub mod serve;
 pub mod staff;

@@ -518,7 +518,56 @@ pub enum ClinicCommand {
         /// signed by another key is refused, logged and counted.
         #[arg(long)]
         insurer_keys: Option<PathBuf>,
+        #[command(flatten)]
+        ovs: Box<OvsArgs>,
     },
+}
+
+/// The folder interface of `clinic serve`.
+#[derive(Debug, clap::Args)]
+pub struct OvsArgs {
+    /// Also answer the real verification terminal's folder interface, as receipt computers
+    /// speak it: request XML files dropped into DIR/req are answered into DIR/res; a request
+    /// that cannot be answered gets an error answer and is moved to DIR/err (protocol/OVS.md).
+    /// The three folders are created if missing.
+    #[arg(long, value_name = "DIR")]
+    ovs_dir: Option<PathBuf>,
+    /// The language of the folder interface's messages.
+    #[arg(long, value_enum, default_value = "ja", requires = "ovs_dir")]
+    ovs_lang: OvsLang,
+    /// Watch DIR/req by polling every this many milliseconds instead of inotify (for network
+    /// folders, where inotify sees no change made by another machine). Without it, inotify
+    /// is used, and polling at 500 ms only where inotify is unavailable.
+    #[arg(long, value_name = "MS", requires = "ovs_dir")]
+    ovs_poll_ms: Option<u64>,
+}
+
+/// A message language.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OvsLang {
+    /// Japanese.
+    Ja,
+    /// English.
+    En,
+}
+
+impl OvsArgs {
+    fn options(&self, data_dir: &Path) -> Result<Option<shikaku_api::ovs::OvsOptions>> {
+        let Some(dir) = &self.ovs_dir else { return Ok(None) };
+        let mut options = shikaku_api::ovs::OvsOptions::new(dir, data_dir);
+        options.lang = match self.ovs_lang {
+            OvsLang::Ja => shikaku_api::ovs::Lang::Ja,
+            OvsLang::En => shikaku_api::ovs::Lang::En,
+        };
+        if let Some(ms) = self.ovs_poll_ms {
+            if !(10..=60_000).contains(&ms) {
+                bail!("--ovs-poll-ms must be between 10 and 60000, got {ms}");
+            }
+            options.poll = std::time::Duration::from_millis(ms);
+            options.force_poll = true;
+        }
+        Ok(Some(options))
+    }
 }
 
 pub(crate) fn parse_insurers(list: &[String]) -> Result<Vec<shikaku_core::InsurerNumber>> {
@@ -1000,7 +1049,9 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             api_limits,
             session_idle_min,
             session_idle_s,
+            ovs,
         }) => {
+            let ovs = ovs.options(&cli.data_dir)?;
             let options = api_limits.options()?;
             serve::check_api_address("clinic check API", api, options.tls.is_some())?;
             let keys = insurer_keys.as_deref().map(read_insurer_keys).transpose()?;
@@ -1013,8 +1064,8 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             let replicated = serve::Replicated { insurers, prefetch, insurer_keys: keys };
             let idle_ms = session_idle_s
                 .map_or(session_idle_min.saturating_mul(60_000), |s| s.saturating_mul(1000));
-            serve::clinic_serve(&cli.data_dir, &hub, replicated, api, &options, idle_ms, out)
-                .map(|()| 0)
+            let api = serve::ClinicApi { addr: api, options, session_idle_ms: idle_ms };
+            serve::clinic_serve(&cli.data_dir, &hub, replicated, &api, ovs, out).map(|()| 0)
         }
         Command::Hub(HubCommand::Account(command)) => {
             serve::account_command(&cli.data_dir, &command, out).map(|()| 0)

@@ -370,16 +370,29 @@ pub struct Replicated {
     pub insurer_keys: InsurerKeys,
 }
 
-/// `shikaku clinic serve`: background sync with the hub and the local check API.
+/// The clinic's check API as `clinic serve` runs it.
+#[derive(Debug, Clone)]
+pub struct ClinicApi {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Limits and TLS.
+    pub options: ApiOptions,
+    /// Idle time after which a staff session ends.
+    pub session_idle_ms: u64,
+}
+
+/// `shikaku clinic serve`: background sync with the hub, the local check API and, with
+/// `ovs`, the folder interface.
 pub fn clinic_serve(
     data_dir: &Path,
     hubs: &[SocketAddr],
     replicated: Replicated,
-    api: SocketAddr,
-    options: &ApiOptions,
-    session_idle_ms: u64,
+    api: &ClinicApi,
+    ovs: Option<shikaku_api::ovs::OvsOptions>,
     out: &mut dyn Write,
 ) -> Result<()> {
+    let ClinicApi { addr: api, options, session_idle_ms } = api;
+    let (api, session_idle_ms) = (*api, *session_idle_ms);
     let Replicated { insurers, prefetch, insurer_keys } = replicated;
     let tls_files = load_tls(data_dir, Role::Clinic)?;
     if insurers.is_empty() {
@@ -415,6 +428,12 @@ pub fn clinic_serve(
                 "loopback no-login mode (no staff accounts)".to_owned()
             }
         };
+        let folder = match &ovs {
+            Some(options) => {
+                Some(shikaku_api::ovs::OvsFolder::start(runtime.clone(), options.clone())?)
+            }
+            None => None,
+        };
         writeln!(
             out,
             "clinic {} syncing with hub {}; {login}; check API on {scheme}://{}",
@@ -422,6 +441,21 @@ pub fn clinic_serve(
             hubs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             listener.local_addr()?
         )?;
+        if let (Some(options), Some(folder)) = (&ovs, &folder) {
+            let recovered = folder.stats.recovered.load(std::sync::atomic::Ordering::Relaxed);
+            writeln!(
+                out,
+                "folder interface: requests in {}, answers in {}, refused requests in {}{}",
+                options.dir.join("req").display(),
+                options.dir.join("res").display(),
+                options.dir.join("err").display(),
+                if recovered > 0 {
+                    format!(" ({recovered} answered before a stop finished now)")
+                } else {
+                    String::new()
+                }
+            )?;
+        }
         out.flush()?;
         let server = {
             let (runtime, options) = (runtime.clone(), options.clone());
@@ -431,6 +465,9 @@ pub fn clinic_serve(
         writeln!(out, "shutting down ({signal})")?;
         out.flush()?;
         server.abort();
+        if let Some(folder) = folder {
+            folder.shutdown().await;
+        }
         service.shutdown().await;
         Ok(())
     })

@@ -26,8 +26,8 @@ use anyhow::{Context, Result};
 use shikaku_core::keystore::Presented;
 use shikaku_core::{Answer, CheckQuery, Date, StaffId};
 use shikaku_log::fs::FileDirectory;
-use shikaku_node::PresentedAnswer;
 use shikaku_node::{prepare, ConnId, Level, Node, NodeError, Output, PeerIdentity, Role};
+use shikaku_node::{ConsentAtCheck, PresentedAnswer, PresentedCheck};
 use shikaku_protocol::wire::{ErrorCode, FrameSplitter};
 use tokio::sync::Notify;
 
@@ -84,7 +84,7 @@ fn job<R: Send + 'static>(
 
 enum Command {
     Run(Job),
-    Check { presented: Presented, date: Date, operator: Option<StaffId>, reply: CheckReply },
+    Check { check: PresentedCheck, reply: CheckReply },
 }
 
 /// Bytes moved by a runtime's connections.
@@ -273,6 +273,16 @@ impl Runtime {
         date: Date,
         operator: Option<StaffId>,
     ) -> Result<(PresentedAnswer, u64), Arc<NodeError>> {
+        let consent = ConsentAtCheck::AsRecorded;
+        self.check_presented_with(PresentedCheck { presented, date, operator, consent }).await
+    }
+
+    /// [`Runtime::check_presented`] with what the patient said about consent.
+    pub async fn check_presented_with(
+        &self,
+        check: PresentedCheck,
+    ) -> Result<(PresentedAnswer, u64), Arc<NodeError>> {
+        let PresentedCheck { presented, date, operator, consent } = check;
         // Argon2id (tens of milliseconds by design) runs on a blocking thread, so the node's
         // thread keeps answering other checks and syncing meanwhile.
         let presented = match presented {
@@ -297,7 +307,8 @@ impl Runtime {
             other => other,
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
-        if self.commands.send(Command::Check { presented, date, operator, reply }).await.is_err() {
+        let check = PresentedCheck { presented, date, operator, consent };
+        if self.commands.send(Command::Check { check, reply }).await.is_err() {
             panic!("the node thread has ended");
         }
         match rx.await {
@@ -861,13 +872,11 @@ fn node_thread(
         let Some(rt) = runtime.upgrade() else { return };
         let now = rt.clock.now_ms();
         let mut guard = lock(&node);
-        let mut checks: Vec<(Presented, Date, Option<StaffId>, CheckReply)> = Vec::new();
+        let mut checks: Vec<(PresentedCheck, CheckReply)> = Vec::new();
         let mut replies: Vec<Deliver> = Vec::new();
         for command in batch {
             match command {
-                Command::Check { presented, date, operator, reply } => {
-                    checks.push((presented, date, operator, reply))
-                }
+                Command::Check { check, reply } => checks.push((check, reply)),
                 Command::Run(job) => {
                     answer_checks(&mut guard, now, &mut checks, &mut replies);
                     // A job that panics loses its reply (its caller panics), not the node.
@@ -894,18 +903,15 @@ fn node_thread(
 fn answer_checks(
     node: &mut FileNode,
     now: u64,
-    checks: &mut Vec<(Presented, Date, Option<StaffId>, CheckReply)>,
+    checks: &mut Vec<(PresentedCheck, CheckReply)>,
     replies: &mut Vec<Deliver>,
 ) {
     if checks.is_empty() {
         return;
     }
-    let queries: Vec<(Presented, Date, Option<StaffId>)> = checks
-        .iter()
-        .map(|(presented, date, operator, _)| (presented.clone(), *date, *operator))
-        .collect();
+    let queries: Vec<PresentedCheck> = checks.iter().map(|(check, _)| check.clone()).collect();
     let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        node.check_presented_by(now, &queries)
+        node.check_presented_all(now, &queries)
     }));
     // A panic drops the replies: their callers panic, the node thread goes on.
     let Ok(answered) = answered else {
@@ -914,7 +920,7 @@ fn answer_checks(
     };
     match answered {
         Ok(answers) => {
-            for ((_, _, _, reply), answer) in checks.drain(..).zip(answers) {
+            for ((_, reply), answer) in checks.drain(..).zip(answers) {
                 replies.push(Box::new(move || {
                     let _ = reply.send(Ok((answer, now)));
                 }));
@@ -922,7 +928,7 @@ fn answer_checks(
         }
         Err(e) => {
             let e = Arc::new(e);
-            for (_, _, _, reply) in checks.drain(..) {
+            for (_, reply) in checks.drain(..) {
                 let e = e.clone();
                 replies.push(Box::new(move || {
                     let _ = reply.send(Err(e));

@@ -21,8 +21,9 @@ pub mod node;
 pub mod snapshot;
 
 pub use node::{
-    prepare, prepare_stream, ConnId, Counters, Inbound, Level, MemberData, Node, NodeConfig,
-    NodeError, Output, PeerIdentity, PresentedAnswer, StreamIdentity, StreamMessage, KEYS_FILE,
+    prepare, prepare_stream, ConnId, ConsentAtCheck, Counters, Inbound, Level, MemberData, Node,
+    NodeConfig, NodeError, Output, PeerIdentity, PresentedAnswer, PresentedCheck, StreamIdentity,
+    StreamMessage, KEYS_FILE,
 };
 
 #[cfg(feature = "planted-bugs")]

@@ -51,6 +51,31 @@ impl MemberData {
     }
 }
 
+/// What the patient said at this check about sharing their limit category (the folder
+/// interface's `LimitApplicationCertificateRelatedConsFlg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsentAtCheck {
+    /// Nothing said: the consent events in the ledger decide.
+    #[default]
+    AsRecorded,
+    /// The patient consents now: a `consent_given` is recorded before the answer (when the
+    /// category would otherwise be withheld), so the answer carries the category.
+    GivenNow,
+}
+
+/// One check of what a patient presented.
+#[derive(Debug, Clone)]
+pub struct PresentedCheck {
+    /// The card, or the member key with or without the birth date.
+    pub presented: Presented,
+    /// The service date.
+    pub date: Date,
+    /// The logged-in staff member who asked (schema 3), if any.
+    pub operator: Option<StaffId>,
+    /// What the patient said about consent.
+    pub consent: ConsentAtCheck,
+}
+
 /// A check of something a patient presented: the answer (its member and query pseudonymous
 /// when the ledger is sealed) and what could be said about the member's identity.
 #[derive(Debug, Clone)]
@@ -59,6 +84,8 @@ pub struct PresentedAnswer {
     pub answer: Answer,
     /// The identity, for the present patient only.
     pub member_data: MemberData,
+    /// Whether the clinic was in sync with its hub when it answered (the record's mode).
+    pub online: bool,
 }
 
 impl<D: Directory> Node<D> {
@@ -143,6 +170,26 @@ impl<D: Directory> Node<D> {
         now_ms: u64,
         presented: &[(Presented, Date, Option<StaffId>)],
     ) -> Result<Vec<PresentedAnswer>, NodeError> {
+        let checks: Vec<_> = presented
+            .iter()
+            .map(|(presented, date, operator)| PresentedCheck {
+                presented: presented.clone(),
+                date: *date,
+                operator: *operator,
+                consent: ConsentAtCheck::AsRecorded,
+            })
+            .collect();
+        self.check_presented_all(now_ms, &checks)
+    }
+
+    /// [`Node::check_presented_by`] with what each patient said about consent: a patient who
+    /// consents now has a `consent_given` recorded (durably, before the check it precedes)
+    /// and their answer is computed after it.
+    pub fn check_presented_all(
+        &mut self,
+        now_ms: u64,
+        presented: &[PresentedCheck],
+    ) -> Result<Vec<PresentedAnswer>, NodeError> {
         if self.config.role != Role::Clinic {
             return Err(NodeError::Role("checks are answered by clinic nodes".into()));
         }
@@ -151,7 +198,8 @@ impl<D: Directory> Node<D> {
         let as_of = Hlc::end_of_ms(now_ms).max(self.clock.last());
         let mut out = Vec::with_capacity(presented.len());
         let mut bodies = Vec::with_capacity(presented.len());
-        for (what, service_date, operator) in presented {
+        for check in presented {
+            let PresentedCheck { presented: what, date: service_date, operator, consent } = check;
             let lookup = self.keys.lookup(what).map_err(NodeError::Sealed)?;
             let (query, schema, reveal, opened) = match lookup.query {
                 None => {
@@ -195,6 +243,24 @@ impl<D: Directory> Node<D> {
             let mut answer =
                 self.projection.check_revealed(&query, *service_date, as_of, freshness, &reveal);
             answer.knowledge.as_of = as_of;
+            if let (ConsentAtCheck::GivenNow, true, Some(member)) =
+                (consent, answer.limit_category_withheld, answer.member.clone())
+            {
+                // The consent is recorded first, then the answer computed from knowledge
+                // that includes it (so the insurer's re-derivation of this check agrees).
+                let body = EventBody::ConsentGiven { member };
+                self.record_all(now_ms, vec![(schema, body, *operator)])?;
+                let after = Hlc::end_of_ms(now_ms).max(self.clock.last());
+                answer = self.projection.check_revealed(
+                    &query,
+                    *service_date,
+                    after,
+                    freshness,
+                    &reveal,
+                );
+                answer.knowledge.as_of = after;
+            }
+            let knowledge = answer.knowledge.as_of;
             let member_data = match (&answer.member, schema) {
                 (None, _) => MemberData::NoMember,
                 (Some(_), SCHEMA_VERSION) => MemberData::Plain,
@@ -217,7 +283,7 @@ impl<D: Directory> Node<D> {
                     query,
                     service_date: *service_date,
                     mode: if online { CheckMode::Online } else { CheckMode::Offline },
-                    knowledge: as_of,
+                    knowledge,
                     hub_position: freshness.hub_position.unwrap_or(0),
                     code: answer.code,
                     answer_hash: AnswerHash(answer.hash().0),
@@ -225,7 +291,7 @@ impl<D: Directory> Node<D> {
                 },
                 *operator,
             ));
-            out.push(PresentedAnswer { answer, member_data });
+            out.push(PresentedAnswer { answer, member_data, online });
         }
         self.record_all(now_ms, bodies)?;
         for p in &out {
@@ -245,6 +311,21 @@ impl<D: Directory> Node<D> {
                 | EventBody::DemographicsSealed { sealed, .. } => {
                     seal::open_member(key, reference, sealed).ok()
                 }
+                _ => None,
+            }
+        })
+    }
+
+    /// A member held in the clear (schema 1): their current demographics (the latest
+    /// registration or demographics change that can be read) — for the present patient's
+    /// answer only, as [`MemberData::Opened`] is for a sealed one.
+    pub fn plain_identity(&self, member: &MemberKey) -> Option<shikaku_core::Person> {
+        let ids = self.projection.identity_events(member, Hlc(u64::MAX));
+        ids.iter().rev().find_map(|id| {
+            let event = self.log.read(self.log.position_of(id)?).ok()?;
+            match &event.event().body {
+                EventBody::MemberRegistered { person, .. }
+                | EventBody::DemographicsChanged { person, .. } => Some(person.clone()),
                 _ => None,
             }
         })

@@ -50,7 +50,7 @@ mod prepare;
 mod store;
 mod stream;
 
-pub use check::{MemberData, PresentedAnswer};
+pub use check::{ConsentAtCheck, MemberData, PresentedAnswer, PresentedCheck};
 pub use config::*;
 pub use hub::import_refusal;
 pub use keys::{verify_order, KEYS_FILE, KEY_ITEMS_PER_FRAME};
