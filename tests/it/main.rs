@@ -36,6 +36,7 @@ mod laws;
 mod log;
 mod net;
 mod node;
+mod ovs;
 mod privacy;
 mod reconcile;
 mod reference;
