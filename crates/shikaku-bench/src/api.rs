@@ -7,7 +7,9 @@
 //! connection per request, as `shikaku check --node` does), and the same with `format=fhir`;
 //! the same checks by a logged-in receptionist (a second API of the same node in the login
 //! mode: session cookie, staff file, operator in each record, schema 3) and what a login costs
-//! (Argon2id); then N concurrent HTTP clients for throughput.
+//! (Argon2id); the folder interface (a request file renamed into `req` until its answer is
+//! renamed into `res`, one at a time, then all at once for requests/s); then N concurrent HTTP
+//! clients for throughput.
 
 use std::io::Write;
 
@@ -132,6 +134,7 @@ fn measure(
         summary(label, times, out)?;
     }
     staff_session(&rt, root, &clinic, &queries, out)?;
+    folder_interface(&rt, root, &clinic, &queries, &generated, today, out)?;
     let watch = Stopwatch::start();
     let per_client = queries.len().div_ceil(clients);
     let results: Vec<Result<Vec<u64>>> = std::thread::scope(|scope| {
@@ -224,5 +227,108 @@ fn staff_session(
     }
     summary("GET /v1/check in a staff session (schema 3)", times, out)?;
     server.abort();
+    Ok(())
+}
+
+/// The folder interface on the same node: the time from a request file's rename into `req` to
+/// its answer's appearance in `res` (one request at a time; the answer's rename is the moment
+/// it appears), then every request dropped at once for requests/s.
+fn folder_interface(
+    rt: &tokio::runtime::Runtime,
+    root: &std::path::Path,
+    clinic: &cluster::Clinic,
+    queries: &[CheckQuery],
+    generated: &shikaku_gen::Generated,
+    today: Date,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use shikaku_api::ovs::xml::date8;
+    let births: std::collections::HashMap<_, _> = generated
+        .events
+        .iter()
+        .filter_map(|e| match &e.event().body {
+            EventBody::MemberRegistered { member, person, .. } => {
+                Some((member.clone(), person.birth_date))
+            }
+            _ => None,
+        })
+        .collect();
+    let request = |q: &CheckQuery, id: usize| -> String {
+        let search = match q {
+            CheckQuery::Card(card) => format!("<ShikakuCardToken>{card}</ShikakuCardToken>"),
+            CheckQuery::Member(key) => format!(
+                "<InsurerNumber>{:>8}</InsurerNumber><InsuredCardSymbol>{}</InsuredCardSymbol><InsuredIdentificationNumber>{}</InsuredIdentificationNumber><InsuredBranchNumber>{:02}</InsuredBranchNumber><Birthdate>{}</Birthdate>",
+                key.insurer.to_string(),
+                key.symbol,
+                key.number,
+                key.branch,
+                births.get(key).map(|b| date8(*b)).unwrap_or_default()
+            ),
+        };
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><XmlMsg><MessageHeader><QualificationConfirmationDate>{}</QualificationConfirmationDate><MedicalInstitutionCode>1312345678</MedicalInstitutionCode><ArbitraryFileIdentifier>{id}</ArbitraryFileIdentifier></MessageHeader><MessageBody><QualificationConfirmSearchInfo>{search}</QualificationConfirmSearchInfo></MessageBody></XmlMsg>",
+            date8(today)
+        )
+    };
+    let dir = root.join("bench-ovs");
+    std::fs::create_dir_all(root.join("bench-ovs-data"))?;
+    let folder = shikaku_api::ovs::OvsFolder::start(
+        clinic.runtime.clone(),
+        shikaku_api::ovs::OvsOptions::new(&dir, &root.join("bench-ovs-data")),
+    )?;
+    let drop_file = |name: &str, text: &str| -> Result<()> {
+        let staging = dir.join(format!(".{name}"));
+        std::fs::write(&staging, text)?;
+        std::fs::rename(&staging, dir.join("req").join(name))?;
+        Ok(())
+    };
+    let mut times = Vec::with_capacity(queries.len());
+    for (i, q) in queries.iter().enumerate() {
+        let answer = dir.join("res").join(format!("OQSsiimm01res_{i:06}.xml"));
+        let text = request(q, i);
+        let watch = Stopwatch::start();
+        drop_file(&format!("OQSsiimm01req_{i:06}.xml"), &text)?;
+        while !answer.exists() {
+            if watch.seconds() > 30.0 {
+                anyhow::bail!("the folder interface gave no answer in 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        times.push((watch.seconds() * 1e6) as u64);
+        std::fs::remove_file(&answer)?;
+    }
+    summary("folder interface: request rename to answer in res", times, out)?;
+    let texts: Vec<String> = queries.iter().enumerate().map(|(i, q)| request(q, i)).collect();
+    let watch = Stopwatch::start();
+    for (i, text) in texts.iter().enumerate() {
+        drop_file(&format!("OQSbatchreq_{i:06}.xml"), text)?;
+    }
+    let answered = || {
+        std::fs::read_dir(dir.join("res")).map_or(0, |d| {
+            d.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
+        })
+    };
+    while answered() < texts.len() {
+        if watch.seconds() > 300.0 {
+            anyhow::bail!(
+                "the folder interface answered {} of {} in 300 s",
+                answered(),
+                texts.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let seconds = watch.seconds();
+    writeln!(
+        out,
+        "  folder interface, {} requests dropped at once: {:.0} requests/s (each check recorded, each answer fsynced and journalled)",
+        texts.len(),
+        texts.len() as f64 / seconds
+    )?;
+    let refused = folder.stats.refused.load(std::sync::atomic::Ordering::Relaxed);
+    if refused > 0 {
+        anyhow::bail!("the folder interface refused {refused} of the benchmark's requests");
+    }
+    rt.block_on(folder.shutdown());
     Ok(())
 }
