@@ -196,10 +196,11 @@ fn move_to_err(from: &Path, err: &Path, name: &str) -> std::io::Result<()> {
     std::fs::rename(from, target)
 }
 
-/// Renames the staging file to the answer, fsyncing the folder.
+/// Renames the staging file to the answer. The folder is not fsynced: should the rename be
+/// lost in a crash, the staging file is still there at the next start and its journal line
+/// has it renamed then.
 fn publish(folders: &Folders, id: &str, answer: &str) -> std::io::Result<()> {
-    std::fs::rename(folders.staging(id), folders.res.join(answer))?;
-    std::fs::File::open(&folders.res)?.sync_all()
+    std::fs::rename(folders.staging(id), folders.res.join(answer))
 }
 
 /// Finishes a journalled request: its request removed, or moved to `err`.
@@ -294,6 +295,9 @@ fn recover(folders: &Folders, journal: &Path, stats: &OvsStats) -> anyhow::Resul
                 .map_err(|e| io(&format!("publishing the answer {}", entry.answer), e))?;
         }
     }
+    std::fs::File::open(&folders.res)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io("syncing res", e))?;
     let mut finished = HashSet::new();
     for name in waiting(&folders.req).map_err(|e| io("reading req", e))? {
         let Ok(bytes) = std::fs::read(folders.req.join(&name)) else { continue };
