@@ -198,10 +198,21 @@ fn demo_runs_to_completion() {
         "a mistyped password is refused: wrong name or password",
         "The member's access report: who checked the patient who changed jobs",
         "admin view (GET /v1/audit): ren made",
+        "receipt computer uses the terminal's folder interface",
         "Demo finished",
     ] {
         assert!(out.contains(needle), "demo output lacks {needle:?}:\n{out}");
     }
+    // The records system's folder round trips: valid online, then valid and flagged offline.
+    let online = out.split("drops a request file for the regular patient").nth(1).unwrap();
+    let online = online.split("──").next().unwrap();
+    assert!(online.contains("<QualificationValidity>1</QualificationValidity>"), "{online}");
+    assert!(online.contains("<Offline>0</Offline>"), "{online}");
+    let offline = out.split("asks again through the folder during the outage").nth(1).unwrap();
+    let offline = offline.split("──").next().unwrap();
+    assert!(offline.contains("<QualificationValidity>1</QualificationValidity>"), "{offline}");
+    assert!(offline.contains("<ProcessingResultCode>SHK100</ProcessingResultCode>"), "{offline}");
+    assert!(offline.contains("<Offline>1</Offline>"), "{offline}");
     // The job changer's access report after the outage day: their offline checks, one of them
     // contradicted, all at the pharmacy where they presented themselves — and no staff names.
     let report = out.split("The member's access report").nth(1).unwrap();
@@ -214,7 +225,8 @@ fn demo_runs_to_completion() {
     // The reports stay in the work directory given.
     let json = std::fs::read_to_string(dir.join("reconciliation.json")).unwrap();
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(report["totals"]["checks"], 10, "every check of the day reached the report: {json}");
+    // Ten at the reception pages, two through the receipt computer's folder.
+    assert_eq!(report["totals"]["checks"], 12, "every check of the day reached the report: {json}");
     // The job changer's card answered unknown offline is now listed too (covered by the new insurer).
     assert_eq!(report["totals"]["contradicted_offline"], 4, "{json}");
     assert_eq!(report["totals"]["unresolved_declarations"], 1, "{json}");

@@ -481,6 +481,19 @@ fn story(
         "all three verified every signature and hold a signed completeness receipt ({:.1} s)",
         watch.seconds()
     ))?;
+    // The first clinic's receipt computer talks to it through the terminal's folder
+    // interface, as it would to the real terminal.
+    let oqs = workdir.join(format!("{}-receipt-computer", CLINICS[0]));
+    let folder = shikaku_api::ovs::OvsFolder::start(
+        clinics[0].runtime.clone(),
+        shikaku_api::ovs::OvsOptions::new(&oqs, &workdir.join(CLINICS[0])),
+    )?;
+    n.say(&format!(
+        "{}'s receipt computer uses the terminal's folder interface: requests in {}, answers in {}",
+        CLINICS[0],
+        oqs.join("req").display(),
+        oqs.join("res").display()
+    ))?;
 
     clock.advance(20 * 60_000);
     n.step("Morning: reception logs in")?;
@@ -512,6 +525,11 @@ fn story(
     n.block(&format!("{}: a regular patient's card", clinics[0].name), &text)?;
     let (_, text, _) = desk.ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: another patient", clinics[2].name), &text)?;
+    let answer = folder_request(&oqs, &cast.regular.1, &desk, today, "rc-0001")?;
+    n.block(
+        &format!("{}: the receipt computer drops a request file for the regular patient (insurance-card data and birth date) and reads the answer", clinics[0].name),
+        &answer,
+    )?;
 
     clock.advance(30 * 60_000);
     n.step("An insurer reports a job change; the hub pushes it live")?;
@@ -599,6 +617,14 @@ fn story(
     )?;
     let (_, text, _) = desk.ask(&clinics[2], Presented::Card(&cast.copay.0), today)?;
     n.block(&format!("{}: the patient whose copay was corrected", clinics[2].name), &text)?;
+    let answer = folder_request(&oqs, &cast.regular.1, &desk, today, "rc-0002")?;
+    n.block(
+        &format!(
+            "{}: the receipt computer asks again through the folder during the outage",
+            clinics[0].name
+        ),
+        &answer,
+    )?;
     let (_, health) = desk.request(&clinics[1], "GET", "/v1/health", None)?;
     let health: serde_json::Value = serde_json::from_str(&health)?;
     n.say(&format!(
@@ -751,6 +777,7 @@ fn story(
         rt.block_on(crate::serve::shutdown_signal())?;
     }
     n.step("Shutting down cleanly")?;
+    rt.block_on(folder.shutdown());
     for c in &mut clinics {
         c.shutdown(rt);
     }
@@ -775,6 +802,66 @@ fn story(
     }
     n.say("the ledger holds every member of 8 insurers, sealed: without the card or the key and birth date, no name")?;
     Ok(())
+}
+
+/// A receipt computer's request through the folder interface: a request file by insurance-card
+/// data renamed into `req`, its answer read from `res` (and removed, as the receipt computer
+/// does); the answer's telling lines.
+fn folder_request(
+    oqs: &Path,
+    key: &MemberKey,
+    desk: &Reception,
+    today: Date,
+    id: &str,
+) -> Result<String> {
+    use shikaku_api::ovs::xml::date8;
+    let birth = desk.persons.get(key).map(|p| p.birth_date).context("the patient's birth date")?;
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<XmlMsg><MessageHeader><QualificationConfirmationDate>{}</QualificationConfirmationDate><MedicalInstitutionCode>1312345678</MedicalInstitutionCode><ArbitraryFileIdentifier>{id}</ArbitraryFileIdentifier></MessageHeader><MessageBody><QualificationConfirmSearchInfo><InsurerNumber>{:>8}</InsurerNumber><InsuredCardSymbol>{}</InsuredCardSymbol><InsuredIdentificationNumber>{}</InsuredIdentificationNumber><InsuredBranchNumber>{:02}</InsuredBranchNumber><Birthdate>{}</Birthdate><LimitApplicationCertificateRelatedConsFlg>0</LimitApplicationCertificateRelatedConsFlg></QualificationConfirmSearchInfo></MessageBody></XmlMsg>\n",
+        date8(today),
+        key.insurer.to_string(),
+        key.symbol,
+        key.number,
+        key.branch,
+        date8(birth)
+    );
+    let name = format!("OQSsiimm01req_{}.xml", id.replace('-', ""));
+    let staging = oqs.join(format!(".{name}"));
+    std::fs::write(&staging, xml)?;
+    std::fs::rename(&staging, oqs.join("req").join(&name))?;
+    let answer_path = oqs.join("res").join(shikaku_api::ovs::xml::answer_name(&name));
+    let watch = Stopwatch::start();
+    while !answer_path.exists() {
+        if watch.seconds() > 30.0 {
+            bail!("the folder interface gave no answer to {name} in 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let answer = std::fs::read_to_string(&answer_path)?;
+    std::fs::remove_file(&answer_path)?;
+    let wanted = [
+        "ArbitraryFileIdentifier",
+        "SegmentOfResult",
+        "ProcessingResultCode",
+        "ProcessingResultMessage",
+        "QualificationValidity",
+        "Name",
+        "InsuredPartialContributionRatio",
+        "Offline",
+        "LastHubSyncTime",
+        "Freshness",
+    ];
+    let mut lines = vec![format!("req/{name} → res/{}", shikaku_api::ovs::xml::answer_name(&name))];
+    for line in answer.lines() {
+        let trimmed = line.trim();
+        if wanted
+            .iter()
+            .any(|w| trimmed.starts_with(&format!("<{w}>")) || trimmed == format!("<{w}/>"))
+        {
+            lines.push(format!("  {trimmed}"));
+        }
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Two self-declarations at reception: the job changer names their new insurer (which
