@@ -40,6 +40,7 @@ mod ovs;
 mod privacy;
 mod reconcile;
 mod reference;
+mod roster;
 mod scenarios;
 mod scratch;
 mod shared_log;

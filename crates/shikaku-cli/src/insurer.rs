@@ -227,3 +227,144 @@ pub fn erase(
     let line = serde_json::json!({ "v": shikaku_core::SCHEMA_SEALED, "body": body }).to_string();
     sign(key, std::io::Cursor::new(line), now_ms, out)
 }
+
+/// Suffix of the file beside a secret key listing the roster transitions already signed.
+pub const PUBLISHED_SUFFIX: &str = ".published";
+
+/// The exports `insurer diff` reads.
+#[derive(Debug, Clone, Copy)]
+pub struct DiffFiles<'a> {
+    /// The earlier export, if any.
+    pub previous: Option<&'a Path>,
+    /// The new export.
+    pub current: &'a Path,
+    /// Their encoding.
+    pub encoding: crate::CsvEncoding,
+}
+
+fn read_roster(
+    path: &Path,
+    encoding: crate::CsvEncoding,
+    insurer: InsurerNumber,
+    file: &'static str,
+) -> Result<crate::roster::Roster> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = match encoding {
+        crate::CsvEncoding::Utf8 => {
+            let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(&bytes);
+            String::from_utf8(bytes.to_vec()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not UTF-8 (first bad byte at offset {}): give --encoding shift_jis for a Shift_JIS export",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?
+        }
+        crate::CsvEncoding::ShiftJis => encoding_rs::SHIFT_JIS
+            .decode_without_bom_handling_and_without_replacement(&bytes)
+            .ok_or_else(|| anyhow::anyhow!("{} is not valid Shift_JIS", path.display()))?
+            .into_owned(),
+    };
+    crate::roster::parse(&text, insurer, file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `shikaku insurer diff`: the events that changed between two roster exports, signed with
+/// `key` (through [`sign`], so numbering and clock continue from `<key>.state`) unless
+/// `dry_run`; transitions already in `<key>.published` are skipped, and the new ones are
+/// recorded there after the signed events are written. Returns the exit status: 1 when some
+/// lines were refused (they are listed on `err`), else 0.
+#[allow(clippy::too_many_arguments)]
+pub fn diff(
+    key: &Path,
+    files: DiffFiles<'_>,
+    as_of: shikaku_core::Date,
+    dry_run: bool,
+    out_path: Option<&Path>,
+    now_ms: u64,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32> {
+    let key_file = read_key(key)?;
+    let insurer = key_file.insurer;
+    let previous = match files.previous {
+        Some(path) => read_roster(path, files.encoding, insurer, "previous")?,
+        None => crate::roster::Roster::default(),
+    };
+    let current = read_roster(files.current, files.encoding, insurer, "current")?;
+    let (transitions, mut refused) = crate::roster::diff(&previous, &current, as_of);
+    refused.extend(previous.refused.iter().cloned());
+    refused.extend(current.refused.iter().cloned());
+    refused.sort_by_key(|r| (r.file, r.line));
+    let published_path = beside(key, PUBLISHED_SUFFIX);
+    let published: std::collections::HashSet<String> =
+        match std::fs::read_to_string(&published_path) {
+            Ok(text) => {
+                text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading {}", published_path.display()))
+            }
+        };
+    let (already, new): (Vec<_>, Vec<_>) =
+        transitions.into_iter().partition(|t| published.contains(&t.id));
+    let events: usize = new.iter().map(|t| t.events.len()).sum();
+    if dry_run {
+        writeln!(out, "{:>6}  {:<28}  change", "line", "member")?;
+        for t in &new {
+            writeln!(out, "{:>6}  {:<28}  {}", t.line, t.member.to_string(), t.summary.join("; "))?;
+        }
+        writeln!(
+            out,
+            "{} members changed: {events} events would be published (as of {as_of}); {} already published; {} lines refused",
+            new.len(),
+            already.len(),
+            refused.len()
+        )?;
+    } else if !new.is_empty() {
+        let mut unsigned = String::new();
+        for t in &new {
+            for body in &t.events {
+                unsigned.push_str(&serde_json::json!({ "body": body }).to_string());
+                unsigned.push('\n');
+            }
+        }
+        let mut signed = Vec::new();
+        let summary = sign(key, std::io::Cursor::new(unsigned), now_ms, &mut signed)?;
+        match out_path {
+            Some(path) => write_private_atomic(path, &signed)?,
+            None => {
+                out.write_all(&signed)?;
+                out.flush()?;
+            }
+        }
+        // Recorded only once the events are out: a crash in between signs them again next
+        // time (duplicates the hub can void), never loses them.
+        let mut lines = std::fs::read_to_string(&published_path).unwrap_or_default();
+        for t in &new {
+            lines.push_str(&t.id);
+            lines.push('\n');
+        }
+        write_private_atomic(&published_path, lines.as_bytes())?;
+        let seqs =
+            summary.origin_seqs.map(|(a, b)| format!(" (origin_seq {a}–{b})")).unwrap_or_default();
+        writeln!(
+            err,
+            "{} members changed: signed {} events{seqs} as of {as_of}; {} already published",
+            new.len(),
+            summary.signed,
+            already.len()
+        )?;
+    } else {
+        // An empty output, so that a script's `hub import` of it finds the file.
+        if let Some(path) = out_path {
+            write_private_atomic(path, b"")?;
+        }
+        writeln!(err, "nothing new to publish ({} changes already published)", already.len())?;
+    }
+    for refusal in &refused {
+        writeln!(err, "refused: {refusal}")?;
+    }
+    Ok(if refused.is_empty() { 0 } else { 1 })
+}

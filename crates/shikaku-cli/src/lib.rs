@@ -8,6 +8,7 @@ pub use shikaku_net::clock;
 pub mod demo;
 pub mod insurer;
 pub mod ledger;
+pub mod roster;
 pub mod serve;
 pub mod sim;
 pub use shikaku_node::data_dir as store;
@@ -348,6 +349,36 @@ pub enum InsurerCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Turn two snapshots of the member-management export (the roster CSV, examples/roster.md)
+    /// into the events that changed — enrolments, losses with their date and reason, copay,
+    /// limit-category and demographic changes, card links — signed with the insurer's key for
+    /// `hub import`. Idempotent: each member's change is recorded in KEY.published once
+    /// signed, so running it again publishes nothing new. Lines that cannot be used are
+    /// refused by file and line (exit status 1); the rest is published.
+    Diff {
+        /// The key file from `insurer key init`; every member must be of its insurer.
+        #[arg(long)]
+        key: PathBuf,
+        /// The earlier export. Without it every member of --current is new.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        /// The new export.
+        #[arg(long)]
+        current: PathBuf,
+        /// The effective date of the changes the export does not date (demographics, copay,
+        /// limit category). Default: today (JST).
+        #[arg(long)]
+        as_of: Option<Date>,
+        /// The exports' character encoding.
+        #[arg(long, value_enum, default_value = "utf-8")]
+        encoding: CsvEncoding,
+        /// Print what would be published, as a table; sign and record nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the signed events to this file (0600, atomically) instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Sign unsigned JSON Lines events (protocol/EVENTS-JSONL.md, "Unsigned events") with the
     /// insurer's key: each gets the next origin_seq (kept in KEY.state), a hybrid-clock stamp,
     /// its id and signature. Every line is checked before anything is written; the output
@@ -362,6 +393,17 @@ pub enum InsurerCommand {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+}
+
+/// The character encoding of a roster CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CsvEncoding {
+    /// UTF-8 (a byte-order mark is skipped).
+    #[value(name = "utf-8")]
+    Utf8,
+    /// Shift_JIS (read as Windows-31J).
+    #[value(name = "shift_jis")]
+    ShiftJis,
 }
 
 /// `shikaku insurer key …`.
@@ -899,6 +941,20 @@ fn dispatch(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32> {
             drop(sink);
             writeln!(err, "signed an erasure order for a member of insurer {}", member.insurer)?;
             Ok(0)
+        }
+        Command::Insurer(InsurerCommand::Diff {
+            key,
+            previous,
+            current,
+            as_of,
+            encoding,
+            dry_run,
+            out: path,
+        }) => {
+            let as_of = as_of.unwrap_or_else(|| Date::from_unix_ms_jst(clock::now_ms()));
+            let files =
+                insurer::DiffFiles { previous: previous.as_deref(), current: &current, encoding };
+            insurer::diff(&key, files, as_of, dry_run, path.as_deref(), clock::now_ms(), out, err)
         }
         Command::Insurer(InsurerCommand::Sign { key, input, out: path }) => {
             let (reader, _) = open_input(&input)?;
