@@ -169,6 +169,22 @@ impl Drop for Browser {
     }
 }
 
+impl Browser {
+    /// Types `text` into the focused element and presses Enter, as a card reader or barcode
+    /// scanner does (keyboard events, not scripted values).
+    fn scan(&mut self, text: &str) {
+        self.eval("document.getElementById('code').textContent = ''; true");
+        self.call("Input.insertText", json!({ "text": text }));
+        for kind in ["keyDown", "keyUp"] {
+            self.call(
+                "Input.dispatchKeyEvent",
+                json!({ "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if kind == "keyDown" { "\r" } else { "" } }),
+            );
+        }
+        self.wait("an answer", "document.getElementById('code').textContent !== ''", 10);
+    }
+}
+
 // The browser is driven with blocking calls from the test's own thread: the hub, the clinic
 // and its API run on the runtime's worker threads meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,7 +193,8 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     let date = Date::from_ymd(2026, 10, 15).unwrap();
     let (card, member, invalid) = cast(&running.d, date);
     let mut b = Browser::launch(running.d.root.join("chromium-profile"));
-    b.open(&format!("{}/", running.url));
+    // English, by the page's switch (Japanese is the default: see the test below).
+    b.open(&format!("{}/?lang=en", running.url));
     b.wait(
         "the page and its banner",
         "document.getElementById('banner').textContent.startsWith('Online')",
@@ -194,6 +211,7 @@ async fn reception_page_in_headless_chromium_online_offline_and_self_declaration
     assert_eq!(b.text("insurer"), member.insurer.to_string());
     assert_eq!(b.text("copay"), "30%");
     assert!(b.text("coverage").contains(" – "), "{}", b.text("coverage"));
+    assert!(b.text("service").starts_with(&format!("{date}（令和")), "{}", b.text("service"));
     assert_eq!(b.text("end-reason"), "—", "a valid coverage has not ended");
     assert_eq!(b.text("conflicts"), "—");
     assert_eq!(
@@ -300,7 +318,7 @@ async fn reception_page_login_and_logout_in_headless_chromium() {
     });
     let mut b = Browser::launch(running.d.root.join("chromium-login-profile"));
     // localhost is a secure context, so the Secure cookie is kept over plain HTTP there.
-    b.open(&format!("http://localhost:{port}/"));
+    b.open(&format!("http://localhost:{port}/?lang=en"));
     b.wait(
         "the log-in form",
         "getComputedStyle(document.getElementById('login')).display === 'block'",
@@ -344,6 +362,110 @@ async fn reception_page_login_and_logout_in_headless_chromium() {
         "fetch('/v1/check?card=00', { headers: { 'X-Shikaku-Client': 'reception-page' } }).then(r => r.status)",
     );
     assert_eq!(status, json!(401), "the session is gone");
+    drop(b);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reception_page_speaks_japanese_by_default_with_era_dates_from_the_keyboard_alone() {
+    // Issue 18, item 4: Japanese by default with the real terminal's words, dates in both
+    // calendars, a Japanese font stack, a language switch that is remembered, and a card
+    // reader's keystrokes (token, Enter) doing the whole check without a mouse.
+    let running = Running::start("browser-ja", 800).await;
+    let date = Date::from_ymd(2026, 10, 15).unwrap();
+    let (card, _, invalid) = cast(&running.d, date);
+    let mut b = Browser::launch(running.d.root.join("chromium-ja-profile"));
+    b.open(&format!("{}/", running.url));
+    b.wait(
+        "the banner",
+        "document.getElementById('banner').textContent.startsWith('オンライン')",
+        20,
+    );
+    assert_eq!(b.eval("document.documentElement.lang"), json!("ja"));
+    b.wait("the session bar", "document.getElementById('who-am-i').textContent !== '…'", 10);
+    assert!(
+        b.text("who-am-i").starts_with("ループバック・ログインなしモード"),
+        "{}",
+        b.text("who-am-i")
+    );
+    assert_eq!(b.eval("document.querySelector('#check button').textContent"), json!("照会"));
+    let font = b.eval("getComputedStyle(document.body).fontFamily").as_str().unwrap().to_owned();
+    for family in ["Hiragino Kaku Gothic ProN", "Yu Gothic", "Meiryo", "Noto Sans CJK JP"] {
+        assert!(font.contains(family), "{font}");
+    }
+    // The era calendar, at its edges.
+    for (western, era) in [
+        ("2026-12-01", "令和8年12月1日"),
+        ("2019-05-01", "令和元年5月1日"),
+        ("2019-04-30", "平成31年4月30日"),
+        ("1989-01-08", "平成元年1月8日"),
+        ("1989-01-07", "昭和64年1月7日"),
+        ("1926-12-25", "昭和元年12月25日"),
+    ] {
+        assert_eq!(b.eval(&format!("eraDate('{western}')")), json!(era), "{western}");
+    }
+
+    // Keyboard only: the field has the focus; the reader types the token and Enter.
+    assert_eq!(b.eval("document.activeElement.id"), json!("who"), "focus on load");
+    b.eval(&format!("document.getElementById('date').value = '{date}'; true"));
+    b.scan(&card.to_string());
+    assert_eq!(b.text("code"), "有効");
+    assert_eq!(b.text("service"), format!("{date}（令和8年10月15日）"));
+    assert!(b.text("copay").ends_with("割（30%）"), "{}", b.text("copay"));
+    assert!(b.text("coverage").contains("〜"), "{}", b.text("coverage"));
+    assert_eq!(b.text("knowledge"), "最新（ハブと同期中）");
+    assert_eq!(b.eval("document.querySelector('dt').textContent"), json!("患者"));
+    // Ready for the next card: focus back in the field, its text selected so the next scan
+    // replaces it.
+    assert_eq!(
+        b.eval("(() => { const w = document.getElementById('who'); return document.activeElement === w && w.selectionStart === 0 && w.selectionEnd === w.value.length; })()"),
+        json!(true)
+    );
+    b.scan(&invalid.to_string());
+    assert_eq!(b.text("code"), "無効");
+    assert!(b.text("coverage").ends_with("（最終有効日）"), "{}", b.text("coverage"));
+    let reason = b.text("end-reason");
+    assert!(
+        ["転職", "退職", "市区町村外への転出", "75歳到達（後期高齢者医療へ）", "死亡", "その他"]
+            .contains(&reason.as_str()),
+        "{reason}"
+    );
+    assert_eq!(
+        b.eval("getComputedStyle(document.getElementById('declare')).display"),
+        json!("block")
+    );
+    let declare = b.eval("document.querySelector('#declare p').textContent");
+    assert!(
+        declare.as_str().unwrap().starts_with("この診療日に有効な資格が台帳にありません"),
+        "{declare}"
+    );
+
+    // The switch: the same answer in English at once, the page's words too; remembered.
+    assert_eq!(b.text("lang"), "English");
+    b.eval("document.getElementById('lang').click(); true");
+    assert_eq!(b.text("code"), "INVALID 無効");
+    assert_eq!(b.eval("document.documentElement.lang"), json!("en"));
+    assert_eq!(b.eval("document.querySelector('dt').textContent"), json!("Patient"));
+    assert!(b.text("coverage").ends_with("(last covered day)"), "{}", b.text("coverage"));
+    assert!(b.text("who-am-i").starts_with("Loopback no-login mode"));
+    b.wait(
+        "the banner in English",
+        "document.getElementById('banner').textContent.startsWith('Online')",
+        10,
+    );
+    b.eval("location.reload(); true");
+    b.wait(
+        "the reloaded page",
+        "document.getElementById('banner').textContent.startsWith('Online')",
+        20,
+    );
+    assert_eq!(b.text("lang"), "日本語", "the choice is remembered on this PC");
+    b.eval("document.getElementById('lang').click(); true");
+    b.wait(
+        "Japanese again",
+        "document.getElementById('banner').textContent.startsWith('オンライン')",
+        10,
+    );
     drop(b);
     running.shutdown().await;
 }
