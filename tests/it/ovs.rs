@@ -213,10 +213,82 @@ async fn a_folder_of_1000_requests_from_4_writers_is_answered_once_each_and_bad_
     let (card, member, invalid) = cast(&running.d, date);
     let births = births(&running.d.events);
     let dir = running.d.root.join("ovs");
-    let options = OvsOptions::new(&dir, &running.d.root.join("front-desk"));
-    let folder = OvsFolder::start(running.clinic.clone(), options).unwrap();
-    let reader = Reader::start(dir.join("res"));
+    let data = running.d.root.join("front-desk");
+    let options = OvsOptions::new(&dir, &data);
     let records_before = running.clinic.with_node(|n, _| n.own_records().0.len());
+
+    // What a clinic that died mid-answer leaves, finished at start without a new answer:
+    // a journalled answer still in staging (published now), one already renamed (its request
+    // removed now), and a staging file never journalled (removed; its request is answered).
+    for sub in ["req", "res", "err"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let journal = data.join(shikaku_api::ovs::folder::JOURNAL_FILE);
+    let id = |name: &str, bytes: &[u8]| {
+        let mut h = blake3::Hasher::new();
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(bytes);
+        h.finalize().to_hex().to_string()
+    };
+    let hex = |text: &str| shikaku_core::hex::encode(text.as_bytes());
+    let staged_req = card_data_request(&member, births[&member], date, "crash-1", "0");
+    let renamed_req = card_data_request(&member, births[&member], date, "crash-2", "0");
+    let unjournalled_req = card_data_request(&member, births[&member], date, "crash-3", "0");
+    std::fs::write(dir.join("req/c1req.xml"), &staged_req).unwrap();
+    std::fs::write(dir.join("req/c2req.xml"), &renamed_req).unwrap();
+    std::fs::write(dir.join("req/c3req.xml"), &unjournalled_req).unwrap();
+    let (id1, id2, id3) = (
+        id("c1req.xml", staged_req.as_bytes()),
+        id("c2req.xml", renamed_req.as_bytes()),
+        id("c3req.xml", unjournalled_req.as_bytes()),
+    );
+    std::fs::write(dir.join(format!("res/.shikaku-{id1}.tmp")), "<XmlMsg>staged</XmlMsg>\n")
+        .unwrap();
+    std::fs::write(dir.join("res/c2res.xml"), "<XmlMsg>renamed</XmlMsg>\n").unwrap();
+    std::fs::write(dir.join(format!("res/.shikaku-{id3}.tmp")), "<XmlMsg>half").unwrap();
+    // A damaged journal refuses the start, naming the line; nothing is touched.
+    std::fs::write(
+        &journal,
+        format!("shikaku-ovs-journal 1\nA {id1} ok {}\nX\n", hex("c1res.xml")),
+    )
+    .unwrap();
+    let refused = OvsFolder::start(running.clinic.clone(), options.clone()).err().unwrap();
+    assert!(refused.to_string().contains("line 3 is damaged"), "{refused}");
+    assert!(dir.join(format!("res/.shikaku-{id1}.tmp")).exists());
+    // The journal as the crash left it (its last line cut short).
+    std::fs::write(
+        &journal,
+        format!(
+            "shikaku-ovs-journal 1\nA {id1} ok {}\nA {id2} ok {}\nA {id3}",
+            hex("c1res.xml"),
+            hex("c2res.xml")
+        ),
+    )
+    .unwrap();
+    let folder = OvsFolder::start(running.clinic.clone(), options).unwrap();
+    assert_eq!(folder.stats.recovered.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("res/c1res.xml")).unwrap(),
+        "<XmlMsg>staged</XmlMsg>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("res/c2res.xml")).unwrap(),
+        "<XmlMsg>renamed</XmlMsg>\n"
+    );
+    assert!(!dir.join("req/c1req.xml").exists() && !dir.join("req/c2req.xml").exists());
+    assert_eq!(std::fs::read_to_string(&journal).unwrap(), "shikaku-ovs-journal 1\n");
+    let reader = Reader::start(dir.join("res"));
+    reader.wait_for(3, 30).await;
+    let crash3 = reader.answer("c3res.xml").unwrap();
+    assert_eq!(element(&crash3, "ArbitraryFileIdentifier"), "crash-3", "answered after restart");
+    assert_eq!(
+        running.clinic.with_node(|n, _| n.own_records().0.len()),
+        records_before + 1,
+        "only the unjournalled request was checked again"
+    );
+    let records_before = records_before + 1;
+    let answered_before = reader.count();
 
     // 4 writers, 250 requests each, every one a different patient of the clinic's insurer.
     let patients: Vec<(MemberKey, Date)> = births
@@ -241,11 +313,11 @@ async fn a_folder_of_1000_requests_from_4_writers_is_answered_once_each_and_bad_
     for w in writers {
         w.join().unwrap();
     }
-    reader.wait_for(1000, 120).await;
+    reader.wait_for(answered_before + 1000, 120).await;
     {
         let seen = reader.seen.lock().unwrap();
-        assert_eq!(seen.len(), 1000);
-        for (name, answers) in seen.iter() {
+        assert_eq!(seen.len(), answered_before + 1000);
+        for (name, answers) in seen.iter().filter(|(n, _)| n.starts_with("OQSsiimm01res_")) {
             assert_eq!(answers.len(), 1, "{name} answered once");
             let (w, i) = name.trim_start_matches("OQSsiimm01res_").split_at(1);
             let id = format!("w{w}-{}", i.trim_end_matches(".xml"));
@@ -273,7 +345,7 @@ async fn a_folder_of_1000_requests_from_4_writers_is_answered_once_each_and_bad_
     let sjis = card_data_request(&member, birth, date, "受付－３　髙橋", "0")
         .replace("encoding=\"UTF-8\"", "encoding=\"Shift_JIS\"");
     drop_request(&dir, "OQSsiimm01req_sjis.xml", &encoding_rs::SHIFT_JIS.encode(&sjis).0);
-    reader.wait_for(1004, 30).await;
+    reader.wait_for(answered_before + 1004, 30).await;
     let valid = reader.answer("OQSsiimm01res_valid.xml").unwrap();
     insta::assert_snapshot!("ovs_valid_answer", mask(&valid));
     assert_eq!(element(&valid, "QualificationValidity"), "1");
@@ -311,7 +383,7 @@ async fn a_folder_of_1000_requests_from_4_writers_is_answered_once_each_and_bad_
     for (i, case) in cases.iter().enumerate() {
         drop_request(&dir, &format!("bad{i:02}req.xml"), case["xml"].as_str().unwrap().as_bytes());
     }
-    reader.wait_for(1004 + cases.len(), 30).await;
+    reader.wait_for(answered_before + 1004 + cases.len(), 30).await;
     for (i, case) in cases.iter().enumerate() {
         let answer = reader.answer(&format!("bad{i:02}res.xml")).unwrap();
         assert_eq!(element(&answer, "SegmentOfResult"), "9", "{}", case["case"]);
@@ -326,7 +398,7 @@ async fn a_folder_of_1000_requests_from_4_writers_is_answered_once_each_and_bad_
     running.stop_hub().await;
     let xml = card_data_request(&member, birth, date, "受付-4", "0");
     drop_request(&dir, "OQSsiimm01req_offline.xml", xml.as_bytes());
-    reader.wait_for(1005 + cases.len(), 30).await;
+    reader.wait_for(answered_before + 1005 + cases.len(), 30).await;
     let offline = reader.answer("OQSsiimm01res_offline.xml").unwrap();
     assert_eq!(element(&offline, "QualificationValidity"), "1");
     assert_eq!(element(&offline, "ProcessingResultCode"), "SHK100");

@@ -13,7 +13,8 @@
 //! finished: its staging file (still there when the rename did not happen) is renamed, its
 //! request removed — never answered again. A request that was being checked when the clinic
 //! died, before its journal line, is answered after restart (and so checked twice, both
-//! recorded; answered once). The journal is rewritten empty after that recovery.
+//! recorded; answered once). The journal is rewritten empty after that recovery, and with
+//! its unfinished lines only whenever it passes 10,000 lines.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write as _;
@@ -85,7 +86,14 @@ pub struct OvsStats {
 struct Journal {
     file: std::fs::File,
     path: PathBuf,
+    /// Lines written since the journal was last rewritten.
+    lines: u64,
+    /// The `A` lines without their `D` yet, by request id.
+    pending: HashMap<String, String>,
 }
+
+/// The journal is rewritten (holding only its unfinished `A` lines) once it has this many.
+const JOURNAL_LINES_MAX: u64 = 10_000;
 
 /// A journalled request: how it ended and its answer's file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,18 +161,41 @@ fn read_journal(path: &Path) -> anyhow::Result<HashMap<String, Entry>> {
 impl Journal {
     /// Writes a fresh journal (header only) in place of the old one, atomically.
     fn fresh(path: &Path) -> anyhow::Result<Journal> {
-        shikaku_node::data_dir::write_private_atomic(path, JOURNAL_HEADER.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-        Ok(Journal { file, path: path.to_owned() })
+        let file = Journal::rewrite(path, JOURNAL_HEADER)?;
+        Ok(Journal { file, path: path.to_owned(), lines: 0, pending: HashMap::new() })
     }
 
-    fn append(&mut self, line: &str, durable: bool) -> std::io::Result<()> {
+    /// Installs `text` as the journal (temporary file, fsync, rename) and opens it to append.
+    fn rewrite(path: &Path, text: &str) -> anyhow::Result<std::fs::File> {
+        shikaku_node::data_dir::write_private_atomic(path, text.as_bytes())?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))
+    }
+
+    /// `A <id> …`, durably: from now on the request counts as answered.
+    fn answered(&mut self, id: &str, line: String) -> std::io::Result<()> {
         self.file.write_all(line.as_bytes())?;
-        if durable {
-            self.file.sync_data()?;
+        self.file.sync_data()?;
+        self.lines += 1;
+        self.pending.insert(id.to_owned(), line);
+        Ok(())
+    }
+
+    /// `D <id>` (not fsynced: a lost `D` only has recovery finish the request again). Past
+    /// [`JOURNAL_LINES_MAX`] lines the journal is rewritten with its unfinished lines only.
+    fn done(&mut self, id: &str) -> std::io::Result<()> {
+        self.file.write_all(format!("D {id}\n").as_bytes())?;
+        self.lines += 1;
+        self.pending.remove(id);
+        if self.lines > JOURNAL_LINES_MAX {
+            let mut text = JOURNAL_HEADER.to_owned();
+            for line in self.pending.values() {
+                text.push_str(line);
+            }
+            self.file = Journal::rewrite(&self.path, &text).map_err(std::io::Error::other)?;
+            self.lines = self.pending.len() as u64;
         }
         Ok(())
     }
@@ -298,14 +329,12 @@ fn recover(folders: &Folders, journal: &Path, stats: &OvsStats) -> anyhow::Resul
     std::fs::File::open(&folders.res)
         .and_then(|dir| dir.sync_all())
         .map_err(|e| io("syncing res", e))?;
-    let mut finished = HashSet::new();
     for name in waiting(&folders.req).map_err(|e| io("reading req", e))? {
         let Ok(bytes) = std::fs::read(folders.req.join(&name)) else { continue };
         let id = request_id(&name, &bytes);
         if let Some(entry) = pending.get(&id) {
             finish_request(folders, &name, entry.ok)
                 .map_err(|e| io(&format!("finishing the request {name}"), e))?;
-            finished.insert(id);
             stats.recovered.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -336,7 +365,6 @@ enum Outcome {
     Vanished,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     runtime: Arc<Runtime>,
     options: OvsOptions,
@@ -564,10 +592,10 @@ impl Job {
             drop(out);
             let kind = if ok { "ok" } else { "err" };
             let line = format!("A {id} {kind} {}\n", shikaku_core::hex::encode(answer.as_bytes()));
-            lock(&journal).append(&line, true)?;
+            lock(&journal).answered(&id, line)?;
             publish(&folders, &id, &answer)?;
             finish_request(&folders, &name, ok)?;
-            lock(&journal).append(&format!("D {id}\n"), false)
+            lock(&journal).done(&id)
         })
         .await;
         match done {

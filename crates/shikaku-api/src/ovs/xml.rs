@@ -238,8 +238,7 @@ fn tree(text: &str) -> Result<Element, OvsError> {
         let event = reader.read_event().map_err(|_| not_well_formed(reader.error_position()))?;
         let position = reader.buffer_position();
         match event {
-            Event::Start(start) | Event::Empty(start) if stack.len() > DEPTH_MAX => {
-                let _ = start;
+            Event::Start(_) | Event::Empty(_) if stack.len() > DEPTH_MAX => {
                 return Err(too_large("nesting deeper than 8 elements"));
             }
             Event::Start(start) => {
