@@ -615,6 +615,30 @@ pub(crate) fn serve(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<
     (child, first, rx)
 }
 
+/// A CA in `dir/ca` and certificates for a hub (`dir/hub`, "hub-1") and a clinic
+/// (`dir/clinic`, "front-desk"), as an operator makes them; returns the CA's folder.
+pub(crate) fn certify_hub_and_clinic(dir: &Path) -> std::path::PathBuf {
+    let ca = dir.join("ca");
+    assert_eq!(run(&["ca", "init", "--ca-dir", s(&ca)]).0, 0);
+    for (node, role, name) in [("hub", "hub", "hub-1"), ("clinic", "clinic", "front-desk")] {
+        let data = dir.join(node);
+        let args = ["--data-dir", s(&data), "ca", "issue", "--ca-dir", s(&ca), "--role", role];
+        let mut args = args.to_vec();
+        args.extend(["--name", name]);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+    ca
+}
+
+/// `hub serve` on a free loopback port: the process, its QUIC address and its further lines.
+pub(crate) fn serve_hub(data: &Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    let (child, first, lines) =
+        serve(&["--data-dir", s(data), "hub", "serve", "--listen", "127.0.0.1:0"]);
+    let addr = first.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    (child, addr, lines)
+}
+
 pub(crate) fn sigterm(child: &Child) {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -627,33 +651,16 @@ fn sigterm_shuts_hub_and_clinic_down_cleanly_and_persists_their_files() {
     // were not written. Real processes, a real signal: both say "shutting down (SIGTERM)",
     // exit 0, and leave their files.
     let dir = temp_dir("sigterm");
-    let (ca, hub, clinic) = (dir.join("ca"), dir.join("hub"), dir.join("clinic"));
+    let (hub, clinic) = (dir.join("hub"), dir.join("clinic"));
     let stream = dir.join("w.jsonl");
-    assert_eq!(run(&["ca", "init", "--ca-dir", s(&ca)]).0, 0);
-    for (data, role, name) in [(&hub, "hub", "hub-1"), (&clinic, "clinic", "front-desk")] {
-        let (code, _, err) = run(&[
-            "--data-dir",
-            s(data),
-            "ca",
-            "issue",
-            "--ca-dir",
-            s(&ca),
-            "--role",
-            role,
-            "--name",
-            name,
-        ]);
-        assert_eq!(code, 0, "{err}");
-    }
+    certify_hub_and_clinic(&dir);
     run(&["gen", "--members", "300", "--seed", "3", "--out", s(&stream)]);
     let (code, _, err) = run(&["--data-dir", s(&hub), "hub", "import", s(&stream)]);
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&stream).unwrap();
     let insurer = text.split("\"member\":\"").nth(1).unwrap().split(':').next().unwrap().to_owned();
 
-    let (hub_child, first, hub_lines) =
-        serve(&["--data-dir", s(&hub), "hub", "serve", "--listen", "127.0.0.1:0"]);
-    let addr = first.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let (hub_child, addr, hub_lines) = serve_hub(&hub);
     let (clinic_child, first, clinic_lines) = serve(&[
         "--data-dir",
         s(&clinic),

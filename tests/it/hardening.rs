@@ -171,29 +171,6 @@ fn derived_files_never_fail_what_they_are_derived_from() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A CA in `dir/ca` and certificates for a hub (`dir/hub`, "hub-1") and a clinic
-/// (`dir/clinic`, "front-desk"); returns the CA's folder.
-fn certify_hub_and_clinic(dir: &std::path::Path) -> std::path::PathBuf {
-    let ca = dir.join("ca");
-    assert_eq!(run(&["ca", "init", "--ca-dir", &p(&ca)]).0, 0);
-    for (node, role, name) in [("hub", "hub", "hub-1"), ("clinic", "clinic", "front-desk")] {
-        let (code, _, err) = run(&[
-            "--data-dir",
-            &p(&dir.join(node)),
-            "ca",
-            "issue",
-            "--ca-dir",
-            &p(&ca),
-            "--role",
-            role,
-            "--name",
-            name,
-        ]);
-        assert_eq!(code, 0, "{err}");
-    }
-    ca
-}
-
 /// `target/x509-venv/bin/python` with Python's `cryptography` 44.0.3 (its Rust X.509 path
 /// validator, independent of rustls/webpki), created on first use.
 fn x509_python() -> std::path::PathBuf {
@@ -247,7 +224,7 @@ fn certificates_verify_with_an_independent_x509_implementation() {
     // clinic certificates `ca issue` writes now pass cryptography's RFC 5280 path validation,
     // as a server for `shikaku-hub` and as a client.
     let dir = temp_dir("x509");
-    let ca = certify_hub_and_clinic(&dir);
+    let ca = crate::field_trial::certify_hub_and_clinic(&dir);
     let script = dir.join("check.py");
     std::fs::write(&script, X509_CHECK).unwrap();
     let output = std::process::Command::new(x509_python())
@@ -561,7 +538,7 @@ fn an_independent_quic_client_completes_the_handshake_with_a_real_hub() {
     // — mutual TLS with `ca issue` certificates, ALPN shikaku/1. It used to refuse the hub's
     // certificate ("extensions could not be parsed": no authority key identifier).
     let dir = temp_dir("aioquic");
-    let ca = certify_hub_and_clinic(&dir);
+    let ca = crate::field_trial::certify_hub_and_clinic(&dir);
     let python = x509_python();
     let (mut hub, quic, _) = hub_process_with_quic(&dir, None);
     let (host, port) = quic.rsplit_once(':').unwrap();

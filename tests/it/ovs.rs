@@ -423,25 +423,9 @@ fn a_clinic_killed_while_answering_answers_every_request_once_after_restart() {
     use crate::cli::run;
     use crate::field_trial::{finish, serve, sigterm};
     let dir = crate::cli::temp_dir("ovs-kill");
-    let (ca, hub, clinic, ovs) =
-        (dir.join("ca"), dir.join("hub"), dir.join("clinic"), dir.join("ovs"));
+    let (hub, clinic, ovs) = (dir.join("hub"), dir.join("clinic"), dir.join("ovs"));
     let stream = dir.join("w.jsonl");
-    assert_eq!(run(&["ca", "init", "--ca-dir", s(&ca)]).0, 0);
-    for (data, role, name) in [(&hub, "hub", "hub-1"), (&clinic, "clinic", "front-desk")] {
-        let args = [
-            "--data-dir",
-            s(data),
-            "ca",
-            "issue",
-            "--ca-dir",
-            s(&ca),
-            "--role",
-            role,
-            "--name",
-            name,
-        ];
-        assert_eq!(run(&args).0, 0);
-    }
+    crate::field_trial::certify_hub_and_clinic(&dir);
     assert_eq!(run(&["gen", "--members", "400", "--seed", "5", "--out", s(&stream)]).0, 0);
     let (code, _, err) = run(&["--data-dir", s(&hub), "hub", "import", s(&stream)]);
     assert_eq!(code, 0, "{err}");
@@ -457,9 +441,7 @@ fn a_clinic_killed_while_answering_answers_every_request_once_after_restart() {
     }
     let insurer = patients[0].0.insurer;
     patients.retain(|(k, _)| k.insurer == insurer);
-    let (hub_child, first, _) =
-        serve(&["--data-dir", s(&hub), "hub", "serve", "--listen", "127.0.0.1:0"]);
-    let addr = first.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let (hub_child, addr, _) = crate::field_trial::serve_hub(&hub);
     let insurer_text = insurer.to_string();
     let clinic_args = [
         "--data-dir",

@@ -133,8 +133,7 @@ fn insurer_diff_publishes_each_change_once_and_refuses_lines_by_number() {
 fn a_roster_difference_reaches_a_receipt_computer_through_hub_import_and_the_folder() {
     use crate::field_trial::{finish, serve, sigterm};
     let dir = temp_dir("roster-trip");
-    let (ca, hub, clinic, ovs) =
-        (dir.join("ca"), dir.join("hub"), dir.join("clinic"), dir.join("ovs"));
+    let (hub, clinic, ovs) = (dir.join("hub"), dir.join("clinic"), dir.join("ovs"));
     let key = dir.join("ins.key");
     assert_eq!(run(&["insurer", "key", "init", "--insurer", "06130017", "--key", s(&key)]).0, 0);
     let (old, new) = (example("roster-2026-11-30.csv"), example("roster-2026-12-01.csv"));
@@ -146,22 +145,7 @@ fn a_roster_difference_reaches_a_receipt_computer_through_hub_import_and_the_fol
     let mut args = base.to_vec();
     args.extend(["--previous", &old, "--current", &new, "-o", s(&second)]);
     assert_eq!(run(&args).0, 0);
-    assert_eq!(run(&["ca", "init", "--ca-dir", s(&ca)]).0, 0);
-    for (data, role, name) in [(&hub, "hub", "hub-1"), (&clinic, "clinic", "front-desk")] {
-        let args = [
-            "--data-dir",
-            s(data),
-            "ca",
-            "issue",
-            "--ca-dir",
-            s(&ca),
-            "--role",
-            role,
-            "--name",
-            name,
-        ];
-        assert_eq!(run(&args).0, 0);
-    }
+    crate::field_trial::certify_hub_and_clinic(&dir);
     let public = dir.join("ins.key.pub");
     for file in [&first, &second] {
         let (code, out, err) =
@@ -169,9 +153,7 @@ fn a_roster_difference_reaches_a_receipt_computer_through_hub_import_and_the_fol
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("0 rejected"), "{out}");
     }
-    let (hub_child, line, _) =
-        serve(&["--data-dir", s(&hub), "hub", "serve", "--listen", "127.0.0.1:0"]);
-    let addr = line.split(" listening on ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let (hub_child, addr, _) = crate::field_trial::serve_hub(&hub);
     let (clinic_child, _, lines) = serve(&[
         "--data-dir",
         s(&clinic),
