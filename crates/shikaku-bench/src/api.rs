@@ -297,7 +297,7 @@ fn folder_interface(
         times.push((watch.seconds() * 1e6) as u64);
         std::fs::remove_file(&answer)?;
     }
-    summary("folder interface: request rename to answer in res", times, out)?;
+    summary("folder: request into req → answer in res", times, out)?;
     let texts: Vec<String> = queries.iter().enumerate().map(|(i, q)| request(q, i)).collect();
     let watch = Stopwatch::start();
     for (i, text) in texts.iter().enumerate() {

@@ -132,10 +132,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         scan_events: usize,
     },
-    /// Reception's view: check latency at a clinic node answered four ways in the same run —
+    /// Reception's view: check latency at a clinic node answered every way in the same run —
     /// the projection alone (baseline), the node's check with its durable record, the HTTP
-    /// API in JSON and in FHIR, in a logged-in staff session (and what a login costs) — and
-    /// throughput with concurrent HTTP clients.
+    /// API in JSON and in FHIR, in a logged-in staff session (and what a login costs), the
+    /// folder interface (a request file renamed into req until its answer appears in res, and
+    /// requests/s with all dropped at once) — and throughput with concurrent HTTP clients.
     Api {
         /// Members on the generated roster (S tier: 20,000).
         #[arg(long, default_value_t = 20_000)]
