@@ -54,7 +54,11 @@ fn the_request_vectors_decode_and_every_malformed_one_is_refused_by_name() {
         assert_eq!(error.code, case["code"].as_str().unwrap(), "{name}: {error:?}");
         let names = case["message_names"].as_str().unwrap();
         assert!(error.en.contains(names), "{name}: {:?} names {names:?}", error.en);
-        assert!(!error.ja.is_empty());
+        // The Japanese message is Japanese: element names, but no English sentence.
+        assert!(error.ja.chars().any(|c| c > '\u{3000}'), "{name}: {:?}", error.ja);
+        for english in [" is ", " not ", " the ", " must "] {
+            assert!(!error.ja.contains(english), "{name}: {:?}", error.ja);
+        }
         for message in [&error.en, &error.ja] {
             assert!(!message.contains("0000001") && !message.contains("19580510"), "{message}");
         }

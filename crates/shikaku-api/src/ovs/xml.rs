@@ -239,12 +239,15 @@ fn tree(text: &str) -> Result<Element, OvsError> {
         let position = reader.buffer_position();
         match event {
             Event::Start(_) | Event::Empty(_) if stack.len() > DEPTH_MAX => {
-                return Err(too_large("nesting deeper than 8 elements"));
+                return Err(too_large(
+                    "nesting deeper than 8 elements",
+                    "要素の入れ子が8段を超えています",
+                ));
             }
             Event::Start(start) => {
                 count += 1;
                 if count > ELEMENTS_MAX {
-                    return Err(too_large("more than 256 elements"));
+                    return Err(too_large("more than 256 elements", "要素が256個を超えています"));
                 }
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
                 stack.push(Element { name, ..Element::default() });
@@ -252,7 +255,7 @@ fn tree(text: &str) -> Result<Element, OvsError> {
             Event::Empty(start) => {
                 count += 1;
                 if count > ELEMENTS_MAX {
-                    return Err(too_large("more than 256 elements"));
+                    return Err(too_large("more than 256 elements", "要素が256個を超えています"));
                 }
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
                 if let Some(parent) = stack.last_mut() {
@@ -315,17 +318,20 @@ fn push_text(stack: &mut [Element], piece: &str) -> Result<(), OvsError> {
     if let Some(open) = stack.last_mut() {
         open.text.push_str(piece);
         if open.text.chars().count() > TEXT_MAX {
-            return Err(too_large("an element's text is longer than 256 characters"));
+            return Err(too_large(
+                "an element's text is longer than 256 characters",
+                "要素の文字列が256文字を超えています",
+            ));
         }
     }
     Ok(())
 }
 
-fn too_large(what: &str) -> OvsError {
+fn too_large(what: &str, ja: &str) -> OvsError {
     OvsError::new(
         "SHK905",
         format!("the request is too large: {what}"),
-        format!("要求が大きすぎます: {what}"),
+        format!("要求が大きすぎます: {ja}"),
     )
 }
 
@@ -342,18 +348,24 @@ fn yyyymmdd(path: &str, text: &str) -> Result<Date, OvsError> {
 /// Parses a request file's bytes.
 pub fn parse_request(bytes: &[u8]) -> Result<OvsRequest, OvsError> {
     if bytes.len() > REQUEST_MAX {
-        return Err(too_large("larger than 64 KiB"));
+        return Err(too_large("larger than 64 KiB", "64 KiB を超えています"));
     }
     let (charset, text) = decode(bytes)?;
     let root = tree(&text)?;
     if root.name != "XmlMsg" {
-        return Err(not_a_request("the root element is not XmlMsg"));
+        return Err(not_a_request(
+            "the root element is not XmlMsg",
+            "ルート要素が XmlMsg ではありません",
+        ));
     }
     let header = root.child("MessageHeader").ok_or_else(|| OvsError::missing("MessageHeader"))?;
     let body = root.child("MessageBody").ok_or_else(|| OvsError::missing("MessageBody"))?;
-    let info = body
-        .child("QualificationConfirmSearchInfo")
-        .ok_or_else(|| not_a_request("MessageBody holds no QualificationConfirmSearchInfo"))?;
+    let info = body.child("QualificationConfirmSearchInfo").ok_or_else(|| {
+        not_a_request(
+            "MessageBody holds no QualificationConfirmSearchInfo",
+            "MessageBody に QualificationConfirmSearchInfo がありません",
+        )
+    })?;
     let text_of = |parent: &Element, parent_path: &str, name: &str| -> Option<(String, String)> {
         parent.child(name).map(|e| (format!("{parent_path}/{name}"), e.text.trim().to_owned()))
     };
@@ -451,17 +463,18 @@ pub fn parse_request(bytes: &[u8]) -> Result<OvsRequest, OvsError> {
     } else {
         return Err(not_a_request(
             "QualificationConfirmSearchInfo holds neither insurance-card data (InsurerNumber …) nor a card token (ShikakuCardToken)",
+            "QualificationConfirmSearchInfo に保険証の情報（InsurerNumber など）もカードのトークン（ShikakuCardToken）もありません",
         ));
     };
     let search_info = info.children.iter().map(|c| (c.name.clone(), c.text.clone())).collect();
     Ok(OvsRequest { charset, service_date, institution, file_id, kind, consent, search_info })
 }
 
-fn not_a_request(why: &str) -> OvsError {
+fn not_a_request(why: &str, ja: &str) -> OvsError {
     OvsError::new(
         "SHK903",
         format!("not a qualification confirmation request: {why}"),
-        format!("資格確認の要求ではありません: {why}"),
+        format!("資格確認の要求ではありません: {ja}"),
     )
 }
 
