@@ -212,6 +212,7 @@ fn body(response: &str) -> (u16, &str) {
 /// `target/fhir-venv/bin/python` with fhir.resources 6.1.0 (FHIR 4.0.1), created on first use.
 fn fhir_python() -> PathBuf {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _installing = crate::venv_install_lock();
     let venv = target.join("fhir-venv");
     let python = venv.join("bin/python");
     let ready = |python: &PathBuf| {

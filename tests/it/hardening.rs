@@ -175,6 +175,7 @@ fn derived_files_never_fail_what_they_are_derived_from() {
 /// validator, independent of rustls/webpki), created on first use.
 fn x509_python() -> std::path::PathBuf {
     let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _installing = crate::venv_install_lock();
     let venv = target.join("x509-venv");
     let python = venv.join("bin/python");
     let ready = |python: &std::path::PathBuf| {

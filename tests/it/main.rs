@@ -17,7 +17,9 @@
 //! - `staff`: staff login, sessions and roles at the clinic API, insurer tokens and the use log
 //!   at the hub's (issue 17);
 //! - `jetstream`: the scaled-out hub over real 3-server NATS clusters (DEPLOY.md's
-//!   configuration), front-ends, fail-over and `kill -9`.
+//!   configuration), front-ends, fail-over and `kill -9`;
+//! - `ovs`: the folder interface with real files and processes (issue 18);
+//! - `roster`: `insurer diff`, and its round trip to a folder answer (issue 18).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test helpers may panic: a panic is a failed test
 
@@ -49,3 +51,11 @@ mod staff;
 mod story;
 mod sync_vectors;
 mod vectors;
+
+/// Held while a test creates or fills a Python virtual environment in `target/` (the FHIR,
+/// X.509 and NATS ones): two tests installing into the same venv at once broke each other's
+/// `pip install` on a fresh clone.
+pub(crate) fn venv_install_lock() -> std::sync::MutexGuard<'static, ()> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
