@@ -330,7 +330,8 @@ fn recover(folders: &Folders, journal: &Path, stats: &OvsStats) -> anyhow::Resul
         .and_then(|dir| dir.sync_all())
         .map_err(|e| io("syncing res", e))?;
     for name in waiting(&folders.req).map_err(|e| io("reading req", e))? {
-        let Ok(bytes) = std::fs::read(folders.req.join(&name)) else { continue };
+        // Read as when it was answered (at most one byte past the limit), so the id matches.
+        let Ok((bytes, _)) = read_request(&folders.req.join(&name)) else { continue };
         let id = request_id(&name, &bytes);
         if let Some(entry) = pending.get(&id) {
             finish_request(folders, &name, entry.ok)
@@ -382,14 +383,9 @@ async fn run(
     let clock = shikaku_net::clock::Stopwatch::start();
     let ms = move || clock.nanos() / 1_000_000;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut stopping = false;
     let mut scan = true;
     loop {
-        if stopping {
-            break;
-        }
         if scan {
-            scan = false;
             let req = folders.req.clone();
             match tokio::task::spawn_blocking(move || waiting(&req)).await {
                 Ok(Ok(names)) => {
@@ -407,7 +403,7 @@ async fn run(
         let now = ms();
         while in_flight.len() < options.in_flight.max(1) {
             let Some(name) = queue.pop_front() else { break };
-            if in_flight.contains(&name) || later.get(&name).is_some_and(|(at, _)| *at > now) {
+            if later.get(&name).is_some_and(|(at, _)| *at > now) {
                 continue;
             }
             let previous = later.remove(&name).and_then(|(_, version)| version);
@@ -424,9 +420,10 @@ async fn run(
                 (name, outcome)
             });
         }
-        tokio::select! {
-            _ = wake.notified() => scan = true,
-            _ = tokio::time::sleep(rescan) => scan = true,
+        // Rescan on a change, on the timer, or when a finished request leaves nothing queued.
+        scan = tokio::select! {
+            _ = wake.notified() => true,
+            _ = tokio::time::sleep(rescan) => true,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((name, outcome)) = done {
                     in_flight.remove(&name);
@@ -434,10 +431,10 @@ async fn run(
                         later.insert(name, (ms() + SETTLE_MS, version));
                     }
                 }
-                scan = queue.is_empty();
+                queue.is_empty()
             }
-            _ = stop.notified() => stopping = true,
-        }
+            _ = stop.notified() => break,
+        };
     }
     // The requests being answered are finished; nothing new is taken.
     while tasks.join_next().await.is_some() {}
@@ -509,7 +506,6 @@ impl Job {
             }
             Err(e) => return self.write(name, &bytes, None, Err(&e)).await,
         };
-        let request = &request;
         let presented = match &request.kind {
             xml::RequestKind::Card(token) => Presented::Card(*token),
             xml::RequestKind::CardData { key, birth } => {
@@ -546,7 +542,7 @@ impl Job {
                     member_data: presented.member_data.label(),
                     online: presented.online,
                 };
-                self.write(name, &bytes, Some(request), Ok(answered)).await
+                self.write(name, &bytes, Some(&request), Ok(answered)).await
             }
             Err(e) => {
                 let error = match &*e {
@@ -556,7 +552,7 @@ impl Job {
                         OvsError::not_recorded()
                     }
                 };
-                self.write(name, &bytes, Some(request), Err(&error)).await
+                self.write(name, &bytes, Some(&request), Err(&error)).await
             }
         }
     }
@@ -630,10 +626,4 @@ fn read_request(path: &Path) -> std::io::Result<(Vec<u8>, Version)> {
     let mut bytes = Vec::new();
     file.take(xml::REQUEST_MAX as u64 + 1).read_to_end(&mut bytes)?;
     Ok((bytes, (meta.len(), modified)))
-}
-
-impl std::fmt::Debug for Journal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Journal({})", self.path.display())
-    }
 }
