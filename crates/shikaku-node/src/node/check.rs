@@ -301,18 +301,28 @@ impl<D: Directory> Node<D> {
         Ok(out)
     }
 
-    /// Opens a member's current sealed record (the latest identity event that opens).
-    pub(super) fn open_record(&self, reference: &MemberKey, key: &DataKey) -> Option<SealedMember> {
-        let ids = self.projection.identity_events(reference, Hlc(u64::MAX));
+    /// The latest of a member's identity events (registration, demographics change, sealed
+    /// or not) that can be read and that `take` makes something of.
+    fn latest_identity<T>(
+        &self,
+        member: &MemberKey,
+        take: impl Fn(&EventBody) -> Option<T>,
+    ) -> Option<T> {
+        let ids = self.projection.identity_events(member, Hlc(u64::MAX));
         ids.iter().rev().find_map(|id| {
             let event = self.log.read(self.log.position_of(id)?).ok()?;
-            match &event.event().body {
-                EventBody::MemberSealed { sealed, .. }
-                | EventBody::DemographicsSealed { sealed, .. } => {
-                    seal::open_member(key, reference, sealed).ok()
-                }
-                _ => None,
+            take(&event.event().body)
+        })
+    }
+
+    /// Opens a member's current sealed record (the latest identity event that opens).
+    pub(super) fn open_record(&self, reference: &MemberKey, key: &DataKey) -> Option<SealedMember> {
+        self.latest_identity(reference, |body| match body {
+            EventBody::MemberSealed { sealed, .. }
+            | EventBody::DemographicsSealed { sealed, .. } => {
+                seal::open_member(key, reference, sealed).ok()
             }
+            _ => None,
         })
     }
 
@@ -320,14 +330,10 @@ impl<D: Directory> Node<D> {
     /// registration or demographics change that can be read) — for the present patient's
     /// answer only, as [`MemberData::Opened`] is for a sealed one.
     pub fn plain_identity(&self, member: &MemberKey) -> Option<shikaku_core::Person> {
-        let ids = self.projection.identity_events(member, Hlc(u64::MAX));
-        ids.iter().rev().find_map(|id| {
-            let event = self.log.read(self.log.position_of(id)?).ok()?;
-            match &event.event().body {
-                EventBody::MemberRegistered { person, .. }
-                | EventBody::DemographicsChanged { person, .. } => Some(person.clone()),
-                _ => None,
-            }
+        self.latest_identity(member, |body| match body {
+            EventBody::MemberRegistered { person, .. }
+            | EventBody::DemographicsChanged { person, .. } => Some(person.clone()),
+            _ => None,
         })
     }
 
