@@ -101,17 +101,11 @@ fn date(text: &str, column: &str) -> Result<Date, String> {
     text.parse::<Date>().map_err(|_| format!("{column} must be a date YYYY-MM-DD"))
 }
 
+/// An `end_reason` by its name in the events (`job_change` … `age75`).
 fn end_reason(text: &str) -> Result<EndReason, String> {
-    Ok(match text {
-        "job_change" => EndReason::JobChange,
-        "retirement" => EndReason::Retirement,
-        "move_out_of_municipality" => EndReason::MoveOutOfMunicipality,
-        "age_75" => EndReason::Age75,
-        "death" => EndReason::Death,
-        "other" => EndReason::Other,
-        _ => {
-            return Err("end_reason must be job_change, retirement, move_out_of_municipality, age_75, death or other".into())
-        }
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        "end_reason must be job_change, retirement, move_out_of_municipality, age75, death or other"
+            .to_owned()
     })
 }
 
@@ -394,7 +388,10 @@ fn transition(before: Option<&Row>, row: &Row, as_of: Date) -> Result<Option<Tra
         summary.push(format!("coverage from {} (copay {} tenths)", c.start, c.copay_tenths));
         if let Some((loss, reason)) = c.end {
             events.push(EventBody::CoverageEnded { member: m(), loss_date: loss, reason });
-            summary.push(format!("coverage lost on {loss} ({})", reason_name(reason)));
+            summary.push(format!(
+                "coverage lost on {loss} ({})",
+                shikaku_core::text::reason_text(reason)
+            ));
         }
     };
     let Some(before) = before else {
@@ -458,7 +455,7 @@ fn transition(before: Option<&Row>, row: &Row, as_of: Date) -> Result<Option<Tra
             match (a.end, b.end) {
                 (None, Some((loss, reason))) => {
                     events.push(EventBody::CoverageEnded { member: m(), loss_date: loss, reason });
-                    summary.push(format!("coverage lost on {loss} ({})", reason_name(reason)));
+                    summary.push(format!("coverage lost on {loss} ({})", shikaku_core::text::reason_text(reason)));
                 }
                 (x, y) if x == y => {}
                 (Some(_), None) => {
@@ -511,15 +508,4 @@ fn transition(before: Option<&Row>, row: &Row, as_of: Date) -> Result<Option<Tra
         return Ok(None);
     }
     Ok(Some(Transition { member, line: row.line, id: String::new(), events, summary }))
-}
-
-fn reason_name(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::JobChange => "job change",
-        EndReason::Retirement => "retirement",
-        EndReason::MoveOutOfMunicipality => "moved out of the municipality",
-        EndReason::Age75 => "75th birthday",
-        EndReason::Death => "death",
-        EndReason::Other => "other",
-    }
 }

@@ -51,7 +51,8 @@ pub fn jst(ms: u64) -> String {
     format!("{} {} JST", Date::from_unix_ms_jst(ms), hhmm(ms))
 }
 
-fn reason_text(reason: EndReason) -> &'static str {
+/// Why a coverage ended, in words ("job change", "75th birthday (late-stage elderly system)").
+pub fn reason_text(reason: EndReason) -> &'static str {
     match reason {
         EndReason::JobChange => "job change",
         EndReason::Retirement => "retirement",

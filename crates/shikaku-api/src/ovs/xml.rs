@@ -565,17 +565,6 @@ pub fn reason_of_loss(reason: EndReason) -> &'static str {
     }
 }
 
-fn end_reason_name(reason: EndReason) -> &'static str {
-    match reason {
-        EndReason::JobChange => "job_change",
-        EndReason::Retirement => "retirement",
-        EndReason::MoveOutOfMunicipality => "move_out_of_municipality",
-        EndReason::Age75 => "age_75",
-        EndReason::Death => "death",
-        EndReason::Other => "other",
-    }
-}
-
 /// `YYYYMMDD` of a date.
 pub fn date8(date: Date) -> String {
     let (y, m, d) = date.ymd();
@@ -859,7 +848,9 @@ fn extension(x: &mut Xml, a: &Answered<'_>, lang: Lang) {
     x.leaf("MemberData", a.member_data);
     x.leaf("CoverageStart", &answer.coverage.map(|c| date8(c.start)).unwrap_or_default());
     x.leaf("LossDate", &answer.coverage.and_then(|c| c.end).map(date8).unwrap_or_default());
-    x.leaf("EndReason", answer.end_reason.map_or("", end_reason_name));
+    // The reason's name as in the event and the JSON answer (`job_change`, `age75` …).
+    let reason = answer.end_reason.and_then(|r| serde_json::to_value(r).ok());
+    x.leaf("EndReason", reason.as_ref().and_then(|v| v.as_str()).unwrap_or(""));
     x.leaf("LimitCategoryWithheld", if answer.limit_category_withheld { "1" } else { "0" });
     x.leaf(
         "SuccessorInsurerNumber",
