@@ -297,18 +297,15 @@ pub fn diff(
     refused.extend(current.refused.iter().cloned());
     refused.sort_by_key(|r| (r.file, r.line));
     let published_path = beside(key, PUBLISHED_SUFFIX);
-    let published: std::collections::HashSet<String> =
-        match std::fs::read_to_string(&published_path) {
-            Ok(text) => {
-                text.lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => {
-                return Err(e).with_context(|| format!("reading {}", published_path.display()))
-            }
-        };
+    let published_text = match std::fs::read_to_string(&published_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", published_path.display())),
+    };
+    let published: std::collections::HashSet<&str> =
+        published_text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let (already, new): (Vec<_>, Vec<_>) =
-        transitions.into_iter().partition(|t| published.contains(&t.id));
+        transitions.into_iter().partition(|t| published.contains(t.id.as_str()));
     let events: usize = new.iter().map(|t| t.events.len()).sum();
     if dry_run {
         writeln!(out, "{:>6}  {:<28}  change", "line", "member")?;
@@ -341,7 +338,7 @@ pub fn diff(
         }
         // Recorded only once the events are out: a crash in between signs them again next
         // time (duplicates the hub can void), never loses them.
-        let mut lines = std::fs::read_to_string(&published_path).unwrap_or_default();
+        let mut lines = published_text.clone();
         for t in &new {
             lines.push_str(&t.id);
             lines.push('\n');
