@@ -63,6 +63,13 @@ fn the_request_vectors_decode_and_every_malformed_one_is_refused_by_name() {
             assert!(!message.contains("0000001") && !message.contains("19580510"), "{message}");
         }
     }
+    // What a receipt computer writes with the library's writer reads back the same.
+    for (kind, consent) in [(utf8.kind.clone(), Some(true)), (card.kind.clone(), None)] {
+        let written = shikaku_api::ovs::xml::request_xml(&kind, utf8.service_date, "w-1", consent);
+        let read = parse_request(written.as_bytes()).unwrap();
+        assert_eq!((read.kind, read.consent, read.file_id.as_str()), (kind, consent, "w-1"));
+        assert_eq!(read.service_date, utf8.service_date);
+    }
     // Too large to read at all.
     let big = vec![b' '; shikaku_api::ovs::xml::REQUEST_MAX + 1];
     assert_eq!(parse_request(&big).unwrap_err().code, "SHK905");

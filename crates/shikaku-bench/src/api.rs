@@ -242,7 +242,6 @@ fn folder_interface(
     today: Date,
     out: &mut dyn Write,
 ) -> Result<()> {
-    use shikaku_api::ovs::xml::date8;
     let births: std::collections::HashMap<_, _> = generated
         .events
         .iter()
@@ -253,22 +252,17 @@ fn folder_interface(
             _ => None,
         })
         .collect();
-    let request = |q: &CheckQuery, id: usize| -> String {
-        let search = match q {
-            CheckQuery::Card(card) => format!("<ShikakuCardToken>{card}</ShikakuCardToken>"),
-            CheckQuery::Member(key) => format!(
-                "<InsurerNumber>{:>8}</InsurerNumber><InsuredCardSymbol>{}</InsuredCardSymbol><InsuredIdentificationNumber>{}</InsuredIdentificationNumber><InsuredBranchNumber>{:02}</InsuredBranchNumber><Birthdate>{}</Birthdate>",
-                key.insurer.to_string(),
-                key.symbol,
-                key.number,
-                key.branch,
-                births.get(key).map(|b| date8(*b)).unwrap_or_default()
-            ),
+    let request = |q: &CheckQuery, id: usize| -> Result<String> {
+        use shikaku_api::ovs::RequestKind;
+        let kind = match q {
+            CheckQuery::Card(card) => RequestKind::Card(*card),
+            CheckQuery::Member(key) => {
+                let birth =
+                    *births.get(key).context("a member of the world without a birth date")?;
+                RequestKind::CardData { key: key.clone(), birth }
+            }
         };
-        format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><XmlMsg><MessageHeader><QualificationConfirmationDate>{}</QualificationConfirmationDate><MedicalInstitutionCode>1312345678</MedicalInstitutionCode><ArbitraryFileIdentifier>{id}</ArbitraryFileIdentifier></MessageHeader><MessageBody><QualificationConfirmSearchInfo>{search}</QualificationConfirmSearchInfo></MessageBody></XmlMsg>",
-            date8(today)
-        )
+        Ok(shikaku_api::ovs::xml::request_xml(&kind, today, &id.to_string(), None))
     };
     let dir = root.join("bench-ovs");
     std::fs::create_dir_all(root.join("bench-ovs-data"))?;
@@ -285,7 +279,7 @@ fn folder_interface(
     let mut times = Vec::with_capacity(queries.len());
     for (i, q) in queries.iter().enumerate() {
         let answer = dir.join("res").join(format!("OQSsiimm01res_{i:06}.xml"));
-        let text = request(q, i);
+        let text = request(q, i)?;
         let watch = Stopwatch::start();
         drop_file(&format!("OQSsiimm01req_{i:06}.xml"), &text)?;
         while !answer.exists() {
@@ -298,7 +292,8 @@ fn folder_interface(
         std::fs::remove_file(&answer)?;
     }
     summary("folder: request into req → answer in res", times, out)?;
-    let texts: Vec<String> = queries.iter().enumerate().map(|(i, q)| request(q, i)).collect();
+    let texts: Vec<String> =
+        queries.iter().enumerate().map(|(i, q)| request(q, i)).collect::<Result<_>>()?;
     let watch = Stopwatch::start();
     for (i, text) in texts.iter().enumerate() {
         drop_file(&format!("OQSbatchreq_{i:06}.xml"), text)?;

@@ -814,17 +814,9 @@ fn folder_request(
     today: Date,
     id: &str,
 ) -> Result<String> {
-    use shikaku_api::ovs::xml::date8;
     let birth = desk.persons.get(key).map(|p| p.birth_date).context("the patient's birth date")?;
-    let xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<XmlMsg><MessageHeader><QualificationConfirmationDate>{}</QualificationConfirmationDate><MedicalInstitutionCode>1312345678</MedicalInstitutionCode><ArbitraryFileIdentifier>{id}</ArbitraryFileIdentifier></MessageHeader><MessageBody><QualificationConfirmSearchInfo><InsurerNumber>{:>8}</InsurerNumber><InsuredCardSymbol>{}</InsuredCardSymbol><InsuredIdentificationNumber>{}</InsuredIdentificationNumber><InsuredBranchNumber>{:02}</InsuredBranchNumber><Birthdate>{}</Birthdate><LimitApplicationCertificateRelatedConsFlg>0</LimitApplicationCertificateRelatedConsFlg></QualificationConfirmSearchInfo></MessageBody></XmlMsg>\n",
-        date8(today),
-        key.insurer.to_string(),
-        key.symbol,
-        key.number,
-        key.branch,
-        date8(birth)
-    );
+    let kind = shikaku_api::ovs::RequestKind::CardData { key: key.clone(), birth };
+    let xml = shikaku_api::ovs::xml::request_xml(&kind, today, id, Some(false));
     let name = format!("OQSsiimm01req_{}.xml", id.replace('-', ""));
     let staging = oqs.join(format!(".{name}"));
     std::fs::write(&staging, xml)?;

@@ -244,22 +244,18 @@ fn tree(text: &str) -> Result<Element, OvsError> {
                     "要素の入れ子が8段を超えています",
                 ));
             }
-            Event::Start(start) => {
+            Event::Start(ref start) | Event::Empty(ref start) => {
                 count += 1;
                 if count > ELEMENTS_MAX {
                     return Err(too_large("more than 256 elements", "要素が256個を超えています"));
                 }
                 let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
-                stack.push(Element { name, ..Element::default() });
-            }
-            Event::Empty(start) => {
-                count += 1;
-                if count > ELEMENTS_MAX {
-                    return Err(too_large("more than 256 elements", "要素が256個を超えています"));
-                }
-                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
-                if let Some(parent) = stack.last_mut() {
-                    parent.children.push(Element { name, ..Element::default() });
+                let element = Element { name, ..Element::default() };
+                // An empty element is complete at once; a started one waits for its end.
+                match (&event, stack.last_mut()) {
+                    (Event::Start(_), _) => stack.push(element),
+                    (_, Some(parent)) => parent.children.push(element),
+                    (_, None) => return Err(not_well_formed(position)),
                 }
             }
             Event::End(_) => {
@@ -653,10 +649,10 @@ fn processing_result(a: &Answered<'_>, lang: Lang) -> (&'static str, &'static st
         });
     }
     if !a.online {
-        let since = answer.knowledge.last_hub_sync_ms.map(|ms| {
-            let (h, m, _) = jst_clock(ms);
-            format!("{} {h:02}:{m:02}", Date::from_unix_ms_jst(ms))
-        });
+        let since = answer
+            .knowledge
+            .last_hub_sync_ms
+            .map(|ms| format!("{} {}", Date::from_unix_ms_jst(ms), shikaku_core::text::hhmm(ms)));
         notes.push(match (lang, since, answer.knowledge.staleness_s) {
             (Lang::Ja, Some(at), Some(s)) => {
                 format!("オフライン応答: 最終同期 {at}（{} 分前）の情報による回答です", s / 60)
@@ -859,6 +855,42 @@ fn extension(x: &mut Xml, a: &Answered<'_>, lang: Lang) {
     x.leaf("DeclarationId", &answer.declaration.map(|d| d.to_string()).unwrap_or_default());
     x.leaf("AnswerHash", &shikaku_core::hex::encode(&answer.hash().0));
     x.close("ShikakuExtension");
+}
+
+/// A request file as a receipt computer writes one (UTF-8): the service date, the client's
+/// file id, what is asked and the consent flag when given — what [`parse_request`] reads.
+pub fn request_xml(
+    kind: &RequestKind,
+    service_date: Date,
+    file_id: &str,
+    consent: Option<bool>,
+) -> String {
+    let mut x = Xml { out: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n".into(), depth: 0 };
+    x.open("XmlMsg");
+    x.open("MessageHeader");
+    x.leaf("QualificationConfirmationDate", &date8(service_date));
+    x.leaf("ArbitraryFileIdentifier", file_id);
+    x.close("MessageHeader");
+    x.open("MessageBody");
+    x.open("QualificationConfirmSearchInfo");
+    match kind {
+        RequestKind::Card(token) => x.leaf("ShikakuCardToken", &token.to_string()),
+        RequestKind::CardData { key, birth } => {
+            // A 6-digit national health insurance number padded to 8, as the real one is.
+            x.leaf("InsurerNumber", &format!("{:>8}", key.insurer.to_string()));
+            x.leaf("InsuredCardSymbol", &key.symbol);
+            x.leaf("InsuredIdentificationNumber", &key.number);
+            x.leaf("InsuredBranchNumber", &format!("{:02}", key.branch));
+            x.leaf("Birthdate", &date8(*birth));
+        }
+    }
+    if let Some(given) = consent {
+        x.leaf("LimitApplicationCertificateRelatedConsFlg", if given { "1" } else { "0" });
+    }
+    x.close("QualificationConfirmSearchInfo");
+    x.close("MessageBody");
+    x.close("XmlMsg");
+    x.out
 }
 
 /// The answer file's name for a request file's: the last `req` becomes `res`
