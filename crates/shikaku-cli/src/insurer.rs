@@ -251,8 +251,8 @@ fn read_roster(
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text = match encoding {
         crate::CsvEncoding::Utf8 => {
-            let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(&bytes);
-            String::from_utf8(bytes.to_vec()).map_err(|e| {
+            // A byte-order mark is skipped by the roster parser, for either encoding.
+            String::from_utf8(bytes).map_err(|e| {
                 anyhow::anyhow!(
                     "{} is not UTF-8 (first bad byte at offset {}): give --encoding shift_jis for a Shift_JIS export",
                     path.display(),
